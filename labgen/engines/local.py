@@ -1,0 +1,113 @@
+"""The local engine: every service in this process, each on its own loopback address (the plan
+maps the lab's addresses onto 127.0.0.0/8), one free port chosen for all of them. No root, no
+Docker; the same service code as in the containers."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+import threading
+from pathlib import Path
+
+from ..dns_server import LabDNS
+from ..eop.server import eop_factory
+from ..errors import InfraError
+from ..gateway import gateway_factory
+from ..ledger import read_events
+from ..plan import Plan
+from ..sink import sink_factory
+from ..traffic import run_traffic
+
+
+def _port_free_everywhere(port: int, ips: list[str]) -> bool:
+    socks = []
+    try:
+        for ip in ips:
+            for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+                s = socket.socket(socket.AF_INET, kind)
+                socks.append(s)
+                s.bind((ip, port))
+        return True
+    except OSError:
+        return False
+    finally:
+        for s in socks:
+            s.close()
+
+
+def pick_port(ips: list[str], tries: int = 50) -> int:
+    for _ in range(tries):
+        port = random.randint(20000, 60999)
+        if _port_free_everywhere(port, ips):
+            return port
+    raise InfraError(f"no port is free on all of the lab's loopback addresses ({', '.join(ips)}); "
+                     "free some ports or use --engine docker")
+
+
+class LocalEngine:
+    name = "local"
+
+    def __init__(self):
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.thread: threading.Thread | None = None
+        self.servers: list = []
+        self.dns: LabDNS | None = None
+        self.gateway = None
+
+    def prepare(self, plan: Plan, labdir: Path) -> Plan:
+        ips = [ip for ips in plan.hosts.values() for ip in ips]
+        port = pick_port(ips)
+        return plan.model_copy(update={"smtp_port": port, "dns_port": port})
+
+    def start(self, plan: Plan, labdir: Path, deadline: float) -> None:
+        run_dir = labdir / "run"
+        try:
+            self.dns = LabDNS(plan, plan.ip("dns"), plan.dns_port, run_dir)
+            self.dns.start()
+        except OSError as e:
+            raise InfraError(f"lab DNS cannot listen on {plan.ip('dns')}:{plan.dns_port}: {e}") from None
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="labgen-local", daemon=True)
+        self.thread.start()
+        gw_factory, self.gateway = gateway_factory(plan, labdir, run_dir, deadline)
+        services = [("eop", eop_factory(plan, labdir, run_dir)), ("sink", sink_factory(plan, labdir, run_dir)),
+                    ("gateway", gw_factory)]
+
+        async def listen():
+            from ..smtpd import serve
+            for host, factory in services:
+                try:
+                    self.servers.append(await serve(factory, plan.ip(host), plan.smtp_port))
+                except OSError as e:
+                    raise InfraError(f"{host} cannot listen on {plan.ip(host)}:{plan.smtp_port}: {e}") from None
+        try:
+            asyncio.run_coroutine_threadsafe(listen(), self.loop).result(timeout=10)
+        except BaseException:
+            self.finish(plan, labdir)
+            raise
+
+    def inject(self, plan: Plan, labdir: Path) -> None:
+        run_traffic(plan, labdir / "run")
+
+    def events(self, plan: Plan, labdir: Path) -> list[dict]:
+        return list(read_events(labdir / "run"))
+
+    def finish(self, plan: Plan, labdir: Path) -> None:
+        if self.loop is not None:
+            async def close():
+                for s in self.servers:
+                    s.close()
+                if self.gateway is not None:
+                    for t in list(self.gateway.tasks):
+                        t.cancel()
+            try:
+                asyncio.run_coroutine_threadsafe(close(), self.loop).result(timeout=5)
+            except Exception:
+                pass
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(timeout=5)
+            self.loop = None
+        if self.dns is not None:
+            self.dns.stop()
+            self.dns = None

@@ -1,0 +1,144 @@
+"""The fake EOP front end: one shared, multi-tenant SMTP server that every tenant's
+<tenant>.mail.protection name resolves to. It speaks like EOP (banner, EHLO keywords, TLS 1.2+,
+"250 2.6.0 ... Queued mail for delivery") and hands every decision to eop.rules.
+
+What it writes:
+- eop.jsonl: the ground truth. Every session (source IP, TLS, client certificate facts), every
+  recipient decision with the attribution and why, every delivery and every discard.
+- trace.jsonl: the tenants' message trace, one line per (tenant, message, recipient), holding
+  only what that tenant's admin would see. Discarded mail is in nobody's trace.
+- mailboxes/<address>/<id>.eml: delivered mail.
+"""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from pathlib import Path
+
+from ..ledger import Ledger, labgen_id
+from ..pki import TrustStore, cert_info
+from ..plan import EOP_POOL_HOST, Plan
+from ..smtpd import LabSMTP, server_tls_context
+from . import rules
+
+BANNER = "Microsoft ESMTP MAIL Service ready at {date}"
+EHLO_KEYWORDS = ("SIZE 157286400", "PIPELINING", "DSN", "ENHANCEDSTATUSCODES", "STARTTLS", "8BITMIME",
+                 "BINARYMIME", "CHUNKING", "SMTPUTF8")
+
+
+def tenant_guid(tenant: str) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_DNS, f"{tenant}.onmicrosoft.test"))
+
+
+def write_mailbox(root: Path, address: str, msgid: str | None, data: bytes) -> Path:
+    box = root / address
+    box.mkdir(parents=True, exist_ok=True)
+    n = len(list(box.iterdir())) + 1
+    path = box / f"{n:04d}-{msgid or 'unknown'}.eml"
+    path.write_bytes(data)
+    return path
+
+
+class EopHandler:
+    def __init__(self, plan: Plan, labdir: Path, run_dir: Path):
+        self.plan, self.s = plan, plan.scenario
+        self.trust = TrustStore.from_plan(plan, labdir)
+        self.ledger = Ledger(run_dir, "eop")
+        self.trace = Ledger(run_dir, "trace")
+        self.mailroot = Path(run_dir) / "mailboxes"
+        self._ids = itertools.count(1)
+
+    # --- aiosmtpd hooks
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        session.host_name = hostname
+        tls_active = server.tls_version() is not None
+        words = [k for k in EHLO_KEYWORDS if not (k == "STARTTLS" and tls_active)]
+        lines = [f"{EOP_POOL_HOST} Hello [{session.peer[0]}]"] + words
+        return [("250-" if i < len(lines) - 1 else "250 ") + line for i, line in enumerate(lines)]
+
+    def _facts(self, server, session) -> rules.Session:
+        facts = getattr(session, "labgen", None)
+        if facts is None:
+            der = server.peer_certificate()
+            cert = cert_info(der, self.trust) if der else None
+            facts = rules.Session(source_ip=session.peer[0], tls=server.tls_version() is not None,
+                                  cert_names=cert["names"] if cert else [],
+                                  cert_trusted=bool(cert and cert["trusted"]))
+            session.labgen = facts
+            session.labgen_cert = cert
+            self.ledger.emit("session", client_ip=session.peer[0], helo=session.host_name,
+                             local_ip=server.local_ip(), tls=server.tls_version(), certificate=cert)
+        return facts
+
+    async def handle_MAIL(self, server, session, envelope, address, options):
+        self._facts(server, session)
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        envelope.decisions = {}
+        return "250 2.1.0 Sender OK"
+
+    async def handle_RCPT(self, server, session, envelope, address, options):
+        facts = self._facts(server, session)
+        att = rules.attribute(self.s, facts, envelope.mail_from, address)
+        dec = rules.decide(self.s, facts, envelope.mail_from, address, att)
+        self.ledger.emit("rcpt", msgid=getattr(envelope, "envid", None), mail_from=envelope.mail_from,
+                         rcpt=address.lower(), client_ip=facts.source_ip, tls=facts.tls,
+                         certificate=session.labgen_cert, attribution=att.as_dict(),
+                         action=dec.action, reply=dec.reply, reason=dec.reason, tenant=dec.tenant)
+        if dec.action == "reject":
+            if dec.trace_visible and dec.tenant:
+                self._trace(dec.tenant, getattr(envelope, "envid", None), envelope.mail_from, address, "Failed")
+            return dec.reply
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(options)
+        envelope.decisions[address] = (att, dec)
+        return dec.reply
+
+    async def handle_DATA(self, server, session, envelope):
+        data = envelope.original_content or b""
+        msgid = labgen_id(data) or getattr(envelope, "envid", None)
+        internal = next(self._ids)
+        header_id = _message_id(data) or f"<{internal}@{EOP_POOL_HOST}>"
+        reply = (f"250 2.6.0 {header_id} [InternalId={internal:013d}, Hostname={EOP_POOL_HOST}] "
+                 "Queued mail for delivery")
+        self.ledger.emit("accepted", msgid=msgid, mail_from=envelope.mail_from, rcpts=envelope.rcpt_tos,
+                         reply=reply, size=len(data))
+        for rcpt, (att, dec) in envelope.decisions.items():
+            if dec.action == "deliver":
+                stamped = (f"Received: from {session.host_name} ({session.peer[0]}) by {EOP_POOL_HOST} "
+                           f"with ESMTP{'S' if session.labgen.tls else ''}; id {internal}\r\n"
+                           f"X-EOPTenantAttributedMessage: {tenant_guid(att.tenant)}:0\r\n"
+                           f"X-EOPAttributedMessage: 0\r\n").encode() + data
+                path = write_mailbox(self.mailroot, dec.mailbox, msgid, stamped)
+                self.ledger.emit("delivered", msgid=msgid, rcpt=rcpt.lower(), mailbox=dec.mailbox,
+                                 tenant=dec.tenant, file=str(path.relative_to(self.mailroot.parent)))
+                self._trace(dec.tenant, msgid, envelope.mail_from, rcpt, "Delivered")
+            else:
+                self.ledger.emit("discarded", msgid=msgid, rcpt=rcpt.lower(), reason=dec.reason,
+                                 attribution=att.as_dict(), certificate=session.labgen_cert,
+                                 client_ip=session.peer[0])
+        return reply
+
+    def _trace(self, tenant, msgid, sender, rcpt, status):
+        self.trace.emit("trace", tenant=tenant, msgid=msgid, sender=sender, rcpt=rcpt.lower(), status=status)
+
+
+def _message_id(data: bytes) -> str | None:
+    head = data.split(b"\r\n\r\n", 1)[0]
+    for line in head.splitlines():
+        if line.lower().startswith(b"message-id:"):
+            return line.split(b":", 1)[1].strip().decode("ascii", "replace")
+    return None
+
+
+def eop_factory(plan: Plan, labdir: Path, run_dir: Path):
+    handler = EopHandler(plan, labdir, run_dir)
+    files = plan.certs["eop-server"]
+    tls = server_tls_context(str(labdir / files.chain), str(labdir / files.key),
+                             client_ca_bundle=str(labdir / plan.eop_accept_bundle))
+
+    def factory():
+        return LabSMTP(handler, banner_host=EOP_POOL_HOST, banner_text=BANNER, tls_context=tls,
+                       data_size_limit=157286400)
+    return factory

@@ -1,0 +1,117 @@
+"""The built-in gateway (local engine): the customer's on-premises MTA with its send connectors.
+Same semantics as the Postfix gateway of the Docker lab: receive on port 25 (relay for Exchange
+Online's outbound address, inbound for the domains whose MX it is), route each recipient by
+connector address space, resolve MX through the lab DNS or use the smarthost, STARTTLS with the
+connector's client certificate from its source IP, retry 4xx until the run's deadline, and log
+every attempt."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import secrets
+import time
+from pathlib import Path
+
+from . import resolve, routing
+from .ledger import Ledger, labgen_id
+from .plan import Plan, gateway_server_cert
+from .smtp_client import client_tls_context, send
+from .smtpd import LabSMTP, server_tls_context
+
+RETRY_S = (0.5, 1.0, 2.0, 4.0)
+
+
+class GatewayHandler:
+    def __init__(self, plan: Plan, labdir: Path, run_dir: Path, deadline: float):
+        self.plan, self.s, self.labdir = plan, plan.scenario, labdir
+        self.ledger = Ledger(run_dir, "gateway")
+        self.deadline = deadline
+        self.resolver = resolve.resolver(plan.ip("dns"), plan.dns_port)
+        self.trusted_clients = set(plan.hosts["traffic"][1:])  # Exchange Online's outbound address
+        self.tasks: set[asyncio.Task] = set()
+        self._tls = {}
+        for c in self.s.gateway.connectors:
+            if c.certificate:
+                files = plan.certs[c.certificate]
+                self._tls[c.name] = client_tls_context(str(labdir / files.chain), str(labdir / files.key))
+            else:
+                self._tls[c.name] = client_tls_context(None, None)
+
+    async def handle_RCPT(self, server, session, envelope, address, options):
+        if not routing.may_relay(self.s, session.peer[0] in self.trusted_clients, address):
+            return "554 5.7.1 <%s>: Relay access denied" % address
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 Ok"
+
+    async def handle_DATA(self, server, session, envelope):
+        qid = secrets.token_hex(5).upper()
+        data = envelope.original_content or b""
+        msgid = labgen_id(data) or getattr(envelope, "envid", None)
+        self.ledger.emit("received", msgid=msgid, queue_id=qid, mail_from=envelope.mail_from,
+                         rcpts=[r.lower() for r in envelope.rcpt_tos], client_ip=session.peer[0],
+                         tls=server.tls_version())
+        task = asyncio.create_task(self._deliver(qid, msgid, envelope.mail_from, list(envelope.rcpt_tos), data,
+                                                 getattr(envelope, "envid", None)))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return f"250 2.0.0 Ok: queued as {qid}"
+
+    async def _deliver(self, qid, msgid, mail_from, rcpts, data, envid):
+        pending = [r.lower() for r in rcpts]
+        for delay in itertools.chain([0.0], RETRY_S, itertools.repeat(RETRY_S[-1])):
+            if delay:
+                await asyncio.sleep(delay)
+            if not pending or time.monotonic() > self.deadline:
+                return
+            groups: dict[tuple, list[str]] = {}
+            for r in pending:
+                domain = r.rpartition("@")[2]
+                c = routing.pick_connector(domain, self.s.gateway.connectors)
+                groups.setdefault((c.name, c.smarthost or domain, c.smarthost is None), []).append(r)
+            still = []
+            for (cname, target, by_mx), group in groups.items():
+                still += await asyncio.to_thread(self._attempt, qid, msgid, mail_from, group, data, envid,
+                                                 cname, target, by_mx)
+            pending = still
+
+    def _attempt(self, qid, msgid, mail_from, rcpts, data, envid, cname, target, by_mx) -> list[str]:
+        """One delivery round for recipients sharing a connector and next hop; returns those to retry."""
+        c = next(c for c in self.s.gateway.connectors if c.name == cname)
+        base = dict(msgid=msgid, queue_id=qid, connector=cname)
+        try:
+            hops = resolve.next_hops(self.resolver, target, mx=by_mx)
+        except resolve.DnsFailure as e:
+            kind = "bounced" if e.permanent else "deferred"
+            for r in rcpts:
+                self.ledger.emit(kind, rcpt=r, relay=None, reply=str(e), **base)
+            return [] if e.permanent else rcpts
+        result = None
+        for hop in hops:
+            result = send(data, mail_from, rcpts, host=hop.host, ip=hop.ip, port=self.plan.smtp_port,
+                          helo=self.s.gateway.hostname, source_ip=c.source_ip or self.plan.ip("gateway"),
+                          tls=c.tls, tls_context=self._tls[cname], envid=envid or msgid)
+            if not any(code == 0 for code, _ in result.replies.values()):
+                break  # the host answered; only connection-level failures move on to the next MX
+        cert = self.plan.scenario.certificates.get(c.certificate) if c.certificate else None
+        tls = {"version": result.tls_version, "client_certificate": c.certificate,
+               "client_certificate_cn": cert.cn if cert else None} if result.tls_version else None
+        retry = []
+        for r in rcpts:
+            code, reply = result.replies.get(r, (0, result.error or "no answer"))
+            kind = "sent" if 200 <= code < 300 else "bounced" if code >= 500 else "deferred"
+            self.ledger.emit(kind, rcpt=r, relay=result.relay, relay_host=result.host, relay_ip=result.ip,
+                             reply=reply, source_ip=c.source_ip or self.plan.ip("gateway"), tls=tls, **base)
+            if kind == "deferred":
+                retry.append(r)
+        return retry
+
+
+def gateway_factory(plan: Plan, labdir: Path, run_dir: Path, deadline: float):
+    handler = GatewayHandler(plan, labdir, run_dir, deadline)
+    files = plan.certs[gateway_server_cert(plan)]
+    tls = server_tls_context(str(labdir / files.chain), str(labdir / files.key))
+
+    def factory():
+        return LabSMTP(handler, banner_host=plan.scenario.gateway.hostname, banner_text="ESMTP", tls_context=tls)
+    return factory, handler

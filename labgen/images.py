@@ -1,0 +1,428 @@
+"""The lab image: the one Docker image every lab container runs.
+
+Its tag is a content hash of what goes into it (compose/lab-image/, labgen's own source, the
+Python requirements), so `ensure_image()` builds only when that content changed. It builds
+without any container registry: the base is a Debian bookworm rootfs made with mmdebstrap from
+the host's Debian mirror and `docker import`ed, and the Python dependencies are wheels downloaded
+on the host. Where a registry works, the same Dockerfile builds FROM debian:bookworm instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import queue
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from contextlib import contextmanager
+from pathlib import Path
+
+import labgen
+from labgen.errors import InfraError
+from labgen.resources import resource_dir
+
+# labgen's runtime dependencies, installed into the image's venv. Keep in step with pyproject.toml.
+REQUIREMENTS = [
+    "click>=8.1",
+    "jinja2>=3.1",
+    "aiosmtpd>=1.4.3",
+    "cryptography>=41",
+    "docker>=6.1",
+    "pydantic>=2.5",
+    "PyYAML>=6.0",
+    "dnslib>=0.9.23",
+    "dnspython>=2.3",
+    "rich>=13",
+]
+
+LAB_REPO = "labgen-lab"
+BASE_REPO = "labgen-base"
+LABEL = "io.labgen.image"  # "lab" or "base"
+HASH_LABEL = "io.labgen.hash"
+SUITE = "bookworm"
+REGISTRY_BASE = "debian:bookworm"
+IMAGE_PYTHON = "3.11"  # bookworm's python3: the wheels are downloaded for it
+PULL_PROBE_SECONDS = 5  # how long a registry gets to answer before we build offline
+_TAIL = 6  # output lines quoted in an InfraError
+
+
+# --- the tag ---------------------------------------------------------------------------------
+
+
+def _lab_dir() -> Path:
+    return resource_dir("compose") / "lab-image"
+
+
+def _package_dir() -> Path:
+    return Path(labgen.__file__).resolve().parent
+
+
+def _files(root: Path, pattern: str = "*") -> list[Path]:
+    return sorted(p for p in root.rglob(pattern) if p.is_file() and "__pycache__" not in p.parts)
+
+
+def _hash(*parts: bytes) -> str:
+    h = hashlib.sha256()
+    for part in parts:  # length-prefix each part so that no two different inputs collide
+        h.update(len(part).to_bytes(8, "big") + part)
+    return h.hexdigest()[:12]
+
+
+def _snapshot() -> dict[str, bytes]:
+    """What the tag covers, read once: context path -> bytes. The lab-image files sit at the
+    build context's root and labgen's *.py files under labgen/, as the Dockerfile expects. The
+    build writes exactly these bytes, so the tag matches the image even while files change."""
+    lab, pkg = _lab_dir(), _package_dir()
+    files = {p.relative_to(lab).as_posix(): p.read_bytes() for p in _files(lab)}
+    files |= {"labgen/" + p.relative_to(pkg).as_posix(): p.read_bytes() for p in _files(pkg, "*.py")}
+    files["requirements.txt"] = ("\n".join(REQUIREMENTS) + "\n").encode()
+    return files
+
+
+def _tag_of(snapshot: dict[str, bytes]) -> str:
+    parts = [part for path in sorted(snapshot) for part in (path.encode(), snapshot[path])]
+    return f"{LAB_REPO}:{_hash(*parts)}"
+
+
+def image_tag() -> str:
+    """`labgen-lab:<12 hex>` for the current lab-image recipe, labgen source and requirements."""
+    return _tag_of(_snapshot())
+
+
+# --- progress and failures -------------------------------------------------------------------
+
+
+class _Steps:
+    """A rich status line per step (with the step's latest output line), then a ✓ line."""
+
+    def __init__(self, console=None):
+        self.console = console
+        self._status = None
+        self._title = ""
+
+    @contextmanager
+    def step(self, title: str):
+        start = time.monotonic()
+        if self.console is None:
+            yield
+            return
+        with self.console.status(title) as status:
+            self._status, self._title = status, title
+            try:
+                yield
+            finally:
+                self._status = None
+        self.console.print(f"[green]✓[/green] {title} [dim]({time.monotonic() - start:.0f}s)[/dim]")
+
+    def note(self, text: str) -> None:
+        if self._status is not None and text.strip():
+            from rich.markup import escape
+
+            self._status.update(f"{self._title} [dim]{escape(text.strip()[-100:])}[/dim]")
+
+
+def _fail(step: str, reason: str, tail=()) -> InfraError:
+    lines = [line.strip() for line in tail if line.strip()][-_TAIL:]
+    last = f"; last output: {' | '.join(lines)}" if lines else ""
+    return InfraError(f"building the lab image failed at step '{step}': {reason}{last}")
+
+
+def _run(cmd: list[str], step: str, steps: _Steps) -> None:
+    """Run a command, feeding its output to the progress line; fail with its last lines."""
+    tail: deque[str] = deque(maxlen=50)
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, text=True, errors="replace")
+    except OSError as e:
+        raise _fail(step, f"cannot run {cmd[0]}: {e}") from None
+    for line in proc.stdout:
+        tail.append(line)
+        steps.note(line)
+    if proc.wait() != 0:
+        raise _fail(step, f"{Path(cmd[0]).name} exited {proc.returncode}", tail)
+
+
+# --- docker ----------------------------------------------------------------------------------
+
+
+def _client():
+    import docker
+
+    try:
+        client = docker.from_env()
+        client.ping()
+    except Exception as e:  # DockerException, connection errors, permission denied...
+        raise InfraError(f"cannot reach the Docker engine: {e}") from None
+    return client
+
+
+def _has_image(client, ref: str) -> bool:
+    import docker
+
+    try:
+        client.images.get(ref)
+        return True
+    except docker.errors.ImageNotFound:
+        return False
+
+
+def _pull_registry_base(client, steps: _Steps, bounded: bool) -> bool:
+    """Pull debian:bookworm. When `bounded`, give up (False) unless the registry answers within
+    PULL_PROBE_SECONDS: a pull with no registry either fails at once or hangs on connect."""
+    events: queue.Queue = queue.Queue()
+
+    def pull():  # in a thread, so a hanging pull cannot hang us
+        try:
+            for event in client.api.pull("debian", tag=SUITE, stream=True, decode=True):
+                events.put(event)
+        except Exception as e:
+            events.put({"error": str(e)})
+        events.put(None)
+
+    threading.Thread(target=pull, daemon=True).start()
+    timeout = PULL_PROBE_SECONDS if bounded else None
+    while True:
+        try:
+            event = events.get(timeout=timeout)
+        except queue.Empty:
+            return False
+        if event is None:
+            break
+        if "error" in event:
+            if bounded:
+                return False
+            raise _fail(f"docker pull {REGISTRY_BASE}", event["error"])
+        timeout = None  # the registry answered: let the pull take as long as it takes
+        steps.note(" ".join(str(event.get(k, "")) for k in ("status", "progress")))
+    return _has_image(client, REGISTRY_BASE)
+
+
+# --- the offline base ------------------------------------------------------------------------
+
+
+def _packages() -> list[str]:
+    text = (_lab_dir() / "packages.txt").read_text()
+    return [w for line in text.splitlines() for w in line.split("#", 1)[0].split()]
+
+
+def base_tag() -> str:
+    """`labgen-base:<hash>` of the mmdebstrap rootfs: packages, debconf answers and suite."""
+    preseed = (_lab_dir() / "debconf.txt").read_bytes()
+    return f"{BASE_REPO}:{_hash(SUITE.encode(), ' '.join(_packages()).encode(), preseed)}"
+
+
+def debian_sources(suite: str = SUITE, apt_dir: Path = Path("/etc/apt")) -> list[str]:
+    """The host's apt sources for `suite` (and -updates, -security) as one-line `deb` entries,
+    read from sources.list(.d) in both formats. Only the main component is kept."""
+    wanted = {suite, f"{suite}-updates", f"{suite}-security"}
+    stanzas: list[dict[str, str]] = []
+    files = [apt_dir / "sources.list", *sorted((apt_dir / "sources.list.d").glob("*"))]
+    for f in files:
+        if not f.is_file():
+            continue
+        text = f.read_text(errors="replace")
+        if f.suffix == ".sources":  # deb822: blank-line separated stanzas of Key: value
+            for block in re.split(r"\n\s*\n", text):
+                fields, key = {}, None
+                for line in block.splitlines():
+                    if line.startswith("#") or not line.strip():
+                        continue
+                    if line[0].isspace() and key:  # continuation line (e.g. an inline key)
+                        fields[key] += "\n" + line.strip()
+                    elif ":" in line:
+                        key, value = line.split(":", 1)
+                        key = key.strip().lower()
+                        fields[key] = value.strip()
+                stanzas.append(fields)
+        elif f.name == "sources.list" or f.suffix == ".list":
+            for line in text.splitlines():
+                m = re.match(r"\s*(deb)\s+(?:\[([^\]]*)\]\s+)?(\S+)\s+(\S+)\s*(.*)", line)
+                if m:
+                    opts = dict(o.split("=", 1) for o in (m[2] or "").split() if "=" in o)
+                    stanzas.append({"types": m[1], "uris": m[3], "suites": m[4],
+                                    "components": m[5], "signed-by": opts.get("signed-by", "")})
+    entries = []
+    for s in stanzas:
+        if "deb" not in s.get("types", "").split() or "main" not in s.get("components", "").split():
+            continue
+        signed = s.get("signed-by", "")
+        opt = f"[signed-by={signed}] " if signed and "\n" not in signed else ""
+        for uri in s.get("uris", "").split():
+            for suite_name in s.get("suites", "").split():
+                if suite_name in wanted:
+                    entry = f"deb {opt}{uri} {suite_name} main"
+                    if entry not in entries:
+                        entries.append(entry)
+    return entries
+
+
+def _build_offline_base(client, steps: _Steps, force: bool) -> str:
+    tag = base_tag()
+    if not force and _has_image(client, tag):
+        return tag
+    if shutil.which("mmdebstrap") is None:
+        raise InfraError(
+            f"cannot build the lab image: {REGISTRY_BASE} could not be pulled and mmdebstrap is "
+            "not installed (apt-get install mmdebstrap, or make a registry reachable)"
+        )
+    # With no bookworm entry on the host, mmdebstrap falls back to its own default mirror.
+    mirrors = debian_sources()
+    preseed = _lab_dir() / "debconf.txt"
+    with steps.step(f"base rootfs {tag} (mmdebstrap {SUITE})"), \
+            tempfile.TemporaryDirectory(prefix="labgen-base-") as tmp:
+        rootfs = Path(tmp) / "rootfs.tar"
+        _run([
+            "mmdebstrap", "--variant=apt", "--include=" + ",".join(_packages()),
+            # postfix asks debconf questions in its postinst: answer them before it installs.
+            f"--essential-hook=chroot \"$1\" debconf-set-selections < {shlex.quote(str(preseed))}",
+            SUITE, str(rootfs), *mirrors,
+        ], "mmdebstrap (base rootfs)", steps)
+        steps.note("docker import")
+        repo, _, version = tag.partition(":")
+        try:
+            client.api.import_image_from_file(
+                str(rootfs), repository=repo, tag=version,
+                changes=[f"LABEL {LABEL}=base", f"LABEL {HASH_LABEL}={version}"],
+            )
+        except Exception as e:
+            raise _fail("docker import (base rootfs)", str(e)) from None
+        if not _has_image(client, tag):
+            raise _fail("docker import (base rootfs)", f"{tag} is missing after the import")
+    return tag
+
+
+def _base_image(client, steps: _Steps, from_registry: bool | None, force: bool) -> str:
+    if from_registry is True:
+        if force or not _has_image(client, REGISTRY_BASE):
+            with steps.step(f"docker pull {REGISTRY_BASE}"):
+                _pull_registry_base(client, steps, bounded=False)
+        return REGISTRY_BASE
+    if from_registry is None:
+        if _has_image(client, REGISTRY_BASE):
+            return REGISTRY_BASE
+        # An offline base built before is as good: don't probe the network on every rebuild.
+        if not _has_image(client, base_tag()):
+            with steps.step(f"probing for {REGISTRY_BASE}"):
+                if _pull_registry_base(client, steps, bounded=True):
+                    return REGISTRY_BASE
+    return _build_offline_base(client, steps, force)
+
+
+# --- wheels ----------------------------------------------------------------------------------
+
+
+def _cache_home() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "labgen"
+
+
+def _wheels(arch: str, force: bool, steps: _Steps) -> Path:
+    """Wheels for REQUIREMENTS on the image's CPython, cached by requirement list and arch."""
+    key = _hash(IMAGE_PYTHON.encode(), arch.encode(), "\n".join(REQUIREMENTS).encode())
+    dest = _cache_home() / "wheels" / key
+    if not force and (dest / ".complete").exists():
+        return dest
+    py = IMAGE_PYTHON.replace(".", "")
+    # pip matches --platform literally (older pips don't widen manylinux_2_36 to 2_17...),
+    # so list every glibc level bookworm (2.36) can run.
+    platforms = [f"manylinux_2_{n}_{arch}" for n in range(36, 4, -1)]
+    platforms += [f"manylinux{tag}_{arch}" for tag in ("2014", "2010", "1")]
+    with steps.step("wheels for the image's Python"):
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{key}.", dir=dest.parent))
+        try:
+            _run([
+                sys.executable, "-m", "pip", "download", "--disable-pip-version-check",
+                "--progress-bar", "off", "--only-binary=:all:", "--dest", str(tmp),
+                "--implementation", "cp", "--python-version", IMAGE_PYTHON,
+                "--abi", f"cp{py}", "--abi", "abi3", "--abi", "none",
+                *[a for p in platforms for a in ("--platform", p)],
+                *REQUIREMENTS,
+            ], "pip download (wheels)", steps)
+            (tmp / ".complete").touch()
+            shutil.rmtree(dest, ignore_errors=True)
+            tmp.rename(dest)  # atomic: a half-done download never looks complete
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+# --- the lab image ---------------------------------------------------------------------------
+
+
+def _build_lab(client, steps: _Steps, snapshot: dict[str, bytes], base: str, wheels: Path,
+               force: bool) -> str:
+    tag = _tag_of(snapshot)
+    with steps.step(f"docker build {tag}"), \
+            tempfile.TemporaryDirectory(prefix="labgen-image-") as tmp:
+        ctx = Path(tmp)
+        for rel, data in snapshot.items():
+            (ctx / rel).parent.mkdir(parents=True, exist_ok=True)
+            (ctx / rel).write_bytes(data)
+        shutil.copytree(wheels, ctx / "wheels", ignore=shutil.ignore_patterns(".complete"))
+
+        tail: deque[str] = deque(maxlen=50)
+        try:
+            # The SDK speaks to the engine's classic builder: no buildx/BuildKit needed.
+            for event in client.api.build(
+                path=str(ctx), tag=tag, buildargs={"BASE": base}, pull=False, rm=True,
+                forcerm=True, nocache=force, decode=True,
+                labels={LABEL: "lab", HASH_LABEL: tag.partition(":")[2]},
+            ):
+                if "stream" in event:
+                    for line in event["stream"].splitlines():
+                        tail.append(line)
+                        steps.note(line)
+                if "error" in event:
+                    raise _fail("docker build", event["error"].strip(), tail)
+        except InfraError:
+            raise
+        except Exception as e:
+            raise _fail("docker build", str(e), tail) from None
+    if not _has_image(client, tag):
+        raise _fail("docker build", f"{tag} is missing after the build", tail)
+    return tag
+
+
+def ensure_image(console=None, force: bool = False, from_registry: bool | None = None) -> str:
+    """Return the current lab image's tag, building it first if the engine lacks it.
+
+    from_registry: None picks the base by itself (a local debian:bookworm, else an offline base
+    built before, else a pull if a registry answers within seconds, else mmdebstrap); True
+    insists on debian:bookworm from the registry; False always uses the mmdebstrap base.
+    force: rebuild even when present: a fresh offline base, fresh wheels, no layer cache.
+    """
+    snapshot = _snapshot()
+    tag = _tag_of(snapshot)
+    client = _client()
+    if not force and _has_image(client, tag):
+        return tag
+    steps = _Steps(console)
+    base = _base_image(client, steps, from_registry, force)
+    arch = client.info().get("Architecture", "x86_64")
+    arch = {"amd64": "x86_64", "arm64": "aarch64"}.get(arch, arch)
+    wheels = _wheels(arch, force, steps)
+    return _build_lab(client, steps, snapshot, base, wheels, force)
+
+
+def list_images() -> list[dict]:
+    """The lab images the engine has, newest first; `current` marks the one for this code."""
+    client = _client()
+    current = image_tag()
+    rows = []
+    for image in client.images.list(filters={"label": f"{LABEL}=lab"}):
+        tags = [t for t in image.tags if t.startswith(LAB_REPO + ":")]
+        rows.append({
+            "tag": tags[0] if tags else None,  # None: replaced by a forced rebuild
+            "id": image.short_id.removeprefix("sha256:"),
+            "created": image.attrs.get("Created", ""),
+            "size": image.attrs.get("Size", 0),
+            "current": current in tags,
+        })
+    return sorted(rows, key=lambda r: r["created"], reverse=True)

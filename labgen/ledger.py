@@ -1,0 +1,50 @@
+"""The ledger: every service appends JSON-lines events to its own file in the run directory;
+the collector reads them all back. Events carry the traffic's message id (`msgid`) and, where
+it concerns one recipient, `rcpt`, which is what joins them."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+MSGID_HEADER = "X-Labgen-Id"
+
+
+class Ledger:
+    def __init__(self, run_dir: Path, service: str):
+        self.service = service
+        self.path = Path(run_dir) / f"{service}.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()  # the built-in gateway writes from worker threads
+
+    def emit(self, event: str, **fields) -> dict:
+        record = {"ts": round(time.time(), 6), "service": self.service, "event": event, **fields}
+        line = json.dumps(record, default=str) + "\n"
+        with self._lock, self.path.open("a", encoding="utf-8") as f:
+            f.write(line)
+        return record
+
+
+def read_events(run_dir: Path) -> Iterator[dict]:
+    for path in sorted(Path(run_dir).glob("*.jsonl")):
+        with path.open(encoding="utf-8") as f:
+            for line in f:
+                line = line.strip()
+                if line:
+                    try:
+                        yield json.loads(line)
+                    except json.JSONDecodeError:
+                        continue  # a line being written right now
+
+
+def labgen_id(headers_blob: bytes) -> str | None:
+    """The X-Labgen-Id of a message, read from its top-level header block only (a bounce
+    carrying the original as an attachment is a different message)."""
+    head = headers_blob.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
+    for line in head.splitlines():
+        if line[:len(MSGID_HEADER) + 1].lower() == (MSGID_HEADER + ":").lower().encode():
+            return line.split(b":", 1)[1].strip().decode("ascii", "replace")
+    return None

@@ -1,0 +1,235 @@
+"""Plan: turn a validated scenario into concrete hosts, addresses, DNS records and file names.
+
+The plan is the one document every service reads (as `plan.json` in the lab directory), in every
+engine. Engines only change *where* addresses live: the Docker engine uses the scenario's
+documentation-range subnet as is (or moved to `--subnet`); the local engine maps every address
+onto loopback by swapping the first octet for 127 (198.51.100.10 -> 127.51.100.10), which keeps
+CIDR-based connectors meaningful and needs no setup on Linux.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import secrets
+from pathlib import Path
+from typing import Callable, Optional
+
+from pydantic import BaseModel
+
+from .errors import InputError
+from .scenario import (PROTECTION_SUFFIX, Scenario, domain_of, protection_host, routing_domain)
+
+HOSTS = ("dns", "eop", "gateway", "sink", "traffic")
+# Mnemonic host offsets inside the lab subnet (a /25 or larger); smaller subnets count up from .2.
+_OFFSETS = {"gateway": 10, "eop": 25, "exo": 40, "dns": 53, "sink": 80, "traffic": 100}
+# The name the shared EOP front end gives itself, like the real pool servers do.
+EOP_POOL_HOST = f"dm6nam12ft011.{PROTECTION_SUFFIX}"
+
+
+class Record(BaseModel):
+    name: str
+    type: str  # "A" or "MX"
+    value: str
+    preference: int = 10
+
+
+class CertFiles(BaseModel):
+    cert: str  # leaf only
+    key: str
+    chain: str  # leaf + intermediate (what a client or server presents)
+
+
+class Plan(BaseModel):
+    lab: str
+    engine: str
+    run_id: str
+    subnet: str
+    smtp_port: int = 25
+    dns_port: int = 53
+    # host -> addresses; the first is the host's own, the gateway may have more (egress IPs).
+    hosts: dict[str, list[str]]
+    zones: list[str]
+    records: list[Record]
+    certs: dict[str, CertFiles]  # scenario certificates and the services' own server certs
+    ca_root: str
+    ca_intermediate: str
+    # What the fake EOP accepts at the TLS layer: the public root and intermediate plus every
+    # self-signed certificate the scenario declares.
+    eop_accept_bundle: str
+    scenario: Scenario
+
+    # ----- views
+    def ip(self, host: str) -> str:
+        return self.hosts[host][0]
+
+    def host_of_ip(self, ip: str) -> Optional[str]:
+        for name, ips in self.hosts.items():
+            if ip in ips:
+                return name
+        return None
+
+    def a_records(self) -> dict[str, str]:
+        return {r.name: r.value for r in self.records if r.type == "A"}
+
+    def save(self, path: Path) -> None:
+        path.write_text(self.model_dump_json(indent=2, by_alias=True))
+
+    @classmethod
+    def load(cls, path: Path) -> "Plan":
+        return cls.model_validate(json.loads(Path(path).read_text()))
+
+
+# ---------------------------------------------------------------- addresses
+
+def loopback_ip(ip: str) -> str:
+    """The local engine's address for a lab address: first octet becomes 127."""
+    return "127." + ip.split(".", 1)[1]
+
+
+def _mover(src: ipaddress.IPv4Network, dst: ipaddress.IPv4Network) -> Callable[[str], str]:
+    def move(ip: str) -> str:
+        offset = int(ipaddress.ip_address(ip)) - int(src.network_address)
+        return str(dst.network_address + offset)
+    return move
+
+
+def _translate_cidr(cidr: str, move: Callable[[str], str]) -> str:
+    net = ipaddress.ip_network(cidr)
+    return f"{move(str(net.network_address))}/{net.prefixlen}"
+
+
+def _host_addresses(s: Scenario, net: ipaddress.IPv4Network) -> dict[str, list[str]]:
+    usable = list(net.hosts())[1:]  # .1 is the Docker bridge's own address
+    if net.num_addresses >= 128:
+        defaults = {h: str(net.network_address + off) for h, off in _OFFSETS.items()}
+    else:
+        defaults = {h: str(usable[i]) for i, h in enumerate(("gateway", "eop", "dns", "sink", "traffic", "exo"))}
+    chosen = {h: s.lab.addresses.get(h, defaults[h]) for h in ("dns", "eop", "sink", "traffic", "exo")}
+    chosen["gateway"] = s.gateway.address or defaults["gateway"]
+    if s.eop.address:
+        chosen["eop"] = s.eop.address
+    where = {"gateway": "gateway.address", "eop": "eop.address"}
+    owner: dict[str, str] = {}
+    for host, ip in chosen.items():
+        path = where.get(host, f"lab.addresses.{host}")
+        _check_in_subnet(ip, net, path)
+        if ip in owner:
+            raise InputError(f"{path}: duplicate host address {ip} (already used by {owner[ip]}); "
+                             "give each lab host its own address")
+        owner[ip] = host
+    hosts = {h: [chosen[h]] for h in HOSTS}
+    # The traffic host speaks for two parties: internet senders (its own address) and Exchange
+    # Online's outbound servers (the second), which the gateway trusts to relay.
+    hosts["traffic"].append(chosen["exo"])
+    for i, c in enumerate(s.gateway.connectors):
+        if c.source_ip is None:
+            continue
+        path = f"gateway.connectors[{i}].source_ip"
+        _check_in_subnet(c.source_ip, net, path)
+        if owner.get(c.source_ip, "gateway") != "gateway":
+            raise InputError(f"{path}: duplicate host address {c.source_ip} (already used by "
+                             f"{owner[c.source_ip]}); use an address of the gateway's own")
+        owner[c.source_ip] = "gateway"
+        if c.source_ip not in hosts["gateway"]:
+            hosts["gateway"].append(c.source_ip)
+    return hosts
+
+
+def _check_in_subnet(ip: str, net: ipaddress.IPv4Network, path: str) -> None:
+    addr = ipaddress.ip_address(ip)
+    if addr not in net or addr in (net.network_address, net.broadcast_address, net.network_address + 1):
+        raise InputError(f"{path}: {ip} is not a usable host address in the lab subnet {net} "
+                         "(.1 belongs to the network itself); pick one inside it or change lab.subnet")
+
+
+# ---------------------------------------------------------------- DNS
+
+def _records(s: Scenario, hosts: dict[str, list[str]]) -> tuple[list[str], list[Record]]:
+    eop, sink, gw = hosts["eop"][0], hosts["sink"][0], hosts["gateway"][0]
+    rec: list[Record] = [Record(name=EOP_POOL_HOST, type="A", value=eop),
+                         Record(name=s.gateway.hostname, type="A", value=gw)]
+    zones = {PROTECTION_SUFFIX}
+    for tname, tenant in s.tenants.items():
+        rec.append(Record(name=protection_host(tname), type="A", value=eop))
+        rec.append(Record(name=routing_domain(tname), type="MX", value=protection_host(tname)))
+        zones.add(routing_domain(tname))
+        for d in tenant.domains:
+            target = protection_host(tname) if d.mx == "eop" else s.gateway.hostname
+            rec.append(Record(name=d.name, type="MX", value=target))
+            zones.add(d.name)
+    for d in s.internet.domains:
+        rec.append(Record(name=d, type="MX", value=f"mx.{d}"))
+        rec.append(Record(name=f"mx.{d}", type="A", value=sink))
+        zones.add(d)
+    if not any(s.gateway.hostname == z or s.gateway.hostname.endswith("." + z) for z in zones):
+        zones.add(s.gateway.hostname.split(".", 1)[1])
+    return sorted(zones), rec
+
+
+# ---------------------------------------------------------------- certificates
+
+def _cert_files(s: Scenario) -> dict[str, CertFiles]:
+    names = list(s.certificates) + ["eop-server", "sink-server"]
+    if not s.gateway.server_certificate:
+        names.append("gateway-server")
+    return {n: CertFiles(cert=f"certs/{n}.crt", key=f"certs/{n}.key", chain=f"certs/{n}.chain.pem")
+            for n in names}
+
+
+def gateway_server_cert(plan: Plan) -> str:
+    return plan.scenario.gateway.server_certificate or "gateway-server"
+
+
+# ---------------------------------------------------------------- the plan
+
+def make_plan(s: Scenario, engine: str, subnet: Optional[str] = None) -> Plan:
+    """Addresses are checked in the scenario's own subnet, then moved: to `subnet` when given
+    (Docker), or onto loopback (local engine)."""
+    net = ipaddress.ip_network(s.lab.subnet)
+    hosts = _host_addresses(s, net)
+    move: Optional[Callable[[str], str]] = None
+    if engine == "local":
+        move = loopback_ip
+    elif subnet and ipaddress.ip_network(subnet, strict=False) != net:
+        dst = ipaddress.ip_network(subnet, strict=False)
+        if dst.prefixlen != net.prefixlen:
+            raise InputError(f"--subnet {subnet}: must be a /{net.prefixlen} like the scenario's {net}")
+        move = _mover(net, dst)
+    lab_subnet = _translate_cidr(str(net), move) if move else str(net)
+    if move:
+        s = _translated_scenario(s, move)
+        hosts = {h: [move(ip) for ip in ips] for h, ips in hosts.items()}
+    zones, records = _records(s, hosts)
+    return Plan(lab=s.name, engine=engine, run_id=secrets.token_hex(4), subnet=lab_subnet,
+                hosts=hosts, zones=zones, records=records, certs=_cert_files(s),
+                ca_root="certs/ca-root.crt", ca_intermediate="certs/ca-intermediate.crt",
+                eop_accept_bundle="certs/eop-accept.pem", scenario=s)
+
+
+def _translated_scenario(s: Scenario, move: Callable[[str], str]) -> Scenario:
+    s = s.model_copy(deep=True)
+    s.lab.subnet = _translate_cidr(s.lab.subnet, move)
+    s.lab.addresses = {k: move(v) for k, v in s.lab.addresses.items()}
+    if s.gateway.address:
+        s.gateway.address = move(s.gateway.address)
+    if s.eop.address:
+        s.eop.address = move(s.eop.address)
+    for c in s.gateway.connectors:
+        if c.source_ip:
+            c.source_ip = move(c.source_ip)
+    for t in s.tenants.values():
+        for c in t.inbound_connectors:
+            # Connector ranges outside the lab subnet keep their offset relative to it.
+            c.sender_ip_addresses = [_translate_cidr(n, move) for n in c.sender_ip_addresses]
+    return s
+
+
+def message_entry(s: Scenario, sender: str, via: Optional[str]) -> str:
+    """Where a traffic message enters the lab: 'gateway' (centralized outbound) or 'mx'."""
+    tenant = s.tenant_of_domain(domain_of(sender))
+    if via is None:
+        via = "exchange-online" if tenant else "internet"
+    if via == "exchange-online" and tenant and s.tenants[tenant].outbound_via_gateway:
+        return "gateway"
+    return "mx"

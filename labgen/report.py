@@ -1,0 +1,114 @@
+"""Human output: a table that says in words what happened to each message, which hop said what,
+and where mail was lost silently. JSON output is the result document itself (run.py)."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+STYLE = {"delivered": "green", "silently_discarded": "bold red", "rejected": "yellow", "deferred": "magenta",
+         "unaccounted": "bold white on red"}
+LABEL = {"delivered": "delivered", "silently_discarded": "SILENTLY DISCARDED", "rejected": "rejected",
+         "deferred": "deferred", "unaccounted": "UNACCOUNTED"}
+
+
+def _short(reply: str | None, n: int = 60) -> str:
+    reply = reply or ""
+    return reply if len(reply) <= n else reply[: n - 1] + "…"
+
+
+def hop_lines(m: dict) -> list[str]:
+    lines = []
+    for h in m["hops"]:
+        svc, ev = h["service"], h["event"]
+        if svc == "traffic":
+            lines.append(f"submitted to {h.get('relay') or '?'}: {_short(h.get('reply'))}")
+        elif svc == "gateway":
+            tls = h.get("tls") or {}
+            cert = f", cert {tls.get('client_certificate')}" if tls.get("client_certificate") else ""
+            how = f" over {tls['version']}{cert}" if tls.get("version") else " without TLS"
+            lines.append(f"gateway '{h.get('connector')}' connector → {h.get('relay') or '-'}{how}: "
+                         f"{ev} ({_short(h.get('reply'))})")
+        elif svc == "eop" and ev == "rcpt":
+            a = h.get("attribution") or {}
+            conn = f" (connector '{a['connector']}')" if a.get("connector") else ""
+            lines.append(f"EOP: attributed to {a.get('tenant') or 'no tenant'} by {a.get('by') or '-'}{conn} "
+                         f"→ {h.get('action')}: {_short(h.get('reply'), 50)}")
+        elif ev == "delivered":
+            lines.append(f"{'EOP' if svc == 'eop' else 'internet sink'}: in mailbox {h.get('mailbox')}")
+        elif ev == "discarded":
+            lines.append("EOP: discarded after 250, no NDR")
+        elif svc == "sink" and ev == "rcpt":
+            lines.append(f"sink: {h.get('reply')}")
+    return lines
+
+
+def print_result(doc: dict, console: Console) -> None:
+    title = f"labgen · {doc['scenario']} · {doc['engine']} engine · {doc['duration_s']:.1f} s"
+    table = Table(title=title, caption=doc.get("description") or None, show_lines=False)
+    table.add_column("message", no_wrap=True)
+    table.add_column("from → to")
+    table.add_column("outcome", no_wrap=True)
+    table.add_column("expected", no_wrap=True)
+    for m in doc["messages"]:
+        exp = "" if m["expected"] is None else ("✓ " if m["ok"] else "✗ ") + m["expected"]
+        table.add_row(m["id"], f"{m['from']} → {m['to']}", Text(LABEL[m["outcome"]], style=STYLE[m["outcome"]]),
+                      Text(exp, style="green" if m["ok"] else "red" if m["ok"] is False else ""))
+    console.print(table)
+    for m in doc["messages"]:
+        console.print(Text.assemble((f"{m['id']} → {m['to']}: ", "bold"),
+                                    (LABEL[m["outcome"]], STYLE[m["outcome"]])))
+        for line in hop_lines(m):
+            console.print(f"    {line}", markup=False)
+        if m["outcome"] != "delivered":
+            console.print(f"    ⇒ {m['why']}", markup=False)
+            if not m["recipient_trace_visible"]:
+                console.print("    ⇒ the recipient's admin finds nothing in message trace", markup=False)
+    for m in doc["messages"]:
+        if m["outcome"] == "silently_discarded":
+            console.print(silent_loss_line(m), style="red", markup=False)
+    s = doc["summary"]
+    console.print(
+        f"{s['total']} recipient(s): {s['delivered']} delivered, {s['silently_discarded']} silently discarded, "
+        f"{s['rejected']} rejected, {s['deferred']} deferred, {s['unaccounted']} unaccounted. "
+        + ("All expectations held." if s["expectations_failed"] == 0 else
+           f"{s['expectations_failed']} expectation(s) FAILED."))
+    for m in doc["messages"]:
+        if m["ok"] is False:
+            console.print(f"  expectation failed: {m['id']} → {m['to']}: expected {m['expected']}, "
+                          f"got {m['outcome']} ({m['why']})", style="red", markup=False)
+    console.print(f"Lab directory: {doc['lab_dir']} (ledger in run/, mailboxes in run/mailboxes/)", style="dim",
+                  markup=False)
+
+
+def silent_loss_line(m: dict) -> str:
+    d = m.get("dropped_by") or {}
+    cert = d.get("certificate") or {}
+    upstream = next((h for h in reversed(m["hops"]) if h["event"] in ("sent", "submitted")), None)
+    said = f"{upstream['service']} logged '{_short(upstream.get('reply'), 70)}'" if upstream else "it was accepted"
+    certtxt = ""
+    if cert:
+        certtxt = (f" The certificate it presented: CN={cert.get('subject')}, issuer {cert.get('issuer')}"
+                   f"{' (self-signed)' if cert.get('self_signed') else ''}, SHA-256 {cert.get('fingerprint_sha256', '')[:23]}….")
+    return (f"SILENT LOSS: {m['id']} to {m['to']}: the {said}, yet no mailbox has it and no NDR went back. "
+            f"Why: {d.get('reason')}.{certtxt}")
+
+
+def print_compare(doc: dict, console: Console) -> None:
+    a, b = doc["a"], doc["b"]
+    table = Table(title=f"labgen compare · {a['scenario']} vs {b['scenario']}", show_lines=True, expand=True)
+    table.add_column("message", no_wrap=True)
+    table.add_column("to")
+    table.add_column(a["scenario"], no_wrap=True)
+    table.add_column(b["scenario"], no_wrap=True)
+    table.add_column("what changed", ratio=3)
+    for c in doc["changes"]:
+        oa, ob = c["a"], c["b"]
+        table.add_row(c["id"], c["to"],
+                      Text(LABEL.get(oa, oa or "—"), style=STYLE.get(oa, "")),
+                      Text(LABEL.get(ob, ob or "—"), style=STYLE.get(ob, "")),
+                      c["change"])
+    console.print(table)
+    n = sum(1 for c in doc["changes"] if c["changed"])
+    console.print(f"{n} of {len(doc['changes'])} recipient outcome(s) changed between {a['scenario']} and {b['scenario']}.")

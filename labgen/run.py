@@ -1,0 +1,91 @@
+"""The pipeline's driver: scenario -> plan -> PKI -> engine -> traffic -> ledger -> verdict.
+Returns the `labgen.result/v1` document; the CLI prints it."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+from . import verdict
+from .engines.base import Engine
+from .errors import InfraError
+from .pki import make_pki
+from .plan import Plan, make_plan
+from .scenario import Scenario
+
+RESULT_SCHEMA = "labgen.result/v1"
+POLL_S = 0.05
+
+
+def lab_dir(workdir: Path, lab: str) -> Path:
+    return Path(workdir) / f"labgen-{lab}"
+
+
+def prepare_lab(s: Scenario, engine: Engine, workdir: Path, subnet: Optional[str] = None) -> tuple[Plan, Path]:
+    """Plan, lab directory (0700), PKI, a fresh run directory and plan.json."""
+    plan = make_plan(s, engine.name, subnet)
+    labdir = lab_dir(workdir, s.name)
+    labdir.mkdir(parents=True, exist_ok=True)
+    labdir.chmod(0o700)
+    make_pki(plan, labdir)
+    plan = engine.prepare(plan, labdir)
+    run_dir = labdir / "run"
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir()
+    run_dir.chmod(0o777)  # services in containers write here as their own users
+    plan.save(labdir / "plan.json")
+    return plan, labdir
+
+
+def wait_settled(plan: Plan, events: Callable[[], list[dict]], deadline: float) -> list[verdict.RcptResult]:
+    while True:
+        results = verdict.classify(plan, events())
+        if verdict.settled(results) or time.monotonic() >= deadline:
+            return results
+        time.sleep(POLL_S)
+
+
+def run_lab(s: Scenario, engine: Engine, workdir: Path, subnet: Optional[str] = None,
+            on_phase: Callable[[str], None] = lambda _: None) -> dict:
+    t0 = time.monotonic()
+    on_phase("planning and making certificates")
+    plan, labdir = prepare_lab(s, engine, workdir, subnet)
+    deadline = time.monotonic() + s.deadline_s
+    try:
+        on_phase(f"starting the lab ({engine.name} engine)")
+        engine.start(plan, labdir, deadline)
+        on_phase("sending traffic")
+        engine.inject(plan, labdir)
+        on_phase("waiting for every message to settle")
+        results = wait_settled(plan, lambda: engine.events(plan, labdir), deadline)
+        # A final read: late events (e.g. a Postfix log line) may still land after the deadline.
+        results = verdict.classify(plan, engine.events(plan, labdir))
+    finally:
+        engine.finish(plan, labdir)
+    doc = result_document(plan, labdir, results, time.monotonic() - t0)
+    return doc
+
+
+def result_document(plan: Plan, labdir: Path, results: list[verdict.RcptResult], duration: float) -> dict:
+    return {
+        "schema": RESULT_SCHEMA,
+        "scenario": plan.lab,
+        "description": plan.scenario.description,
+        "engine": plan.engine,
+        "duration_s": round(duration, 3),
+        "lab_dir": str(labdir),
+        "run_id": plan.run_id,
+        "messages": [r.as_dict() for r in results],
+        "summary": verdict.summary(results),
+    }
+
+
+def check_accounted(doc: dict) -> None:
+    missing = [m for m in doc["messages"] if m["outcome"] == "unaccounted"]
+    if missing:
+        m = missing[0]
+        raise InfraError(f"{len(missing)} message(s) unaccounted for in lab {doc['scenario']}: "
+                         f"{m['id']} to {m['to']}: {m['why']}; see {doc['lab_dir']}/run/")

@@ -1,0 +1,48 @@
+"""Internet MX sinks: the mail servers of the non-Microsoft domains. They accept any recipient in
+their domains, keep each message as an .eml file, and log what they received."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .eop.server import write_mailbox
+from .ledger import Ledger, labgen_id
+from .plan import Plan
+from .scenario import domain_of
+from .smtpd import LabSMTP, server_tls_context
+
+
+class SinkHandler:
+    def __init__(self, plan: Plan, run_dir: Path):
+        self.domains = set(plan.scenario.internet.domains)
+        self.ledger = Ledger(run_dir, "sink")
+        self.mailroot = Path(run_dir) / "mailboxes"
+
+    async def handle_RCPT(self, server, session, envelope, address, options):
+        if domain_of(address) not in self.domains:
+            self.ledger.emit("rcpt", msgid=getattr(envelope, "envid", None), rcpt=address.lower(),
+                             action="reject", reply="554 5.7.1 Relay access denied")
+            return "554 5.7.1 Relay access denied"
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 Ok"
+
+    async def handle_DATA(self, server, session, envelope):
+        data = envelope.original_content or b""
+        msgid = labgen_id(data) or getattr(envelope, "envid", None)
+        for rcpt in envelope.rcpt_tos:
+            path = write_mailbox(self.mailroot, rcpt.lower(), msgid, data)
+            self.ledger.emit("delivered", msgid=msgid, rcpt=rcpt.lower(), mailbox=rcpt.lower(),
+                             client_ip=session.peer[0], tls=server.tls_version(),
+                             file=str(path.relative_to(self.mailroot.parent)))
+        return "250 2.0.0 Ok: queued"
+
+
+def sink_factory(plan: Plan, labdir: Path, run_dir: Path):
+    handler = SinkHandler(plan, run_dir)
+    files = plan.certs["sink-server"]
+    tls = server_tls_context(str(labdir / files.chain), str(labdir / files.key))
+    host = f"mx.{plan.scenario.internet.domains[0]}" if plan.scenario.internet.domains else "mx.internet.example"
+
+    def factory():
+        return LabSMTP(handler, banner_host=host, banner_text="ESMTP", tls_context=tls)
+    return factory
