@@ -132,6 +132,8 @@ ENGINES = ("auto", "local", "docker")
 def pick_engine(name: str, quiet: bool = False):
     from .engines import select
     engine, why = select(name)
+    if engine.name == "docker":
+        engine.console = None if quiet else err
     if not quiet and name == "auto":
         err.print(f"engine: {engine.name} ({why})", style="dim")
     return engine
@@ -190,6 +192,140 @@ def compare(a, b, engine, workdir, as_json):
         print_compare(doc, out)
     codes = [_exit_for(doc_a), _exit_for(doc_b)]
     sys.exit(max(codes))
+
+
+# ---------------------------------------------------------------- the Docker lab's lifecycle
+
+@main.command()
+@click.argument("scenario")
+@click.option("-o", "--output", "output", help="Directory to write (default: ./labgen-<lab>).")
+@click.option("--subnet", help="Move the lab to another documentation-range subnet of the same size.")
+def render(scenario, output, subnet):
+    """Write the lab as a self-contained compose project, to run by hand."""
+    from .images import image_tag
+    from .pki import make_pki
+    from .plan import make_plan
+    from .render import project_name, render_project
+    from .run import lab_dir
+    s = load_scenario(scenario)
+    plan = make_plan(s, "docker", subnet)
+    labdir = Path(output).resolve() if output else lab_dir(_workdir(None), s.name)
+    labdir.mkdir(parents=True, exist_ok=True)
+    labdir.chmod(0o700)
+    make_pki(plan, labdir)
+    (labdir / "run").mkdir(exist_ok=True)
+    (labdir / "run").chmod(0o777)
+    plan.save(labdir / "plan.json")
+    render_project(plan, labdir, image_tag())
+    out.print(f"rendered lab {s.name} into {labdir}\n  run it: cd {labdir} && docker compose -p "
+              f"{project_name(s.name)} up -d   (the image: labgen images build)", markup=False)
+
+
+@main.command()
+@click.argument("lab", required=False)
+@click.option("--all", "all_labs", is_flag=True, help="Remove every labgen lab.")
+@click.option("--json", "as_json", is_flag=True)
+def down(lab, all_labs, as_json):
+    """Remove a lab's containers, networks and volumes (by its label)."""
+    from .engines.docker import LABEL, lab_containers, remove_lab
+    if not lab and not all_labs:
+        labs = sorted({c.labels.get(LABEL) for c in lab_containers()})
+        if len(labs) > 1:
+            raise InputError(f"several labs are up ({', '.join(labs)}); name one, or use --all")
+        if not labs:
+            out.print("no labgen lab is up")
+            return
+        lab = labs[0]
+    labs = sorted({c.labels.get(LABEL) for c in lab_containers()}) if all_labs else [lab]
+    gone = {name: remove_lab(name) for name in labs}
+    if as_json:
+        _print_json({"schema": "labgen.down/v1", "removed": gone})
+        return
+    for name, g in gone.items():
+        out.print(f"lab {name}: removed {len(g['containers'])} container(s), {len(g['networks'])} network(s), "
+                  f"{len(g['volumes'])} volume(s)")
+
+
+@main.command()
+@click.argument("lab", required=False)
+@click.option("--json", "as_json", is_flag=True)
+def status(lab, as_json):
+    """List the labs' containers, addresses and health."""
+    from .engines.docker import LABEL, lab_containers
+    rows = []
+    for c in sorted(lab_containers(lab), key=lambda c: c.name):
+        nets = c.attrs.get("NetworkSettings", {}).get("Networks", {}) or {}
+        ips = [n.get("IPAddress") or (n.get("IPAMConfig") or {}).get("IPv4Address") for n in nets.values()]
+        health = (c.attrs.get("State", {}).get("Health") or {}).get("Status")
+        rows.append({"lab": c.labels.get(LABEL), "service": c.labels.get("io.labgen.service"), "container": c.name,
+                     "state": c.status, "health": health, "addresses": [i for i in ips if i],
+                     "image": (c.image.tags or [c.image.short_id])[0]})
+    if as_json:
+        _print_json({"schema": "labgen.status/v1", "containers": rows})
+        return
+    if not rows:
+        out.print("no labgen lab is up" + (f" named {lab}" if lab else ""))
+        return
+    from rich.table import Table
+    t = Table(title="labgen labs")
+    for col in ("lab", "service", "container", "state", "addresses", "image"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(r["lab"], r["service"] or "", r["container"], r["state"] + (f" ({r['health']})" if r["health"] else ""),
+                  ", ".join(r["addresses"]), r["image"])
+    out.print(t)
+
+
+@main.command()
+@click.argument("service", type=click.Choice(["dns", "eop", "sink", "gateway", "traffic"]))
+@click.option("--lab", help="Which lab (needed when several are up).")
+@click.option("-n", "--tail", default=100, show_default=True, help="Lines to show.")
+def logs(service, lab, tail):
+    """Show a service's log (the gateway's is Postfix's own maillog)."""
+    from .engines.docker import LABEL, lab_containers, lab_dir_of
+    ctrs = [c for c in lab_containers(lab) if c.labels.get("io.labgen.service") == service]
+    labs = sorted({c.labels.get(LABEL) for c in ctrs})
+    if not ctrs:
+        raise InputError(f"no {service} container is up" + (f" in lab {lab}" if lab else "") + "; run `labgen status`")
+    if len(labs) > 1:
+        raise InputError(f"several labs are up ({', '.join(labs)}); pick one with --lab")
+    c = ctrs[0]
+    text = c.logs(tail=tail).decode("utf-8", "replace")
+    labdir = lab_dir_of(c)
+    if service == "gateway" and labdir and (labdir / "run" / "postfix.log").is_file():
+        lines = (labdir / "run" / "postfix.log").read_text(errors="replace").splitlines()
+        text += "\n".join(lines[-tail:]) + "\n"
+    elif labdir and (labdir / "run" / f"{service}.jsonl").is_file():
+        lines = (labdir / "run" / f"{service}.jsonl").read_text(errors="replace").splitlines()
+        text += "\n".join(lines[-tail:]) + "\n"
+    click.echo(text, nl=False)
+
+
+@main.group()
+def images():
+    """Build and list the lab image."""
+
+
+@images.command("build")
+@click.option("--force", is_flag=True, help="Rebuild even if the current image exists.")
+def images_build(force):
+    """Build the lab image (offline from Debian packages and PyPI wheels when no registry answers)."""
+    from .images import ensure_image
+    tag = ensure_image(console=err, force=force)
+    out.print(f"lab image: {tag}")
+
+
+@images.command("ls")
+@click.option("--json", "as_json", is_flag=True)
+def images_ls(as_json):
+    """List labgen's images."""
+    from .images import list_images
+    rows = list_images()
+    if as_json:
+        _print_json({"schema": "labgen.images/v1", "images": rows})
+        return
+    for r in rows:
+        out.print(" ".join(str(v) for v in r.values()), markup=False)
 
 
 if __name__ == "__main__":

@@ -81,7 +81,8 @@ def _snapshot() -> dict[str, bytes]:
     build writes exactly these bytes, so the tag matches the image even while files change."""
     lab, pkg = _lab_dir(), _package_dir()
     files = {p.relative_to(lab).as_posix(): p.read_bytes() for p in _files(lab)}
-    files |= {"labgen/" + p.relative_to(pkg).as_posix(): p.read_bytes() for p in _files(pkg, "*.py")}
+    for p in _files(pkg, "*.py"):
+        files["labgen/" + p.relative_to(pkg).as_posix()] = p.read_bytes()
     files["requirements.txt"] = ("\n".join(REQUIREMENTS) + "\n").encode()
     return files
 
@@ -119,7 +120,8 @@ class _Steps:
                 yield
             finally:
                 self._status = None
-        self.console.print(f"[green]✓[/green] {title} [dim]({time.monotonic() - start:.0f}s)[/dim]")
+        took = time.monotonic() - start
+        self.console.print(f"[green]✓[/green] {title} [dim]({took:.0f}s)[/dim]")
 
     def note(self, text: str) -> None:
         if self._status is not None and text.strip():
@@ -132,6 +134,10 @@ def _fail(step: str, reason: str, tail=()) -> InfraError:
     lines = [line.strip() for line in tail if line.strip()][-_TAIL:]
     last = f"; last output: {' | '.join(lines)}" if lines else ""
     return InfraError(f"building the lab image failed at step '{step}': {reason}{last}")
+
+
+def _why(e: Exception) -> str:
+    return getattr(e, "explanation", None) or str(e)  # docker's APIError: the engine's own words
 
 
 def _run(cmd: list[str], step: str, steps: _Steps) -> None:
@@ -183,7 +189,7 @@ def _pull_registry_base(client, steps: _Steps, bounded: bool) -> bool:
             for event in client.api.pull("debian", tag=SUITE, stream=True, decode=True):
                 events.put(event)
         except Exception as e:
-            events.put({"error": str(e)})
+            events.put({"error": _why(e)})
         events.put(None)
 
     threading.Thread(target=pull, daemon=True).start()
@@ -292,7 +298,7 @@ def _build_offline_base(client, steps: _Steps, force: bool) -> str:
                 changes=[f"LABEL {LABEL}=base", f"LABEL {HASH_LABEL}={version}"],
             )
         except Exception as e:
-            raise _fail("docker import (base rootfs)", str(e)) from None
+            raise _fail("docker import (base rootfs)", _why(e)) from None
         if not _has_image(client, tag):
             raise _fail("docker import (base rootfs)", f"{tag} is missing after the import")
     return tag
@@ -384,7 +390,7 @@ def _build_lab(client, steps: _Steps, snapshot: dict[str, bytes], base: str, whe
         except InfraError:
             raise
         except Exception as e:
-            raise _fail("docker build", str(e), tail) from None
+            raise _fail("docker build", _why(e), tail) from None
     if not _has_image(client, tag):
         raise _fail("docker build", f"{tag} is missing after the build", tail)
     return tag

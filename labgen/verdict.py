@@ -84,9 +84,10 @@ def _hop(e: dict) -> dict:
 
 def classify_one(plan: Plan, idx: _Index, msgid: str, sender: str, rcpt: str, expected) -> RcptResult:
     res = RcptResult(msgid, sender, rcpt, "unaccounted", expected)
-    evs = idx.by_key.get((msgid, rcpt), [])
-    # Hops in the order the message travels (a service logs its own reply after the next hop's).
-    res.hops = [_hop(e) for e in sorted(evs, key=lambda e: (_RANK.get(e["service"], 9), e.get("ts", 0)))]
+    # Hops in the order the message travels (a service logs its own reply after the next hop's,
+    # and clocks differ between log files), each service's events in its own order.
+    evs = sorted(idx.by_key.get((msgid, rcpt), []), key=lambda e: (_RANK.get(e["service"], 9), e.get("ts", 0)))
+    res.hops = [_hop(e) for e in evs]
     eop_rcpt = idx.find(msgid, rcpt, "eop", "rcpt")
     if eop_rcpt:
         res.attribution = {k: eop_rcpt[-1]["attribution"].get(k) for k in ("tenant", "by", "connector")}

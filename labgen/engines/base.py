@@ -26,3 +26,6 @@ class Engine(Protocol):
 
     def finish(self, plan: Plan, labdir: Path) -> None:
         """After the verdict: stop what must not outlive the command."""
+
+    def abort(self, plan: Plan, labdir: Path) -> None:
+        """On failure or Ctrl-C: remove everything the engine started."""

@@ -93,6 +93,9 @@ class LocalEngine:
     def events(self, plan: Plan, labdir: Path) -> list[dict]:
         return list(read_events(labdir / "run"))
 
+    def abort(self, plan: Plan, labdir: Path) -> None:
+        self.finish(plan, labdir)
+
     def finish(self, plan: Plan, labdir: Path) -> None:
         if self.loop is not None:
             async def close():

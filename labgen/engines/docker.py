@@ -1,0 +1,182 @@
+"""The Docker engine: the lab as a rendered compose project (real Postfix as the gateway, the
+services from the lab image), on an internal documentation-range network. Lifecycle (containerlab
+style): names labgen-<lab>-<service>, label io.labgen.lab=<lab>, everything removable by label.
+
+Compose runs the project (it is the artifact users keep); the Docker SDK does what must work
+even without the project directory: collision checks, status, logs, and removal by label.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import shutil
+import subprocess
+import time
+from functools import lru_cache
+from pathlib import Path
+from typing import Optional
+
+from .. import postfix
+from ..errors import InfraError
+from ..ledger import read_events
+from ..plan import Plan
+from ..render import SERVICES, project_name, render_project
+
+LABEL = "io.labgen.lab"
+READY_S = 60.0
+
+
+def collect_events(labdir: Path) -> list[dict]:
+    """Every service's ledger plus Postfix's log turned into gateway events."""
+    events = list(read_events(labdir / "run"))
+    log = labdir / postfix.LOG_FILE
+    if log.is_file():
+        plan = Plan.load(labdir / "plan.json")
+        with log.open(encoding="utf-8", errors="replace") as f:
+            events += postfix.parse_log(f, plan)
+    return events
+
+
+@lru_cache(maxsize=1)
+def compose_command() -> tuple[str, ...]:
+    """`docker compose` (v2 plugin) where present, else Debian's `docker-compose` (v1)."""
+    if shutil.which("docker"):
+        probe = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True)
+        if probe.returncode == 0:
+            return ("docker", "compose")
+    if shutil.which("docker-compose"):
+        return ("docker-compose",)
+    raise InfraError("neither `docker compose` nor `docker-compose` is installed; install one "
+                     "(Debian: apt-get install docker-compose)")
+
+
+def client():
+    import docker
+    try:
+        c = docker.from_env(timeout=30)
+        c.ping()
+        return c
+    except Exception as e:
+        raise InfraError(f"no Docker engine answers ({str(e).splitlines()[0][:120]}); start Docker "
+                         "or use --engine local") from None
+
+
+def check_subnet(plan: Plan) -> None:
+    """A lab subnet that overlaps another Docker network would break both: say which one."""
+    mine = ipaddress.ip_network(plan.subnet)
+    own = f"{project_name(plan.lab)}-net"
+    for net in client().networks.list():
+        if net.name == own:
+            continue
+        for cfg in (net.attrs.get("IPAM") or {}).get("Config") or []:
+            try:
+                other = ipaddress.ip_network(cfg.get("Subnet", ""), strict=False)
+            except ValueError:
+                continue
+            if other.version == 4 and other.overlaps(mine):
+                raise InfraError(f"subnet {plan.subnet} of lab {plan.lab} overlaps Docker network "
+                                 f"'{net.name}' ({other}); remove that network or choose another "
+                                 "subnet with --subnet (e.g. one from 198.18.0.0/15)")
+
+
+def remove_lab(lab: str) -> dict:
+    """Remove every container, network and volume labelled for `lab`."""
+    c = client()
+    flt = {"label": f"{LABEL}={lab}"}
+    gone = {"containers": [], "networks": [], "volumes": []}
+    for ctr in c.containers.list(all=True, filters=flt):
+        ctr.remove(force=True, v=True)
+        gone["containers"].append(ctr.name)
+    for net in c.networks.list(filters=flt):
+        net.remove()
+        gone["networks"].append(net.name)
+    for vol in c.volumes.list(filters=flt):
+        vol.remove(force=True)
+        gone["volumes"].append(vol.name)
+    return gone
+
+
+def lab_containers(lab: Optional[str] = None) -> list:
+    flt = {"label": f"{LABEL}={lab}" if lab else LABEL}
+    return client().containers.list(all=True, filters=flt)
+
+
+def lab_dir_of(container) -> Optional[Path]:
+    for m in container.attrs.get("Mounts", []):
+        if m.get("Destination") == "/lab":
+            return Path(m["Source"])
+    return None
+
+
+def container_log_tail(name: str, lines: int = 30) -> str:
+    try:
+        return client().containers.get(name).logs(tail=lines).decode("utf-8", "replace")
+    except Exception as e:
+        return f"(no log: {e})"
+
+
+class DockerEngine:
+    name = "docker"
+
+    def __init__(self, console=None):
+        self.console = console
+        self.image: Optional[str] = None
+
+    def prepare(self, plan: Plan, labdir: Path) -> Plan:
+        return plan
+
+    def start(self, plan: Plan, labdir: Path, deadline: float) -> None:
+        from ..images import ensure_image
+        client()
+        remove_lab(plan.lab)  # `up` on an existing lab replaces it
+        check_subnet(plan)
+        self.image = ensure_image(console=self.console)
+        render_project(plan, labdir, self.image)
+        cmd = [*compose_command(), "-p", project_name(plan.lab), "-f", str(labdir / "compose.yaml"), "up", "-d"]
+        proc = subprocess.run(cmd, cwd=labdir, capture_output=True, text=True)
+        if proc.returncode != 0:
+            tail = " | ".join(proc.stderr.strip().splitlines()[-3:])
+            raise InfraError(f"`{' '.join(cmd[:2])} up` failed for lab {plan.lab}: {tail}")
+        self._wait_ready(plan, labdir)
+
+    def _wait_ready(self, plan: Plan, labdir: Path) -> None:
+        waiting = {"dns", "eop", "sink", "gateway"}
+        until = time.monotonic() + READY_S
+        while waiting and time.monotonic() < until:
+            for e in collect_events(labdir):
+                if e.get("event") == "ready":
+                    waiting.discard(e["service"])
+            for svc in list(waiting):
+                ctr = client().containers.get(f"{project_name(plan.lab)}-{svc}")
+                if ctr.status in ("exited", "dead"):
+                    until = 0  # it will not become ready
+            if waiting:
+                time.sleep(0.2)
+        if waiting:
+            svc = sorted(waiting)[0]
+            name = f"{project_name(plan.lab)}-{svc}"
+            raise InfraError(f"lab {plan.lab}: service {svc} did not become ready within {READY_S:.0f} s; "
+                             f"last lines of its log:\n{container_log_tail(name)}")
+
+    def inject(self, plan: Plan, labdir: Path) -> None:
+        """The traffic container sends by itself once everything answers; wait until it has."""
+        until = time.monotonic() + READY_S
+        name = f"{project_name(plan.lab)}-traffic"
+        while time.monotonic() < until:
+            if any(e.get("event") == "injected" for e in read_events(labdir / "run")):
+                return
+            time.sleep(0.1)
+        raise InfraError(f"lab {plan.lab}: the traffic generator did not finish sending; last lines of "
+                         f"its log:\n{container_log_tail(name)}")
+
+    def events(self, plan: Plan, labdir: Path) -> list[dict]:
+        return collect_events(labdir)
+
+    def finish(self, plan: Plan, labdir: Path) -> None:
+        pass  # the lab stays up for exploration until `labgen down`
+
+    def abort(self, plan: Plan, labdir: Path) -> None:
+        remove_lab(plan.lab)
+
+
+__all__ = ["DockerEngine", "SERVICES", "collect_events", "remove_lab", "lab_containers", "compose_command"]

@@ -1,0 +1,159 @@
+"""Entry points of the lab's containers: `python -m labgen.services SERVICE` inside the lab image.
+Every container mounts the rendered lab directory at /lab (plan.json, certificates, configs) and
+its run/ directory read-write for the ledger. The services are the same code the local engine
+runs in-process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .ledger import Ledger, read_events
+from .plan import Plan
+
+
+def _add_addresses(ips: list[str], prefixlen: int) -> None:
+    """Extra addresses on this container's lab interface (needs NET_ADMIN): the gateway's other
+    egress IPs, the traffic host's second identity."""
+    if len(ips) < 2:
+        return
+    out = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True, check=True).stdout
+    dev = next(line.split()[1] for line in out.splitlines() if f" {ips[0]}/" in line)
+    for ip in ips[1:]:
+        if f" {ip}/" not in out:
+            subprocess.run(["ip", "addr", "add", f"{ip}/{prefixlen}", "dev", dev], check=True)
+
+
+def _drop_default_route() -> None:
+    """Docker gives containers on internal networks a default route anyway; the lab removes it
+    so that nothing in it has a route beyond the lab subnet (needs NET_ADMIN)."""
+    out = subprocess.run(["ip", "-4", "route", "show", "default"], capture_output=True, text=True).stdout
+    if out.strip():
+        subprocess.run(["ip", "-4", "route", "del", "default"], check=True)
+
+
+def _wait_for_stop() -> None:
+    # Blocked first, so that sigwait receives them even as PID 1 (where defaults are ignored).
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    signal.sigwait({signal.SIGTERM, signal.SIGINT})
+
+
+def _forever_async(start) -> None:
+    async def main():
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await start()
+        await stop.wait()
+    asyncio.run(main())
+
+
+def run_smtp_service(name: str, plan: Plan, lab: Path) -> None:
+    from .eop.server import eop_factory
+    from .sink import sink_factory
+    from .smtpd import serve
+    factory = {"eop": eop_factory, "sink": sink_factory}[name](plan, lab, lab / "run")
+
+    async def start():
+        await serve(factory, plan.ip(name), plan.smtp_port)
+        Ledger(lab / "run", name).emit("ready", ip=plan.ip(name), port=plan.smtp_port)
+    _forever_async(start)
+
+
+def run_dns(plan: Plan, lab: Path) -> None:
+    from .dns_server import LabDNS
+    dns = LabDNS(plan, plan.ip("dns"), plan.dns_port, lab / "run")
+    dns.start()
+    Ledger(lab / "run", "dns").emit("ready", ip=plan.ip("dns"), port=plan.dns_port)
+    _wait_for_stop()
+    dns.stop()
+
+
+def run_postfix(plan: Plan, lab: Path) -> None:
+    prefix = int(plan.subnet.split("/")[1])
+    _add_addresses(plan.hosts["gateway"], prefix)
+    for name in ("main.cf", "master.cf", "transport"):
+        shutil.copy(lab / "gateway" / "postfix" / name, f"/etc/postfix/{name}")
+    subprocess.run(["postfix", "check"], check=True)
+    os.execvp("postfix", ["postfix", "start-fg"])
+
+
+def wait_for_services(plan: Plan, deadline: float) -> None:
+    """Until DNS answers and every SMTP service greets (docker-mailserver's pattern: a deadline)."""
+    from . import resolve
+    r = resolve.resolver(plan.ip("dns"), plan.dns_port)
+    pending = {"dns": None, "eop": plan.ip("eop"), "sink": plan.ip("sink"), "gateway": plan.ip("gateway")}
+    while pending and time.monotonic() < deadline:
+        for name, ip in list(pending.items()):
+            try:
+                if name == "dns":
+                    resolve.next_hops(r, plan.scenario.gateway.hostname, mx=False)
+                else:
+                    with socket.create_connection((ip, plan.smtp_port), timeout=1) as s:
+                        s.settimeout(2)
+                        if not s.recv(512).startswith(b"220"):
+                            continue
+                del pending[name]
+            except Exception:
+                pass
+        if pending:
+            time.sleep(0.2)
+    if pending:
+        raise SystemExit(f"traffic: {', '.join(pending)} did not answer in time")
+
+
+def run_traffic_service(plan: Plan, lab: Path, stay: bool) -> None:
+    from . import verdict
+    from .engines.docker import collect_events
+    from .report import print_result
+    from .run import result_document, wait_settled
+    from .traffic import run_traffic
+    from rich.console import Console
+
+    _add_addresses(plan.hosts["traffic"], int(plan.subnet.split("/")[1]))
+    t0 = time.monotonic()
+    wait_for_services(plan, t0 + 60)
+    deadline = time.monotonic() + plan.scenario.deadline_s
+    run_traffic(plan, lab / "run")
+    results = wait_settled(plan, lambda: collect_events(lab), deadline)
+    results = verdict.classify(plan, collect_events(lab))
+    doc = result_document(plan, lab, results, time.monotonic() - t0)
+    (lab / "run" / "result.json").write_text(json.dumps(doc, indent=2))
+    print_result(doc, Console(width=160, emoji=False, highlight=False))
+    if stay:
+        # Stay up for exploration: `docker exec -it <lab>-traffic swaks ...`
+        _wait_for_stop()
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="python -m labgen.services")
+    p.add_argument("service", choices=["eop", "sink", "dns", "gateway", "traffic"])
+    p.add_argument("--lab", default="/lab", help="the rendered lab directory")
+    p.add_argument("--once", action="store_true", help="traffic: exit after the verdict")
+    a = p.parse_args(argv)
+    lab = Path(a.lab)
+    plan = Plan.load(lab / "plan.json")
+    _drop_default_route()
+    if a.service in ("eop", "sink"):
+        run_smtp_service(a.service, plan, lab)
+    elif a.service == "dns":
+        run_dns(plan, lab)
+    elif a.service == "gateway":
+        run_postfix(plan, lab)
+    else:
+        run_traffic_service(plan, lab, stay=not a.once)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
