@@ -9,6 +9,7 @@ on the host. Where a registry works, the same Dockerfile builds FROM debian:book
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import queue
@@ -410,11 +411,23 @@ def ensure_image(console=None, force: bool = False, from_registry: bool | None =
     if not force and _has_image(client, tag):
         return tag
     steps = _Steps(console)
-    base = _base_image(client, steps, from_registry, force)
-    arch = client.info().get("Architecture", "x86_64")
-    arch = {"amd64": "x86_64", "arm64": "aarch64"}.get(arch, arch)
-    wheels = _wheels(arch, force, steps)
-    return _build_lab(client, steps, snapshot, base, wheels, force)
+    # One build at a time per host (parallel `labgen up`s, test workers): a waiter then finds
+    # the image built. The lock file's directory is also the wheel cache's.
+    lock_path = _cache_home() / "build.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            with steps.step("waiting for another labgen build to finish"):
+                fcntl.flock(lock, fcntl.LOCK_EX)
+        if not force and _has_image(client, tag):
+            return tag
+        base = _base_image(client, steps, from_registry, force)
+        arch = client.info().get("Architecture", "x86_64")
+        arch = {"amd64": "x86_64", "arm64": "aarch64"}.get(arch, arch)
+        wheels = _wheels(arch, force, steps)
+        return _build_lab(client, steps, snapshot, base, wheels, force)
 
 
 def list_images() -> list[dict]:

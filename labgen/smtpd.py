@@ -11,7 +11,7 @@ import re
 import ssl
 from email.utils import formatdate
 
-from aiosmtpd.smtp import SMTP, Envelope
+from aiosmtpd.smtp import SMTP, Envelope, TLSSetupException
 
 # aiosmtpd logs every failed session with a traceback; the lab's ledger is the record instead.
 logging.getLogger("mail.log").setLevel(logging.CRITICAL)
@@ -71,6 +71,17 @@ class LabSMTP(SMTP):
 
     async def smtp_RCPT(self, arg: str):
         await super().smtp_RCPT(_DSN_RCPT.sub("", arg or ""))
+
+    async def smtp_STARTTLS(self, arg: str):
+        try:
+            await super().smtp_STARTTLS(arg)
+        except TLSSetupException as e:
+            # A failed handshake (e.g. a client certificate nobody declared) ends this session
+            # only; the handler gets to record why.
+            hook = getattr(self.event_handler, "tls_failed", None)
+            if hook:
+                hook(self.session, str(e.__cause__ or e) or type(e.__cause__).__name__)
+            raise
 
     async def smtp_BDAT(self, arg: str):
         """RFC 3030 CHUNKING: BDAT <size> [LAST]."""

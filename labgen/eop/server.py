@@ -57,6 +57,9 @@ class EopHandler:
         lines = [f"{EOP_POOL_HOST} Hello [{session.peer[0]}]"] + words
         return [("250-" if i < len(lines) - 1 else "250 ") + line for i, line in enumerate(lines)]
 
+    def tls_failed(self, session, reason: str) -> None:
+        self.ledger.emit("tls_failed", client_ip=session.peer[0], helo=session.host_name, reason=reason)
+
     def _facts(self, server, session) -> rules.Session:
         facts = getattr(session, "labgen", None)
         if facts is None:
