@@ -37,7 +37,7 @@ class LabgenGroup(click.Group):
         except LabgenError as e:
             if ctx.params.get("debug") or os.environ.get("LABGEN_DEBUG"):
                 raise
-            err.print(f"labgen: {e.message}", style="red", markup=False)
+            click.echo(f"labgen: {e.message}", err=True)  # one line, never wrapped
             sys.exit(e.exit_code)
         except KeyboardInterrupt:
             err.print("labgen: interrupted; the lab was cleaned up", style="red")

@@ -25,6 +25,8 @@ from collections import deque
 from contextlib import contextmanager
 from pathlib import Path
 
+from rich.markup import escape
+
 import labgen
 from labgen.errors import InfraError
 from labgen.resources import resource_dir
@@ -126,8 +128,6 @@ class _Steps:
 
     def note(self, text: str) -> None:
         if self._status is not None and text.strip():
-            from rich.markup import escape
-
             self._status.update(f"{self._title} [dim]{escape(text.strip()[-100:])}[/dim]")
 
 
@@ -257,7 +257,8 @@ def debian_sources(suite: str = SUITE, apt_dir: Path = Path("/etc/apt")) -> list
                                     "components": m[5], "signed-by": opts.get("signed-by", "")})
     entries = []
     for s in stanzas:
-        if "deb" not in s.get("types", "").split() or "main" not in s.get("components", "").split():
+        if ("deb" not in s.get("types", "").split() or s.get("enabled", "yes") == "no"
+                or "main" not in s.get("components", "").split()):
             continue
         signed = s.get("signed-by", "")
         opt = f"[signed-by={signed}] " if signed and "\n" not in signed else ""

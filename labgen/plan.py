@@ -191,11 +191,13 @@ def make_plan(s: Scenario, engine: str, subnet: Optional[str] = None) -> Plan:
     move: Optional[Callable[[str], str]] = None
     if engine == "local":
         move = loopback_ip
-    elif subnet and ipaddress.ip_network(subnet, strict=False) != net:
+    elif subnet:
+        _check_subnet_option(subnet)
         dst = ipaddress.ip_network(subnet, strict=False)
         if dst.prefixlen != net.prefixlen:
             raise InputError(f"--subnet {subnet}: must be a /{net.prefixlen} like the scenario's {net}")
-        move = _mover(net, dst)
+        if dst != net:
+            move = _mover(net, dst)
     lab_subnet = _translate_cidr(str(net), move) if move else str(net)
     if move:
         s = _translated_scenario(s, move)
@@ -205,6 +207,16 @@ def make_plan(s: Scenario, engine: str, subnet: Optional[str] = None) -> Plan:
                 hosts=hosts, zones=zones, records=records, certs=_cert_files(s),
                 ca_root="certs/ca-root.crt", ca_intermediate="certs/ca-intermediate.crt",
                 eop_accept_bundle="certs/eop-accept.pem", scenario=s)
+
+
+def _check_subnet_option(subnet: str) -> None:
+    from pydantic import ValidationError
+
+    from .scenario import LabNet
+    try:
+        LabNet(subnet=subnet)
+    except ValidationError as e:
+        raise InputError(f"--subnet {subnet}: {e.errors()[0]['msg'].removeprefix('Value error, ')}") from None
 
 
 def _translated_scenario(s: Scenario, move: Callable[[str], str]) -> Scenario:

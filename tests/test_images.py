@@ -1,0 +1,146 @@
+"""The lab image: its content-hash tag, the host-mirror lookup, and (docker) the built image."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from labgen import images
+from labgen.errors import InfraError
+
+TAG = re.compile(r"^labgen-lab:[0-9a-f]{12}$")
+
+
+@pytest.fixture
+def sources(tmp_path, monkeypatch):
+    """Point image_tag() at private copies of compose/lab-image and the labgen package."""
+    lab = tmp_path / "lab-image"
+    pkg = tmp_path / "labgen"
+    shutil.copytree(images._lab_dir(), lab)
+    shutil.copytree(images._package_dir(), pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(images, "_lab_dir", lambda: lab)
+    monkeypatch.setattr(images, "_package_dir", lambda: pkg)
+    return lab, pkg
+
+
+def test_tag_is_stable(sources):
+    tag = images.image_tag()
+    assert TAG.match(tag)
+    assert images.image_tag() == tag
+
+
+def test_tag_follows_lab_image_files(sources):
+    lab, _ = sources
+    before = images.image_tag()
+    dockerfile = lab / "Dockerfile"
+    original = dockerfile.read_text()
+    dockerfile.write_text(original + "# changed\n")
+    assert images.image_tag() != before
+    dockerfile.write_text(original)
+    assert images.image_tag() == before
+    (lab / "extra.conf").write_text("x")
+    assert images.image_tag() != before
+
+
+def test_tag_follows_package_source_only(sources):
+    _, pkg = sources
+    before = images.image_tag()
+    (pkg / "__pycache__").mkdir(exist_ok=True)
+    (pkg / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"junk")
+    (pkg / "notes.txt").write_text("not python")
+    assert images.image_tag() == before
+    (pkg / "errors.py").write_text((pkg / "errors.py").read_text() + "\n# changed\n")
+    assert images.image_tag() != before
+
+
+def test_tag_follows_requirements(sources, monkeypatch):
+    before = images.image_tag()
+    monkeypatch.setattr(images, "REQUIREMENTS", [*images.REQUIREMENTS, "attrs>=23"])
+    assert images.image_tag() != before
+
+
+def test_requirements_match_pyproject():
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    if not pyproject.is_file():
+        pytest.skip("not a source checkout")
+    deps = tomllib.loads(pyproject.read_text())["project"]["dependencies"]
+    assert sorted(images.REQUIREMENTS) == sorted(deps)
+
+
+def test_base_packages_listed():
+    assert {"postfix", "python3-venv", "swaks", "iproute2"} <= set(images._packages())
+
+
+def test_debian_sources_reads_both_formats(tmp_path):
+    (tmp_path / "sources.list.d").mkdir()
+    (tmp_path / "sources.list").write_text(
+        "# comment\n"
+        "deb [arch=amd64 signed-by=/k.gpg] http://mirror.example/debian bookworm main contrib\n"
+        "deb-src http://mirror.example/debian bookworm main\n"
+        "deb https://other.example/apt cloud-sdk-bookworm main\n"
+    )
+    (tmp_path / "sources.list.d" / "debian.sources").write_text(
+        "Types: deb\n# http://snapshot.example/\nURIs: http://sec.example/debian-security\n"
+        "Suites: bookworm-security\nComponents: main\n\n"
+        "Types: deb\nURIs: http://old.example/debian\nSuites: bullseye\nComponents: main\n"
+    )
+    assert images.debian_sources("bookworm", tmp_path) == [
+        "deb [signed-by=/k.gpg] http://mirror.example/debian bookworm main",
+        "deb http://sec.example/debian-security bookworm-security main",
+    ]
+
+
+def test_failed_step_names_itself_and_its_last_lines():
+    cmd = ["sh", "-c", "for i in 1 2 3 4 5 6 7 8; do echo line $i; done; echo E: boom >&2; exit 4"]
+    with pytest.raises(InfraError) as err:
+        images._run(cmd, "demo step", images._Steps())
+    message = err.value.message
+    assert "'demo step'" in message and "exited 4" in message and "E: boom" in message
+    assert "line 8" in message and "line 1 " not in message
+    assert "\n" not in message and err.value.exit_code == 3
+
+
+# --- docker ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lab_image():
+    try:
+        images._client()
+    except InfraError as e:
+        pytest.skip(str(e))
+    return images.ensure_image()
+
+
+def _run_in(image: str, command: str) -> str:
+    import docker
+
+    client = docker.from_env()
+    out = client.containers.run(image, ["sh", "-c", command], network_mode="none", remove=True,
+                                stderr=True)
+    return out.decode()
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("command, expect", [
+    ("postconf -d mail_version", r"mail_version = 3\."),
+    ("python -c 'import labgen, aiosmtpd, dnslib, cryptography, pydantic; print(labgen.__file__)'",
+     r"^/opt/labgen/lib/python3\.11/site-packages/labgen/__init__\.py"),
+    ("swaks --version", r"swaks version"),
+    ("ip addr", r"\blo\b.*LOOPBACK"),
+    ("pwd; command -v python", r"^/lab\n/opt/labgen/bin/python"),
+])
+def test_image_has_tools(lab_image, command, expect):
+    assert re.search(expect, _run_in(lab_image, command))
+
+
+@pytest.mark.docker
+def test_image_is_cached_and_listed(lab_image):
+    assert images.ensure_image() == lab_image  # already there: no build
+    current = [row for row in images.list_images() if row["current"]]
+    assert [row["tag"] for row in current] == [lab_image]
+    assert current[0]["size"] > 0 and current[0]["id"]
