@@ -3,10 +3,11 @@ recursive, NXDOMAIN for everything else; every query is logged to the ledger."""
 
 from __future__ import annotations
 
+import asyncio
+import struct
 from pathlib import Path
 
-from dnslib import QTYPE, RCODE, RR, SOA, A, MX, DNSLabel
-from dnslib.server import BaseResolver, DNSLogger, DNSServer
+from dnslib import QTYPE, RCODE, RR, SOA, A, MX, DNSError, DNSLabel, DNSRecord
 
 from .ledger import Ledger
 from .plan import Plan
@@ -14,7 +15,7 @@ from .plan import Plan
 TTL = 60
 
 
-class LabResolver(BaseResolver):
+class LabResolver:
     def __init__(self, plan: Plan, ledger: Ledger | None):
         self.zones = [DNSLabel(z) for z in plan.zones]
         self.records: dict[tuple[str, str], list] = {}
@@ -26,7 +27,20 @@ class LabResolver(BaseResolver):
     def _zone(self, qname: DNSLabel):
         return next((z for z in self.zones if qname.matchSuffix(z)), None)
 
-    def resolve(self, request, handler):
+    def answer(self, data: bytes, client_ip: str, udp: bool) -> bytes | None:
+        try:
+            request = DNSRecord.parse(data)
+        except DNSError:
+            return None  # not DNS: no answer, as a real server would
+        reply = self.resolve(request, client_ip)
+        packed = reply.pack()
+        if udp and len(packed) > 512:
+            reply = request.reply()
+            reply.header.tc = 1  # the client retries over TCP
+            packed = reply.pack()
+        return packed
+
+    def resolve(self, request, client_ip: str):
         reply = request.reply()
         reply.header.ra = 0  # no recursion, ever
         qname, qtype = request.q.qname, QTYPE[request.q.qtype]
@@ -47,25 +61,43 @@ class LabResolver(BaseResolver):
         if not answers and not exists:
             reply.header.rcode = RCODE.NXDOMAIN
         if self.ledger:
-            self.ledger.emit("query", qname=name, qtype=qtype, client_ip=handler.client_address[0],
+            self.ledger.emit("query", qname=name, qtype=qtype, client_ip=client_ip,
                              rcode=RCODE[reply.header.rcode], answers=[str(a.rdata) for a in reply.rr])
         return reply
 
 
-class LabDNS:
-    """UDP and TCP listeners in threads (dnslib's server), started and stopped together."""
+class _Udp(asyncio.DatagramProtocol):
+    def __init__(self, resolver: LabResolver):
+        self.resolver = resolver
 
-    def __init__(self, plan: Plan, host: str, port: int, run_dir: Path | None):
-        resolver = LabResolver(plan, Ledger(run_dir, "dns") if run_dir else None)
-        quiet = DNSLogger(log="-request,-reply,-truncated,-error,-recv,-send,-data", prefix=False)
-        self.servers = [DNSServer(resolver, address=host, port=port, logger=quiet),
-                        DNSServer(resolver, address=host, port=port, tcp=True, logger=quiet)]
+    def connection_made(self, transport):
+        self.transport = transport
 
-    def start(self):
-        for s in self.servers:
-            s.start_thread()
+    def datagram_received(self, data, addr):
+        reply = self.resolver.answer(data, addr[0], udp=True)
+        if reply:
+            self.transport.sendto(reply, addr)
 
-    def stop(self):
-        for s in self.servers:
-            s.stop()
-            s.server.server_close()
+
+async def serve_dns(plan: Plan, host: str, port: int, run_dir: Path | None) -> list:
+    """UDP and TCP listeners on the running loop; returns what to close."""
+    resolver = LabResolver(plan, Ledger(run_dir, "dns") if run_dir else None)
+    loop = asyncio.get_running_loop()
+    udp, _ = await loop.create_datagram_endpoint(lambda: _Udp(resolver), local_addr=(host, port))
+
+    async def tcp(reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        try:
+            while True:
+                size = struct.unpack("!H", await reader.readexactly(2))[0]
+                reply = resolver.answer(await reader.readexactly(size), writer.get_extra_info("peername")[0], udp=False)
+                if reply is None:
+                    break
+                writer.write(struct.pack("!H", len(reply)) + reply)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(tcp, host, port, reuse_address=True)
+    return [udp, server]

@@ -72,12 +72,12 @@ def run_smtp_service(name: str, plan: Plan, lab: Path) -> None:
 
 
 def run_dns(plan: Plan, lab: Path) -> None:
-    from .dns_server import LabDNS
-    dns = LabDNS(plan, plan.ip("dns"), plan.dns_port, lab / "run")
-    dns.start()
-    Ledger(lab / "run", "dns").emit("ready", ip=plan.ip("dns"), port=plan.dns_port)
-    _wait_for_stop()
-    dns.stop()
+    from .dns_server import serve_dns
+
+    async def start():
+        await serve_dns(plan, plan.ip("dns"), plan.dns_port, lab / "run")
+        Ledger(lab / "run", "dns").emit("ready", ip=plan.ip("dns"), port=plan.dns_port)
+    _forever_async(start)
 
 
 def run_postfix(plan: Plan, lab: Path) -> None:

@@ -10,7 +10,7 @@ import socket
 import threading
 from pathlib import Path
 
-from ..dns_server import LabDNS
+from ..dns_server import serve_dns
 from ..eop.server import eop_factory
 from ..errors import InfraError
 from ..gateway import gateway_factory
@@ -52,7 +52,6 @@ class LocalEngine:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.thread: threading.Thread | None = None
         self.servers: list = []
-        self.dns: LabDNS | None = None
         self.gateway = None
 
     def prepare(self, plan: Plan, labdir: Path) -> Plan:
@@ -62,11 +61,6 @@ class LocalEngine:
 
     def start(self, plan: Plan, labdir: Path, deadline: float) -> None:
         run_dir = labdir / "run"
-        try:
-            self.dns = LabDNS(plan, plan.ip("dns"), plan.dns_port, run_dir)
-            self.dns.start()
-        except OSError as e:
-            raise InfraError(f"lab DNS cannot listen on {plan.ip('dns')}:{plan.dns_port}: {e}") from None
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="labgen-local", daemon=True)
         self.thread.start()
@@ -76,6 +70,10 @@ class LocalEngine:
 
         async def listen():
             from ..smtpd import serve
+            try:
+                self.servers += await serve_dns(plan, plan.ip("dns"), plan.dns_port, run_dir)
+            except OSError as e:
+                raise InfraError(f"lab DNS cannot listen on {plan.ip('dns')}:{plan.dns_port}: {e}") from None
             for host, factory in services:
                 try:
                     self.servers.append(await serve(factory, plan.ip(host), plan.smtp_port))
@@ -111,6 +109,3 @@ class LocalEngine:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(timeout=5)
             self.loop = None
-        if self.dns is not None:
-            self.dns.stop()
-            self.dns = None
