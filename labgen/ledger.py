@@ -19,12 +19,15 @@ class Ledger:
         self.path = Path(run_dir) / f"{service}.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()  # the built-in gateway writes from worker threads
+        # Kept open in append mode; each event is flushed at once so the collector sees it.
+        self._file = self.path.open("a", encoding="utf-8")
 
     def emit(self, event: str, **fields) -> dict:
         record = {"ts": round(time.time(), 6), "service": self.service, "event": event, **fields}
         line = json.dumps(record, default=str) + "\n"
-        with self._lock, self.path.open("a", encoding="utf-8") as f:
-            f.write(line)
+        with self._lock:
+            self._file.write(line)
+            self._file.flush()
         return record
 
 

@@ -105,13 +105,14 @@ def _host_addresses(s: Scenario, net: ipaddress.IPv4Network) -> dict[str, list[s
         defaults = {h: str(net.network_address + off) for h, off in _OFFSETS.items()}
     else:
         defaults = {h: str(usable[i]) for i, h in enumerate(("gateway", "eop", "dns", "sink", "traffic", "exo"))}
-    chosen = {h: s.lab.addresses.get(h, defaults[h]) for h in ("dns", "eop", "sink", "traffic", "exo")}
-    chosen["gateway"] = s.gateway.address or defaults["gateway"]
-    if s.eop.address:
-        chosen["eop"] = s.eop.address
+    given = {**s.lab.addresses, **({"gateway": s.gateway.address} if s.gateway.address else {}),
+             **({"eop": s.eop.address} if s.eop.address else {})}
+    chosen = {h: given.get(h, defaults[h]) for h in ("dns", "eop", "sink", "traffic", "exo", "gateway")}
     where = {"gateway": "gateway.address", "eop": "eop.address"}
     owner: dict[str, str] = {}
-    for host, ip in chosen.items():
+    # Defaults first, then what the file sets: a clash is reported at a key the file contains.
+    for host in sorted(chosen, key=lambda h: h in given):
+        ip = chosen[host]
         path = where.get(host, f"lab.addresses.{host}")
         _check_in_subnet(ip, net, path)
         if ip in owner:
@@ -187,7 +188,10 @@ def make_plan(s: Scenario, engine: str, subnet: Optional[str] = None) -> Plan:
     """Addresses are checked in the scenario's own subnet, then moved: to `subnet` when given
     (Docker), or onto loopback (local engine)."""
     net = ipaddress.ip_network(s.lab.subnet)
-    hosts = _host_addresses(s, net)
+    try:
+        hosts = _host_addresses(s, net)
+    except InputError as e:
+        raise InputError(f"{s.source}: {e.message}" if s.source else e.message) from None
     move: Optional[Callable[[str], str]] = None
     if engine == "local":
         move = loopback_ip

@@ -36,12 +36,21 @@ def transports(plan: Plan) -> list[Transport]:
 def transport_map(plan: Plan) -> str:
     """Postfix transport(5) lines. Postfix tries the exact domain, then parent '.domain' entries
     from the most specific up, then '*': the connectors' "most specific wins"."""
-    lines = ["# domain  transport:nexthop   ([host] = smarthost without MX lookup; empty = MX)"]
+    entries: dict[str, tuple[int, str]] = {}  # key -> (weight, value); one line per key
     for t in transports(plan):
         nexthop = f"[{t.connector.smarthost}]" if t.connector.smarthost else ""
         for space in t.connector.address_space:
-            keys = ["*"] if space == "*" else [space[2:], "." + space[2:]] if space.startswith("*.") else [space]
-            lines += [f"{key:<40} {t.name}:{nexthop}" for key in keys]
+            if space == "*":
+                keys = [("*", 0)]
+            elif space.startswith("*."):  # the domain itself and its subdomains
+                keys = [(space[2:], 1), ("." + space[2:], 1)]
+            else:
+                keys = [(space, 2)]  # an exact space beats a wildcard's bare key
+            for key, weight in keys:
+                if key not in entries or weight > entries[key][0]:
+                    entries[key] = (weight, f"{t.name}:{nexthop}")
+    lines = ["# domain  transport:nexthop   ([host] = smarthost without MX lookup; empty = MX)"]
+    lines += [f"{key:<40} {value}" for key, (_, value) in entries.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -106,7 +115,12 @@ def parse_log(lines: Iterable[str], plan: Plan) -> list[dict]:
             continue
         tls = _TLS.match(msg)
         if tls and proc.endswith("/smtp"):
-            tls_by_pid[pid] = {"version": tls.group("version"), "trust": tls.group("trust")}
+            # Valid for this process's deliveries to that peer until it connects anew.
+            tls_by_pid[pid] = {"peer": tls.group("peer").rstrip(":"), "version": tls.group("version"),
+                               "trust": tls.group("trust")}
+            continue
+        if proc.endswith("/smtp") and ("Cannot start TLS" in msg or "SSL_connect error" in msg):
+            tls_by_pid.pop(pid, None)
             continue
         q = _QID.match(msg)
         if not q:
@@ -126,7 +140,8 @@ def parse_log(lines: Iterable[str], plan: Plan) -> list[dict]:
             relay = st.group("relay")
             r = _RELAY.match(relay)
             status = "deferred" if st.group("status") == "expired" else st.group("status")
-            t_info = tls_by_pid.get(pid) if r else None
+            t_info = tls_by_pid.get(pid)
+            t_info = {k: v for k, v in t_info.items() if k != "peer"} if t_info and t_info["peer"] == relay else None
             events.append({
                 "ts": ts, "service": "gateway", "event": status, "msgid": qid_msgid[qid], "queue_id": qid,
                 "rcpt": st.group("rcpt").lower(), "connector": t.connector.name if t else transport,

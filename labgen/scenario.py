@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator,
+                      model_validator)
 
 from .errors import InputError
 from .resources import resource_dir
@@ -273,6 +274,12 @@ class Scenario(_Model):
     traffic: list[Message] = Field(min_length=1)
     # How long the traffic may take to settle before what is still queued counts as deferred.
     deadline_s: float = Field(default=15.0, gt=0, le=600)
+    # The file it came from, for error messages raised after validation (e.g. by the planner).
+    _source: str = PrivateAttr(default="")
+
+    @property
+    def source(self) -> str:
+        return self._source
 
     @field_validator("name")
     @classmethod
@@ -422,6 +429,7 @@ def parse_scenario(data, source: str) -> Scenario:
     data.setdefault("name", Path(source).stem if source.endswith((".yaml", ".yml")) else source)
     try:
         scenario = Scenario.model_validate(data)
+        scenario._source = source
         _cross_check(scenario)
     except ValidationError as exc:
         path, msg = _first_error(exc)

@@ -11,6 +11,7 @@ on, the next hop has no record). That is a lab failure, never an outcome.
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Optional
@@ -49,10 +50,14 @@ class RcptResult:
 
 
 def _code(reply: Optional[str]) -> int:
-    try:
-        return int((reply or "0")[:3])
-    except ValueError:
-        return 0
+    """The reply's class as a number: '550 5.7.64 ...' -> 550; an MTA's own words that start with
+    an enhanced status code ('5.4.4 Host not found') -> 500; anything else -> 0."""
+    reply = (reply or "").strip()
+    if reply[:3].isdigit():
+        return int(reply[:3])
+    if re.match(r"^[245]\.\d{1,3}\.\d{1,3}\b", reply):
+        return int(reply[0]) * 100
+    return 0
 
 
 class _Index:
@@ -113,7 +118,9 @@ def classify_one(plan: Plan, idx: _Index, msgid: str, sender: str, rcpt: str, ex
         res.why = f"EOP {told} and discarded it: {e.get('reason')}"
         return res
 
-    rejects = [e for e in evs if (e["event"] in ("submitted", "sent", "bounced") and _code(e.get("reply")) >= 500)
+    # A gateway bounce is a rejection whatever its words (Postfix's own DNS or policy failures).
+    rejects = [e for e in evs if (e["event"] == "bounced")
+               or (e["event"] in ("submitted", "sent") and _code(e.get("reply")) >= 500)
                or (e["event"] == "rcpt" and e.get("action") == "reject" and _code(e.get("reply")) >= 500)]
     if rejects:
         e = next((x for x in rejects if x["event"] == "rcpt"), rejects[-1])
@@ -131,11 +138,13 @@ def classify_one(plan: Plan, idx: _Index, msgid: str, sender: str, rcpt: str, ex
         res.outcome = "deferred"
         res.why = f"could not be submitted: {sub.get('reply')}"
         return res
-    if sub.get("entry") == "gateway":
+    gw = [e for e in evs if e["service"] == "gateway"]
+    # Through the gateway: submitted to it, or an internet sender's mail for a domain whose MX it is.
+    if (sub.get("entry") == "gateway" or sub.get("relay_host") == plan.scenario.gateway.hostname or gw
+            or rcpt in (idx.received.get(msgid, {}).get("rcpts") or [])):
         if msgid not in idx.received:
             res.why = f"the gateway answered '{sub.get('reply')}' to the traffic generator but its log has no record of it"
             return res
-        gw = [e for e in evs if e["service"] == "gateway"]
         if not gw:
             res.outcome = "deferred"
             res.why = "queued at the gateway, no delivery attempt logged yet"

@@ -56,11 +56,7 @@ CASES = [
     case("unknown-key", _yaml(lambda d: d["gateway"].update(colour="red")), "lab.yaml",
          ["gateway.colour", "unknown key"]),
     case("duplicate-host-address", _yaml(lambda d: d["gateway"].update(address="198.51.100.53")), "lab.yaml",
-         ["gateway.address", "duplicate host address"],
-         marks=pytest.mark.xfail(strict=True, reason=(
-             "BUG: the duplicate-host-address error comes from plan.make_plan, which does not know the "
-             "scenario file, so the CLI prints 'labgen: gateway.address: duplicate host address ...' "
-             "without naming lab.yaml"))),
+         ["gateway.address", "duplicate host address"]),
 ]
 COMMANDS = [pytest.param(["validate"], id="validate"), pytest.param(["up", "--engine", "local"], id="up-local")]
 
@@ -98,7 +94,7 @@ def test_bad_input(tmp_path, command, make, file, words):
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_duplicate_host_address_fails_cleanly(tmp_path, command):
-    """Everything but the file name (see the xfail above) already holds for this planner error."""
+    """The planner's errors (found after validation) fail as cleanly as the validator's."""
     arg = _yaml(lambda d: d["gateway"].update(address="198.51.100.53"))(tmp_path, "lab.yaml")
     res = run_cli(tmp_path, [*command, arg])
     assert res.returncode == 2, res.stderr

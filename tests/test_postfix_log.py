@@ -296,10 +296,6 @@ def test_tls_details_without_client_certificate(plan):
                         "client_certificate_cn": None}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: parse_log keeps an smtp process's last 'TLS connection established' line for good and attaches "
-    "it to every later delivery of that pid, even one whose own connection never negotiated TLS "
-    "(handshake failed, plaintext fallback of tls: may) and even when the peer differs"))
 def test_tls_details_of_an_earlier_connection_are_not_reused(plan):
     plaintext_sent = (
         f"Nov 27 02:54:02 gw postfix/conn0/smtp[186]: {QID}: to=<carol@fabrikam.example>, "

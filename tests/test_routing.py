@@ -170,10 +170,6 @@ def test_transport_map_routes_like_pick_connector(domain):
     assert postfix_lookup(parse_map(transport_map(plan)), domain).split(":")[0] == expected
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: postfix.transport_map emits the bare key of a '*.x' space even when another connector has the "
-    "exact space 'x'; the texthash map then holds 'x' twice (Postfix warns and keeps the first), so "
-    "Postfix can route 'x' through the wildcard connector while pick_connector picks the exact one"))
 def test_transport_map_exact_space_beats_wildcard_apex():
     wild = {"name": "Wild", "address_space": ["*.fabrikam.example"], "route": {"smarthost": "relay.fabrikam.example"}}
     exact = {"name": "Exact", "address_space": ["fabrikam.example"]}

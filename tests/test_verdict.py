@@ -236,10 +236,6 @@ BOUNCES_WITHOUT_SMTP_CODE = [
 ]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: verdict.classify_one only treats a gateway 'bounced' event as rejected when its reply starts "
-    "with a 5xx SMTP code; bounces the gateway makes itself (DNS 'Host not found', Postfix's 'dsn text') "
-    "carry no such code, so the message ends up 'unaccounted' (a lab failure, exit 3)"))
 @pytest.mark.parametrize("reply", [c[1] for c in BOUNCES_WITHOUT_SMTP_CODE],
                          ids=[c[0] for c in BOUNCES_WITHOUT_SMTP_CODE])
 def test_gateway_bounce_without_smtp_code_is_rejected(plan, reply):
@@ -247,10 +243,6 @@ def test_gateway_bounce_without_smtp_code_is_rejected(plan, reply):
     assert r.outcome == "rejected", r.why
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: verdict.classify_one only looks at the gateway's queue when the traffic entry is 'gateway'; "
-    "internet mail whose MX is the gateway (entry 'mx', domain mx: gateway) that is deferred or still "
-    "queued there is reported 'unaccounted' instead of 'deferred'"))
 @pytest.mark.parametrize("gateway_events", [
     [gw("deferred", "451 5.7.3 STARTTLS is required to send mail", msgid="from-internet",
         rcpt="bob@contoso.example", connector="Office 365")],

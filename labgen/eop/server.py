@@ -31,11 +31,14 @@ def tenant_guid(tenant: str) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_DNS, f"{tenant}.onmicrosoft.test"))
 
 
+_SEQ = itertools.count(1)
+
+
 def write_mailbox(root: Path, address: str, msgid: str | None, data: bytes) -> Path:
+    """One .eml per delivery under mailboxes/<address>/, numbered in arrival order."""
     box = root / address
     box.mkdir(parents=True, exist_ok=True)
-    n = len(list(box.iterdir())) + 1
-    path = box / f"{n:04d}-{msgid or 'unknown'}.eml"
+    path = box / f"{next(_SEQ):06d}-{msgid or 'unknown'}.eml"
     path.write_bytes(data)
     return path
 
