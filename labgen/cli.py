@@ -213,8 +213,7 @@ def render(scenario, output, subnet):
     labdir.mkdir(parents=True, exist_ok=True)
     labdir.chmod(0o700)
     make_pki(plan, labdir)
-    (labdir / "run").mkdir(exist_ok=True)
-    (labdir / "run").chmod(0o777)
+    (labdir / "run").mkdir(mode=0o700, exist_ok=True)
     plan.save(labdir / "plan.json")
     render_project(plan, labdir, image_tag())
     out.print(f"rendered lab {s.name} into {labdir}\n  run it: cd {labdir} && docker compose -p "
@@ -315,6 +314,14 @@ def images_build(force):
     out.print(f"lab image: {tag}")
 
 
+@images.command("prune")
+def images_prune():
+    """Remove old lab images (every one but the current, unless a container uses it)."""
+    from .images import prune_images
+    removed = prune_images()
+    out.print(f"removed {len(removed)} old lab image(s)" + (f": {', '.join(removed)}" if removed else ""))
+
+
 @images.command("ls")
 @click.option("--json", "as_json", is_flag=True)
 def images_ls(as_json):
@@ -324,8 +331,14 @@ def images_ls(as_json):
     if as_json:
         _print_json({"schema": "labgen.images/v1", "images": rows})
         return
+    from rich.table import Table
+    t = Table(title="labgen images")
+    for col in ("tag", "id", "created", "size", "current"):
+        t.add_column(col)
     for r in rows:
-        out.print(" ".join(str(v) for v in r.values()), markup=False)
+        t.add_row(r["tag"] or "(untagged)", r["id"], r["created"][:19], f"{r['size'] / 1e6:.0f} MB",
+                  "✓" if r["current"] else "")
+    out.print(t)
 
 
 if __name__ == "__main__":

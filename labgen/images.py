@@ -446,3 +446,17 @@ def list_images() -> list[dict]:
             "current": current in tags,
         })
     return sorted(rows, key=lambda r: r["created"], reverse=True)
+
+
+def prune_images() -> list[str]:
+    """Remove lab images other than the current one that no container uses; returns their ids."""
+    client = _client()
+    current = image_tag()
+    in_use = {c.image.id for c in client.containers.list(all=True)}
+    removed = []
+    for image in client.images.list(filters={"label": f"{LABEL}=lab"}):
+        if current in image.tags or image.id in in_use:
+            continue
+        client.images.remove(image.id, noprune=False)
+        removed.append(image.short_id.removeprefix("sha256:"))
+    return removed

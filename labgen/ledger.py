@@ -4,6 +4,7 @@ it concerns one recipient, `rcpt`, which is what joins them."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import time
@@ -51,3 +52,15 @@ def labgen_id(headers_blob: bytes) -> str | None:
         if line[:len(MSGID_HEADER) + 1].lower() == (MSGID_HEADER + ":").lower().encode():
             return line.split(b":", 1)[1].strip().decode("ascii", "replace")
     return None
+
+
+_SEQ = itertools.count(1)
+
+
+def write_mailbox(root: Path, address: str, msgid: str | None, data: bytes) -> Path:
+    """One .eml per delivery under mailboxes/<address>/, numbered in arrival order."""
+    box = root / address
+    box.mkdir(parents=True, exist_ok=True)
+    path = box / f"{next(_SEQ):06d}-{msgid or 'unknown'}.eml"
+    path.write_bytes(data)
+    return path

@@ -80,6 +80,10 @@ def print_result(doc: dict, console: Console) -> None:
                           f"got {m['outcome']} ({m['why']})", style="red", markup=False)
     console.print(f"Lab directory: {doc['lab_dir']} (ledger in run/, mailboxes in run/mailboxes/)", style="dim",
                   markup=False)
+    if doc["engine"] == "docker":
+        console.print(f"The lab stays up to explore: labgen status {doc['scenario']} · labgen logs gateway · "
+                      f"docker exec -it labgen-{doc['scenario']}-traffic swaks ... · labgen down {doc['scenario']}",
+                      style="dim", markup=False)
 
 
 def silent_loss_line(m: dict) -> str:
@@ -112,3 +116,6 @@ def print_compare(doc: dict, console: Console) -> None:
     console.print(table)
     n = sum(1 for c in doc["changes"] if c["changed"])
     console.print(f"{n} of {len(doc['changes'])} recipient outcome(s) changed between {a['scenario']} and {b['scenario']}.")
+    if a["engine"] == "docker":
+        console.print("Both labs stay up to explore (labgen status); remove them with labgen down --all.",
+                      style="dim", markup=False)

@@ -34,8 +34,7 @@ def prepare_lab(s: Scenario, engine: Engine, workdir: Path, subnet: Optional[str
     run_dir = labdir / "run"
     if run_dir.exists():
         shutil.rmtree(run_dir)
-    run_dir.mkdir()
-    run_dir.chmod(0o777)  # services in containers write here as their own users
+    run_dir.mkdir(mode=0o700)
     plan.save(labdir / "plan.json")
     return plan, labdir
 

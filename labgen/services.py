@@ -132,8 +132,29 @@ def run_traffic_service(plan: Plan, lab: Path, stay: bool) -> None:
     (lab / "run" / "result.json").write_text(json.dumps(doc, indent=2))
     print_result(doc, Console(width=160, emoji=False, highlight=False))
     if stay:
-        # Stay up for exploration: `docker exec -it <lab>-traffic swaks ...`
-        _wait_for_stop()
+        # Stay up for exploration (`docker exec -it <lab>-traffic swaks ...`) as a process that
+        # holds none of Python's memory.
+        sys.stdout.flush()
+        os.execvp("sleep", ["sleep", "infinity"])
+
+
+def probe(plan: Plan, lab: Path, name: str) -> int:
+    """Docker's healthcheck: 0 when the service answers as it should."""
+    from . import resolve
+    try:
+        if name == "dns":
+            resolve.next_hops(resolve.resolver(plan.ip("dns"), plan.dns_port), plan.scenario.gateway.hostname, mx=False)
+        elif name == "traffic":
+            return 0 if (lab / "run" / "result.json").is_file() else 1
+        else:
+            with socket.create_connection((plan.ip(name), plan.smtp_port), timeout=2) as s:
+                s.settimeout(2)
+                if not s.recv(512).startswith(b"220"):
+                    return 1
+                s.sendall(b"QUIT\r\n")
+        return 0
+    except Exception:
+        return 1
 
 
 def main(argv=None) -> None:
@@ -141,9 +162,12 @@ def main(argv=None) -> None:
     p.add_argument("service", choices=["eop", "sink", "dns", "gateway", "traffic"])
     p.add_argument("--lab", default="/lab", help="the rendered lab directory")
     p.add_argument("--once", action="store_true", help="traffic: exit after the verdict")
+    p.add_argument("--probe", action="store_true", help="health check: does the service answer?")
     a = p.parse_args(argv)
     lab = Path(a.lab)
     plan = Plan.load(lab / "plan.json")
+    if a.probe:
+        return probe(plan, lab, a.service)
     _drop_default_route()
     if a.service in ("eop", "sink"):
         run_smtp_service(a.service, plan, lab)

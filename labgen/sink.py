@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .eop.server import write_mailbox
-from .ledger import Ledger, labgen_id
+from .ledger import Ledger, labgen_id, write_mailbox
 from .plan import Plan
 from .scenario import domain_of
 from .smtpd import LabSMTP, server_tls_context

@@ -133,3 +133,57 @@ def test_schema_and_scenarios(tmp_path):
     assert {s["name"] for s in doc["scenarios"]} >= {"broken", "fixed"}
     p = labgen("schema", cwd=tmp_path)
     assert p.returncode == 0 and '"gateway"' in p.stdout and '"tenants"' in p.stdout
+
+
+def _variant(tmp_path, name, edit):
+    import yaml
+    from conftest import REPO
+    d = yaml.safe_load((REPO / "labgen" / "scenarios" / "broken.yaml").read_text())
+    d["name"] = name
+    edit(d)
+    f = tmp_path / f"{name}.yaml"
+    f.write_text(yaml.safe_dump(d, sort_keys=False))
+    return f
+
+
+def test_expired_certificate_is_accepted_at_tls_and_recorded(tmp_path):
+    """A declared but expired certificate still reaches EOP's rules; EOP records it as expired."""
+    def edit(d):
+        d["certificates"]["gw-selfsigned"].update(issuer="public", not_before_days=-400, valid_days=30)
+    code, doc = labgen_json("up", _variant(tmp_path, "expired", edit), "--engine", "local", cwd=tmp_path)
+    lost = by_id(doc)[("to-fabrikam", "carol@fabrikam.example")]
+    assert lost["outcome"] == "silently_discarded"
+    cert = lost["dropped_by"]["certificate"]
+    assert cert["trusted"] is False and cert["trust_detail"] == "expired" and cert["self_signed"] is False
+
+
+def test_untrusted_certificate_rejected_by_a_strict_eop(tmp_path):
+    """eop.require_trusted_certificate (KB 3212877): the self-signed certificate gets 550 5.7.64."""
+    def edit(d):
+        d["eop"]["require_trusted_certificate"] = True
+        for m in d["traffic"]:
+            m["expect"] = "rejected" if m["to"][0].endswith(("contoso.example", "onmicrosoft.test", "fabrikam.example")) \
+                else "delivered"
+    code, doc = labgen_json("up", _variant(tmp_path, "kb3212877", edit), "--engine", "local", cwd=tmp_path)
+    assert code == 0, [(m["id"], m["outcome"], m["why"]) for m in doc["messages"]]
+    m = by_id(doc)[("from-internet", "bob@contoso.example")]
+    assert "550 5.7.64" in m["why"] and "KB 3212877" in m["why"]
+
+
+def test_tls_required_but_not_used_is_deferred_until_the_deadline(tmp_path):
+    """The Office 365 connector sends without TLS to a RequireTls connector: 451, retried, deferred."""
+    def edit(d):
+        d["deadline_s"] = 2
+        d["tenants"]["contoso"]["inbound_connectors"] = [
+            {"name": "Inbound from gateway (IP)", "type": "OnPremises", "sender_ip_addresses": ["198.51.100.10/32"],
+             "require_tls": True}]
+        d["gateway"]["connectors"][1].update(tls="none")
+        for m in d["traffic"]:
+            m.pop("expect", None)
+    code, doc = labgen_json("up", _variant(tmp_path, "notls", edit), "--engine", "local", cwd=tmp_path)
+    assert code == 0
+    m = by_id(doc)[("from-internet", "bob@contoso.example")]
+    assert m["outcome"] == "deferred" and "451 5.7.3" in m["why"]
+    deferred = [h for h in m["hops"] if h["event"] == "deferred"]
+    assert len(deferred) >= 2  # the gateway retried
+    assert doc["summary"]["deferred"] == 2 and doc["summary"]["unaccounted"] == 0

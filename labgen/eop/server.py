@@ -16,7 +16,7 @@ import itertools
 import uuid
 from pathlib import Path
 
-from ..ledger import Ledger, labgen_id
+from ..ledger import Ledger, labgen_id, write_mailbox
 from ..pki import TrustStore, cert_info
 from ..plan import EOP_POOL_HOST, Plan
 from ..smtpd import LabSMTP, server_tls_context
@@ -29,18 +29,6 @@ EHLO_KEYWORDS = ("SIZE 157286400", "PIPELINING", "DSN", "ENHANCEDSTATUSCODES", "
 
 def tenant_guid(tenant: str) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_DNS, f"{tenant}.onmicrosoft.test"))
-
-
-_SEQ = itertools.count(1)
-
-
-def write_mailbox(root: Path, address: str, msgid: str | None, data: bytes) -> Path:
-    """One .eml per delivery under mailboxes/<address>/, numbered in arrival order."""
-    box = root / address
-    box.mkdir(parents=True, exist_ok=True)
-    path = box / f"{next(_SEQ):06d}-{msgid or 'unknown'}.eml"
-    path.write_bytes(data)
-    return path
 
 
 class EopHandler:
