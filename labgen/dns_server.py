@@ -18,6 +18,7 @@ TTL = 60
 class LabResolver:
     def __init__(self, plan: Plan, ledger: Ledger | None):
         self.zones = [DNSLabel(z) for z in plan.zones]
+        self.own_ip = plan.ip("dns")
         self.records: dict[tuple[str, str], list] = {}
         for r in plan.records:
             rdata = A(r.value) if r.type == "A" else MX(r.value, r.preference)
@@ -60,7 +61,7 @@ class LabResolver:
                     f"ns.{zone}", f"hostmaster.{zone}", (1, 3600, 600, 86400, TTL))))
         if not answers and not exists:
             reply.header.rcode = RCODE.NXDOMAIN
-        if self.ledger:
+        if self.ledger and client_ip != self.own_ip:  # not the container's own health checks
             self.ledger.emit("query", qname=name, qtype=qtype, client_ip=client_ip,
                              rcode=RCODE[reply.header.rcode], answers=[str(a.rdata) for a in reply.rr])
         return reply

@@ -29,7 +29,7 @@ def hop_lines(m: dict) -> list[str]:
             cert = f", cert {tls.get('client_certificate')}" if tls.get("client_certificate") else ""
             how = f" over {tls['version']}{cert}" if tls.get("version") else " without TLS"
             lines.append(f"gateway '{h.get('connector')}' connector → {h.get('relay') or '-'}{how}: "
-                         f"{ev} ({_short(h.get('reply'))})")
+                         f"{ev} ({_short(h.get('reply'), 120)})")
         elif svc == "eop" and ev == "rcpt":
             a = h.get("attribution") or {}
             conn = f" (connector '{a['connector']}')" if a.get("connector") else ""
