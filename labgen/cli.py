@@ -194,6 +194,36 @@ def compare(a, b, engine, workdir, as_json):
     sys.exit(max(codes))
 
 
+@main.command()
+@click.argument("tenant")
+@click.option("--lab", help="Which lab (default: the most recent run in the work directory).")
+@click.option("--workdir", help="Where lab directories live (default: current directory or $LABGEN_WORKDIR).")
+@click.option("--json", "as_json", is_flag=True)
+def trace(tenant, lab, workdir, as_json):
+    """A tenant's message trace from the last run: what that tenant's admin would see."""
+    from .run import lab_dir
+    wd = _workdir(workdir)
+    if lab:
+        path = lab_dir(wd, lab) / "run" / "trace.jsonl"
+    else:
+        runs = sorted(wd.glob("labgen-*/run"), key=lambda p: p.stat().st_mtime)
+        if not runs:
+            raise InputError(f"{wd}: no lab has run here; run `labgen up SCENARIO` first or pass --workdir")
+        path = runs[-1] / "trace.jsonl"
+    lab = path.parent.parent.name.removeprefix("labgen-")
+    entries = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    rows = [{k: e.get(k) for k in ("ts", "msgid", "sender", "rcpt", "status")} for e in entries
+            if e.get("tenant") == tenant]
+    if as_json:
+        _print_json({"schema": "labgen.trace/v1", "lab": lab, "tenant": tenant, "entries": rows})
+        return
+    out.print(f"message trace of tenant {tenant} in lab {lab} (what its admin sees):", markup=False)
+    for r in rows:
+        out.print(f"  {r['msgid']:<18} {r['sender']} → {r['rcpt']}: {r['status']}", markup=False)
+    if not rows:
+        out.print("  (nothing)")
+
+
 # ---------------------------------------------------------------- the Docker lab's lifecycle
 
 @main.command()

@@ -187,3 +187,13 @@ def test_tls_required_but_not_used_is_deferred_until_the_deadline(tmp_path):
     deferred = [h for h in m["hops"] if h["event"] == "deferred"]
     assert len(deferred) >= 2  # the gateway retried
     assert doc["summary"]["deferred"] == 2 and doc["summary"]["unaccounted"] == 0
+
+
+def test_trace_shows_what_each_admin_sees(broken):
+    from pathlib import Path
+    wd = Path(broken["lab_dir"]).parent
+    code, doc = labgen_json("trace", "fabrikam", "--lab", "broken", cwd=wd)
+    assert code == 0 and doc["entries"] == []  # fabrikam's admin finds nothing
+    code, doc = labgen_json("trace", "contoso", "--lab", "broken", cwd=wd)
+    assert {(e["msgid"], e["status"]) for e in doc["entries"]} == {("from-internet", "Delivered"),
+                                                                   ("internal-routing", "Delivered")}
