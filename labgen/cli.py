@@ -32,16 +32,27 @@ class LabgenGroup(click.Group):
     """Turns LabgenError into one line and its exit code; --debug keeps the traceback."""
 
     def invoke(self, ctx):
+        debug = ctx.params.get("debug") or os.environ.get("LABGEN_DEBUG")
         try:
             return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, SystemExit):
+            raise
         except LabgenError as e:
-            if ctx.params.get("debug") or os.environ.get("LABGEN_DEBUG"):
+            if debug:
                 raise
             click.echo(f"labgen: {e.message}", err=True)  # one line, never wrapped
             sys.exit(e.exit_code)
         except KeyboardInterrupt:
-            err.print("labgen: interrupted; the lab was cleaned up", style="red")
+            # run_lab has already removed what this command started (engine.abort).
+            click.echo("labgen: interrupted; nothing this command started is left running", err=True)
             sys.exit(130)
+        except Exception as e:  # a bug or an environment labgen did not foresee: still one line
+            if debug:
+                raise
+            first = (str(e).splitlines() or [""])[0][:300]
+            click.echo(f"labgen: unexpected {type(e).__name__}: {first} (run with --debug for the traceback)",
+                       err=True)
+            sys.exit(3)
 
 
 @click.group(cls=LabgenGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -188,8 +199,10 @@ def compare(a, b, engine, workdir, as_json):
     if as_json:
         _print_json(doc)
     else:
-        from .report import print_compare
+        from .report import print_compare, print_expectation_failures
         print_compare(doc, out)
+        print_expectation_failures(doc_a, out)
+        print_expectation_failures(doc_b, out)
     codes = [_exit_for(doc_a), _exit_for(doc_b)]
     sys.exit(max(codes))
 
@@ -210,10 +223,17 @@ def trace(tenant, lab, workdir, as_json):
         if not runs:
             raise InputError(f"{wd}: no lab has run here; run `labgen up SCENARIO` first or pass --workdir")
         path = runs[-1] / "trace.jsonl"
-    lab = path.parent.parent.name.removeprefix("labgen-")
-    entries = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
-    rows = [{k: e.get(k) for k in ("ts", "msgid", "sender", "rcpt", "status")} for e in entries
-            if e.get("tenant") == tenant]
+    from .ledger import read_events
+    from .plan import Plan
+    labdir = path.parent.parent
+    lab = labdir.name.removeprefix("labgen-")
+    if not (labdir / "plan.json").is_file():
+        raise InputError(f"{labdir}: no lab '{lab}' has run here; run `labgen up {lab}` first or pass --workdir")
+    tenants = sorted(Plan.load(labdir / "plan.json").scenario.tenants)
+    if tenant not in tenants:
+        raise InputError(f"{tenant}: not a tenant of lab {lab} (tenants: {', '.join(tenants)})")
+    rows = [{k: e.get(k) for k in ("ts", "msgid", "sender", "rcpt", "status")}
+            for e in read_events(labdir / "run") if e["service"] == "trace" and e.get("tenant") == tenant]
     if as_json:
         _print_json({"schema": "labgen.trace/v1", "lab": lab, "tenant": tenant, "entries": rows})
         return
@@ -232,19 +252,13 @@ def trace(tenant, lab, workdir, as_json):
 @click.option("--subnet", help="Move the lab to another documentation-range subnet of the same size.")
 def render(scenario, output, subnet):
     """Write the lab as a self-contained compose project, to run by hand."""
+    from .engines.docker import DockerEngine
     from .images import image_tag
-    from .pki import make_pki
-    from .plan import make_plan
     from .render import project_name, render_project
-    from .run import lab_dir
+    from .run import lab_dir, prepare_lab
     s = load_scenario(scenario)
-    plan = make_plan(s, "docker", subnet)
     labdir = Path(output).resolve() if output else lab_dir(_workdir(None), s.name)
-    labdir.mkdir(parents=True, exist_ok=True)
-    labdir.chmod(0o700)
-    make_pki(plan, labdir)
-    (labdir / "run").mkdir(mode=0o700, exist_ok=True)
-    plan.save(labdir / "plan.json")
+    plan, labdir = prepare_lab(s, DockerEngine(), labdir.parent, subnet, labdir=labdir)
     render_project(plan, labdir, image_tag())
     out.print(f"rendered lab {s.name} into {labdir}\n  run it: cd {labdir} && docker compose -p "
               f"{project_name(s.name)} up -d   (the image: labgen images build)", markup=False)

@@ -54,8 +54,8 @@ class LabResolver:
                 for a in self.records.get((str(rdata.label).lower().rstrip("."), "A"), []):
                     reply.add_ar(RR(rdata.label, QTYPE.A, rdata=a, ttl=TTL))
         exists = any(k[0] == name for k in self.records)
+        reply.header.aa = int(zone is not None)  # authoritative for its own zones only
         if zone is not None:
-            reply.header.aa = 1
             if not answers:
                 reply.add_auth(RR(zone, QTYPE.SOA, ttl=TTL, rdata=SOA(
                     f"ns.{zone}", f"hostmaster.{zone}", (1, 3600, 600, 86400, TTL))))

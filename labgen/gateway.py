@@ -20,6 +20,7 @@ from .smtp_client import client_tls_context, send
 from .smtpd import LabSMTP, server_tls_context
 
 RETRY_S = (0.5, 1.0, 2.0, 4.0)
+NO_CONNECTOR = "5.4.4 no send connector covers this domain"
 
 
 class GatewayHandler:
@@ -58,7 +59,7 @@ class GatewayHandler:
         return f"250 2.0.0 Ok: queued as {qid}"
 
     async def _deliver(self, qid, msgid, mail_from, rcpts, data, envid):
-        pending = [r.lower() for r in rcpts]
+        pending = list(rcpts)  # as given: the local part's case is the recipient's own
         for delay in itertools.chain([0.0], RETRY_S, itertools.repeat(RETRY_S[-1])):
             if delay:
                 await asyncio.sleep(delay)
@@ -66,8 +67,12 @@ class GatewayHandler:
                 return
             groups: dict[tuple, list[str]] = {}
             for r in pending:
-                domain = r.rpartition("@")[2]
+                domain = r.rpartition("@")[2].lower()
                 c = routing.pick_connector(domain, self.s.gateway.connectors)
+                if c is None:  # as Postfix's default_transport = error:5.4.4 ...
+                    self.ledger.emit("bounced", msgid=msgid, queue_id=qid, rcpt=r.lower(), connector=None,
+                                     relay=None, reply=NO_CONNECTOR)
+                    continue
                 groups.setdefault((c.name, c.smarthost or domain, c.smarthost is None), []).append(r)
             still = []
             for (cname, target, by_mx), group in groups.items():
@@ -84,7 +89,7 @@ class GatewayHandler:
         except resolve.DnsFailure as e:
             kind = "bounced" if e.permanent else "deferred"
             for r in rcpts:
-                self.ledger.emit(kind, rcpt=r, relay=None, reply=str(e), **base)
+                self.ledger.emit(kind, rcpt=r.lower(), relay=None, reply=str(e), **base)
             return [] if e.permanent else rcpts
         result = None
         for hop in hops:
@@ -100,7 +105,7 @@ class GatewayHandler:
         for r in rcpts:
             code, reply = result.replies.get(r, (0, result.error or "no answer"))
             kind = "sent" if 200 <= code < 300 else "bounced" if code >= 500 else "deferred"
-            self.ledger.emit(kind, rcpt=r, relay=result.relay, relay_host=result.host, relay_ip=result.ip,
+            self.ledger.emit(kind, rcpt=r.lower(), relay=result.relay, relay_host=result.host, relay_ip=result.ip,
                              reply=reply, source_ip=c.source_ip or self.plan.ip("gateway"), tls=tls, **base)
             if kind == "deferred":
                 retry.append(r)

@@ -8,10 +8,14 @@ import itertools
 import json
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Iterator
 
 MSGID_HEADER = "X-Labgen-Id"
+
+
+_OPEN: "weakref.WeakSet[Ledger]" = weakref.WeakSet()
 
 
 class Ledger:
@@ -22,14 +26,27 @@ class Ledger:
         self._lock = threading.Lock()  # the built-in gateway writes from worker threads
         # Kept open in append mode; each event is flushed at once so the collector sees it.
         self._file = self.path.open("a", encoding="utf-8")
+        _OPEN.add(self)
 
     def emit(self, event: str, **fields) -> dict:
         record = {"ts": round(time.time(), 6), "service": self.service, "event": event, **fields}
         line = json.dumps(record, default=str) + "\n"
         with self._lock:
-            self._file.write(line)
-            self._file.flush()
+            if not self._file.closed:  # after close: the run's verdict is already taken
+                self._file.write(line)
+                self._file.flush()
         return record
+
+    def close(self) -> None:
+        with self._lock:
+            self._file.close()
+
+
+def close_ledgers(run_dir: Path) -> None:
+    """Close every ledger of this process writing into run_dir (the local engine's services)."""
+    for ledger in list(_OPEN):
+        if ledger.path.parent == Path(run_dir):
+            ledger.close()
 
 
 def read_events(run_dir: Path) -> Iterator[dict]:

@@ -110,7 +110,10 @@ def service_cert_specs(plan: Plan) -> dict[str, Certificate]:
 
 
 def _spec_digest(specs: dict[str, Certificate]) -> str:
-    blob = json.dumps({k: v.model_dump() for k, v in sorted(specs.items())}, sort_keys=True)
+    # Validity is relative to the day the PKI is made: a new day makes it anew, so "expires in
+    # 1 day" or "not yet valid" mean the same on every run.
+    today = dt.datetime.now(dt.timezone.utc).date().isoformat()
+    blob = today + json.dumps({k: v.model_dump() for k, v in sorted(specs.items())}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

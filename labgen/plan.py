@@ -18,7 +18,8 @@ from typing import Callable, Optional
 from pydantic import BaseModel
 
 from .errors import InputError
-from .scenario import (PROTECTION_SUFFIX, Scenario, domain_of, protection_host, routing_domain)
+from .scenario import (PROTECTION_SUFFIX, Scenario, domain_of, planned_addresses, protection_host,
+                       routing_domain)
 
 HOSTS = ("dns", "eop", "gateway", "sink", "traffic")
 # Mnemonic host offsets inside the lab subnet (a /25 or larger); smaller subnets count up from .2.
@@ -77,7 +78,8 @@ class Plan(BaseModel):
 
     @classmethod
     def load(cls, path: Path) -> "Plan":
-        return cls.model_validate(json.loads(Path(path).read_text()))
+        with planned_addresses():
+            return cls.model_validate(json.loads(Path(path).read_text()))
 
 
 # ---------------------------------------------------------------- addresses
@@ -194,6 +196,9 @@ def make_plan(s: Scenario, engine: str, subnet: Optional[str] = None) -> Plan:
         raise InputError(f"{s.source}: {e.message}" if s.source else e.message) from None
     move: Optional[Callable[[str], str]] = None
     if engine == "local":
+        if subnet:
+            raise InputError(f"--subnet {subnet}: applies to the docker engine only; the local engine "
+                             "maps the lab onto loopback addresses")
         move = loopback_ip
     elif subnet:
         _check_subnet_option(subnet)

@@ -7,6 +7,7 @@ gateway events the built-in gateway writes, so one verdict serves both engines.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from dataclasses import dataclass
 from typing import Iterable, Optional
@@ -74,15 +75,15 @@ _RELAY = re.compile(r"^(?P<host>[^\[]+)\[(?P<ip>[\d.]+)\]:(?P<port>\d+)$")
 
 
 def _epoch(stamp: str) -> float:
-    """maillog_file stamps: 'Nov 27 02:55:01' (no year: this year) or ISO 8601."""
-    import datetime as dt
-    for fmt in ("%b %d %H:%M:%S", "%b %d %H:%M:%S.%f"):
+    """maillog_file stamps: 'Nov 27 02:55:01' (syslog style, no year, the container's UTC) or ISO 8601."""
+    now = dt.datetime.now(dt.timezone.utc)
+    for fmt in ("%Y %b %d %H:%M:%S", "%Y %b %d %H:%M:%S.%f"):
         try:
-            t = dt.datetime.strptime(" ".join(stamp.split()), fmt)
-            now = dt.datetime.now(dt.timezone.utc)
-            return t.replace(year=now.year, tzinfo=dt.timezone.utc).timestamp()
+            t = dt.datetime.strptime(f"{now.year} {' '.join(stamp.split())}", fmt).replace(tzinfo=dt.timezone.utc)
         except ValueError:
-            pass
+            continue
+        # A stamp "in the future" is from last year (a run across New Year's Eve).
+        return (t.replace(year=now.year - 1) if t > now + dt.timedelta(days=1) else t).timestamp()
     try:
         return dt.datetime.fromisoformat(stamp).timestamp()
     except ValueError:

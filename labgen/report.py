@@ -63,8 +63,8 @@ def print_result(doc: dict, console: Console) -> None:
             console.print(f"    {line}", markup=False)
         if m["outcome"] != "delivered":
             console.print(f"    ⇒ {m['why']}", markup=False)
-            if not m["recipient_trace_visible"]:
-                console.print("    ⇒ the recipient's admin finds nothing in message trace", markup=False)
+            if not m["recipient_trace_visible"] and m.get("recipient_tenant"):
+                console.print(f"    ⇒ {m['recipient_tenant']}'s admin finds nothing in message trace", markup=False)
     for m in doc["messages"]:
         if m["outcome"] == "silently_discarded":
             console.print(silent_loss_line(m), style="red", markup=False)
@@ -74,16 +74,20 @@ def print_result(doc: dict, console: Console) -> None:
         f"{s['rejected']} rejected, {s['deferred']} deferred, {s['unaccounted']} unaccounted. "
         + ("All expectations held." if s["expectations_failed"] == 0 else
            f"{s['expectations_failed']} expectation(s) FAILED."))
-    for m in doc["messages"]:
-        if m["ok"] is False:
-            console.print(f"  expectation failed: {m['id']} → {m['to']}: expected {m['expected']}, "
-                          f"got {m['outcome']} ({m['why']})", style="red", markup=False)
+    print_expectation_failures(doc, console)
     console.print(f"Lab directory: {doc['lab_dir']} (ledger in run/, mailboxes in run/mailboxes/)", style="dim",
                   markup=False)
     if doc["engine"] == "docker":
         console.print(f"The lab stays up to explore: labgen status {doc['scenario']} · labgen logs gateway · "
                       f"docker exec -it labgen-{doc['scenario']}-traffic swaks ... · labgen down {doc['scenario']}",
                       style="dim", markup=False)
+
+
+def print_expectation_failures(doc: dict, console: Console) -> None:
+    for m in doc["messages"]:
+        if m["ok"] is False:
+            console.print(f"  expectation failed in {doc['scenario']}: {m['id']} → {m['to']}: expected "
+                          f"{m['expected']}, got {m['outcome']} ({m['why']})", style="red", markup=False)
 
 
 def silent_loss_line(m: dict) -> str:

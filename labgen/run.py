@@ -3,8 +3,10 @@ Returns the `labgen.result/v1` document; the CLI prints it."""
 
 from __future__ import annotations
 
+import fcntl
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -23,12 +25,33 @@ def lab_dir(workdir: Path, lab: str) -> Path:
     return Path(workdir) / f"labgen-{lab}"
 
 
-def prepare_lab(s: Scenario, engine: Engine, workdir: Path, subnet: Optional[str] = None) -> tuple[Plan, Path]:
+def make_lab_dir(labdir: Path) -> None:
+    try:
+        labdir.mkdir(parents=True, exist_ok=True)
+        labdir.chmod(0o700)  # it holds private keys
+    except OSError as e:
+        raise InfraError(f"cannot create the lab directory {labdir}: {e.strerror}; choose another with --workdir") from None
+
+
+@contextmanager
+def lab_lock(labdir: Path):
+    """One labgen command per lab directory at a time (a second `up` would wipe the first's run/)."""
+    make_lab_dir(labdir)
+    with open(labdir / ".lock", "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InfraError(f"lab directory {labdir} is in use by another labgen command; wait for it "
+                             "to finish or use another --workdir") from None
+        yield
+
+
+def prepare_lab(s: Scenario, engine: Engine, workdir: Path, subnet: Optional[str] = None,
+                labdir: Optional[Path] = None) -> tuple[Plan, Path]:
     """Plan, lab directory (0700), PKI, a fresh run directory and plan.json."""
     plan = make_plan(s, engine.name, subnet)
-    labdir = lab_dir(workdir, s.name)
-    labdir.mkdir(parents=True, exist_ok=True)
-    labdir.chmod(0o700)
+    labdir = labdir or lab_dir(workdir, s.name)
+    make_lab_dir(labdir)
     make_pki(plan, labdir)
     plan = engine.prepare(plan, labdir)
     run_dir = labdir / "run"
@@ -49,6 +72,13 @@ def wait_settled(plan: Plan, events: Callable[[], list[dict]], deadline: float) 
 
 def run_lab(s: Scenario, engine: Engine, workdir: Path, subnet: Optional[str] = None,
             on_phase: Callable[[str], None] = lambda _: None) -> dict:
+    make_plan(s, engine.name, subnet)  # bad input fails before anything is created
+    with lab_lock(lab_dir(workdir, s.name)):
+        return _run_locked(s, engine, workdir, subnet, on_phase)
+
+
+def _run_locked(s: Scenario, engine: Engine, workdir: Path, subnet: Optional[str],
+                on_phase: Callable[[str], None]) -> dict:
     t0 = time.monotonic()
     on_phase("planning and making certificates")
     plan, labdir = prepare_lab(s, engine, workdir, subnet)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Literal, Optional, Union
 
@@ -29,6 +31,24 @@ ALLOWED_RANGES = [ipaddress.ip_network(n) for n in
 
 Outcome = Literal["delivered", "silently_discarded", "rejected", "deferred"]
 OUTCOMES = ("delivered", "silently_discarded", "rejected", "deferred")
+
+# A saved plan holds the scenario with its addresses already moved (the local engine's are on
+# loopback); reloading it must not re-apply the documentation-range rule to them.
+_PLANNED = ContextVar("labgen_planned", default=False)
+
+
+@contextmanager
+def planned_addresses():
+    token = _PLANNED.set(True)
+    try:
+        yield
+    finally:
+        _PLANNED.reset(token)
+
+
+def _in_lab_ranges(net) -> bool:
+    return _PLANNED.get() or any(net.subnet_of(r) if net.version == 4 else False for r in ALLOWED_RANGES)
+
 
 _DOMAIN_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z][a-z0-9-]{0,62}$")
 _LOCAL_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}$")
@@ -53,7 +73,7 @@ def check_lab_ip(value: str) -> str:
         ip = ipaddress.ip_address(value)
     except ValueError:
         raise ValueError(f"'{value}' is not an IPv4 address") from None
-    if ip.version != 4 or not any(ip in net for net in ALLOWED_RANGES):
+    if ip.version != 4 or not _in_lab_ranges(ipaddress.ip_network(f"{ip}/32")):
         raise ValueError(f"{value} is outside the lab's documentation ranges "
                          "(192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24, 198.18.0.0/15)")
     return str(ip)
@@ -109,7 +129,7 @@ class InboundConnector(_Model):
                 net = ipaddress.ip_network(item, strict=False)
             except ValueError:
                 raise ValueError(f"'{item}' is not an IPv4 address or CIDR range") from None
-            if net.version != 4 or not any(net.subnet_of(r) for r in ALLOWED_RANGES):
+            if net.version != 4 or not _in_lab_ranges(net):
                 raise ValueError(f"{item} is outside the lab's documentation ranges")
             out.append(str(net))
         return out
@@ -130,8 +150,15 @@ class Tenant(_Model):
         return [check_address(a) for a in v]
 
 
+def check_cert_name(value: str) -> str:
+    """A DNS name as certificates carry it: a domain, optionally with one leading '*.'."""
+    value = value.strip().lower()
+    check_domain(value[2:] if value.startswith("*.") else value)
+    return value
+
+
 class Certificate(_Model):
-    cn: str
+    cn: str = Field(min_length=1, max_length=64)  # X.509's upper bound for a CN
     sans: list[str] = []
     # 'public' = issued by the lab's stand-in for a public CA (root + intermediate).
     issuer: Literal["self", "public"] = "public"
@@ -139,6 +166,15 @@ class Certificate(_Model):
     # Validity relative to the moment the lab's PKI is made: negative = in the past.
     not_before_days: int = -1
     valid_days: int = 365
+
+    @field_validator("cn")
+    @classmethod
+    def _cn(cls, v):
+        if not v.isascii() or not v.isprintable():
+            raise ValueError(f"'{v}': a certificate CN is printable ASCII")
+        return v
+
+    _sans = field_validator("sans")(classmethod(lambda cls, v: [check_cert_name(n) for n in v]))
 
     @field_validator("valid_days")
     @classmethod
@@ -223,7 +259,7 @@ class LabNet(_Model):
             net = ipaddress.ip_network(v, strict=True)
         except ValueError as e:
             raise ValueError(f"'{v}' is not a network in CIDR form ({e})") from None
-        if net.version != 4 or not any(net.subnet_of(r) for r in ALLOWED_RANGES):
+        if net.version != 4 or not _in_lab_ranges(net):
             raise ValueError(f"{v} is outside the lab's documentation ranges")
         if net.prefixlen > 28:
             raise ValueError(f"{v} is too small for a lab (use /28 or larger)")
@@ -249,6 +285,12 @@ class Message(_Model):
     _from = field_validator("sender")(classmethod(lambda cls, v: check_address(v)))
     _to = field_validator("to")(classmethod(lambda cls, v: [check_address(a) for a in v]))
 
+    @field_validator("expect")
+    @classmethod
+    def _expect(cls, v):
+        # Keys normalised like recipients, so that an expectation can never be silently skipped.
+        return {check_address(k): o for k, o in v.items()} if isinstance(v, dict) else v
+
     @field_validator("id")
     @classmethod
     def _id(cls, v):
@@ -258,7 +300,7 @@ class Message(_Model):
 
     def expected_for(self, rcpt: str) -> Optional[str]:
         if isinstance(self.expect, dict):
-            return self.expect.get(rcpt)
+            return {k.lower(): o for k, o in self.expect.items()}.get(rcpt.lower())
         return self.expect
 
 
@@ -385,7 +427,7 @@ def _cross_check(s: Scenario) -> None:
             raise _Located(f"traffic[{i}].via", f"'{m.sender}' is not a tenant user, so it cannot send via exchange-online")
         if isinstance(m.expect, dict):
             for rcpt in m.expect:
-                if rcpt.lower() not in m.to:
+                if rcpt.lower() not in [t.lower() for t in m.to]:
                     raise _Located(f"traffic[{i}].expect.{rcpt}", f"'{rcpt}' is not one of this message's recipients")
 
 
@@ -399,7 +441,7 @@ def _format_loc(loc: tuple) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("function-after", "function-before") or str(part).startswith(("literal[", "function-")):
+        elif part in ("function-after", "function-before") or str(part).startswith(("literal[", "function-", "dict[")):
             continue  # pydantic's union-member tags are not YAML keys
         elif str(part) in ("Smarthost",):
             continue

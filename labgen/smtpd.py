@@ -9,7 +9,8 @@ import asyncio
 import logging
 import re
 import ssl
-from email.utils import formatdate
+import datetime as dt
+from email.utils import format_datetime
 
 from aiosmtpd.smtp import SMTP, Envelope, TLSSetupException
 
@@ -52,7 +53,7 @@ class LabSMTP(SMTP):
     def connection_made(self, transport):
         if self._banner_text is not None and self._original_transport is None:
             # EOP's banner carries the date of the connection.
-            self.__ident__ = self._banner_text.format(date=formatdate(localtime=False))
+            self.__ident__ = self._banner_text.format(date=format_datetime(dt.datetime.now(dt.timezone.utc)))
         super().connection_made(transport)
 
     async def smtp_EHLO(self, hostname: str):
@@ -71,6 +72,15 @@ class LabSMTP(SMTP):
 
     async def smtp_RCPT(self, arg: str):
         await super().smtp_RCPT(_DSN_RCPT.sub("", arg or ""))
+
+    async def smtp_QUIT(self, arg: str):
+        # With ENHANCEDSTATUSCODES offered, every reply carries one (aiosmtpd says "221 Bye").
+        if arg:
+            await self.push("501 5.5.4 Syntax: QUIT")
+            return
+        await self.push("221 2.0.0 Service closing transmission channel")
+        self._handler_coroutine.cancel()
+        self.transport.close()
 
     async def smtp_STARTTLS(self, arg: str):
         try:

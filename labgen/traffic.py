@@ -63,6 +63,9 @@ def run_traffic(plan: Plan, run_dir: Path) -> None:
     ledger = Ledger(run_dir, "traffic")
     ledger.emit("start", run_id=plan.run_id, messages=[{"msgid": m.id, "from": m.sender, "to": m.to}
                                                        for m in plan.scenario.traffic])
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        list(pool.map(lambda m: submit(plan, m, ledger), plan.scenario.traffic))
-    ledger.emit("injected", count=len(plan.scenario.traffic))
+    try:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(lambda m: submit(plan, m, ledger), plan.scenario.traffic))
+        ledger.emit("injected", count=len(plan.scenario.traffic))
+    finally:
+        ledger.close()

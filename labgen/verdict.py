@@ -35,6 +35,7 @@ class RcptResult:
     recipient_trace_visible: bool = False
     why: str = ""  # one sentence a person can read
     dropped_by: Optional[dict] = None  # for silently_discarded: the hop, reason and certificate
+    recipient_tenant: Optional[str] = None  # None: an internet (non-Microsoft 365) recipient
 
     @property
     def ok(self) -> Optional[bool]:
@@ -43,7 +44,8 @@ class RcptResult:
     def as_dict(self) -> dict:
         d = {"id": self.msgid, "from": self.sender, "to": self.rcpt, "outcome": self.outcome,
              "expected": self.expected, "ok": self.ok, "hops": self.hops, "attribution": self.attribution,
-             "recipient_trace_visible": self.recipient_trace_visible, "why": self.why}
+             "recipient_trace_visible": self.recipient_trace_visible, "recipient_tenant": self.recipient_tenant,
+             "why": self.why}
         if self.dropped_by:
             d["dropped_by"] = self.dropped_by
         return d
@@ -88,7 +90,8 @@ def _hop(e: dict) -> dict:
 
 
 def classify_one(plan: Plan, idx: _Index, msgid: str, sender: str, rcpt: str, expected) -> RcptResult:
-    res = RcptResult(msgid, sender, rcpt, "unaccounted", expected)
+    res = RcptResult(msgid, sender, rcpt, "unaccounted", expected,
+                     recipient_tenant=plan.scenario.tenant_of_domain(domain_of(rcpt)))
     # Hops in the order the message travels (a service logs its own reply after the next hop's,
     # and clocks differ between log files), each service's events in its own order.
     evs = sorted(idx.by_key.get((msgid, rcpt), []), key=lambda e: (_RANK.get(e["service"], 9), e.get("ts", 0)))
@@ -183,8 +186,3 @@ def summary(results: list[RcptResult]) -> dict:
         if r.ok is False:
             s["expectations_failed"] += 1
     return s
-
-
-def recipient_side(plan: Plan, rcpt: str) -> str:
-    tenant = plan.scenario.tenant_of_domain(domain_of(rcpt))
-    return f"tenant {tenant}" if tenant else f"{domain_of(rcpt)} (internet)"

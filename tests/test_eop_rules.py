@@ -119,8 +119,13 @@ ATTRIBUTION_CASES = [
      "carol@fabrikam.example", ("fabrikam", "recipient", None)),
     ("ip-exact-/32", plain(ip=GW_IP), "alice@contoso.example", "carol@fabrikam.example",
      ("contoso", "ip", "Contoso IP")),
-    ("ip-in-cidr", plain(ip="198.51.100.230"), "x@northwind.example", "bob@contoso.example",
+    ("ip-in-cidr", plain(ip="198.51.100.230"), "carol@fabrikam.example", "bob@contoso.example",
      ("fabrikam", "ip", "Fabrikam IP")),
+    # Microsoft: the sender domain must be an accepted domain of the connector's tenant.
+    ("ip-match-foreign-sender-falls-to-recipient", plain(ip="198.51.100.230"), "x@northwind.example",
+     "bob@contoso.example", ("contoso", "recipient", None)),
+    ("ip-match-null-sender-falls-to-recipient", plain(ip=GW_IP), "", "bob@contoso.example",
+     ("contoso", "recipient", None)),
     ("ip-just-outside-cidr", plain(ip="198.51.100.191"), "x@northwind.example", "bob@contoso.example",
      ("contoso", "recipient", None)),
     ("shared-ip-mail-from-fabrikam", plain(ip="198.51.100.200"), "carol@fabrikam.example", "bob@contoso.example",
@@ -150,10 +155,11 @@ def test_attribute(session, mail_from, rcpt, expected):
     assert att.as_dict() == {"tenant": att.tenant, "by": att.by, "connector": att.connector, "detail": att.detail}
 
 
-def test_shared_ip_with_foreign_sender_still_attributes_by_ip():
+def test_shared_ip_with_foreign_sender_is_attributed_by_recipient():
+    """Neither tenant's accepted domains hold the sender: the IP alone attributes to nobody."""
     att = attribute(_attribution_scenario(), plain(ip="198.51.100.200"), "erin@northwind.example",
                     "carol@fabrikam.example")
-    assert att.by == "ip" and att.tenant in ("contoso", "fabrikam")
+    assert (att.by, att.tenant) == ("recipient", "fabrikam")
 
 
 def test_certificate_detail_names_the_matching_names():

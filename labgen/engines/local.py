@@ -14,7 +14,7 @@ from ..dns_server import serve_dns
 from ..eop.server import eop_factory
 from ..errors import InfraError
 from ..gateway import gateway_factory
-from ..ledger import read_events
+from ..ledger import close_ledgers, read_events
 from ..plan import Plan
 from ..sink import sink_factory
 from ..traffic import run_traffic
@@ -95,17 +95,28 @@ class LocalEngine:
         self.finish(plan, labdir)
 
     def finish(self, plan: Plan, labdir: Path) -> None:
-        if self.loop is not None:
-            async def close():
-                for s in self.servers:
-                    s.close()
-                if self.gateway is not None:
-                    for t in list(self.gateway.tasks):
-                        t.cancel()
-            try:
-                asyncio.run_coroutine_threadsafe(close(), self.loop).result(timeout=5)
-            except Exception:
-                pass
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(timeout=5)
-            self.loop = None
+        if self.loop is None:
+            return
+
+        async def close():
+            for s in self.servers:
+                s.close()
+            tasks = list(self.gateway.tasks) if self.gateway else []
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for s in self.servers:
+                if isinstance(s, asyncio.AbstractServer):
+                    await s.wait_closed()
+            # A delivery attempt already in its thread finishes (bounded by its SMTP timeout).
+            await self.loop.shutdown_default_executor()
+        try:
+            asyncio.run_coroutine_threadsafe(close(), self.loop).result(timeout=15)
+        except Exception:
+            pass  # stopping regardless: the process is about to report and exit
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=5)
+        if not self.thread.is_alive():
+            self.loop.close()
+        self.loop = None
+        close_ledgers(labdir / "run")

@@ -87,15 +87,16 @@ def attribute(s: Scenario, session: Session, mail_from: str, rcpt: str) -> Attri
                     return Attribution(tenant, "certificate", c.name,
                                        f"certificate name '{hit}' matches TlsSenderCertificateName "
                                        f"'{c.tls_sender_certificate_name}' of tenant {tenant}'s OnPremises connector")
-    # 2. The source IP is in an OnPremises connector's SenderIPAddresses. Several tenants may list
-    # one IP (a shared egress IP); the P1 MAIL FROM domain picks among them.
-    hits = [(t, c) for t, c in onprem if c.sender_ip_addresses and _ip_in(session.source_ip, c.sender_ip_addresses)]
-    if hits:
-        sender_tenant = s.tenant_of_domain(domain_of(mail_from)) if mail_from else None
-        tenant, c = next(((t, c) for t, c in hits if t == sender_tenant), hits[0])
-        return Attribution(tenant, "ip", c.name,
-                           f"source IP {session.source_ip} is in SenderIPAddresses of tenant {tenant}'s "
-                           "OnPremises connector")
+    # 2. The source IP is in an OnPremises connector's SenderIPAddresses and the P1 MAIL FROM
+    # domain is one of that tenant's accepted domains (Microsoft: EOP "verifies that the sender
+    # domain is an accepted domain for your organization"). This also picks among tenants that
+    # list one shared IP.
+    sender_tenant = s.tenant_of_domain(domain_of(mail_from)) if mail_from else None
+    for tenant, c in onprem:
+        if tenant == sender_tenant and c.sender_ip_addresses and _ip_in(session.source_ip, c.sender_ip_addresses):
+            return Attribution(tenant, "ip", c.name,
+                               f"source IP {session.source_ip} is in SenderIPAddresses of tenant {tenant}'s "
+                               f"OnPremises connector and the sender domain is {tenant}'s")
     # 3. Otherwise the recipient's domain decides.
     tenant = s.tenant_of_domain(domain_of(rcpt))
     if tenant:
@@ -129,7 +130,7 @@ def decide(s: Scenario, session: Session, mail_from: str, rcpt: str, att: Attrib
         if att.by == "certificate" and s.eop.require_trusted_certificate and not session.cert_trusted:
             return Decision("reject", REPLY_RELAY_DENIED,
                             "the client certificate does not chain to a trusted root (KB 3212877)",
-                            tenant=rcpt_tenant, trace_visible=False)
+                            tenant=rcpt_tenant)
         if att.tenant != rcpt_tenant:
             why = (f"attributed to tenant {att.tenant} by {att.by} (connector '{att.connector}') but the "
                    f"recipient belongs to tenant {rcpt_tenant}: cross-tenant misattribution")
@@ -153,8 +154,7 @@ def _partner_check(s: Scenario, session: Session, mail_from: str, tenant: str) -
     for c in s.tenants[tenant].inbound_connectors:
         if c.type != "Partner":
             continue
-        if not any(d == "*" or d == sender_domain or (d.startswith("*.") and sender_domain.endswith(d[1:]))
-                   for d in c.sender_domains):
+        if not any(d == "*" or name_matches(d, sender_domain) for d in c.sender_domains):
             continue
         if c.require_tls and not session.tls:
             return Decision("reject", REPLY_TLS_REQUIRED,
