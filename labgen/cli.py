@@ -127,7 +127,7 @@ def certs(scenario, workdir, as_json):
     from rich.table import Table
     t = Table(title=f"certificates of lab {s.name} ({labdir})")
     for col in ("name", "subject", "SANs", "issuer", "valid", "SHA-256"):
-        t.add_column(col)
+        t.add_column(col, overflow="fold")  # names in full: trainers type them
     for r in rows:
         t.add_row(r["name"], r["subject"], ", ".join(r["sans"]),
                   r["issuer"] + (" (self-signed)" if r["self_signed"] else ""),

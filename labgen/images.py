@@ -28,6 +28,7 @@ from pathlib import Path
 from rich.markup import escape
 
 import labgen
+from labgen.dockerapi import client as docker_client
 from labgen.errors import InfraError
 from labgen.resources import resource_dir
 
@@ -157,17 +158,6 @@ def _run(cmd: list[str], step: str, steps: _Steps) -> None:
 
 
 # --- docker ----------------------------------------------------------------------------------
-
-
-def _client():
-    import docker
-
-    try:
-        client = docker.from_env()
-        client.ping()
-    except Exception as e:  # DockerException, connection errors, permission denied...
-        raise InfraError(f"cannot reach the Docker engine: {e}") from None
-    return client
 
 
 def _has_image(client, ref: str) -> bool:
@@ -408,7 +398,7 @@ def ensure_image(console=None, force: bool = False, from_registry: bool | None =
     """
     snapshot = _snapshot()
     tag = _tag_of(snapshot)
-    client = _client()
+    client = docker_client()
     if not force and _has_image(client, tag):
         return tag
     steps = _Steps(console)
@@ -433,7 +423,7 @@ def ensure_image(console=None, force: bool = False, from_registry: bool | None =
 
 def list_images() -> list[dict]:
     """The lab images the engine has, newest first; `current` marks the one for this code."""
-    client = _client()
+    client = docker_client()
     current = image_tag()
     rows = []
     for image in client.images.list(filters={"label": f"{LABEL}=lab"}):
@@ -450,7 +440,7 @@ def list_images() -> list[dict]:
 
 def prune_images() -> list[str]:
     """Remove lab images other than the current one that no container uses; returns their ids."""
-    client = _client()
+    client = docker_client()
     current = image_tag()
     in_use = {c.image.id for c in client.containers.list(all=True)}
     removed = []

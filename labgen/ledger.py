@@ -61,14 +61,20 @@ def read_events(run_dir: Path) -> Iterator[dict]:
                         continue  # a line being written right now
 
 
-def labgen_id(headers_blob: bytes) -> str | None:
-    """The X-Labgen-Id of a message, read from its top-level header block only (a bounce
-    carrying the original as an attachment is a different message)."""
-    head = headers_blob.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
+def header(message: bytes, name: str) -> str | None:
+    """A header of a message's top-level header block only (a bounce carrying the original as an
+    attachment is a different message)."""
+    head = message.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
+    prefix = (name + ":").lower().encode()
     for line in head.splitlines():
-        if line[:len(MSGID_HEADER) + 1].lower() == (MSGID_HEADER + ":").lower().encode():
+        if line[:len(prefix)].lower() == prefix:
             return line.split(b":", 1)[1].strip().decode("ascii", "replace")
     return None
+
+
+def labgen_id(message: bytes) -> str | None:
+    """The traffic's message id, which joins every service's events."""
+    return header(message, MSGID_HEADER)
 
 
 _SEQ = itertools.count(1)

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .plan import EOP_POOL_HOST, Plan
+from .plan import EOP_POOL_HOST, Plan, sink_host
 from .scenario import PROTECTION_SUFFIX, Certificate
 
 ROOT_CN = "Labgen Public Root CA"
@@ -100,7 +100,7 @@ def service_cert_specs(plan: Plan) -> dict[str, Certificate]:
         "eop-server": Certificate(cn=f"mail.{PROTECTION_SUFFIX}",
                                   sans=[f"mail.{PROTECTION_SUFFIX}", f"*.{PROTECTION_SUFFIX}", EOP_POOL_HOST],
                                   key="ec256"),
-        "sink-server": Certificate(cn=f"mx.{s.internet.domains[0]}" if s.internet.domains else "mx.internet.example",
+        "sink-server": Certificate(cn=sink_host(s),
                                    sans=[f"mx.{d}" for d in s.internet.domains] or ["mx.internet.example"],
                                    key="ec256"),
     }
@@ -177,23 +177,23 @@ def _cn(name: x509.Name) -> str:
     return str(cns[0].value) if cns else name.rfc4514_string()
 
 
-def cert_info(der: bytes, trust: "TrustStore") -> dict:
-    """What EOP records about a client certificate."""
-    cert = x509.load_der_x509_certificate(der)
-    now = dt.datetime.now(dt.timezone.utc)
-    trusted, why = trust.check(cert, now)
+def _facts(cert: x509.Certificate) -> dict:
     return {
         "subject": _cn(cert.subject),
         "sans": _sans(cert),
-        "names": cert_names(cert),
         "issuer": _cn(cert.issuer),
         "self_signed": cert.issuer == cert.subject,
         "fingerprint_sha256": cert.fingerprint(hashes.SHA256()).hex(":").upper(),
         "not_before": cert.not_valid_before_utc.isoformat(),
         "not_after": cert.not_valid_after_utc.isoformat(),
-        "trusted": trusted,
-        "trust_detail": why,
     }
+
+
+def cert_info(der: bytes, trust: "TrustStore") -> dict:
+    """What EOP records about a client certificate: its facts, the names it compares, and trust."""
+    cert = x509.load_der_x509_certificate(der)
+    trusted, why = trust.check(cert, dt.datetime.now(dt.timezone.utc))
+    return {**_facts(cert), "names": cert_names(cert), "trusted": trusted, "trust_detail": why}
 
 
 class TrustStore:
@@ -230,13 +230,4 @@ def _signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
 
 def describe(path: Path) -> dict:
     """For `labgen certs`: one certificate file's facts (no trust verdict)."""
-    cert = x509.load_pem_x509_certificate(Path(path).read_bytes())
-    return {
-        "subject": _cn(cert.subject),
-        "sans": _sans(cert),
-        "issuer": _cn(cert.issuer),
-        "self_signed": cert.issuer == cert.subject,
-        "not_before": cert.not_valid_before_utc.isoformat(),
-        "not_after": cert.not_valid_after_utc.isoformat(),
-        "fingerprint_sha256": cert.fingerprint(hashes.SHA256()).hex(":").upper(),
-    }
+    return _facts(x509.load_pem_x509_certificate(Path(path).read_bytes()))

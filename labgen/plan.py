@@ -64,15 +64,6 @@ class Plan(BaseModel):
     def ip(self, host: str) -> str:
         return self.hosts[host][0]
 
-    def host_of_ip(self, ip: str) -> Optional[str]:
-        for name, ips in self.hosts.items():
-            if ip in ips:
-                return name
-        return None
-
-    def a_records(self) -> dict[str, str]:
-        return {r.name: r.value for r in self.records if r.type == "A"}
-
     def save(self, path: Path) -> None:
         path.write_text(self.model_dump_json(indent=2, by_alias=True))
 
@@ -178,6 +169,11 @@ def _cert_files(s: Scenario) -> dict[str, CertFiles]:
         names.append("gateway-server")
     return {n: CertFiles(cert=f"certs/{n}.crt", key=f"certs/{n}.key", chain=f"certs/{n}.chain.pem")
             for n in names}
+
+
+def sink_host(s: Scenario) -> str:
+    """The internet sink's own name: the MX of the first internet domain."""
+    return f"mx.{s.internet.domains[0]}" if s.internet.domains else "mx.internet.example"
 
 
 def gateway_server_cert(plan: Plan) -> str:

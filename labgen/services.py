@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from .ledger import Ledger, read_events
+from .ledger import Ledger
 from .plan import Plan
 
 
@@ -40,12 +40,6 @@ def _drop_default_route() -> None:
     out = subprocess.run(["ip", "-4", "route", "show", "default"], capture_output=True, text=True).stdout
     if out.strip():
         subprocess.run(["ip", "-4", "route", "del", "default"], check=True)
-
-
-def _wait_for_stop() -> None:
-    # Blocked first, so that sigwait receives them even as PID 1 (where defaults are ignored).
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
-    signal.sigwait({signal.SIGTERM, signal.SIGINT})
 
 
 def _forever_async(start) -> None:
@@ -89,24 +83,29 @@ def run_postfix(plan: Plan, lab: Path) -> None:
     os.execvp("postfix", ["postfix", "start-fg"])
 
 
-def wait_for_services(plan: Plan, deadline: float) -> None:
-    """Until DNS answers and every SMTP service greets (docker-mailserver's pattern: a deadline)."""
+def answers(plan: Plan, name: str) -> bool:
+    """Does a lab service answer as it should: the DNS with the gateway's address, an SMTP
+    service with a 220 greeting."""
     from . import resolve
-    r = resolve.resolver(plan.ip("dns"), plan.dns_port)
-    pending = {"dns": None, "eop": plan.ip("eop"), "sink": plan.ip("sink"), "gateway": plan.ip("gateway")}
+    try:
+        if name == "dns":
+            resolve.next_hops(resolve.resolver(plan.ip("dns"), plan.dns_port), plan.scenario.gateway.hostname, mx=False)
+            return True
+        with socket.create_connection((plan.ip(name), plan.smtp_port), timeout=2) as s:
+            s.settimeout(2)
+            if s.recv(512).startswith(b"220"):
+                s.sendall(b"QUIT\r\n")
+                return True
+    except Exception:  # refused, timeout, DNS failure: not (yet) answering
+        pass
+    return False
+
+
+def wait_for_services(plan: Plan, deadline: float) -> None:
+    """Until every service answers (docker-mailserver's pattern: wait with a deadline)."""
+    pending = ["dns", "eop", "sink", "gateway"]
     while pending and time.monotonic() < deadline:
-        for name, ip in list(pending.items()):
-            try:
-                if name == "dns":
-                    resolve.next_hops(r, plan.scenario.gateway.hostname, mx=False)
-                else:
-                    with socket.create_connection((ip, plan.smtp_port), timeout=1) as s:
-                        s.settimeout(2)
-                        if not s.recv(512).startswith(b"220"):
-                            continue
-                del pending[name]
-            except Exception:
-                pass
+        pending = [name for name in pending if not answers(plan, name)]
         if pending:
             time.sleep(0.2)
     if pending:
@@ -114,8 +113,7 @@ def wait_for_services(plan: Plan, deadline: float) -> None:
 
 
 def run_traffic_service(plan: Plan, lab: Path, stay: bool) -> None:
-    from . import verdict
-    from .engines.docker import collect_events
+    from .collect import collect_events
     from .report import print_result
     from .run import result_document, wait_settled
     from .traffic import run_traffic
@@ -126,8 +124,7 @@ def run_traffic_service(plan: Plan, lab: Path, stay: bool) -> None:
     wait_for_services(plan, t0 + 60)
     deadline = time.monotonic() + plan.scenario.deadline_s
     run_traffic(plan, lab / "run")
-    results = wait_settled(plan, lambda: collect_events(lab), deadline)
-    results = verdict.classify(plan, collect_events(lab))
+    results = wait_settled(plan, lambda: collect_events(lab, plan), deadline)
     doc = result_document(plan, lab, results, time.monotonic() - t0)
     (lab / "run" / "result.json").write_text(json.dumps(doc, indent=2))
     print_result(doc, Console(width=160, emoji=False, highlight=False))
@@ -139,22 +136,11 @@ def run_traffic_service(plan: Plan, lab: Path, stay: bool) -> None:
 
 
 def probe(plan: Plan, lab: Path, name: str) -> int:
-    """Docker's healthcheck: 0 when the service answers as it should."""
-    from . import resolve
-    try:
-        if name == "dns":
-            resolve.next_hops(resolve.resolver(plan.ip("dns"), plan.dns_port), plan.scenario.gateway.hostname, mx=False)
-        elif name == "traffic":
-            return 0 if (lab / "run" / "result.json").is_file() else 1
-        else:
-            with socket.create_connection((plan.ip(name), plan.smtp_port), timeout=2) as s:
-                s.settimeout(2)
-                if not s.recv(512).startswith(b"220"):
-                    return 1
-                s.sendall(b"QUIT\r\n")
-        return 0
-    except Exception:
-        return 1
+    """Docker's healthcheck: 0 when the service answers (traffic: once its verdict is written)."""
+    if name == "traffic":
+        return 0 if (lab / "run" / "result.json").is_file() else 1
+    return 0 if answers(plan, name) else 1
+
 
 
 def main(argv=None) -> None:

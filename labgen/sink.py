@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .ledger import Ledger, labgen_id, write_mailbox
-from .plan import Plan
+from .plan import Plan, sink_host
 from .scenario import domain_of
 from .smtpd import LabSMTP, server_tls_context
 
@@ -40,7 +40,7 @@ def sink_factory(plan: Plan, labdir: Path, run_dir: Path):
     handler = SinkHandler(plan, run_dir)
     files = plan.certs["sink-server"]
     tls = server_tls_context(str(labdir / files.chain), str(labdir / files.key))
-    host = f"mx.{plan.scenario.internet.domains[0]}" if plan.scenario.internet.domains else "mx.internet.example"
+    host = sink_host(plan.scenario)
 
     def factory():
         return LabSMTP(handler, banner_host=host, banner_text="ESMTP", tls_context=tls)

@@ -5,7 +5,6 @@ gateway and by the traffic generators (smtplib, blocking: callers run it in a th
 from __future__ import annotations
 
 import smtplib
-import socket
 import ssl
 from dataclasses import dataclass, field
 from typing import Optional

@@ -12,7 +12,7 @@ import ssl
 import datetime as dt
 from email.utils import format_datetime
 
-from aiosmtpd.smtp import SMTP, Envelope, TLSSetupException
+from aiosmtpd.smtp import SMTP, TLSSetupException
 
 # aiosmtpd logs every failed session with a traceback; the lab's ledger is the record instead.
 logging.getLogger("mail.log").setLevel(logging.CRITICAL)
@@ -40,14 +40,12 @@ def server_tls_context(chain: str, key: str, client_ca_bundle: str | None = None
 
 
 class LabSMTP(SMTP):
-    def __init__(self, handler, *, banner_host: str, banner_text: str | None = None,
-                 extra_ehlo: tuple[str, ...] = (), **kw):
+    def __init__(self, handler, *, banner_host: str, banner_text: str | None = None, **kw):
         kw.setdefault("enable_SMTPUTF8", True)
         kw.setdefault("decode_data", False)
         kw.setdefault("hostname", banner_host)
         super().__init__(handler, **kw)
         self._banner_text = banner_text
-        self._extra_ehlo = extra_ehlo
         self._bdat: list[bytes] = []
 
     def connection_made(self, transport):
@@ -132,16 +130,8 @@ def xtext_decode(value: str) -> str:
     return re.sub(r"\+([0-9A-Fa-f]{2})", lambda m: chr(int(m.group(1), 16)), value)
 
 
-def add_ehlo(responses: list[str], keywords: tuple[str, ...]) -> list[str]:
-    """Insert extra EHLO keywords before the last line, keeping the 250- / 250 framing."""
-    body = [r[4:] for r in responses]
-    body = body[:-1] + [k for k in keywords if k not in body] + body[-1:]
-    return [("250-" if i < len(body) - 1 else "250 ") + b for i, b in enumerate(body)]
-
-
 async def serve(factory, host: str, port: int) -> asyncio.AbstractServer:
     loop = asyncio.get_running_loop()
     return await loop.create_server(factory, host=host, port=port, reuse_address=True)
 
 
-__all__ = ["LabSMTP", "Envelope", "add_ehlo", "serve", "server_tls_context"]

@@ -2,17 +2,8 @@
 
 from __future__ import annotations
 
+from ..dockerapi import answers as docker_answers
 from ..errors import InfraError
-
-
-def docker_answers() -> tuple[bool, str]:
-    try:
-        import docker
-        client = docker.from_env(timeout=5)
-        client.ping()
-        return True, "a Docker engine answers"
-    except Exception as e:  # no socket, permission, daemon down: all mean "not here"
-        return False, f"no Docker engine answers ({str(e).splitlines()[0][:80]})"
 
 
 def select(name: str):

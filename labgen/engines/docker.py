@@ -16,25 +16,15 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Optional
 
-from .. import postfix
+from ..collect import collect_events
+from ..dockerapi import client
 from ..errors import InfraError
 from ..ledger import read_events
 from ..plan import Plan
-from ..render import SERVICES, project_name, render_project
+from ..render import project_name, render_project
 
 LABEL = "io.labgen.lab"
 READY_S = 60.0
-
-
-def collect_events(labdir: Path) -> list[dict]:
-    """Every service's ledger plus Postfix's log turned into gateway events."""
-    events = list(read_events(labdir / "run"))
-    log = labdir / postfix.LOG_FILE
-    if log.is_file():
-        plan = Plan.load(labdir / "plan.json")
-        with log.open(encoding="utf-8", errors="replace") as f:
-            events += postfix.parse_log(f, plan)
-    return events
 
 
 @lru_cache(maxsize=1)
@@ -48,17 +38,6 @@ def compose_command() -> tuple[str, ...]:
         return ("docker-compose",)
     raise InfraError("neither `docker compose` nor `docker-compose` is installed; install one "
                      "(Debian: apt-get install docker-compose)")
-
-
-def client():
-    import docker
-    try:
-        c = docker.from_env(timeout=30)
-        c.ping()
-        return c
-    except Exception as e:
-        raise InfraError(f"no Docker engine answers ({str(e).splitlines()[0][:120]}); start Docker "
-                         "or use --engine local") from None
 
 
 def check_subnet(plan: Plan) -> None:
@@ -143,7 +122,7 @@ class DockerEngine:
         waiting = {"dns", "eop", "sink", "gateway"}
         until = time.monotonic() + READY_S
         while waiting and time.monotonic() < until:
-            for e in collect_events(labdir):
+            for e in collect_events(labdir, plan):
                 if e.get("event") == "ready":
                     waiting.discard(e["service"])
             for svc in list(waiting):
@@ -170,7 +149,7 @@ class DockerEngine:
                          f"its log:\n{container_log_tail(name)}")
 
     def events(self, plan: Plan, labdir: Path) -> list[dict]:
-        return collect_events(labdir)
+        return collect_events(labdir, plan)
 
     def finish(self, plan: Plan, labdir: Path) -> None:
         pass  # the lab stays up for exploration until `labgen down`
@@ -179,4 +158,3 @@ class DockerEngine:
         remove_lab(plan.lab)
 
 
-__all__ = ["DockerEngine", "SERVICES", "collect_events", "remove_lab", "lab_containers", "compose_command"]

@@ -16,7 +16,7 @@ import itertools
 import uuid
 from pathlib import Path
 
-from ..ledger import Ledger, labgen_id, write_mailbox
+from ..ledger import Ledger, header, labgen_id, write_mailbox
 from ..pki import TrustStore, cert_info
 from ..plan import EOP_POOL_HOST, Plan
 from ..smtpd import LabSMTP, server_tls_context
@@ -93,7 +93,7 @@ class EopHandler:
         data = envelope.original_content or b""
         msgid = labgen_id(data) or getattr(envelope, "envid", None)
         internal = next(self._ids)
-        header_id = _message_id(data) or f"<{internal}@{EOP_POOL_HOST}>"
+        header_id = header(data, "Message-ID") or f"<{internal}@{EOP_POOL_HOST}>"
         reply = (f"250 2.6.0 {header_id} [InternalId={internal:013d}, Hostname={EOP_POOL_HOST}] "
                  "Queued mail for delivery")
         self.ledger.emit("accepted", msgid=msgid, mail_from=envelope.mail_from, rcpts=envelope.rcpt_tos,
@@ -116,14 +116,6 @@ class EopHandler:
 
     def _trace(self, tenant, msgid, sender, rcpt, status):
         self.trace.emit("trace", tenant=tenant, msgid=msgid, sender=sender, rcpt=rcpt.lower(), status=status)
-
-
-def _message_id(data: bytes) -> str | None:
-    head = data.split(b"\r\n\r\n", 1)[0]
-    for line in head.splitlines():
-        if line.lower().startswith(b"message-id:"):
-            return line.split(b":", 1)[1].strip().decode("ascii", "replace")
-    return None
 
 
 def eop_factory(plan: Plan, labdir: Path, run_dir: Path):
