@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from . import resolve, routing
+from .dsn import build_ndr
 from .ledger import Ledger, labgen_id
 from .plan import Plan, gateway_server_cert
 from .smtp_client import client_tls_context, send
@@ -52,11 +53,22 @@ class GatewayHandler:
         self.ledger.emit("received", msgid=msgid, queue_id=qid, mail_from=envelope.mail_from,
                          rcpts=[r.lower() for r in envelope.rcpt_tos], client_ip=session.peer[0],
                          tls=server.tls_version())
-        task = asyncio.create_task(self._deliver(qid, msgid, envelope.mail_from, list(envelope.rcpt_tos), data,
-                                                 getattr(envelope, "envid", None)))
+        self._enqueue(qid, msgid, envelope.mail_from, list(envelope.rcpt_tos), data, getattr(envelope, "envid", None))
+        return f"250 2.0.0 Ok: queued as {qid}"
+
+    def _enqueue(self, qid, msgid, mail_from, rcpts, data, envid):
+        task = asyncio.create_task(self._deliver(qid, msgid, mail_from, rcpts, data, envid))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
-        return f"250 2.0.0 Ok: queued as {qid}"
+
+    def _bounce(self, qid, mail_from, envid, failures, data):
+        """Tell the sender, as Postfix does: an NDR from MAILER-DAEMON with the null sender."""
+        if not mail_from or not failures:
+            return  # never bounce a bounce
+        ndr_qid = secrets.token_hex(5).upper()
+        ndr = build_ndr(self.s.gateway.hostname, qid, mail_from, envid, failures, data)
+        self.ledger.emit("ndr_queued", queue_id=ndr_qid, original_queue_id=qid, to=mail_from, original_msgid=envid)
+        self._enqueue(ndr_qid, None, "", [mail_from], ndr, None)
 
     async def _deliver(self, qid, msgid, mail_from, rcpts, data, envid):
         pending = list(rcpts)  # as given: the local part's case is the recipient's own
@@ -66,22 +78,28 @@ class GatewayHandler:
             if not pending or time.monotonic() > self.deadline:
                 return
             groups: dict[tuple, list[str]] = {}
+            failures: list[tuple[str, str]] = []
             for r in pending:
                 domain = r.rpartition("@")[2].lower()
                 c = routing.pick_connector(domain, self.s.gateway.connectors)
                 if c is None:  # as Postfix's default_transport = error:5.4.4 ...
                     self.ledger.emit("bounced", msgid=msgid, queue_id=qid, rcpt=r.lower(), connector=None,
                                      relay=None, reply=NO_CONNECTOR)
+                    failures.append((r, NO_CONNECTOR))
                     continue
                 groups.setdefault((c.name, c.smarthost or domain, c.smarthost is None), []).append(r)
             still = []
             for (cname, target, by_mx), group in groups.items():
-                still += await asyncio.to_thread(self._attempt, qid, msgid, mail_from, group, data, envid,
-                                                 cname, target, by_mx)
+                retry, bounced = await asyncio.to_thread(self._attempt, qid, msgid, mail_from, group, data, envid,
+                                                         cname, target, by_mx)
+                still += retry
+                failures += bounced
+            self._bounce(qid, mail_from, envid or msgid, failures, data)
             pending = still
 
-    def _attempt(self, qid, msgid, mail_from, rcpts, data, envid, cname, target, by_mx) -> list[str]:
-        """One delivery round for recipients sharing a connector and next hop; returns those to retry."""
+    def _attempt(self, qid, msgid, mail_from, rcpts, data, envid, cname, target, by_mx):
+        """One delivery round for recipients sharing a connector and next hop; returns the
+        recipients to retry and the (recipient, reply) pairs that bounced."""
         c = next(c for c in self.s.gateway.connectors if c.name == cname)
         base = dict(msgid=msgid, queue_id=qid, connector=cname)
         try:
@@ -90,7 +108,7 @@ class GatewayHandler:
             kind = "bounced" if e.permanent else "deferred"
             for r in rcpts:
                 self.ledger.emit(kind, rcpt=r.lower(), relay=None, reply=str(e), **base)
-            return [] if e.permanent else rcpts
+            return ([], [(r, f"5.4.4 {e}") for r in rcpts]) if e.permanent else (rcpts, [])
         result = None
         for hop in hops:
             result = send(data, mail_from, rcpts, host=hop.host, ip=hop.ip, port=self.plan.smtp_port,
@@ -101,7 +119,7 @@ class GatewayHandler:
         cert = self.plan.scenario.certificates.get(c.certificate) if c.certificate else None
         tls = {"version": result.tls_version, "client_certificate": c.certificate,
                "client_certificate_cn": cert.cn if cert else None} if result.tls_version else None
-        retry = []
+        retry, bounced = [], []
         for r in rcpts:
             code, reply = result.replies.get(r, (0, result.error or "no answer"))
             kind = "sent" if 200 <= code < 300 else "bounced" if code >= 500 else "deferred"
@@ -109,7 +127,9 @@ class GatewayHandler:
                              reply=reply, source_ip=c.source_ip or self.plan.ip("gateway"), tls=tls, **base)
             if kind == "deferred":
                 retry.append(r)
-        return retry
+            elif kind == "bounced":
+                bounced.append((r, f"host {result.relay} said: {reply}"))
+        return retry, bounced
 
 
 def gateway_factory(plan: Plan, labdir: Path, run_dir: Path, deadline: float):

@@ -65,8 +65,9 @@ def header(message: bytes, name: str) -> str | None:
     """A header of a message's top-level header block only (a bounce carrying the original as an
     attachment is a different message)."""
     head = message.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
+    head = head.replace(b"\r\n", b"\n").replace(b"\n ", b" ").replace(b"\n\t", b" ")  # unfold
     prefix = (name + ":").lower().encode()
-    for line in head.splitlines():
+    for line in head.split(b"\n"):
         if line[:len(prefix)].lower() == prefix:
             return line.split(b":", 1)[1].strip().decode("ascii", "replace")
     return None

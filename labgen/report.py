@@ -63,6 +63,9 @@ def print_result(doc: dict, console: Console) -> None:
             console.print(f"    {line}", markup=False)
         if m["outcome"] != "delivered":
             console.print(f"    ⇒ {m['why']}", markup=False)
+            if m.get("ndr"):
+                console.print(f"    ⇒ the sender was told: a non-delivery report is in mailbox {m['ndr']['mailbox']}",
+                              markup=False)
             if not m["recipient_trace_visible"] and m.get("recipient_tenant"):
                 console.print(f"    ⇒ {m['recipient_tenant']}'s admin finds nothing in message trace", markup=False)
     for m in doc["messages"]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .dsn import note_ndr
 from .ledger import Ledger, labgen_id, write_mailbox
 from .plan import Plan, sink_host
 from .scenario import domain_of
@@ -33,6 +34,7 @@ class SinkHandler:
             self.ledger.emit("delivered", msgid=msgid, rcpt=rcpt.lower(), mailbox=rcpt.lower(),
                              client_ip=session.peer[0], tls=server.tls_version(),
                              file=str(path.relative_to(self.mailroot.parent)))
+            note_ndr(self.ledger, data, rcpt.lower(), path, self.mailroot)
         return "250 2.0.0 Ok: queued"
 
 

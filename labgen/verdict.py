@@ -36,6 +36,8 @@ class RcptResult:
     why: str = ""  # one sentence a person can read
     dropped_by: Optional[dict] = None  # for silently_discarded: the hop, reason and certificate
     recipient_tenant: Optional[str] = None  # None: an internet (non-Microsoft 365) recipient
+    ndr: Optional[dict] = None  # the non-delivery report that reached the sender, if any
+    ndr_expected: bool = False  # a gateway bounce: the sender is owed an NDR
 
     @property
     def ok(self) -> Optional[bool]:
@@ -45,7 +47,7 @@ class RcptResult:
         d = {"id": self.msgid, "from": self.sender, "to": self.rcpt, "outcome": self.outcome,
              "expected": self.expected, "ok": self.ok, "hops": self.hops, "attribution": self.attribution,
              "recipient_trace_visible": self.recipient_trace_visible, "recipient_tenant": self.recipient_tenant,
-             "why": self.why}
+             "ndr": self.ndr, "why": self.why}
         if self.dropped_by:
             d["dropped_by"] = self.dropped_by
         return d
@@ -69,9 +71,12 @@ class _Index:
         self.by_key: dict[tuple, list[dict]] = defaultdict(list)
         self.received: dict[str, dict] = {}
         self.trace: set[tuple] = set()
+        self.ndr: dict[str, list[dict]] = defaultdict(list)
         for e in sorted(events, key=lambda e: e.get("ts", 0)):
             msgid, rcpt = e.get("msgid"), (e.get("rcpt") or "").lower()
-            if e["service"] == "trace":
+            if e["event"] == "ndr":
+                self.ndr[msgid].append(e)
+            elif e["service"] == "trace":
                 self.trace.add((msgid, rcpt))
             elif e["event"] == "received" and msgid:
                 self.received[msgid] = e
@@ -129,6 +134,12 @@ def classify_one(plan: Plan, idx: _Index, msgid: str, sender: str, rcpt: str, ex
         e = next((x for x in rejects if x["event"] == "rcpt"), rejects[-1])
         res.outcome = "rejected"
         res.why = f"{e['service']} rejected it: {e.get('reply')}" + (f" ({e['reason']})" if e.get("reason") else "")
+        # The gateway accepted it, so the gateway owes the sender an NDR (a rejection at
+        # submission is told to the submitting client instead).
+        res.ndr_expected = bool(sender) and any(x["service"] == "gateway" and x["event"] == "bounced" for x in evs)
+        ndr = next((n for n in idx.ndr.get(msgid, []) if n.get("to", "").lower() == sender.lower()), None)
+        if ndr:
+            res.ndr = {"service": ndr["service"], "mailbox": ndr.get("mailbox"), "file": ndr.get("file")}
         return res
 
     # Not final: find where it is now.
@@ -175,7 +186,8 @@ def classify(plan: Plan, events: list[dict]) -> list[RcptResult]:
 
 
 def settled(results: list[RcptResult]) -> bool:
-    return all(r.outcome in FINAL for r in results)
+    """Every recipient final, and every NDR the gateway owes a sender arrived."""
+    return all(r.outcome in FINAL and (r.ndr or not r.ndr_expected) for r in results)
 
 
 def summary(results: list[RcptResult]) -> dict:

@@ -101,6 +101,21 @@ def test_two_egress_ips_for_two_connectors(docker_ready, tmp_path):
         labgen("down", "dedicated-ip", cwd=tmp_path)
 
 
+def test_postfix_bounce_reaches_the_sender_as_an_ndr(docker_ready, tmp_path):
+    """A stricter EOP rejects with 550 5.7.64; Postfix bounces and its NDR lands in alice's mailbox."""
+    from conftest import EXAMPLES
+    code, doc = labgen_json("up", EXAMPLES / "strict-eop-reject.yaml", "--engine", "docker", cwd=tmp_path,
+                            timeout=600)
+    try:
+        assert code == 0, doc
+        m = by_id(doc)[("to-fabrikam", "carol@fabrikam.example")]
+        bounced = [h for h in m["hops"] if h["service"] == "gateway" and h["event"] == "bounced"][-1]
+        assert bounced["reply"] == "550 5.7.64 TenantAttribution; Relay Access Denied"
+        assert m["outcome"] == "rejected" and m["ndr"]["mailbox"] == "alice@contoso.example"
+    finally:
+        labgen("down", "strict-eop", cwd=tmp_path)
+
+
 def test_lab_is_isolated_structurally(docker_broken):
     """No route beyond the lab: internal network, no default route, DNS answers lab names only.
     Nothing is sent to an outside address."""

@@ -200,3 +200,10 @@ def test_trace_shows_what_each_admin_sees(broken):
     code, doc = labgen_json("trace", "contoso", "--lab", "broken", cwd=wd)
     assert {(e["msgid"], e["status"]) for e in doc["entries"]} == {("from-internet", "Delivered"),
                                                                    ("internal-routing", "Delivered")}
+
+
+def test_rejected_message_brings_an_ndr_to_the_sender(tmp_path):
+    code, doc = labgen_json("up", EXAMPLES / "strict-eop-reject.yaml", "--engine", "local", cwd=tmp_path)
+    m = by_id(doc)[("to-fabrikam", "carol@fabrikam.example")]
+    assert m["outcome"] == "rejected" and m["ndr"]["mailbox"] == "alice@contoso.example"
+    assert all(x["ndr"] is None for x in doc["messages"] if x["outcome"] == "delivered")

@@ -16,6 +16,7 @@ import itertools
 import uuid
 from pathlib import Path
 
+from ..dsn import note_ndr
 from ..ledger import Ledger, header, labgen_id, write_mailbox
 from ..pki import TrustStore, cert_info
 from ..plan import EOP_POOL_HOST, Plan
@@ -107,6 +108,7 @@ class EopHandler:
                 path = write_mailbox(self.mailroot, dec.mailbox, msgid, stamped)
                 self.ledger.emit("delivered", msgid=msgid, rcpt=rcpt.lower(), mailbox=dec.mailbox,
                                  tenant=dec.tenant, file=str(path.relative_to(self.mailroot.parent)))
+                note_ndr(self.ledger, data, dec.mailbox, path, self.mailroot)
                 self._trace(dec.tenant, msgid, envelope.mail_from, rcpt, "Delivered")
             else:
                 self.ledger.emit("discarded", msgid=msgid, rcpt=rcpt.lower(), reason=dec.reason,
