@@ -198,6 +198,7 @@ def test_down_leaves_nothing(docker_ready, tmp_path):
 
 
 def test_ctrl_c_during_up_leaves_nothing(docker_ready, tmp_path):
+    labgen("down", "--all", cwd=tmp_path)  # so that the containers seen below are this run's
     proc = subprocess.Popen([sys.executable, "-m", "labgen.cli", "up", "broken", "--engine", "docker"],
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120

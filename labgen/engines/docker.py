@@ -59,19 +59,32 @@ def check_subnet(plan: Plan) -> None:
 
 
 def remove_lab(lab: str) -> dict:
-    """Remove every container, network and volume labelled for `lab`."""
+    """Remove every container, network and volume labelled for `lab`. Passes repeat until one
+    finds nothing: after an interrupted `compose up`, the engine may still finish creating a
+    container it was asked for."""
+    import docker.errors
     c = client()
     flt = {"label": f"{LABEL}={lab}"}
-    gone = {"containers": [], "networks": [], "volumes": []}
-    for ctr in c.containers.list(all=True, filters=flt):
-        ctr.remove(force=True, v=True)
-        gone["containers"].append(ctr.name)
-    for net in c.networks.list(filters=flt):
-        net.remove()
-        gone["networks"].append(net.name)
-    for vol in c.volumes.list(filters=flt):
-        vol.remove(force=True)
-        gone["volumes"].append(vol.name)
+    gone: dict[str, list[str]] = {"containers": [], "networks": [], "volumes": []}
+    for attempt in range(6):
+        # sparse: no per-container inspect, which would race a removal happening meanwhile
+        containers = c.containers.list(all=True, filters=flt, sparse=True)
+        for ctr in containers:
+            try:
+                ctr.remove(force=True, v=True)
+                gone["containers"].append(ctr.attrs["Names"][0].lstrip("/"))
+            except docker.errors.NotFound:
+                pass  # already gone
+        networks, volumes = c.networks.list(filters=flt), c.volumes.list(filters=flt)
+        for item, kind in [(n, "networks") for n in networks] + [(v, "volumes") for v in volumes]:
+            try:
+                item.remove()
+                gone[kind].append(item.name)
+            except docker.errors.NotFound:
+                pass
+        if not (containers or networks or volumes) and attempt:
+            break
+        time.sleep(0.3)
     return gone
 
 
