@@ -33,8 +33,9 @@ def hop_lines(m: dict) -> list[str]:
         elif svc == "eop" and ev == "rcpt":
             a = h.get("attribution") or {}
             conn = f" (connector '{a['connector']}')" if a.get("connector") else ""
+            action = "defer" if (h.get("reply") or "").startswith("4") else h.get("action")
             lines.append(f"EOP: attributed to {a.get('tenant') or 'no tenant'} by {a.get('by') or '-'}{conn} "
-                         f"→ {h.get('action')}: {_short(h.get('reply'), 50)}")
+                         f"→ {action}: {_short(h.get('reply'), 50)}")
         elif ev == "delivered":
             lines.append(f"{'EOP' if svc == 'eop' else 'internet sink'}: in mailbox {h.get('mailbox')}")
         elif ev == "discarded":

@@ -89,9 +89,9 @@ class _Model(BaseModel):
 
 class Domain(_Model):
     name: str
-    # Where the domain's public MX points: straight at EOP, or at the customer's gateway
-    # (centralized mail flow, inbound).
-    mx: Literal["eop", "gateway"] = "eop"
+    mx: Literal["eop", "gateway"] = Field("eop", description=(
+        "Where the domain's public MX points: straight at EOP, or at the customer's gateway "
+        "(centralized mail flow, inbound)."))
 
     _name = field_validator("name")(classmethod(lambda cls, v: check_domain(v)))
 
@@ -101,11 +101,12 @@ class InboundConnector(_Model):
 
     name: str
     type: Literal["OnPremises", "Partner"] = "OnPremises"
-    tls_sender_certificate_name: Optional[str] = None
-    sender_ip_addresses: list[str] = []
-    # Partner connectors apply to mail from these sender domains ('*' = any).
-    sender_domains: list[str] = ["*"]
-    require_tls: bool = False
+    tls_sender_certificate_name: Optional[str] = Field(None, description=(
+        "TlsSenderCertificateName: compared with the client certificate's CN and SANs; "
+        "'*.contoso.com' covers the domain and every subdomain."))
+    sender_ip_addresses: list[str] = Field([], description="SenderIPAddresses: addresses or CIDR ranges.")
+    sender_domains: list[str] = Field(["*"], description="Partner connectors: the sender domains they apply to.")
+    require_tls: bool = Field(False, description="RequireTls: mail without STARTTLS gets 451 5.7.3.")
 
     @field_validator("tls_sender_certificate_name")
     @classmethod
@@ -141,8 +142,8 @@ class Tenant(_Model):
     domains: list[Domain] = Field(min_length=1)
     mailboxes: list[str] = []
     inbound_connectors: list[InboundConnector] = []
-    # Centralized mail flow: Exchange Online hands all outbound mail to the customer's gateway.
-    outbound_via_gateway: bool = False
+    outbound_via_gateway: bool = Field(False, description=(
+        "Centralized mail flow: Exchange Online hands all outbound mail to the customer's gateway."))
 
     @field_validator("mailboxes")
     @classmethod
@@ -159,13 +160,13 @@ def check_cert_name(value: str) -> str:
 
 class Certificate(_Model):
     cn: str = Field(min_length=1, max_length=64)  # X.509's upper bound for a CN
-    sans: list[str] = []
-    # 'public' = issued by the lab's stand-in for a public CA (root + intermediate).
-    issuer: Literal["self", "public"] = "public"
+    sans: list[str] = Field([], description="DNS names; the CN when empty.")
+    issuer: Literal["self", "public"] = Field("public", description=(
+        "'self' = self-signed; 'public' = issued by the lab's stand-in for a public CA (root + intermediate)."))
     key: Literal["rsa2048", "rsa3072", "ec256"] = "rsa2048"
-    # Validity relative to the moment the lab's PKI is made: negative = in the past.
-    not_before_days: int = -1
-    valid_days: int = 365
+    not_before_days: int = Field(-1, description=(
+        "Start of validity in days from the day the lab's PKI is made (negative = in the past)."))
+    valid_days: int = Field(365, description="Length of validity in days (expired: not_before_days + valid_days < 0).")
 
     @field_validator("cn")
     @classmethod
@@ -193,11 +194,12 @@ class SendConnector(_Model):
     """One of the gateway's send connectors (one Postfix smtp transport in the Docker lab)."""
 
     name: str
-    address_space: list[str] = Field(min_length=1)
-    route: Union[Literal["mx"], Smarthost] = "mx"
-    tls: Literal["none", "may", "encrypt"] = "may"
-    certificate: Optional[str] = None
-    source_ip: Optional[str] = None
+    address_space: list[str] = Field(min_length=1, description=(
+        "Domains this connector takes: 'contoso.com', '*.contoso.com' (and subdomains) or '*'; most specific wins."))
+    route: Union[Literal["mx"], Smarthost] = Field("mx", description="'mx' (the recipient domain's MX) or {smarthost: name}.")
+    tls: Literal["none", "may", "encrypt"] = Field("may", description="Postfix's smtp_tls_security_level.")
+    certificate: Optional[str] = Field(None, description="The client certificate it presents (a key of certificates).")
+    source_ip: Optional[str] = Field(None, description="Egress address (smtp_bind_address); default: the gateway's.")
 
     @field_validator("address_space")
     @classmethod
@@ -229,11 +231,11 @@ class Gateway(_Model):
 
 
 class Eop(_Model):
-    # What EOP does with mail attributed to tenant A by an OnPremises connector but addressed to a
-    # tenant B recipient: 'discard' (the field report) or 'reject' (550 5.7.64, a stricter EOP).
-    misattribution: Literal["discard", "reject"] = "discard"
-    # KB 3212877: reject certificate-attributed mail whose chain is not publicly trusted.
-    require_trusted_certificate: bool = False
+    misattribution: Literal["discard", "reject"] = Field("discard", description=(
+        "Mail attributed to tenant A by an OnPremises connector but addressed to tenant B: 'discard' "
+        "(accepted with 250, dropped: the field report) or 'reject' (550 5.7.64, a stricter EOP)."))
+    require_trusted_certificate: bool = Field(False, description=(
+        "KB 3212877: reject certificate-attributed mail whose chain is not publicly trusted (550 5.7.64)."))
     address: Optional[str] = None
 
     _ip = field_validator("address")(classmethod(lambda cls, v: v if v is None else check_lab_ip(v)))
@@ -276,11 +278,11 @@ class Message(_Model):
     sender: str = Field(alias="from")
     to: list[str] = Field(min_length=1)
     subject: Optional[str] = None
-    # 'exchange-online': a tenant user's mail leaving through Exchange Online (to the gateway when
-    # the tenant uses centralized mail flow); 'internet': an outside sender delivering by MX.
-    via: Optional[Literal["exchange-online", "internet"]] = None
-    # One outcome for every recipient, or one per recipient.
-    expect: Union[Outcome, dict[str, Outcome], None] = None
+    via: Optional[Literal["exchange-online", "internet"]] = Field(None, description=(
+        "'exchange-online': a tenant user's mail leaving through Exchange Online (to the gateway with "
+        "centralized mail flow); 'internet': an outside sender delivering by MX. Default: by the sender."))
+    expect: Union[Outcome, dict[str, Outcome], None] = Field(None, description=(
+        "The expected outcome for every recipient, or a map recipient -> outcome."))
 
     _from = field_validator("sender")(classmethod(lambda cls, v: check_address(v)))
     _to = field_validator("to")(classmethod(lambda cls, v: [check_address(a) for a in v]))
@@ -314,8 +316,8 @@ class Scenario(_Model):
     certificates: dict[str, Certificate] = {}
     gateway: Gateway
     traffic: list[Message] = Field(min_length=1)
-    # How long the traffic may take to settle before what is still queued counts as deferred.
-    deadline_s: float = Field(default=15.0, gt=0, le=600)
+    deadline_s: float = Field(default=15.0, gt=0, le=600, description=(
+        "Seconds the traffic may take to settle; what is still queued then counts as deferred."))
     # The file it came from, for error messages raised after validation (e.g. by the planner).
     _source: str = PrivateAttr(default="")
 

@@ -116,6 +116,23 @@ def test_postfix_bounce_reaches_the_sender_as_an_ndr(docker_ready, tmp_path):
         labgen("down", "strict-eop", cwd=tmp_path)
 
 
+def test_postfix_deferrals_are_read_from_its_log(docker_ready, tmp_path):
+    """451 from a Partner connector that requires TLS: Postfix defers and retries; the verdict
+    reads status=deferred lines with EOP's reply."""
+    from conftest import EXAMPLES
+    code, doc = labgen_json("up", EXAMPLES / "partner-requires-tls.yaml", "--engine", "docker", cwd=tmp_path,
+                            timeout=600)
+    try:
+        assert code == 0, doc
+        m = by_id(doc)[("to-fabrikam", "carol@fabrikam.example")]
+        deferred = [h for h in m["hops"] if h["service"] == "gateway" and h["event"] == "deferred"]
+        assert m["outcome"] == "deferred" and deferred
+        assert deferred[-1]["reply"] == "451 5.7.3 STARTTLS is required to send mail"
+        assert "tls" not in deferred[-1]  # the connector sent in the clear
+    finally:
+        labgen("down", "partner-tls", cwd=tmp_path)
+
+
 def test_lab_is_isolated_structurally(docker_broken):
     """No route beyond the lab: internal network, no default route, DNS answers lab names only.
     Nothing is sent to an outside address."""

@@ -89,6 +89,7 @@ def test_broken_human_output_says_where_the_loss_is(tmp_path):
     ("dedicated-egress-ip.yaml", {"to-fabrikam": ("delivered", "recipient")}),
     ("wildcard-connector-name.yaml", {"to-fabrikam": ("silently_discarded", "certificate")}),
     ("strict-eop-reject.yaml", {"to-fabrikam": ("rejected", "certificate")}),
+    ("partner-requires-tls.yaml", {"to-fabrikam": ("deferred", "recipient")}),
 ], ids=lambda v: v if isinstance(v, str) else "")
 def test_user_written_scenarios(tmp_path, example, expected):
     code, doc = labgen_json("up", EXAMPLES / example, "--engine", "local", cwd=tmp_path)
