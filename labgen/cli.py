@@ -351,10 +351,13 @@ def images():
 
 @images.command("build")
 @click.option("--force", is_flag=True, help="Rebuild even if the current image exists.")
-def images_build(force):
+@click.option("--base", type=click.Choice(["auto", "registry", "offline"]), default="auto", show_default=True,
+              help="auto: debian:bookworm if present or pullable within seconds, else offline; registry: "
+                   "FROM debian:bookworm; offline: a Debian rootfs made by mmdebstrap from the host's mirror.")
+def images_build(force, base):
     """Build the lab image (offline from Debian packages and PyPI wheels when no registry answers)."""
     from .images import ensure_image
-    tag = ensure_image(console=err, force=force)
+    tag = ensure_image(console=err, force=force, from_registry={"auto": None, "registry": True, "offline": False}[base])
     out.print(f"lab image: {tag}")
 
 
