@@ -47,9 +47,9 @@ def lab_lock(labdir: Path):
 
 
 def prepare_lab(s: Scenario, engine: Engine, workdir: Path, subnet: Optional[str] = None,
-                labdir: Optional[Path] = None) -> tuple[Plan, Path]:
-    """Plan, lab directory (0700), PKI, a fresh run directory and plan.json."""
-    plan = make_plan(s, engine.name, subnet)
+                labdir: Optional[Path] = None, plan: Optional[Plan] = None) -> tuple[Plan, Path]:
+    """Plan (unless given), lab directory (0700), PKI, a fresh run directory and plan.json."""
+    plan = plan or make_plan(s, engine.name, subnet)
     labdir = labdir or lab_dir(workdir, s.name)
     make_lab_dir(labdir)
     make_pki(plan, labdir)
@@ -72,16 +72,16 @@ def wait_settled(plan: Plan, events: Callable[[], list[dict]], deadline: float) 
 
 def run_lab(s: Scenario, engine: Engine, workdir: Path, subnet: Optional[str] = None,
             on_phase: Callable[[str], None] = lambda _: None) -> dict:
-    make_plan(s, engine.name, subnet)  # bad input fails before anything is created
-    with lab_lock(lab_dir(workdir, s.name)):
-        return _run_locked(s, engine, workdir, subnet, on_phase)
-
-
-def _run_locked(s: Scenario, engine: Engine, workdir: Path, subnet: Optional[str],
-                on_phase: Callable[[str], None]) -> dict:
     t0 = time.monotonic()
-    on_phase("planning and making certificates")
-    plan, labdir = prepare_lab(s, engine, workdir, subnet)
+    plan = make_plan(s, engine.name, subnet)  # bad input fails before anything is created
+    with lab_lock(lab_dir(workdir, s.name)):
+        return _run_locked(s, engine, workdir, plan, t0, on_phase)
+
+
+def _run_locked(s: Scenario, engine: Engine, workdir: Path, plan: Plan, t0: float,
+                on_phase: Callable[[str], None]) -> dict:
+    on_phase("making certificates")
+    plan, labdir = prepare_lab(s, engine, workdir, plan=plan)
     try:
         on_phase(f"starting the lab ({engine.name} engine)")
         engine.start(plan, labdir, time.monotonic() + s.deadline_s + 60)
