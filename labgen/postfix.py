@@ -71,6 +71,8 @@ _STATUS = re.compile(r"^to=<(?P<rcpt>[^>]*)>,(?: orig_to=<[^>]*>,)? relay=(?P<re
 _SAID = re.compile(r"^host \S+ said: (?P<reply>.*?)(?: \(in reply to [^)]*\))?$")
 _TLS = re.compile(r"^(?P<trust>\w+) TLS connection established to (?P<peer>\S+): (?P<version>TLSv[\d.]+)")
 _CLIENT = re.compile(r"^client=(?P<name>[^\[]*)\[(?P<ip>[\d.]+)\]")
+_FROM = re.compile(r"^from=<(?P<sender>[^>]*)>")
+_NDR = re.compile(r"^sender non-delivery notification: (?P<ndr>[0-9A-F]{6,}|[0-9B-Zb-z]{10,})$")
 _RELAY = re.compile(r"^(?P<host>[^\[]+)\[(?P<ip>[\d.]+)\]:(?P<port>\d+)$")
 
 
@@ -103,6 +105,8 @@ def parse_log(lines: Iterable[str], plan: Plan) -> list[dict]:
     names = {t.name: t for t in transports(plan)}
     qid_msgid: dict[str, str] = {}
     qid_client: dict[str, str] = {}
+    qid_from: dict[str, str] = {}
+    ndr_qids: set[str] = set()  # bounces Postfix wrote for the traffic's messages: followed by queue id
     tls_by_pid: dict[str, dict] = {}
     events: list[dict] = []
     for n, raw in enumerate(lines):
@@ -135,7 +139,15 @@ def parse_log(lines: Iterable[str], plan: Plan) -> list[dict]:
             qid_msgid[qid] = mid.group("id")
             events.append({"ts": ts, "service": "gateway", "event": "received", "msgid": mid.group("id"),
                            "queue_id": qid, "client_ip": qid_client.get(qid), "time": m.group("ts")})
-        elif (st := _STATUS.match(rest)) and qid in qid_msgid:
+        elif proc.endswith("qmgr") and (fr := _FROM.match(rest)):
+            qid_from[qid] = fr.group("sender")
+        elif proc.endswith("bounce") and (ndr := _NDR.match(rest)) and qid in qid_msgid:
+            # The same event the built-in gateway writes; the NDR's own status lines follow.
+            ndr_qids.add(ndr.group("ndr"))
+            events.append({"ts": ts, "service": "gateway", "event": "ndr_queued", "queue_id": ndr.group("ndr"),
+                           "original_queue_id": qid, "to": qid_from.get(qid), "original_msgid": qid_msgid[qid],
+                           "time": m.group("ts")})
+        elif (st := _STATUS.match(rest)) and (qid in qid_msgid or qid in ndr_qids):
             transport = proc.split("/")[0]
             t = names.get(transport)
             relay = st.group("relay")
@@ -144,7 +156,7 @@ def parse_log(lines: Iterable[str], plan: Plan) -> list[dict]:
             t_info = tls_by_pid.get(pid)
             t_info = {k: v for k, v in t_info.items() if k != "peer"} if t_info and t_info["peer"] == relay else None
             events.append({
-                "ts": ts, "service": "gateway", "event": status, "msgid": qid_msgid[qid], "queue_id": qid,
+                "ts": ts, "service": "gateway", "event": status, "msgid": qid_msgid.get(qid), "queue_id": qid,
                 "rcpt": st.group("rcpt").lower(), "connector": t.connector.name if t else transport,
                 "relay": relay if relay != "none" else None,
                 "relay_host": r.group("host") if r else None, "relay_ip": r.group("ip") if r else None,

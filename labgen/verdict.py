@@ -19,8 +19,10 @@ from typing import Optional
 from .plan import Plan
 from .scenario import domain_of
 
-FINAL = ("delivered", "rejected", "silently_discarded")
 _RANK = {"traffic": 0, "gateway": 1, "eop": 2, "sink": 2}
+# Services that log every recipient they answer: a reply of theirs that another hop logged is
+# only final once their own record of it is there too.
+_LEDGERED = ("eop", "sink")
 
 
 @dataclass
@@ -38,6 +40,10 @@ class RcptResult:
     recipient_tenant: Optional[str] = None  # None: an internet (non-Microsoft 365) recipient
     ndr: Optional[dict] = None  # the non-delivery report that reached the sender, if any
     ndr_expected: bool = False  # a gateway bounce: the sender is owed an NDR
+    ndr_lost: Optional[str] = None  # an owed NDR that reached no mailbox: what became of it
+    # Every hop that saw it has logged its own disposition, and so has the NDR it is owed:
+    # nothing more can happen to it (settled() waits for this, never for a clock).
+    final: bool = False
 
     @property
     def ok(self) -> Optional[bool]:
@@ -47,7 +53,7 @@ class RcptResult:
         d = {"id": self.msgid, "from": self.sender, "to": self.rcpt, "outcome": self.outcome,
              "expected": self.expected, "ok": self.ok, "hops": self.hops, "attribution": self.attribution,
              "recipient_trace_visible": self.recipient_trace_visible, "recipient_tenant": self.recipient_tenant,
-             "ndr": self.ndr, "why": self.why}
+             "ndr": self.ndr, "ndr_lost": self.ndr_lost, "why": self.why}
         if self.dropped_by:
             d["dropped_by"] = self.dropped_by
         return d
@@ -64,18 +70,32 @@ def _code(reply: Optional[str]) -> int:
     return 0
 
 
+def _service_at(plan: Plan, relay: Optional[str]) -> Optional[str]:
+    """The lab service behind a relay 'host[ip]:port' (or a bare address), by its address."""
+    m = re.search(r"\[([0-9.]+)\]", relay or "") or re.fullmatch(r"([0-9.]+)", relay or "")
+    if not m:
+        return None
+    return next((svc for svc, ips in plan.hosts.items() if m.group(1) in ips), None)
+
+
 class _Index:
-    """Events grouped by (msgid, rcpt) and by service/event."""
+    """Events grouped by (msgid, rcpt), by service/event, and the gateway's by queue id."""
 
     def __init__(self, events: list[dict]):
         self.by_key: dict[tuple, list[dict]] = defaultdict(list)
         self.received: dict[str, dict] = {}
         self.trace: set[tuple] = set()
         self.ndr: dict[str, list[dict]] = defaultdict(list)
+        self.ndr_queued: dict[str, list[dict]] = defaultdict(list)  # original queue id -> NDRs
+        self.by_qid: dict[str, list[dict]] = defaultdict(list)  # gateway delivery status per queue id
         for e in sorted(events, key=lambda e: e.get("ts", 0)):
             msgid, rcpt = e.get("msgid"), (e.get("rcpt") or "").lower()
+            if e["service"] == "gateway" and e["event"] in ("sent", "deferred", "bounced") and e.get("queue_id"):
+                self.by_qid[e["queue_id"]].append(e)
             if e["event"] == "ndr":
                 self.ndr[msgid].append(e)
+            elif e["event"] == "ndr_queued" and e.get("original_queue_id"):
+                self.ndr_queued[e["original_queue_id"]].append(e)
             elif e["service"] == "trace":
                 self.trace.add((msgid, rcpt))
             elif e["event"] == "received" and msgid:
@@ -94,6 +114,52 @@ def _hop(e: dict) -> dict:
             **{k: e[k] for k in keep if k in e and e[k] is not None and k != "reply"}}
 
 
+def _recorded(plan: Plan, idx: _Index, msgid: str, rcpt: str, e: dict) -> bool:
+    """A reply logged by the hop before (traffic or gateway) from a lab service that keeps a
+    ledger is final only once that service's own record of the recipient is there."""
+    answered = (e.get("reply") or "").strip()[:3].isdigit()  # not an MTA's own words
+    svc = _service_at(plan, e.get("relay")) if answered else None
+    return svc not in _LEDGERED or any(x["service"] == svc for x in idx.by_key.get((msgid, rcpt), []))
+
+
+def _downstream_done(plan: Plan, idx: _Index, msgid: str, rcpt: str, e: dict) -> bool:
+    """A 2xx hand-off to a lab service is final once that service delivered or discarded it."""
+    svc = _service_at(plan, e.get("relay"))
+    done = idx.find(msgid, rcpt, svc, "delivered") + idx.find(msgid, rcpt, svc, "discarded") if svc else []
+    # EOP's message trace line for a delivery is written right after it, in trace.jsonl.
+    return bool(done) and not (done[-1]["event"] == "delivered" and done[-1].get("tenant")
+                               and (msgid, rcpt) not in idx.trace)
+
+
+def _follow_ndr(res: RcptResult, idx: _Index, bounce: dict) -> None:
+    """A gateway bounce owes the sender an NDR: follow it by its queue id until its own fate is
+    logged (in a mailbox, or bounced by the gateway), and say so."""
+    res.ndr_expected = True
+    ndr = next(iter(idx.ndr.get(res.msgid, [])), None)  # every NDR of this message goes to its sender
+    if ndr:
+        res.ndr = {"service": ndr["service"], "mailbox": ndr.get("mailbox"), "file": ndr.get("file")}
+        return
+    res.final = False
+    queued = [q for q in idx.ndr_queued.get(bounce.get("queue_id") or "", []) if q.get("ts", 0) >= bounce.get("ts", 0)]
+    if not queued:
+        res.ndr_lost = "the gateway bounced it but logged no non-delivery report for it"
+        return
+    status = idx.by_qid.get(queued[0].get("queue_id") or "", [])
+    if not status:
+        res.ndr_lost = f"the non-delivery report {queued[0].get('queue_id')} is still queued at the gateway"
+        return
+    last = status[-1]
+    where = f" ({last['relay']})" if last.get("relay") else ""
+    if last["event"] == "bounced":
+        res.ndr_lost = f"the gateway bounced the non-delivery report{where}: {last.get('reply')}"
+        res.final = True  # a bounce is never bounced back
+    elif last["event"] == "deferred":
+        res.ndr_lost = f"the gateway deferred the non-delivery report{where}: {last.get('reply')}"
+    else:
+        res.ndr_lost = (f"the gateway handed the non-delivery report to {last.get('relay')} "
+                        f"('{last.get('reply')}') but no mailbox has it")
+
+
 def classify_one(plan: Plan, idx: _Index, msgid: str, sender: str, rcpt: str, expected) -> RcptResult:
     res = RcptResult(msgid, sender, rcpt, "unaccounted", expected,
                      recipient_tenant=plan.scenario.tenant_of_domain(domain_of(rcpt)))
@@ -105,6 +171,20 @@ def classify_one(plan: Plan, idx: _Index, msgid: str, sender: str, rcpt: str, ex
     if eop_rcpt:
         res.attribution = {k: eop_rcpt[-1]["attribution"].get(k) for k in ("tenant", "by", "connector")}
     res.recipient_trace_visible = (msgid, rcpt) in idx.trace
+    submitted = idx.find(msgid, rcpt, "traffic", "submitted")
+    sub = submitted[-1] if submitted else None
+    gw = [e for e in evs if e["service"] == "gateway" and e["event"] in ("sent", "deferred", "bounced")]
+    # Final: the submission's answer is logged with the answering hop's own record, and the
+    # gateway (if it took the message) logged a disposition whose next hop logged its own.
+    chain_done = bool(sub) and _recorded(plan, idx, msgid, rcpt, sub)
+    if sub and 200 <= _code(sub.get("reply")) < 300:
+        if _service_at(plan, sub.get("relay")) == "gateway":
+            last = gw[-1] if gw else None
+            chain_done = chain_done and bool(last) and last["event"] != "deferred" and (
+                _recorded(plan, idx, msgid, rcpt, last) if last["event"] == "bounced"
+                else _downstream_done(plan, idx, msgid, rcpt, last))
+        else:
+            chain_done = chain_done and _downstream_done(plan, idx, msgid, rcpt, sub)
 
     delivered = [e for e in evs if e["event"] == "delivered"]
     if delivered:
@@ -113,6 +193,7 @@ def classify_one(plan: Plan, idx: _Index, msgid: str, sender: str, rcpt: str, ex
         res.why = f"in mailbox {e.get('mailbox')} ({'tenant ' + e['tenant'] if e.get('tenant') else 'internet sink'})"
         if e["service"] == "sink":
             res.recipient_trace_visible = True
+        res.final = chain_done
         return res
 
     discarded = idx.find(msgid, rcpt, "eop", "discarded")
@@ -124,6 +205,7 @@ def classify_one(plan: Plan, idx: _Index, msgid: str, sender: str, rcpt: str, ex
         res.dropped_by = {"service": "eop", "reason": e.get("reason"), "attribution": e.get("attribution"),
                           "certificate": e.get("certificate"), "client_ip": e.get("client_ip")}
         res.why = f"EOP {told} and discarded it: {e.get('reason')}"
+        res.final = chain_done
         return res
 
     # A gateway bounce is a rejection whatever its words (Postfix's own DNS or policy failures).
@@ -134,25 +216,25 @@ def classify_one(plan: Plan, idx: _Index, msgid: str, sender: str, rcpt: str, ex
         e = next((x for x in rejects if x["event"] == "rcpt"), rejects[-1])
         res.outcome = "rejected"
         res.why = f"{e['service']} rejected it: {e.get('reply')}" + (f" ({e['reason']})" if e.get("reason") else "")
+        res.final = chain_done
         # The gateway accepted it, so the gateway owes the sender an NDR (a rejection at
         # submission is told to the submitting client instead).
-        res.ndr_expected = bool(sender) and any(x["service"] == "gateway" and x["event"] == "bounced" for x in evs)
-        ndr = next((n for n in idx.ndr.get(msgid, []) if n.get("to", "").lower() == sender.lower()), None)
-        if ndr:
-            res.ndr = {"service": ndr["service"], "mailbox": ndr.get("mailbox"), "file": ndr.get("file")}
+        bounce = gw[-1] if gw and gw[-1]["event"] == "bounced" else None
+        if sender and bounce:
+            _follow_ndr(res, idx, bounce)
+            if res.ndr_lost:
+                res.why += f"; the sender got no non-delivery report: {res.ndr_lost}"
         return res
 
     # Not final: find where it is now.
-    submitted = idx.find(msgid, rcpt, "traffic", "submitted")
-    if not submitted:
+    if not sub:
         res.why = "the traffic generator has no record of submitting it"
         return res
-    sub = submitted[-1]
     if not 200 <= _code(sub.get("reply")) < 300:
         res.outcome = "deferred"
         res.why = f"could not be submitted: {sub.get('reply')}"
+        res.final = chain_done  # the traffic generator does not retry
         return res
-    gw = [e for e in evs if e["service"] == "gateway"]
     # Through the gateway: submitted to it, or an internet sender's mail for a domain whose MX it is.
     if (sub.get("entry") == "gateway" or sub.get("relay_host") == plan.scenario.gateway.hostname or gw
             or rcpt in (idx.received.get(msgid, {}).get("rcpts") or [])):
@@ -186,8 +268,9 @@ def classify(plan: Plan, events: list[dict]) -> list[RcptResult]:
 
 
 def settled(results: list[RcptResult]) -> bool:
-    """Every recipient final, and every NDR the gateway owes a sender arrived."""
-    return all(r.outcome in FINAL and (r.ndr or not r.ndr_expected) for r in results)
+    """Nothing more can happen to any recipient: each hop that saw it logged its own
+    disposition, and every NDR the gateway owes a sender has a known fate."""
+    return all(r.final for r in results)
 
 
 def summary(results: list[RcptResult]) -> dict:

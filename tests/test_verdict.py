@@ -314,15 +314,43 @@ def test_summary_with_unaccounted_and_no_expectation(plan):
                                 "unaccounted": 3, "expectations_failed": 0}
 
 
-def test_settled_when_every_outcome_is_final(plan):
-    events = [
-        *hop_through_gateway(eop_discarded()),
-        ev("sink", "delivered", msgid="to-internet", rcpt="dave@northwind.example", mailbox="dave@northwind.example"),
-        eop_delivered(msgid="from-internet", rcpt="bob@contoso.example", mailbox="bob@contoso.example",
-                      tenant="contoso"),
+def _settled_run():
+    """Every recipient of 'broken' with each hop's own disposition logged."""
+    sink_ok = dict(msgid="to-internet", rcpt="dave@northwind.example")
+    inbound = dict(msgid="from-internet", rcpt="bob@contoso.example")
+    return [
+        *hop_through_gateway(eop_rcpt("discard", "250 2.1.5 Recipient OK"), eop_discarded()),
+        submitted(**sink_ok), gw("sent", "250 2.0.0 Ok: queued", relay=SINK, **sink_ok),
+        ev("sink", "delivered", mailbox="dave@northwind.example", **sink_ok),
+        submitted(entry="mx", **inbound), gw("sent", QUEUED_EOP, **inbound),
+        eop_delivered(mailbox="bob@contoso.example", tenant="contoso", **inbound),
+        trace(**inbound),
         submitted(msgid="internal-routing", rcpt="bob@contoso.mail.onmicrosoft.test", reply="550 5.1.1 no"),
     ]
-    results = classify(plan, events)
+
+
+def test_settled_when_every_hop_logged_its_disposition(plan):
+    results = classify(plan, _settled_run())
     assert [r.outcome for r in results] == ["silently_discarded", "delivered", "delivered", "rejected"]
     assert settled(results)
     assert summary(results)["expectations_failed"] == 1
+
+
+def _without(events, service, event, msgid=None):
+    return [e for e in events if not (e["service"] == service and e["event"] == event
+                                      and (msgid is None or e.get("msgid") == msgid))]
+
+
+# A disposition that another hop reports is not final until the hop itself has logged it.
+NOT_YET_SETTLED = [
+    ("sink-delivery-reported-by-the-gateway-only", lambda ev_: _without(ev_, "sink", "delivered")),
+    ("eop-delivery-without-its-message-trace-line", lambda ev_: _without(ev_, "trace", "trace")),
+    ("discard-before-the-traffic-logged-its-submission",
+     lambda ev_: _without(ev_, "traffic", "submitted", "to-fabrikam")),
+    ("eop-delivery-before-the-gateway-logged-sent", lambda ev_: _without(ev_, "gateway", "sent", "from-internet")),
+]
+
+
+@pytest.mark.parametrize("cut", [c[1] for c in NOT_YET_SETTLED], ids=[c[0] for c in NOT_YET_SETTLED])
+def test_not_settled_until_every_hop_logged_its_own_disposition(plan, cut):
+    assert not settled(classify(plan, cut(_settled_run())))
