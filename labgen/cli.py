@@ -10,9 +10,10 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.text import Text
 
 from . import __version__
-from .errors import InputError, LabgenError
+from .errors import InputError, LabgenError, escape, one_line
 from .scenario import builtin_names, json_schema, load_scenario
 
 # Piped output is as wide as a log viewer, not 80 columns; no emoji codes (fingerprints hold ':cd:').
@@ -28,6 +29,21 @@ def _print_json(doc) -> None:
     click.echo(json.dumps(doc, indent=2, default=str))
 
 
+def _text(value: object, style: str = "") -> Text:
+    """Untrusted text (scenario values, file names, what lab services said) for rich: never
+    parsed as markup, control characters escaped."""
+    return Text(escape(value), style=style)
+
+
+def _error_lines(e: LabgenError) -> str:
+    """The last guard before the terminal: bad input is one escaped line of at most 300
+    characters; an infrastructure error may carry a log tail, each line escaped and capped."""
+    if isinstance(e, InputError):
+        return one_line(f"labgen: {e.message}")
+    first, *rest = e.message.splitlines() or [""]
+    return "\n".join([one_line(f"labgen: {first}"), *(one_line(line) for line in rest[-40:])])
+
+
 class LabgenGroup(click.Group):
     """Turns LabgenError into one line and its exit code; --debug keeps the traceback."""
 
@@ -40,7 +56,7 @@ class LabgenGroup(click.Group):
         except LabgenError as e:
             if debug:
                 raise
-            click.echo(f"labgen: {e.message}", err=True)  # one line, never wrapped
+            click.echo(_error_lines(e), err=True)  # never wrapped
             sys.exit(e.exit_code)
         except KeyboardInterrupt:
             # run_lab has already removed what this command started (engine.abort).
@@ -49,8 +65,8 @@ class LabgenGroup(click.Group):
         except Exception as e:  # a bug or an environment labgen did not foresee: still one line
             if debug:
                 raise
-            first = (str(e).splitlines() or [""])[0][:300]
-            click.echo(f"labgen: unexpected {type(e).__name__}: {first} (run with --debug for the traceback)",
+            first = escape((str(e).splitlines() or [""])[0], 160)
+            click.echo(one_line(f"labgen: unexpected {type(e).__name__}: {first} (run with --debug for the traceback)"),
                        err=True)
             sys.exit(3)
 
@@ -79,7 +95,7 @@ def scenarios(as_json):
         _print_json({"schema": "labgen.scenarios/v1", "scenarios": rows})
         return
     for r in rows:
-        out.print(f"[bold]{r['name']:<10}[/] {r['description']}")
+        out.print(Text.assemble(_text(f"{r['name']:<10}", "bold"), " ", _text(r["description"])))
 
 
 @main.command()
@@ -93,8 +109,8 @@ def validate(scenario, as_json):
     if as_json:
         _print_json({"schema": "labgen.validate/v1", "scenario": s.name, "valid": True})
     else:
-        out.print(f"{scenario}: valid (lab '{s.name}', {len(s.tenants)} tenant(s), "
-                  f"{len(s.gateway.connectors)} send connector(s), {len(s.traffic)} message(s))")
+        out.print(_text(f"{scenario}: valid (lab '{s.name}', {len(s.tenants)} tenant(s), "
+                        f"{len(s.gateway.connectors)} send connector(s), {len(s.traffic)} message(s))"))
 
 
 @main.command()
@@ -125,13 +141,13 @@ def certs(scenario, workdir, as_json):
         _print_json({"schema": "labgen.certs/v1", "lab_dir": str(labdir), "certificates": rows})
         return
     from rich.table import Table
-    t = Table(title=f"certificates of lab {s.name} ({labdir})")
+    t = Table(title=_text(f"certificates of lab {s.name} ({labdir})"))
     for col in ("name", "subject", "SANs", "issuer", "valid", "SHA-256"):
         t.add_column(col, overflow="fold")  # names in full: trainers type them
     for r in rows:
-        t.add_row(r["name"], r["subject"], ", ".join(r["sans"]),
-                  r["issuer"] + (" (self-signed)" if r["self_signed"] else ""),
-                  f"{r['not_before'][:10]} → {r['not_after'][:10]}", r["fingerprint_sha256"][:29] + "…")
+        t.add_row(*map(_text, (r["name"], r["subject"], ", ".join(r["sans"]),
+                               r["issuer"] + (" (self-signed)" if r["self_signed"] else ""),
+                               f"{r['not_before'][:10]} → {r['not_after'][:10]}", r["fingerprint_sha256"][:29] + "…")))
     out.print(t)
 
 
@@ -146,7 +162,7 @@ def pick_engine(name: str, quiet: bool = False):
     if engine.name == "docker":
         engine.console = None if quiet else err
     if not quiet and name == "auto":
-        err.print(f"engine: {engine.name} ({why})", style="dim")
+        err.print(_text(f"engine: {engine.name} ({why})", "dim"))
     return engine
 
 
@@ -237,9 +253,9 @@ def trace(tenant, lab, workdir, as_json):
     if as_json:
         _print_json({"schema": "labgen.trace/v1", "lab": lab, "tenant": tenant, "entries": rows})
         return
-    out.print(f"message trace of tenant {tenant} in lab {lab} (what its admin sees):", markup=False)
+    out.print(_text(f"message trace of tenant {tenant} in lab {lab} (what its admin sees):"))
     for r in rows:
-        out.print(f"  {r['msgid']:<18} {r['sender']} → {r['rcpt']}: {r['status']}", markup=False)
+        out.print(_text(f"  {r['msgid']:<18} {r['sender']} → {r['rcpt']}: {r['status']}"))
     if not rows:
         out.print("  (nothing)")
 
@@ -266,10 +282,17 @@ def render(scenario, output, subnet):
 
 @main.command()
 @click.argument("lab", required=False)
-@click.option("--all", "all_labs", is_flag=True, help="Remove every labgen lab.")
+@click.option("--all", "all_labs", is_flag=True, help="Remove every labgen lab on this host.")
+@click.option("-y", "--yes", is_flag=True, help="With --all: do not ask for confirmation.")
 @click.option("--json", "as_json", is_flag=True)
-def down(lab, all_labs, as_json):
+def down(lab, all_labs, yes, as_json):
     """Remove a lab's containers, networks and volumes (by its label)."""
+    if all_labs and lab:
+        raise InputError(f"down: name one lab ({lab}) or pass --all, not both")
+    if all_labs and not yes and not sys.stdin.isatty():
+        # As containerlab's `destroy --all`: every lab on the host, other users' included.
+        raise InputError("down --all removes every labgen lab on this host and there is no terminal to confirm "
+                         "on; pass --yes to confirm, or name one lab")
     from .engines.docker import LABEL, lab_containers, remove_lab
     if not lab and not all_labs:
         labs = sorted({c.labels.get(LABEL) for c in lab_containers()})
@@ -280,6 +303,8 @@ def down(lab, all_labs, as_json):
             return
         lab = labs[0]
     labs = sorted({c.labels.get(LABEL) for c in lab_containers()}) if all_labs else [lab]
+    if all_labs and labs and not yes:
+        click.confirm(f"remove {len(labs)} lab(s): {', '.join(labs)}?", abort=True, err=True)
     gone = {name: remove_lab(name) for name in labs}
     if as_json:
         _print_json({"schema": "labgen.down/v1", "removed": gone})
@@ -314,8 +339,9 @@ def status(lab, as_json):
     for col in ("lab", "service", "container", "state", "addresses", "image"):
         t.add_column(col)
     for r in rows:
-        t.add_row(r["lab"], r["service"] or "", r["container"], r["state"] + (f" ({r['health']})" if r["health"] else ""),
-                  ", ".join(r["addresses"]), r["image"])
+        t.add_row(*map(_text, (r["lab"], r["service"] or "", r["container"],
+                               r["state"] + (f" ({r['health']})" if r["health"] else ""),
+                               ", ".join(r["addresses"]), r["image"])))  # labels come from the labs
     out.print(t)
 
 

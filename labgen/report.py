@@ -7,10 +7,18 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from .errors import escape
+
 STYLE = {"delivered": "green", "silently_discarded": "bold red", "rejected": "yellow", "deferred": "magenta",
          "unaccounted": "bold white on red"}
 LABEL = {"delivered": "delivered", "silently_discarded": "SILENTLY DISCARDED", "rejected": "rejected",
          "deferred": "deferred", "unaccounted": "UNACCOUNTED"}
+
+
+def _text(value: object, style: str = "") -> Text:
+    """Everything printed here holds untrusted text (scenario values, what lab services and
+    clients said): never rich markup, control characters escaped."""
+    return Text(escape(value), style=style)
 
 
 def _short(reply: str | None, n: int = 60) -> str:
@@ -47,51 +55,51 @@ def hop_lines(m: dict) -> list[str]:
 
 def print_result(doc: dict, console: Console) -> None:
     title = f"labgen · {doc['scenario']} · {doc['engine']} engine · {doc['duration_s']:.1f} s"
-    table = Table(title=title, caption=doc.get("description") or None, show_lines=False)
+    table = Table(title=_text(title), caption=_text(doc["description"]) if doc.get("description") else None,
+                  show_lines=False)
     table.add_column("message", no_wrap=True)
     table.add_column("from → to")
     table.add_column("outcome", no_wrap=True)
     table.add_column("expected", no_wrap=True)
     for m in doc["messages"]:
         exp = "" if m["expected"] is None else ("✓ " if m["ok"] else "✗ ") + m["expected"]
-        table.add_row(m["id"], f"{m['from']} → {m['to']}", Text(LABEL[m["outcome"]], style=STYLE[m["outcome"]]),
-                      Text(exp, style="green" if m["ok"] else "red" if m["ok"] is False else ""))
+        table.add_row(_text(m["id"]), _text(f"{m['from']} → {m['to']}"),
+                      Text(LABEL[m["outcome"]], style=STYLE[m["outcome"]]),
+                      _text(exp, style="green" if m["ok"] else "red" if m["ok"] is False else ""))
     console.print(table)
     for m in doc["messages"]:
-        console.print(Text.assemble((f"{m['id']} → {m['to']}: ", "bold"),
+        console.print(Text.assemble(_text(f"{m['id']} → {m['to']}: ", "bold"),
                                     (LABEL[m["outcome"]], STYLE[m["outcome"]])))
         for line in hop_lines(m):
-            console.print(f"    {line}", markup=False)
+            console.print(_text(f"    {line}"))
         if m["outcome"] != "delivered":
-            console.print(f"    ⇒ {m['why']}", markup=False)
+            console.print(_text(f"    ⇒ {m['why']}"))
             if m.get("ndr"):
-                console.print(f"    ⇒ the sender was told: a non-delivery report is in mailbox {m['ndr']['mailbox']}",
-                              markup=False)
+                console.print(_text(f"    ⇒ the sender was told: a non-delivery report is in mailbox {m['ndr']['mailbox']}"))
             if not m["recipient_trace_visible"] and m.get("recipient_tenant"):
-                console.print(f"    ⇒ {m['recipient_tenant']}'s admin finds nothing in message trace", markup=False)
+                console.print(_text(f"    ⇒ {m['recipient_tenant']}'s admin finds nothing in message trace"))
     for m in doc["messages"]:
         if m["outcome"] == "silently_discarded":
-            console.print(silent_loss_line(m), style="red", markup=False)
+            console.print(_text(silent_loss_line(m), "red"))
     s = doc["summary"]
-    console.print(
+    console.print(_text(
         f"{s['total']} recipient(s): {s['delivered']} delivered, {s['silently_discarded']} silently discarded, "
         f"{s['rejected']} rejected, {s['deferred']} deferred, {s['unaccounted']} unaccounted. "
         + ("All expectations held." if s["expectations_failed"] == 0 else
-           f"{s['expectations_failed']} expectation(s) FAILED."))
+           f"{s['expectations_failed']} expectation(s) FAILED.")))
     print_expectation_failures(doc, console)
-    console.print(f"Lab directory: {doc['lab_dir']} (ledger in run/, mailboxes in run/mailboxes/)", style="dim",
-                  markup=False)
+    console.print(_text(f"Lab directory: {doc['lab_dir']} (ledger in run/, mailboxes in run/mailboxes/)", "dim"))
     if doc["engine"] == "docker":
-        console.print(f"The lab stays up to explore: labgen status {doc['scenario']} · labgen logs gateway · "
-                      f"docker exec -it labgen-{doc['scenario']}-traffic swaks ... · labgen down {doc['scenario']}",
-                      style="dim", markup=False)
+        console.print(_text(f"The lab stays up to explore: labgen status {doc['scenario']} · labgen logs gateway · "
+                            f"docker exec -it labgen-{doc['scenario']}-traffic swaks ... · labgen down {doc['scenario']}",
+                            "dim"))
 
 
 def print_expectation_failures(doc: dict, console: Console) -> None:
     for m in doc["messages"]:
         if m["ok"] is False:
-            console.print(f"  expectation failed in {doc['scenario']}: {m['id']} → {m['to']}: expected "
-                          f"{m['expected']}, got {m['outcome']} ({m['why']})", style="red", markup=False)
+            console.print(_text(f"  expectation failed in {doc['scenario']}: {m['id']} → {m['to']}: expected "
+                                f"{m['expected']}, got {m['outcome']} ({m['why']})", "red"))
 
 
 def silent_loss_line(m: dict) -> str:
@@ -109,7 +117,7 @@ def silent_loss_line(m: dict) -> str:
 
 def print_compare(doc: dict, console: Console) -> None:
     a, b = doc["a"], doc["b"]
-    table = Table(title=f"labgen compare · {a['scenario']} vs {b['scenario']}", show_lines=True, expand=True)
+    table = Table(title=_text(f"labgen compare · {a['scenario']} vs {b['scenario']}"), show_lines=True, expand=True)
     table.add_column("message", no_wrap=True)
     table.add_column("to")
     table.add_column(a["scenario"], no_wrap=True)
@@ -117,13 +125,13 @@ def print_compare(doc: dict, console: Console) -> None:
     table.add_column("what changed", ratio=3)
     for c in doc["changes"]:
         oa, ob = c["a"], c["b"]
-        table.add_row(c["id"], c["to"],
-                      Text(LABEL.get(oa, oa or "—"), style=STYLE.get(oa, "")),
-                      Text(LABEL.get(ob, ob or "—"), style=STYLE.get(ob, "")),
-                      c["change"])
+        table.add_row(_text(c["id"]), _text(c["to"]),
+                      _text(LABEL.get(oa, oa or "—"), STYLE.get(oa, "")),
+                      _text(LABEL.get(ob, ob or "—"), STYLE.get(ob, "")),
+                      _text(c["change"]))
     console.print(table)
     n = sum(1 for c in doc["changes"] if c["changed"])
-    console.print(f"{n} of {len(doc['changes'])} recipient outcome(s) changed between {a['scenario']} and {b['scenario']}.")
+    console.print(_text(f"{n} of {len(doc['changes'])} recipient outcome(s) changed between {a['scenario']} "
+                        f"and {b['scenario']}."))
     if a["engine"] == "docker":
-        console.print("Both labs stay up to explore (labgen status); remove them with labgen down --all.",
-                      style="dim", markup=False)
+        console.print(_text("Both labs stay up to explore (labgen status); remove them with labgen down --all.", "dim"))

@@ -3,22 +3,28 @@
 A scenario is everything a lab needs to know about the customer's setup (tenants, certificates,
 the gateway's send connectors), how the fake EOP behaves, the traffic to send and what the user
 expects to happen to it. Everything after this module works on a validated `Scenario`.
+
+Scenario files come from strangers: whatever this module accepts must run (`validate` passes ⇒
+`up` does not crash), so every string is held to a grammar or to printable single-line text with
+a length bound, every list has a size bound, and every error quotes input only through
+`errors.quote` (escaped, shortened).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Literal, Optional, Union
+from typing import Annotated, Callable, Literal, Optional, Union
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator,
-                      model_validator)
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
+                      field_validator, model_validator)
 
-from .errors import InputError
+from .errors import InputError, escape, one_line, quote
 from .resources import resource_dir
 
 # Lab names mirror the real ones under reserved TLDs (DESIGN.md §2).
@@ -31,6 +37,46 @@ ALLOWED_RANGES = [ipaddress.ip_network(n) for n in
 
 Outcome = Literal["delivered", "silently_discarded", "rejected", "deferred"]
 OUTCOMES = ("delivered", "silently_discarded", "rejected", "deferred")
+
+# ---------------------------------------------------------------- limits
+# Generous for any lab a person writes; they keep a hostile file from costing minutes or GBs.
+MAX_SCENARIO_BYTES = 1 << 20  # raise with LABGEN_MAX_SCENARIO_BYTES
+MAX_RECIPIENTS = 20_000  # message × recipient pairs per scenario; raise with LABGEN_MAX_RECIPIENTS
+MAX_RCPTS_PER_MESSAGE = 100  # RFC 5321 §4.5.3.1.8: servers must accept at least 100
+MAX_DEPTH = 50  # YAML nesting; a scenario needs about 8
+MAX_TENANTS = 50
+MAX_DOMAINS = 100  # per tenant, and internet.domains
+MAX_MAILBOXES = 1000  # per tenant
+MAX_CONNECTORS = 50  # send connectors, and inbound connectors per tenant
+MAX_CERTIFICATES = 100
+MAX_ITEMS = 100  # sans, address spaces, sender IPs and domains
+MAX_NAME = 64  # connector names (Exchange allows 64)
+MAX_TEXT = 200  # description, subject: one printable line
+
+# Keys of `certificates` name files (certs/<key>.crt): a strict grammar, and the names the lab
+# uses for its own certificates and CAs are taken.
+_CERT_KEY_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+RESERVED_CERT_KEYS = ("ca-root", "ca-intermediate", "eop-accept", "eop-server", "sink-server", "gateway-server")
+
+# X.509 (via cryptography) takes dates from 1950 to 9999; these bounds keep every certificate
+# between about 1976 and 2176 for the next decades.
+MAX_NOT_BEFORE_DAYS = 18_250
+MAX_VALID_DAYS = 36_500
+
+
+def env_limit(var: str, default: int) -> int:
+    """A limit the user may raise through the environment."""
+    raw = os.environ.get(var)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise InputError(f"{var}={quote(raw)}: expected a positive whole number")
+    return value
+
 
 # A saved plan holds the scenario with its addresses already moved (the local engine's are on
 # loopback); reloading it must not re-apply the documentation-range rule to them.
@@ -50,21 +96,28 @@ def _in_lab_ranges(net) -> bool:
     return _PLANNED.get() or any(net.subnet_of(r) if net.version == 4 else False for r in ALLOWED_RANGES)
 
 
-_DOMAIN_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z][a-z0-9-]{0,62}$")
-_LOCAL_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}$")
+# ---------------------------------------------------------------- value checks
+# fullmatch throughout: re.match with '$' also accepts a trailing newline.
+
+_DOMAIN_RE = re.compile(r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z][a-z0-9-]{0,62}")
+_LOCAL_RE = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}")
+_LAB_NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,30}")
+# A tenant name is a DNS label of <tenant>.mail.protection.outlook.test.
+_TENANT_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,39}[a-z0-9])?")
+_MSG_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,40}")
 
 
 def check_domain(value: str) -> str:
-    value = value.strip().lower().rstrip(".")
-    if not _DOMAIN_RE.match(value):
-        raise ValueError(f"'{value}' is not a valid domain name")
-    return value
+    norm = value.strip().lower().rstrip(".")
+    if not norm.isascii() or not _DOMAIN_RE.fullmatch(norm):
+        raise ValueError(f"{quote(value)} is not a valid domain name")
+    return norm
 
 
 def check_address(value: str) -> str:
     local, sep, domain = value.strip().rpartition("@")
-    if not sep or not _LOCAL_RE.match(local):
-        raise ValueError(f"'{value}' is not a valid e-mail address (expected local@domain)")
+    if not sep or not _LOCAL_RE.fullmatch(local):
+        raise ValueError(f"{quote(value)} is not a valid e-mail address (expected local@domain)")
     return f"{local}@{check_domain(domain)}"
 
 
@@ -72,15 +125,84 @@ def check_lab_ip(value: str) -> str:
     try:
         ip = ipaddress.ip_address(value)
     except ValueError:
-        raise ValueError(f"'{value}' is not an IPv4 address") from None
+        raise ValueError(f"{quote(value)} is not an IPv4 address") from None
     if ip.version != 4 or not _in_lab_ranges(ipaddress.ip_network(f"{ip}/32")):
-        raise ValueError(f"{value} is outside the lab's documentation ranges "
+        raise ValueError(f"{quote(value)} is outside the lab's documentation ranges "
                          "(192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24, 198.18.0.0/15)")
     return str(ip)
 
 
+def check_lab_cidr(value: str) -> str:
+    try:
+        net = ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValueError(f"{quote(value)} is not an IPv4 address or CIDR range") from None
+    if net.version != 4 or not _in_lab_ranges(net):
+        raise ValueError(f"{quote(value)} is outside the lab's documentation ranges")
+    return str(net)
+
+
+def check_cert_name(value: str) -> str:
+    """A DNS name as certificates carry it: a domain, optionally with one leading '*.'."""
+    norm = value.strip().lower()
+    rest = norm[2:] if norm.startswith("*.") else norm
+    if "*" in rest:
+        raise ValueError(f"{quote(value)}: only a leading '*.' wildcard is allowed in a certificate name")
+    check_domain(rest)
+    return norm
+
+
+def check_domain_pattern(value: str) -> str:
+    """'*' (everything), '*.domain' (the domain and its subdomains) or a domain."""
+    norm = value.strip().lower()
+    return "*" if norm == "*" else check_cert_name(norm)
+
+
+def check_cert_key(value: str) -> str:
+    if not _CERT_KEY_RE.fullmatch(value) or ".." in value:
+        raise ValueError(f"certificate name {quote(value)} must be lower-case letters, digits, '.', '_' or '-' "
+                         "(at most 63, no '..'); it names the certificate's files")
+    if value in RESERVED_CERT_KEYS:
+        raise ValueError(f"certificate name {quote(value)} is taken by the lab's own certificates "
+                         f"({', '.join(RESERVED_CERT_KEYS)}); pick another")
+    return value
+
+
+def check_tenant_name(value: str) -> str:
+    if not _TENANT_RE.fullmatch(value):
+        raise ValueError(f"tenant name {quote(value)} must be lower-case letters, digits and inner '-' "
+                         "(at most 41)")
+    return value
+
+
+def text_line(what: str, max_len: int, min_len: int = 0) -> Callable[[str], str]:
+    """Free text shown in terminals and written to files: printable, one line, bounded."""
+    def check(value: str) -> str:
+        value = value.strip()
+        if len(value) < min_len:
+            raise ValueError(f"{what} must not be empty")
+        if len(value) > max_len:
+            raise ValueError(f"{what} is at most {max_len} characters (this one has {len(value)})")
+        if not value.isprintable():
+            raise ValueError(f"{what} {quote(value)} must be printable text on one line (no control characters)")
+        return value
+    return check
+
+
 def domain_of(address: str) -> str:
     return address.rpartition("@")[2].lower()
+
+
+# Per-item types: pydantic then names the exact item in the error's path (mailboxes[1], not mailboxes).
+DomainName = Annotated[str, AfterValidator(check_domain)]
+Address = Annotated[str, AfterValidator(check_address)]
+LabIp = Annotated[str, AfterValidator(check_lab_ip)]
+LabCidr = Annotated[str, AfterValidator(check_lab_cidr)]
+CertName = Annotated[str, AfterValidator(check_cert_name)]
+DomainPattern = Annotated[str, AfterValidator(check_domain_pattern)]
+CertKey = Annotated[str, AfterValidator(check_cert_key)]
+TenantName = Annotated[str, AfterValidator(check_tenant_name)]
+ConnectorName = Annotated[str, AfterValidator(text_line("a connector name", MAX_NAME, min_len=1))]
 
 
 class _Model(BaseModel):
@@ -88,146 +210,98 @@ class _Model(BaseModel):
 
 
 class Domain(_Model):
-    name: str
+    name: DomainName
     mx: Literal["eop", "gateway"] = Field("eop", description=(
         "Where the domain's public MX points: straight at EOP, or at the customer's gateway "
         "(centralized mail flow, inbound)."))
-
-    _name = field_validator("name")(classmethod(lambda cls, v: check_domain(v)))
 
 
 class InboundConnector(_Model):
     """An Exchange Online inbound connector (New-InboundConnector)."""
 
-    name: str
+    name: ConnectorName = Field(description=f"Printable, one line, at most {MAX_NAME} characters.")
     type: Literal["OnPremises", "Partner"] = "OnPremises"
-    tls_sender_certificate_name: Optional[str] = Field(None, description=(
+    # Microsoft: '*.contoso.com' is allowed; embedded wildcards ('mail*.contoso.com') are not.
+    tls_sender_certificate_name: Optional[CertName] = Field(None, description=(
         "TlsSenderCertificateName: compared with the client certificate's CN and SANs; "
         "'*.contoso.com' covers the domain and every subdomain."))
-    sender_ip_addresses: list[str] = Field([], description="SenderIPAddresses: addresses or CIDR ranges.")
-    sender_domains: list[str] = Field(["*"], description="Partner connectors: the sender domains they apply to.")
+    sender_ip_addresses: list[LabCidr] = Field([], max_length=MAX_ITEMS, description=(
+        "SenderIPAddresses: addresses or CIDR ranges."))
+    sender_domains: list[DomainPattern] = Field(["*"], max_length=MAX_ITEMS, description=(
+        "Partner connectors: the sender domains they apply to ('*', '*.contoso.com' or a domain)."))
     require_tls: bool = Field(False, description="RequireTls: mail without STARTTLS gets 451 5.7.3.")
-
-    @field_validator("tls_sender_certificate_name")
-    @classmethod
-    def _cert_name(cls, v):
-        if v is None:
-            return v
-        v = v.strip().lower()
-        # Microsoft: '*.contoso.com' is allowed; embedded wildcards ('mail*.contoso.com') are not.
-        rest = v[2:] if v.startswith("*.") else v
-        if "*" in rest:
-            raise ValueError(f"'{v}': only a leading '*.' wildcard is allowed in a certificate name")
-        check_domain(rest)
-        return v
-
-    @field_validator("sender_ip_addresses")
-    @classmethod
-    def _cidrs(cls, v):
-        out = []
-        for item in v:
-            try:
-                net = ipaddress.ip_network(item, strict=False)
-            except ValueError:
-                raise ValueError(f"'{item}' is not an IPv4 address or CIDR range") from None
-            if net.version != 4 or not _in_lab_ranges(net):
-                raise ValueError(f"{item} is outside the lab's documentation ranges")
-            out.append(str(net))
-        return out
 
 
 class Tenant(_Model):
     """A Microsoft 365 tenant: what its admin configured in Exchange Online."""
 
-    domains: list[Domain] = Field(min_length=1)
-    mailboxes: list[str] = []
-    inbound_connectors: list[InboundConnector] = []
+    domains: list[Domain] = Field(min_length=1, max_length=MAX_DOMAINS)
+    mailboxes: list[Address] = Field([], max_length=MAX_MAILBOXES)
+    inbound_connectors: list[InboundConnector] = Field([], max_length=MAX_CONNECTORS)
     outbound_via_gateway: bool = Field(False, description=(
         "Centralized mail flow: Exchange Online hands all outbound mail to the customer's gateway."))
-
-    @field_validator("mailboxes")
-    @classmethod
-    def _mailboxes(cls, v):
-        return [check_address(a) for a in v]
-
-
-def check_cert_name(value: str) -> str:
-    """A DNS name as certificates carry it: a domain, optionally with one leading '*.'."""
-    value = value.strip().lower()
-    check_domain(value[2:] if value.startswith("*.") else value)
-    return value
 
 
 class Certificate(_Model):
     cn: str = Field(min_length=1, max_length=64)  # X.509's upper bound for a CN
-    sans: list[str] = Field([], description="DNS names; the CN when empty.")
+    sans: list[CertName] = Field([], max_length=MAX_ITEMS, description="DNS names; the CN when empty.")
     issuer: Literal["self", "public"] = Field("public", description=(
         "'self' = self-signed; 'public' = issued by the lab's stand-in for a public CA (root + intermediate)."))
     key: Literal["rsa2048", "rsa3072", "ec256"] = "rsa2048"
-    not_before_days: int = Field(-1, description=(
+    not_before_days: int = Field(-1, ge=-MAX_NOT_BEFORE_DAYS, le=MAX_NOT_BEFORE_DAYS, description=(
         "Start of validity in days from the day the lab's PKI is made (negative = in the past)."))
-    valid_days: int = Field(365, description="Length of validity in days (expired: not_before_days + valid_days < 0).")
+    valid_days: int = Field(365, ge=1, le=MAX_VALID_DAYS, description=(
+        "Length of validity in days (expired: not_before_days + valid_days < 0)."))
 
     @field_validator("cn")
     @classmethod
     def _cn(cls, v):
         if not v.isascii() or not v.isprintable():
-            raise ValueError(f"'{v}': a certificate CN is printable ASCII")
-        return v
-
-    _sans = field_validator("sans")(classmethod(lambda cls, v: [check_cert_name(n) for n in v]))
-
-    @field_validator("valid_days")
-    @classmethod
-    def _days(cls, v):
-        if v < 1:
-            raise ValueError("valid_days must be at least 1")
+            raise ValueError(f"{quote(v)}: a certificate CN is printable ASCII")
         return v
 
 
 class Smarthost(_Model):
-    smarthost: str
-    _host = field_validator("smarthost")(classmethod(lambda cls, v: check_domain(v)))
+    smarthost: DomainName
 
 
 class SendConnector(_Model):
     """One of the gateway's send connectors (one Postfix smtp transport in the Docker lab)."""
 
-    name: str
-    address_space: list[str] = Field(min_length=1, description=(
+    name: ConnectorName = Field(description=f"Printable, one line, at most {MAX_NAME} characters.")
+    address_space: list[DomainPattern] = Field(min_length=1, max_length=MAX_ITEMS, description=(
         "Domains this connector takes: 'contoso.com', '*.contoso.com' (and subdomains) or '*'; most specific wins."))
     route: Union[Literal["mx"], Smarthost] = Field("mx", description="'mx' (the recipient domain's MX) or {smarthost: name}.")
     tls: Literal["none", "may", "encrypt"] = Field("may", description="Postfix's smtp_tls_security_level.")
-    certificate: Optional[str] = Field(None, description="The client certificate it presents (a key of certificates).")
-    source_ip: Optional[str] = Field(None, description="Egress address (smtp_bind_address); default: the gateway's.")
-
-    @field_validator("address_space")
-    @classmethod
-    def _spaces(cls, v):
-        out = []
-        for item in v:
-            item = item.strip().lower()
-            if item != "*":
-                check_domain(item[2:] if item.startswith("*.") else item)
-            out.append(item)
-        return out
-
-    _ip = field_validator("source_ip")(classmethod(lambda cls, v: v if v is None else check_lab_ip(v)))
+    certificate: Optional[CertKey] = Field(None, description="The client certificate it presents (a key of certificates).")
+    source_ip: Optional[LabIp] = Field(None, description="Egress address (smtp_bind_address); default: the gateway's.")
 
     @property
     def smarthost(self) -> Optional[str]:
         return self.route.smarthost if isinstance(self.route, Smarthost) else None
 
 
-class Gateway(_Model):
-    hostname: str = "gw.contoso.example"
-    address: Optional[str] = None
-    # The certificate the gateway presents when it *receives* mail (STARTTLS server side).
-    server_certificate: Optional[str] = None
-    connectors: list[SendConnector] = Field(min_length=1)
+def _gateway_hostname(value: str) -> str:
+    value = check_domain(value)
+    if len(value) > 64:  # the CN of the gateway's own server certificate
+        raise ValueError(f"{quote(value)} is longer than 64 characters, the most a certificate CN holds")
+    return value
 
-    _host = field_validator("hostname")(classmethod(lambda cls, v: check_domain(v)))
-    _ip = field_validator("address")(classmethod(lambda cls, v: v if v is None else check_lab_ip(v)))
+
+def _internet_domain(value: str) -> str:
+    value = check_domain(value)
+    if len(value) > 61:  # its sink is mx.<domain>, the CN of the sink's certificate
+        raise ValueError(f"{quote(value)} is longer than 61 characters; its MX host mx.<domain> names a "
+                         "certificate, whose CN holds at most 64")
+    return value
+
+
+class Gateway(_Model):
+    hostname: Annotated[str, AfterValidator(_gateway_hostname)] = "gw.contoso.example"
+    address: Optional[LabIp] = None
+    # The certificate the gateway presents when it *receives* mail (STARTTLS server side).
+    server_certificate: Optional[CertKey] = None
+    connectors: list[SendConnector] = Field(min_length=1, max_length=MAX_CONNECTORS)
 
 
 class Eop(_Model):
@@ -236,68 +310,54 @@ class Eop(_Model):
         "(accepted with 250, dropped: the field report) or 'reject' (550 5.7.64, a stricter EOP)."))
     require_trusted_certificate: bool = Field(False, description=(
         "KB 3212877: reject certificate-attributed mail whose chain is not publicly trusted (550 5.7.64)."))
-    address: Optional[str] = None
-
-    _ip = field_validator("address")(classmethod(lambda cls, v: v if v is None else check_lab_ip(v)))
+    address: Optional[LabIp] = None
 
 
 class Internet(_Model):
     """Non-Microsoft domains; each gets an MX sink that accepts any recipient."""
 
-    domains: list[str] = []
-    _d = field_validator("domains")(classmethod(lambda cls, v: [check_domain(d) for d in v]))
+    domains: list[Annotated[str, AfterValidator(_internet_domain)]] = Field([], max_length=MAX_DOMAINS)
 
 
 class LabNet(_Model):
     subnet: str = "198.51.100.0/24"
     # Fixed addresses for the lab's hosts; the gateway's is gateway.address. 'traffic' sends as
     # the internet's senders, 'exo' as Exchange Online's outbound servers.
-    addresses: dict[Literal["dns", "eop", "sink", "traffic", "exo"], str] = {}
+    addresses: dict[Literal["dns", "eop", "sink", "traffic", "exo"], LabIp] = {}
 
     @field_validator("subnet")
     @classmethod
     def _subnet(cls, v):
         try:
             net = ipaddress.ip_network(v, strict=True)
-        except ValueError as e:
-            raise ValueError(f"'{v}' is not a network in CIDR form ({e})") from None
+        except ValueError:
+            raise ValueError(f"{quote(v)} is not a network in CIDR form (address/prefix, host bits zero)") from None
         if net.version != 4 or not _in_lab_ranges(net):
-            raise ValueError(f"{v} is outside the lab's documentation ranges")
+            raise ValueError(f"{quote(v)} is outside the lab's documentation ranges")
         if net.prefixlen > 28:
-            raise ValueError(f"{v} is too small for a lab (use /28 or larger)")
+            raise ValueError(f"{quote(v)} is too small for a lab (use /28 or larger)")
         return str(net)
-
-    @field_validator("addresses")
-    @classmethod
-    def _addrs(cls, v):
-        return {k: check_lab_ip(ip) for k, ip in v.items()}
 
 
 class Message(_Model):
     id: Optional[str] = None
-    sender: str = Field(alias="from")
-    to: list[str] = Field(min_length=1)
-    subject: Optional[str] = None
+    sender: Address = Field(alias="from")
+    to: list[Address] = Field(min_length=1, max_length=MAX_RCPTS_PER_MESSAGE, description=(
+        f"At most {MAX_RCPTS_PER_MESSAGE} recipients (RFC 5321's minimum a server must take)."))
+    subject: Optional[Annotated[str, AfterValidator(text_line("a subject", MAX_TEXT))]] = Field(None, description=(
+        f"Printable, one line, at most {MAX_TEXT} characters."))
     via: Optional[Literal["exchange-online", "internet"]] = Field(None, description=(
         "'exchange-online': a tenant user's mail leaving through Exchange Online (to the gateway with "
         "centralized mail flow); 'internet': an outside sender delivering by MX. Default: by the sender."))
-    expect: Union[Outcome, dict[str, Outcome], None] = Field(None, description=(
+    # Keys normalised like recipients, so that an expectation can never be silently skipped.
+    expect: Union[Outcome, dict[Address, Outcome], None] = Field(None, description=(
         "The expected outcome for every recipient, or a map recipient -> outcome."))
-
-    _from = field_validator("sender")(classmethod(lambda cls, v: check_address(v)))
-    _to = field_validator("to")(classmethod(lambda cls, v: [check_address(a) for a in v]))
-
-    @field_validator("expect")
-    @classmethod
-    def _expect(cls, v):
-        # Keys normalised like recipients, so that an expectation can never be silently skipped.
-        return {check_address(k): o for k, o in v.items()} if isinstance(v, dict) else v
 
     @field_validator("id")
     @classmethod
     def _id(cls, v):
-        if v is not None and not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,40}$", v):
-            raise ValueError(f"'{v}': ids are letters, digits, '.', '_' or '-' (at most 41)")
+        if v is not None and not _MSG_ID_RE.fullmatch(v):
+            raise ValueError(f"{quote(v)}: ids are letters, digits, '.', '_' or '-' (at most 41)")
         return v
 
     def expected_for(self, rcpt: str) -> Optional[str]:
@@ -308,14 +368,17 @@ class Message(_Model):
 
 class Scenario(_Model):
     name: str
-    description: str = ""
+    description: Annotated[str, AfterValidator(text_line("a description", MAX_TEXT))] = Field("", description=(
+        f"One line of printable text, at most {MAX_TEXT} characters (shown in terminals and reports)."))
     lab: LabNet = LabNet()
     eop: Eop = Eop()
-    tenants: dict[str, Tenant] = Field(min_length=1)
+    tenants: dict[TenantName, Tenant] = Field(min_length=1, max_length=MAX_TENANTS)
     internet: Internet = Internet()
-    certificates: dict[str, Certificate] = {}
+    certificates: dict[CertKey, Certificate] = Field({}, max_length=MAX_CERTIFICATES, description=(
+        "Keys: lower-case letters, digits, '.', '_', '-' (they name files)."))
     gateway: Gateway
-    traffic: list[Message] = Field(min_length=1)
+    traffic: list[Message] = Field(min_length=1, description=(
+        f"At most {MAX_RECIPIENTS} message × recipient pairs in all (LABGEN_MAX_RECIPIENTS raises it)."))
     deadline_s: float = Field(default=15.0, gt=0, le=600, description=(
         "Seconds the traffic may take to settle; what is still queued then counts as deferred."))
     # The file it came from, for error messages raised after validation (e.g. by the planner).
@@ -328,16 +391,18 @@ class Scenario(_Model):
     @field_validator("name")
     @classmethod
     def _name(cls, v):
-        if not re.match(r"^[a-z0-9][a-z0-9-]{0,30}$", v):
-            raise ValueError(f"'{v}': a lab name is lower-case letters, digits and '-' (at most 31)")
+        if not _LAB_NAME_RE.fullmatch(v):
+            raise ValueError(f"{quote(v)}: a lab name is lower-case letters, digits and '-' (at most 31)")
         return v
 
-    @field_validator("tenants")
+    @field_validator("traffic")
     @classmethod
-    def _tenant_names(cls, v):
-        for name in v:
-            if not re.match(r"^[a-z0-9][a-z0-9-]{0,40}$", name):
-                raise ValueError(f"tenant name '{name}' must be lower-case letters, digits and '-'")
+    def _pairs(cls, v):
+        limit = env_limit("LABGEN_MAX_RECIPIENTS", MAX_RECIPIENTS)
+        pairs = sum(len(m.to) for m in v)
+        if pairs > limit:
+            raise ValueError(f"{pairs} message × recipient pairs; labgen sends at most {limit} per scenario "
+                             "(raise it with LABGEN_MAX_RECIPIENTS=N)")
         return v
 
     @model_validator(mode="after")
@@ -364,7 +429,7 @@ def protection_host(tenant: str) -> str:
     return f"{tenant}.{PROTECTION_SUFFIX}"
 
 
-# ---------------------------------------------------------------- loading and cross-checks
+# ---------------------------------------------------------------- cross-checks
 
 class _Located(Exception):
     def __init__(self, path: str, message: str):
@@ -380,62 +445,79 @@ def _cross_check(s: Scenario) -> None:
         for i, d in enumerate(tenant.domains):
             where = f"tenants.{tname}.domains[{i}].name"
             if d.name in seen_domains:
-                raise _Located(where, f"domain '{d.name}' is already used by {seen_domains[d.name]}")
+                raise _Located(where, f"domain {quote(d.name)} is already used by {seen_domains[d.name]}")
             seen_domains[d.name] = f"tenant {tname}"
         for i, mbx in enumerate(tenant.mailboxes):
             if domain_of(mbx) not in own:
                 raise _Located(f"tenants.{tname}.mailboxes[{i}]",
-                               f"'{mbx}' is not in one of tenant {tname}'s domains ({', '.join(sorted(own))})")
+                               f"{quote(mbx)} is not in one of tenant {tname}'s domains "
+                               f"({escape(', '.join(sorted(own)), 120)})")
         for i, c in enumerate(tenant.inbound_connectors):
             if c.type == "OnPremises" and not (c.tls_sender_certificate_name or c.sender_ip_addresses):
                 raise _Located(f"tenants.{tname}.inbound_connectors[{i}]",
                                "an OnPremises connector needs tls_sender_certificate_name or sender_ip_addresses")
     for i, d in enumerate(s.internet.domains):
         if d in seen_domains or s.tenant_of_domain(d):
-            raise _Located(f"internet.domains[{i}]", f"domain '{d}' is already a tenant's domain")
+            raise _Located(f"internet.domains[{i}]", f"domain {quote(d)} is already a tenant's domain")
         seen_domains[d] = "the internet"
     names = set(s.certificates)
-    if s.gateway.server_certificate and s.gateway.server_certificate not in names:
+    if s.gateway.server_certificate is not None and s.gateway.server_certificate not in names:
         raise _Located("gateway.server_certificate", _unknown_cert(s.gateway.server_certificate, names))
     conn_names: set[str] = set()
     for i, c in enumerate(s.gateway.connectors):
         if c.name in conn_names:
-            raise _Located(f"gateway.connectors[{i}].name", f"connector name '{c.name}' is used twice")
+            raise _Located(f"gateway.connectors[{i}].name", f"connector name {quote(c.name)} is used twice")
         conn_names.add(c.name)
-        if c.certificate and c.certificate not in names:
+        if c.certificate is not None and c.certificate not in names:
             raise _Located(f"gateway.connectors[{i}].certificate", _unknown_cert(c.certificate, names))
     spaces: dict[str, int] = {}
     for i, c in enumerate(s.gateway.connectors):
         for j, space in enumerate(c.address_space):
             if space in spaces:
                 raise _Located(f"gateway.connectors[{i}].address_space[{j}]",
-                               f"'{space}' is already in connector {spaces[space]}'s address space")
+                               f"{quote(space)} is already in connector {spaces[space]}'s address space")
             spaces[space] = i
     known = set(seen_domains) | {routing_domain(t) for t in s.tenants}
     ids: set[str] = set()
     for i, m in enumerate(s.traffic):
         if m.id in ids:
-            raise _Located(f"traffic[{i}].id", f"message id '{m.id}' is used twice")
+            raise _Located(f"traffic[{i}].id", f"message id {quote(m.id)} is used twice")
         ids.add(m.id)
         for j, rcpt in enumerate(m.to):
             if domain_of(rcpt) not in known:
                 raise _Located(f"traffic[{i}].to[{j}]",
-                               f"'{rcpt}' is in no lab domain; add its domain to a tenant or to internet.domains")
+                               f"{quote(rcpt)} is in no lab domain; add its domain to a tenant or to internet.domains")
         sender_domain = domain_of(m.sender)
         if sender_domain not in known:
             raise _Located(f"traffic[{i}].from",
-                           f"'{m.sender}' is in no lab domain; add its domain to a tenant or to internet.domains")
+                           f"{quote(m.sender)} is in no lab domain; add its domain to a tenant or to internet.domains")
         if m.via == "exchange-online" and s.tenant_of_domain(sender_domain) is None:
-            raise _Located(f"traffic[{i}].via", f"'{m.sender}' is not a tenant user, so it cannot send via exchange-online")
+            raise _Located(f"traffic[{i}].via",
+                           f"{quote(m.sender)} is not a tenant user, so it cannot send via exchange-online")
         if isinstance(m.expect, dict):
             for rcpt in m.expect:
                 if rcpt.lower() not in [t.lower() for t in m.to]:
-                    raise _Located(f"traffic[{i}].expect.{rcpt}", f"'{rcpt}' is not one of this message's recipients")
+                    raise _Located(f"traffic[{i}].expect{_key_part(rcpt)}",
+                                   f"{quote(rcpt)} is not one of this message's recipients")
 
 
 def _unknown_cert(name: str, names: set[str]) -> str:
-    have = ", ".join(sorted(names)) or "none are defined"
-    return f"unknown certificate '{name}' (certificates: {have})"
+    have = escape(", ".join(sorted(names)), 120) or "none are defined"
+    return f"unknown certificate {quote(name)} (certificates: {have})"
+
+
+# ---------------------------------------------------------------- error paths
+
+# A key printed as is in a YAML path; anything else is printed quoted: ["odd key"].
+_PLAIN_KEY_RE = re.compile(r"[A-Za-z0-9_@+-][A-Za-z0-9_@.+-]{0,59}")
+# pydantic's names for union members and dict keys are not YAML keys.
+_PYDANTIC_TAG_RE = re.compile(r"(literal\[|dict\[|function-|list\[).*\]|Smarthost|\[key\]")
+
+
+def _key_part(key) -> str:
+    if isinstance(key, str) and _PLAIN_KEY_RE.fullmatch(key):
+        return f".{key}"
+    return f"[{quote(key)}]"
 
 
 def _format_loc(loc: tuple) -> str:
@@ -443,44 +525,141 @@ def _format_loc(loc: tuple) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("function-after", "function-before") or str(part).startswith(("literal[", "function-", "dict[")):
-            continue  # pydantic's union-member tags are not YAML keys
-        elif str(part) in ("Smarthost",):
+        elif _PYDANTIC_TAG_RE.fullmatch(str(part)):
             continue
         else:
-            out += ("." if out else "") + str(part)
-    return out or "(top level)"
+            out += _key_part(part)
+    return out.removeprefix(".") or "(top level)"
 
 
 def _first_error(exc: ValidationError) -> tuple[str, str]:
     errs = exc.errors()
     # For a union (e.g. route: mx | {smarthost}), report the member that got furthest.
     err = max(errs, key=lambda e: len(e["loc"]))
-    msg = err["msg"]
-    if msg.startswith("Value error, "):
-        msg = msg[len("Value error, "):]
+    msg = err["msg"].removeprefix("Value error, ")
+    ctx = err.get("ctx") or {}
     if err["type"] == "extra_forbidden":
         msg = "unknown key (check the spelling; `labgen schema` lists the keys)"
     elif err["type"] == "missing":
         msg = "required key is missing"
+    elif err["type"] == "too_long" and "max_length" in ctx and ctx.get("field_type") != "String":
+        got = f" ({ctx['actual_length']})" if ctx.get("actual_length") is not None else ""
+        msg = f"too many items{got}; labgen allows at most {ctx['max_length']} here"
     return _format_loc(tuple(err["loc"])), msg
 
 
-def parse_scenario(data, source: str) -> Scenario:
+def parse_scenario(data, source: str, default_name: Optional[str] = None) -> Scenario:
+    """Validate loaded YAML. `source` is the file as the user named it (shown in errors);
+    `default_name` the lab name when the file has none (by default: the file's stem)."""
+    label = escape(source, 100)
     if not isinstance(data, dict):
-        raise InputError(f"{source}: (top level): expected a mapping of scenario keys")
+        raise InputError(f"{label}: (top level): expected a mapping of scenario keys")
+    env_limit("LABGEN_MAX_RECIPIENTS", MAX_RECIPIENTS)  # a bad setting is reported before the file
     data = dict(data)
-    data.setdefault("name", Path(source).stem if source.endswith((".yaml", ".yml")) else source)
+    if "name" not in data:
+        if default_name is None:
+            default_name = Path(source).stem if source.endswith((".yaml", ".yml")) else source
+        if not _LAB_NAME_RE.fullmatch(default_name):
+            raise InputError(f"{label}: name: required key is missing, and the file name {quote(default_name)} "
+                             "is no lab name (lower-case letters, digits and '-', at most 31); add name:")
+        data["name"] = default_name
     try:
         scenario = Scenario.model_validate(data)
-        scenario._source = source
+        scenario._source = label  # escaped: the planner quotes it in its errors
         _cross_check(scenario)
     except ValidationError as exc:
         path, msg = _first_error(exc)
-        raise InputError(f"{source}: {path}: {msg}") from None
+        raise InputError(one_line(f"{label}: {path}: {msg}")) from None
     except _Located as exc:
-        raise InputError(f"{source}: {exc.path}: {exc.message}") from None
+        raise InputError(one_line(f"{label}: {exc.path}: {exc.message}")) from None
     return scenario
+
+
+# ---------------------------------------------------------------- reading files
+
+class _Refused(yaml.MarkedYAMLError):
+    """Well-formed YAML that labgen refuses to read (duplicate keys, too deep, too big, a value
+    Python cannot hold)."""
+
+    def __init__(self, problem: str, mark):
+        super().__init__(None, None, problem, mark)
+
+
+class _ScenarioLoader(yaml.SafeLoader):
+    """Safe loading, plus what a file from a stranger needs: duplicate keys are an error (the
+    last would silently win), nesting is capped (deep nesting overflows Python's stack), and the
+    document's size with every alias expanded is capped (aliases multiply what validation walks)."""
+
+    def __init__(self, stream, max_nodes: int):
+        super().__init__(stream)
+        self._depth = 0
+        self._max_nodes = max_nodes
+        self._sizes: dict[int, int] = {}  # id(node) -> nodes under it, aliases expanded
+
+    def compose_node(self, parent, index):
+        is_alias = self.check_event(yaml.AliasEvent)
+        start = self.peek_event().start_mark
+        self._depth += 1
+        if self._depth > MAX_DEPTH:
+            raise _Refused(f"nested deeper than {MAX_DEPTH} levels; a scenario needs about 8", start)
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+        size = self._sizes.get(id(node))
+        if size is None:
+            if is_alias:  # an alias of a node still being composed: a cycle
+                raise _Refused("an alias refers to a node that contains it", start)
+            if isinstance(node, yaml.SequenceNode):
+                children = node.value
+            elif isinstance(node, yaml.MappingNode):
+                children = [n for pair in node.value for n in pair]
+            else:
+                children = []
+            size = 1 + sum(self._sizes[id(c)] for c in children)
+            self._sizes[id(node)] = size
+        if size > self._max_nodes:
+            raise _Refused(f"more than {self._max_nodes} values with every alias expanded; a scenario "
+                           "needs far fewer", start)
+        return node
+
+    def compose_mapping_node(self, anchor):
+        node = super().compose_mapping_node(anchor)
+        first: dict[tuple[str, str], int] = {}
+        for key, _ in node.value:
+            if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+                continue  # '<<' merges are meant to be overridden
+            line = key.start_mark.line + 1
+            ident = (key.tag, key.value)
+            if ident in first:
+                raise _Refused(f"duplicate key {quote(key.value)} (lines {first[ident]} and {line}); keep one",
+                               key.start_mark)
+            first[ident] = line
+        return node
+
+    def construct_object(self, node, deep=False):
+        # Scalars Python cannot hold (a 5000-digit int, the 31st of February) are bad input too.
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, OverflowError) as exc:
+            raise _Refused(f"cannot read this value ({escape(exc, 80)})", node.start_mark) from None
+
+
+def load_yaml(text: str, label: str) -> object:
+    """Parse a scenario's YAML; any problem is one InputError line naming file and line."""
+    max_nodes = max(300_000, 15 * env_limit("LABGEN_MAX_RECIPIENTS", MAX_RECIPIENTS))
+    loader = _ScenarioLoader(text, max_nodes)
+    try:
+        return loader.get_single_data()
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
+        problem = getattr(exc, "problem", None) or (str(exc).splitlines() or ["?"])[0]
+        if isinstance(exc, _Refused):
+            raise InputError(one_line(f"{label}: {where}: {problem}")) from None
+        raise InputError(one_line(f"{label}: {where}: malformed YAML ({escape(problem, 120)}); fix the syntax")) from None
+    finally:
+        loader.dispose()
 
 
 def builtin_names() -> list[str]:
@@ -490,30 +669,41 @@ def builtin_names() -> list[str]:
 def scenario_path(ref: str) -> Path:
     """A built-in scenario name or a path to a YAML file."""
     p = Path(ref)
+    label = escape(ref, 100)
     if p.suffix in (".yaml", ".yml") or "/" in ref:
         if not p.is_file():
-            raise InputError(f"{ref}: no such scenario file; check the path")
+            raise InputError(f"{label}: no such scenario file; check the path")
         return p
     builtin = resource_dir("scenarios") / f"{ref}.yaml"
-    if not builtin.is_file():
-        raise InputError(f"{ref}: unknown scenario; built-ins are {', '.join(builtin_names())} "
+    if "\x00" in ref or not builtin.is_file():
+        raise InputError(f"{label}: unknown scenario; built-ins are {', '.join(builtin_names())} "
                          "(or give a path to a .yaml file)")
     return builtin
 
 
-def load_scenario(ref: str) -> Scenario:
-    path = scenario_path(ref)
-    label = path.name
+def read_scenario_text(path: Path, label: str) -> str:
+    """The file's text, refusing files over the size limit before reading more than it."""
+    limit = env_limit("LABGEN_MAX_SCENARIO_BYTES", MAX_SCENARIO_BYTES)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise InputError(f"{label}: {where}: malformed YAML ({problem}); fix the syntax") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{label}: cannot read the file ({exc})") from None
-    return parse_scenario(data, label)
+        with path.open("rb") as f:
+            raw = f.read(limit + 1)
+    except OSError as exc:
+        raise InputError(f"{label}: cannot read the file ({escape(exc.strerror or exc, 80)})") from None
+    if len(raw) > limit:
+        raise InputError(f"{label}: larger than {limit} bytes, the limit for a scenario file; "
+                         "raise it with LABGEN_MAX_SCENARIO_BYTES=N if the file is meant to be this big")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{label}: not UTF-8 text (byte {exc.start}); save the file as UTF-8") from None
+
+
+def load_scenario(ref: str) -> Scenario:
+    """Load a built-in by name or a file by path; errors name it as the user typed it."""
+    path = scenario_path(ref)
+    label = escape(ref, 100)
+    data = load_yaml(read_scenario_text(path, label), label)
+    return parse_scenario(data, ref, default_name=path.stem)
 
 
 def json_schema() -> dict:
