@@ -9,8 +9,10 @@ CIDR-based connectors meaningful and needs no setup on Linux.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
+import re
 import secrets
 from pathlib import Path
 from typing import Callable, Optional
@@ -163,12 +165,39 @@ def _records(s: Scenario, hosts: dict[str, list[str]]) -> tuple[list[str], list[
 
 # ---------------------------------------------------------------- certificates
 
+# A certificate's file stem as it appears in certs/ and in Postfix's master.cf: one path
+# component of characters that need no quoting anywhere, never '.' or '..' (it starts with a
+# letter or digit).
+CERT_STEM = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+# Files the PKI writes into certs/ itself: no certificate may be named like them.
+_RESERVED_STEMS = frozenset({"ca-root", "ca-intermediate", "eop-accept", "spec"})
+
+
+def _cert_stems(keys: list[str]) -> dict[str, str]:
+    """A distinct, safe file stem per certificate key. A key that is already a safe stem keeps
+    its name (gw-selfsigned -> gw-selfsigned); any other key becomes its safe characters plus a
+    hash of the whole key, lengthened until it clashes with no other stem."""
+    stems = {k: k for k in keys if CERT_STEM.fullmatch(k) and k not in _RESERVED_STEMS}
+    used = set(stems.values())
+    for key in keys:
+        if key in stems:
+            continue
+        base = re.sub(r"[^a-z0-9._-]+", "-", key.lower()).strip("._-")[:40] or "cert"
+        digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+        stem = next(c for n in range(10, len(digest) + 1, 6)
+                    if (c := f"{base}-{digest[:n]}") not in used)  # 64 hex digits: distinct keys never clash
+        stems[key] = stem
+        used.add(stem)
+    return {k: stems[k] for k in keys}
+
+
 def _cert_files(s: Scenario) -> dict[str, CertFiles]:
-    names = list(s.certificates) + ["eop-server", "sink-server"]
-    if not s.gateway.server_certificate:
-        names.append("gateway-server")
-    return {n: CertFiles(cert=f"certs/{n}.crt", key=f"certs/{n}.key", chain=f"certs/{n}.chain.pem")
-            for n in names}
+    """File names under certs/ for the scenario's certificates and the services' own ones."""
+    names = list(dict.fromkeys([*s.certificates, "eop-server", "sink-server",
+                                *([] if s.gateway.server_certificate else ["gateway-server"])]))
+    stems = _cert_stems(names)
+    return {n: CertFiles(cert=f"certs/{stems[n]}.crt", key=f"certs/{stems[n]}.key",
+                         chain=f"certs/{stems[n]}.chain.pem") for n in names}
 
 
 def sink_host(s: Scenario) -> str:
