@@ -12,9 +12,11 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
+from .errors import InfraError
 from .plan import CertFiles, Plan, gateway_server_cert
 from .routing import inbound_domains
 from .scenario import SendConnector
+from .textsafe import Checked, checked, one_line, shown
 
 LOG_FILE = "run/postfix.log"
 
@@ -39,26 +41,136 @@ def transport_map(plan: Plan) -> str:
     from the most specific up, then '*': the connectors' "most specific wins"."""
     entries: dict[str, tuple[int, str]] = {}  # key -> (weight, value); one line per key
     for t in transports(plan):
-        nexthop = f"[{t.connector.smarthost}]" if t.connector.smarthost else ""
+        name = _ok("transport", t.name, "transport name")
+        smarthost = t.connector.smarthost
+        nexthop = f"[{_ok('hostname', smarthost, 'smarthost')}]" if smarthost else ""
         for space in t.connector.address_space:
             if space == "*":
                 keys = [("*", 0)]
             elif space.startswith("*."):  # the domain itself and its subdomains
-                keys = [(space[2:], 1), ("." + space[2:], 1)]
+                base = _ok("hostname", space[2:], "address space")
+                keys = [(base, 1), ("." + base, 1)]
             else:
-                keys = [(space, 2)]  # an exact space beats a wildcard's bare key
+                keys = [(_ok("hostname", space, "address space"), 2)]  # an exact space beats a wildcard's bare key
             for key, weight in keys:
                 if key not in entries or weight > entries[key][0]:
-                    entries[key] = (weight, f"{t.name}:{nexthop}")
+                    entries[key] = (weight, f"{name}:{nexthop}")
     lines = ["# domain  transport:nexthop   ([host] = smarthost without MX lookup; empty = MX)"]
     lines += [f"{key:<40} {value}" for key, (_, value) in entries.items()]
-    return "\n".join(lines) + "\n"
+    return check_transport_map("\n".join(lines) + "\n")
 
 
 def render_context(plan: Plan) -> dict:
-    return {"plan": plan, "s": plan.scenario, "transports": transports(plan),
-            "exo_ip": plan.hosts["traffic"][1], "relay_domains": inbound_domains(plan.scenario) or ["$mydestination"],
-            "server_cert": plan.certs[gateway_server_cert(plan)]}
+    """What the Postfix templates print: only `Checked` values, each matched against the grammar
+    of its place in main.cf/master.cf, or made a one-line comment. The templates' environment
+    refuses anything else (see `only_checked`), so an unchecked scenario string cannot get in."""
+    s = plan.scenario
+    relay = inbound_domains(s)
+    server_cert = plan.certs[gateway_server_cert(plan)]
+    return {
+        "lab": comment(plan.lab, 64),
+        "gateway_hostname": _ok("hostname", s.gateway.hostname, "gateway.hostname"),
+        "exo_ip": _ok("ipv4", plan.hosts["traffic"][1], "Exchange Online's address"),
+        "relay_domains": Checked(", ".join(_ok("hostname", d, "relay domain") for d in relay) if relay else "$mydestination"),
+        "server_key": _ok("cert path", server_cert.key, "the gateway's server key"),
+        "server_chain": _ok("cert path", server_cert.chain, "the gateway's server chain"),
+        "transports": [{
+            "name": _ok("transport", t.name, "transport name"),
+            "about": comment(f'Send connector "{t.connector.name}": address space '
+                             f'{", ".join(t.connector.address_space)}', 160),
+            "source_ip": _ok("ipv4", t.source_ip, f"connector {t.name}'s source_ip"),
+            "tls": _ok("tls level", t.connector.tls, f"connector {t.name}'s tls"),
+            "cert_file": _ok("cert path", t.cert.chain, f"connector {t.name}'s certificate") if t.cert else None,
+            "key_file": _ok("cert path", t.cert.key, f"connector {t.name}'s key") if t.cert else None,
+        } for t in transports(plan)],
+    }
+
+
+# ---------------------------------------------------------------- grammar of config values
+
+def _ok(kind: str, value: object, what: str) -> Checked:
+    return checked(kind, value, what, "the gateway's Postfix configuration")
+
+
+def comment(value: object, limit: int) -> Checked:
+    """Human text for a '#' comment: one printable line."""
+    return Checked(one_line(value, limit))
+
+
+def only_checked(value: object) -> object:
+    """The Postfix templates' `finalize`: every {{ }} must print a Checked value."""
+    if isinstance(value, Checked):
+        return value
+    raise InfraError(f"a Postfix template printed the unchecked value {shown(value)} (a labgen bug)")
+
+
+# ---------------------------------------------------------------- final guard on rendered files
+# Whatever the templates and the checks above missed: each rendered line must have the shape
+# labgen writes. A violation is a labgen bug; the file is never written.
+
+_MAIN_LINE = re.compile(r"([a-z][a-z0-9_]*) =(?: ([!-~][ -~]*))?\Z")  # printable ASCII value
+_TEMPLATE_PARAM = re.compile(r"^([a-z][a-z0-9_]*) =", re.M)
+_MASTER_OPTION = re.compile(r"  -o ([a-z][a-z0-9_]*)=([^\s#{}\\,]+)\Z")
+_TEMPLATE_OPTION = re.compile(r"^\s+-o ([a-z][a-z0-9_]*)=", re.M)
+_CONN_SERVICE = re.compile(r"conn[0-9]{1,4} unix +- +- +n +- +- +smtp\Z")
+_MAP_LINE = re.compile(r"(\*|\.?(?:[a-z0-9-]+\.)+[a-z0-9-]+) +(conn[0-9]{1,4}):(?:\[(?:[a-z0-9-]+\.)+[a-z0-9-]+\])?\Z")
+
+
+def _bad_line(name: str, n: int, line: str, why: str) -> InfraError:
+    return InfraError(f"refusing to write {name}: line {n} {shown(line)} {why} (a labgen bug)")
+
+
+def _is_comment_line(line: str) -> bool:
+    return line.startswith("#") and line.isprintable()
+
+
+def check_main_cf(text: str, template: str) -> str:
+    """Every line blank, a one-line comment or `name = value` for a parameter the template sets,
+    each once: no value can add or override a parameter."""
+    allowed = set(_TEMPLATE_PARAM.findall(template))
+    seen: set[str] = set()
+    for n, line in enumerate(text.split("\n"), 1):
+        if not line or _is_comment_line(line):
+            continue
+        m = _MAIN_LINE.match(line)
+        if not m:
+            raise _bad_line("main.cf", n, line, "is not `name = value` in printable ASCII")
+        if m.group(1) not in allowed or m.group(1) in seen:
+            raise _bad_line("main.cf", n, line, "sets a parameter the template does not set once")
+        seen.add(m.group(1))
+    return text
+
+
+def check_master_cf(text: str, template: str) -> str:
+    """The template's own service lines, then one `connN unix ... smtp` per connector, whose
+    `-o name=value` options are the template's, with values that carry no space, '#' or '{}'."""
+    builtin = {ln for ln in template.split("\n") if ln and not ln[0].isspace() and ln[0] not in "#{"}
+    options = set(_TEMPLATE_OPTION.findall(template))
+    seen: set[str] = set()
+    in_conn = False
+    for n, line in enumerate(text.split("\n"), 1):
+        if not line or _is_comment_line(line):
+            continue
+        if line[0].isspace():
+            m = _MASTER_OPTION.match(line)
+            if not (in_conn and m and m.group(1) in options):
+                raise _bad_line("master.cf", n, line, "is not an `-o name=value` option of a connector's transport")
+            continue
+        if line not in builtin and not _CONN_SERVICE.match(line):
+            raise _bad_line("master.cf", n, line, "is not a service line labgen writes")
+        service = " ".join(line.split()[:2])
+        if service in seen:
+            raise _bad_line("master.cf", n, line, "defines a service twice")
+        seen.add(service)
+        in_conn = line not in builtin
+    return text
+
+
+def check_transport_map(text: str) -> str:
+    for n, line in enumerate(text.split("\n"), 1):
+        if line and not _is_comment_line(line) and not _MAP_LINE.match(line):
+            raise _bad_line("transport", n, line, "is not `domain connN:[nexthop]`")
+    return text
 
 
 # ---------------------------------------------------------------- log -> events

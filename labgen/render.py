@@ -1,16 +1,26 @@
 """Render a lab as a self-contained docker-compose project (the artifact users keep and run by
 hand): compose.yaml, the Postfix configuration, the lab's resolv.conf, plan.json, the
-certificates and a README, all under the lab directory with relative paths only."""
+certificates and a README, all under the lab directory with relative paths only.
+
+Scenario files come from strangers, so nothing here pastes a scenario string into structure:
+compose.yaml is data dumped by yaml.safe_dump, human text appears only as one sanitised line
+(labgen.textsafe), identifiers must match their grammar, and the Postfix files are checked line
+by line before anything is written (labgen.postfix)."""
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
+from typing import Any, Callable
 
+import yaml
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from . import __version__, postfix
-from .plan import Plan
+from .errors import InfraError
+from .plan import EOP_POOL_HOST, Plan
 from .resources import resource_dir
+from .textsafe import checked, md_inline, one_line, shown
 
 SERVICES = ("dns", "eop", "sink", "gateway", "traffic")
 HOSTNAMES = {"dns": "ns.lab.test", "sink": "mx-sink.lab.test", "traffic": "traffic.lab.test"}
@@ -20,37 +30,161 @@ def project_name(lab: str) -> str:
     return f"labgen-{lab}"
 
 
-def _env() -> Environment:
+def _env(finalize: Callable[[Any], Any]) -> Environment:
     return Environment(loader=FileSystemLoader(str(resource_dir("templates"))), undefined=StrictUndefined,
-                       keep_trailing_newline=True, trim_blocks=False)
+                       keep_trailing_newline=True, trim_blocks=False, finalize=finalize)
 
+
+def _ok(kind: str, value: object, what: str, where: str = "compose.yaml") -> str:
+    return str(checked(kind, value, what, where))  # a plain str: yaml.safe_dump knows no subclasses
+
+
+# ---------------------------------------------------------------- compose.yaml
 
 def _services(plan: Plan) -> list[dict]:
-    from .plan import EOP_POOL_HOST
     names = {**HOSTNAMES, "eop": EOP_POOL_HOST, "gateway": plan.scenario.gateway.hostname}
     out = []
     for svc in SERVICES:
-        ips = plan.hosts[svc]
-        out.append({"name": svc, "ip": ips[0], "extra_ips": ips[1:], "hostname": names[svc],
+        ips = [_ok("ipv4", ip, f"{svc}'s address") for ip in plan.hosts[svc]]
+        out.append({"name": svc, "ip": ips[0], "extra_ips": ips[1:],
+                    "hostname": _ok("hostname", names[svc], f"{svc}'s hostname"),
                     "depends_on": [s for s in SERVICES if s != "traffic"] if svc == "traffic" else
                     (["dns"] if svc != "dns" else [])})
     return out
 
 
-def render_project(plan: Plan, labdir: Path, image: str) -> list[Path]:
-    """Write the compose project for `plan` into labdir (which already holds certs/ and plan.json)."""
-    env = _env()
+def compose_data(plan: Plan, image: str) -> dict:
+    """The compose project as data. `version` stays so Debian's docker-compose 1.29 accepts it."""
+    lab = _ok("lab name", plan.lab, "the lab name")
+    project = project_name(lab)
+    image = _ok("image", image, "the lab image")
+    services: dict[str, dict] = {}
+    for svc in _services(plan):
+        name = svc["name"]
+        block: dict[str, Any] = {
+            "image": image,
+            "init": True,
+            "cap_add": ["NET_ADMIN"],
+            "volumes": ["./:/lab:ro", "./run:/lab/run", "./resolv.conf:/etc/resolv.conf:ro"],
+            "container_name": f"{project}-{name}",
+            "hostname": svc["hostname"],
+            "command": ["python3", "-m", "labgen.services", name],
+            "healthcheck": {"test": ["CMD", "python3", "-m", "labgen.services", name, "--probe"],
+                            "interval": "10s", "timeout": "5s", "retries": 3, "start_period": "5s"},
+        }
+        if svc["depends_on"]:
+            block["depends_on"] = svc["depends_on"]
+        block["labels"] = {"io.labgen.lab": lab, "io.labgen.service": name}
+        block["networks"] = {"lab": {"ipv4_address": svc["ip"]}}
+        services[name] = block
+    return {
+        "version": "3.8",
+        "services": services,
+        "networks": {"lab": {
+            "name": f"{project}-net",
+            "driver": "bridge",
+            "internal": True,
+            "driver_opts": {"com.docker.network.bridge.inhibit_ipv4": "true"},
+            "labels": {"io.labgen.lab": lab},
+            "ipam": {"config": [{"subnet": _ok("ipv4 network", plan.subnet, "the lab subnet")}]},
+        }},
+    }
+
+
+def _compose_text(plan: Plan, image: str) -> str:
+    data = compose_data(plan, image)
     project = project_name(plan.lab)
-    ctx = {"plan": plan, "s": plan.scenario, "project": project, "image": image, "version": __version__,
-           "services": _services(plan)}
+    extra = "; ".join(f"{s['name']} {', '.join(s['extra_ips'])}" for s in _services(plan) if s["extra_ips"])
+    header = [
+        f'Lab "{one_line(plan.lab, 64)}", rendered by labgen {__version__}.',
+        one_line(plan.scenario.description, 200),
+        "",
+        f"Run by hand from this directory:  docker compose -p {project} up -d   (or docker-compose)",
+        f"The verdict: docker logs -f {project}-traffic   and   run/result.json",
+        "",
+        "NET_ADMIN stays inside each container's own network namespace: it lets the service remove the",
+        f"default route Docker adds even on internal networks, and add its extra lab addresses ({extra or 'none'}).",
+        "resolv.conf: the lab DNS is the only resolver; it answers lab names and nothing else.",
+        "The network is internal: documentation-range addresses that lead nowhere, no NAT, and the",
+        "host itself takes no address on the bridge.",
+    ]
+    body = yaml.safe_dump(data, sort_keys=False, default_flow_style=None, allow_unicode=False, width=4096)
+    text = "".join(f"# {line}\n" if line else "#\n" for line in header) + body
+    # The header is comments only: the file must read back as exactly the data.
+    if yaml.safe_load(text) != data:
+        raise InfraError("refusing to write compose.yaml: its header comments changed the data (a labgen bug)")
+    return text
+
+
+# ---------------------------------------------------------------- README.md
+
+class Verbatim(str):
+    """README text labgen composed itself (shell commands, quoted with shlex): printed as is."""
+
+
+def _markdown(value: Any) -> Any:
+    """The README template's `finalize`: every {{ }} is literal Markdown text on one line,
+    except Verbatim, which must already be a single printable line."""
+    if isinstance(value, Verbatim):
+        if not value.isprintable():
+            raise InfraError(f"refusing to write README.md: {shown(value)} is not one printable line (a labgen bug)")
+        return value
+    return md_inline(value, 500)
+
+
+def _commands(plan: Plan) -> dict[str, Verbatim]:
+    """The README's shell commands: every argument quoted, so a scenario value cannot add any."""
+    project = project_name(plan.lab)
+    first = next(iter(plan.scenario.tenants.values()), None)
+    mailbox = first.mailboxes[0] if first and first.mailboxes else "user@example"
+
+    def cmd(*argv: str) -> Verbatim:
+        return Verbatim(shlex.join(argv))
+    return {
+        "up": cmd("docker", "compose", "-p", project, "up", "-d"),
+        "up_v1": cmd("docker-compose", "-p", project, "up", "-d"),
+        "logs": cmd("docker", "logs", "-f", f"{project}-traffic"),
+        "swaks": cmd("docker", "exec", "-it", f"{project}-traffic", "swaks", "--server", plan.hosts["eop"][0],
+                     "--to", mailbox, "--tls"),
+        "down": cmd("docker", "compose", "-p", project, "down"),
+        "down_labgen": cmd("labgen", "down", plan.lab),
+    }
+
+
+def _readme(plan: Plan, image: str) -> str:
+    env = _env(_markdown)
+    project = project_name(_ok("lab name", plan.lab, "the lab name", "README.md"))
+    ctx = {"plan": plan, "s": plan.scenario, "project": project, "image": _ok("image", image, "the image", "README.md"),
+           "version": __version__, "services": _services(plan), "cmd": _commands(plan)}
+    return env.get_template("compose/README.md.j2").render(ctx)
+
+
+# ---------------------------------------------------------------- Postfix
+
+def _postfix_files(plan: Plan) -> dict[str, str]:
+    """main.cf and master.cf from templates that print only checked values, each file then
+    checked line by line against its template (postfix.check_*)."""
+    env = _env(postfix.only_checked)
+    ctx = postfix.render_context(plan)
+    out = {}
+    for name, check in (("main.cf", postfix.check_main_cf), ("master.cf", postfix.check_master_cf)):
+        template = f"postfix/{name}.j2"
+        source = env.loader.get_source(env, template)[0]
+        out[f"gateway/postfix/{name}"] = check(env.get_template(template).render(ctx), source)
+    out["gateway/postfix/transport"] = postfix.transport_map(plan)
+    return out
+
+
+def render_project(plan: Plan, labdir: Path, image: str) -> list[Path]:
+    """Write the compose project for `plan` into labdir (which already holds certs/ and plan.json).
+    Every file is rendered and checked before the first is written."""
     files = {
-        "compose.yaml": env.get_template("compose/compose.yaml.j2").render(ctx),
-        "README.md": env.get_template("compose/README.md.j2").render(ctx),
-        "resolv.conf": f"# The lab DNS only: no recursion, no internet.\nnameserver {plan.ip('dns')}\n"
+        "compose.yaml": _compose_text(plan, image),
+        "README.md": _readme(plan, image),
+        "resolv.conf": f"# The lab DNS only: no recursion, no internet.\n"
+                       f"nameserver {_ok('ipv4', plan.ip('dns'), 'the DNS address', 'resolv.conf')}\n"
                        "options timeout:1 attempts:2\n",
-        "gateway/postfix/main.cf": env.get_template("postfix/main.cf.j2").render(postfix.render_context(plan)),
-        "gateway/postfix/master.cf": env.get_template("postfix/master.cf.j2").render(postfix.render_context(plan)),
-        "gateway/postfix/transport": postfix.transport_map(plan),
+        **_postfix_files(plan),
     }
     written = []
     for rel, text in files.items():
