@@ -127,11 +127,11 @@ def certs(scenario, workdir, as_json):
     """Make (or reuse) the lab's PKI and list every certificate."""
     from .pki import describe, make_pki
     from .plan import make_plan
-    from .run import lab_dir
+    from .run import lab_dir, make_lab_dir
     s = load_scenario(scenario)
     plan = make_plan(s, "docker")
     labdir = lab_dir(_workdir(workdir), s.name)
-    labdir.mkdir(parents=True, exist_ok=True)
+    make_lab_dir(labdir)  # no symlink, labgen's own or empty; unwritable: exit 3 naming it
     make_pki(plan, labdir)
     rows = [{"name": "ca-root", "file": plan.ca_root, **describe(labdir / plan.ca_root)},
             {"name": "ca-intermediate", "file": plan.ca_intermediate, **describe(labdir / plan.ca_intermediate)}]
@@ -166,14 +166,15 @@ def pick_engine(name: str, quiet: bool = False):
     return engine
 
 
-def run_one(scenario: str, engine_name: str, workdir, subnet, as_json: bool) -> dict:
+def run_one(scenario: str, engine_name: str, workdir, subnet, as_json: bool, force: bool = False) -> dict:
     from .run import run_lab
     s = load_scenario(scenario)
     engine = pick_engine(engine_name, quiet=as_json)
     if as_json or not err.is_terminal:
-        return run_lab(s, engine, _workdir(workdir), subnet)
+        return run_lab(s, engine, _workdir(workdir), subnet, force=force)
     with err.status(f"{s.name}: starting") as status:
-        return run_lab(s, engine, _workdir(workdir), subnet, on_phase=lambda p: status.update(f"{s.name}: {p}"))
+        return run_lab(s, engine, _workdir(workdir), subnet, on_phase=lambda p: status.update(f"{s.name}: {p}"),
+                       force=force)
 
 
 def _exit_for(doc: dict) -> int:
@@ -188,9 +189,10 @@ def _exit_for(doc: dict) -> int:
 @click.option("--workdir", help="Where lab directories live (default: current directory or $LABGEN_WORKDIR).")
 @click.option("--subnet", help="Move the lab to another documentation-range subnet of the same size.")
 @click.option("--json", "as_json", is_flag=True, help="Print the labgen.result/v1 document.")
-def up(scenario, engine, workdir, subnet, as_json):
+@click.option("--force", is_flag=True, help="Use a non-empty labgen-<lab> directory labgen did not create.")
+def up(scenario, engine, workdir, subnet, as_json, force):
     """Bring a lab up, send its traffic, and show what happened to every message."""
-    doc = run_one(scenario, engine, workdir, subnet, as_json)
+    doc = run_one(scenario, engine, workdir, subnet, as_json, force)
     if as_json:
         _print_json(doc)
     else:
@@ -266,15 +268,17 @@ def trace(tenant, lab, workdir, as_json):
 @click.argument("scenario")
 @click.option("-o", "--output", "output", help="Directory to write (default: ./labgen-<lab>).")
 @click.option("--subnet", help="Move the lab to another documentation-range subnet of the same size.")
-def render(scenario, output, subnet):
+@click.option("--force", is_flag=True, help="Write into a non-empty directory labgen did not create.")
+def render(scenario, output, subnet, force):
     """Write the lab as a self-contained compose project, to run by hand."""
     from .engines.docker import DockerEngine
     from .images import image_tag
     from .render import project_name, render_project
     from .run import lab_dir, prepare_lab
     s = load_scenario(scenario)
-    labdir = Path(output).resolve() if output else lab_dir(_workdir(None), s.name)
-    plan, labdir = prepare_lab(s, DockerEngine(), labdir.parent, subnet, labdir=labdir)
+    # abspath, not resolve(): a symlinked output directory is refused, never followed
+    labdir = Path(os.path.abspath(output)) if output else lab_dir(_workdir(None), s.name)
+    plan, labdir = prepare_lab(s, DockerEngine(), labdir.parent, subnet, labdir=labdir, force=force)
     render_project(plan, labdir, image_tag())
     out.print(f"rendered lab {s.name} into {labdir}\n  run it: cd {labdir} && docker compose -p "
               f"{project_name(s.name)} up -d   (the image: labgen images build)", markup=False)

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from .errors import InfraError, InputError
 from .plan import EOP_POOL_HOST, Plan, sink_host
 from .scenario import PROTECTION_SUFFIX, Certificate
 
@@ -88,7 +89,7 @@ def _pem(cert: x509.Certificate) -> bytes:
 def _write_key(path: Path, key) -> None:
     data = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
     os.chmod(path, 0o600)
@@ -117,19 +118,52 @@ def _spec_digest(specs: dict[str, Certificate]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def _matches(key_path: Path, cert_path: Path, chain_path: Optional[Path] = None) -> bool:
+    """The key is the certificate's, and the chain file starts with that certificate."""
+    try:
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        chain = x509.load_pem_x509_certificates(chain_path.read_bytes()) if chain_path else [cert]
+    except (OSError, ValueError, TypeError):
+        return False
+    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    return key.public_key().public_bytes(*spki) == cert.public_key().public_bytes(*spki) and chain[0] == cert
+
+
+def _reusable(plan: Plan, labdir: Path, stamp: Path, digest: str) -> bool:
+    """Same definitions, same day, and every key still matches its certificate: a replaced key
+    would otherwise fail each later run with an opaque KEY_VALUES_MISMATCH."""
+    certs = labdir / "certs"
+    return (stamp.is_file() and stamp.read_text() == digest
+            and _matches(certs / "ca-root.key", labdir / plan.ca_root)
+            and _matches(certs / "ca-intermediate.key", labdir / plan.ca_intermediate)
+            and all(_matches(labdir / f.key, labdir / f.cert, labdir / f.chain) for f in plan.certs.values()))
+
+
 def make_pki(plan: Plan, labdir: Path) -> None:
-    """Write the CA, every scenario certificate and the service certificates under labdir."""
+    """Write the CA, every scenario certificate and the service certificates under labdir (which
+    make_lab_dir accepted); certs/ is 0700 and never a symlink."""
     labdir = Path(labdir)
     certs = labdir / "certs"
-    certs.mkdir(parents=True, exist_ok=True)
-    os.chmod(labdir, 0o700)
+    if certs.is_symlink():
+        raise InputError(f"{certs} is a symbolic link; labgen does not follow links in lab directories: "
+                         "remove it or choose another directory")
+    try:
+        _make_pki(plan, labdir, certs)
+    except OSError as e:
+        raise InfraError(f"cannot write the lab's certificates in {certs}: {e.strerror}; "
+                         "choose a writable directory with --workdir") from None
+
+
+def _make_pki(plan: Plan, labdir: Path, certs: Path) -> None:
+    certs.mkdir(mode=0o700, exist_ok=True)
     os.chmod(certs, 0o700)
     specs = {**plan.scenario.certificates, **service_cert_specs(plan)}
     digest = _spec_digest(specs)
     stamp = certs / "spec.sha256"
-    if stamp.is_file() and stamp.read_text() == digest and all(
-            (labdir / f.chain).is_file() for f in plan.certs.values()):
+    if _reusable(plan, labdir, stamp, digest):
         return
+    stamp.unlink(missing_ok=True)  # a run interrupted below regenerates everything next time
     now = dt.datetime.now(dt.timezone.utc)
     root_key, int_key = ec.generate_private_key(ec.SECP384R1()), ec.generate_private_key(ec.SECP256R1())
     root = _ca(ROOT_CN, root_key, now=now)

@@ -12,7 +12,7 @@ from typing import Callable, Optional
 
 from . import verdict
 from .engines.base import Engine
-from .errors import InfraError
+from .errors import InfraError, InputError
 from .pki import make_pki
 from .plan import Plan, make_plan
 from .scenario import Scenario
@@ -21,22 +21,56 @@ RESULT_SCHEMA = "labgen.result/v1"
 POLL_S = 0.05
 
 
+MARKER = ".labgen-lab"  # written into every lab directory labgen creates: it may rewrite its run/
+
+
 def lab_dir(workdir: Path, lab: str) -> Path:
     return Path(workdir) / f"labgen-{lab}"
 
 
-def make_lab_dir(labdir: Path) -> None:
+def _is_lab_dir(labdir: Path) -> bool:
+    """Marked by labgen, or a lab directory an earlier labgen wrote (plan and PKI stamp)."""
+    return any((labdir / rel).is_file() and not (labdir / rel).is_symlink()
+               for rel in (MARKER, "certs/spec.sha256"))
+
+
+def _refuse_symlink(path: Path) -> None:
+    if path.is_symlink():
+        raise InputError(f"{path} is a symbolic link; labgen does not follow links for lab directories: "
+                         "remove it or choose another directory (--workdir, -o)")
+
+
+def make_lab_dir(labdir: Path, force: bool = False) -> None:
+    """The lab directory, never through a symlink: created 0700 (it holds private keys) and
+    marked; an existing one only if labgen made it, it is empty, or `force` (then left as it is,
+    the keys are in its 0700 certs/)."""
+    _refuse_symlink(labdir)
     try:
-        labdir.mkdir(parents=True, exist_ok=True)
-        labdir.chmod(0o700)  # it holds private keys
+        if not labdir.exists():
+            labdir.parent.mkdir(parents=True, exist_ok=True)
+            labdir.mkdir(mode=0o700)
+            (labdir / MARKER).write_text("written by labgen: this lab directory's run/ is rewritten on every run\n")
+            return
+        if not labdir.is_dir():
+            raise InputError(f"{labdir} exists and is not a directory; remove it or choose another directory")
+        if _is_lab_dir(labdir) or not any(labdir.iterdir()):
+            labdir.chmod(0o700)
+        elif not force:
+            raise InputError(f"{labdir} is not empty and labgen did not create it; pass --force to write the lab "
+                             "into it anyway, or choose another directory")
+        elif (labdir / "run").exists() or (labdir / "run").is_symlink():
+            raise InputError(f"{labdir / 'run'} exists and labgen did not write it (it replaces run/ on every "
+                             "run); move it away or choose another directory")
+        (labdir / MARKER).write_text("written by labgen: this lab directory's run/ is rewritten on every run\n")
     except OSError as e:
-        raise InfraError(f"cannot create the lab directory {labdir}: {e.strerror}; choose another with --workdir") from None
+        raise InfraError(f"cannot create or use the lab directory {labdir}: {e.strerror}; choose another with "
+                         "--workdir") from None
 
 
 @contextmanager
-def lab_lock(labdir: Path):
+def lab_lock(labdir: Path, force: bool = False):
     """One labgen command per lab directory at a time (a second `up` would wipe the first's run/)."""
-    make_lab_dir(labdir)
+    make_lab_dir(labdir, force)
     with open(labdir / ".lock", "a") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -46,18 +80,29 @@ def lab_lock(labdir: Path):
         yield
 
 
+def fresh_run_dir(labdir: Path) -> Path:
+    """An empty run/ (0700) in a lab directory make_lab_dir accepted: the old one is labgen's."""
+    run_dir = labdir / "run"
+    _refuse_symlink(run_dir)
+    try:
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(mode=0o700)
+    except OSError as e:
+        raise InfraError(f"cannot make the run directory {run_dir}: {e.strerror}; free space or choose another "
+                         "--workdir") from None
+    return run_dir
+
+
 def prepare_lab(s: Scenario, engine: Engine, workdir: Path, subnet: Optional[str] = None,
-                labdir: Optional[Path] = None, plan: Optional[Plan] = None) -> tuple[Plan, Path]:
+                labdir: Optional[Path] = None, plan: Optional[Plan] = None, force: bool = False) -> tuple[Plan, Path]:
     """Plan (unless given), lab directory (0700), PKI, a fresh run directory and plan.json."""
     plan = plan or make_plan(s, engine.name, subnet)
     labdir = labdir or lab_dir(workdir, s.name)
-    make_lab_dir(labdir)
+    make_lab_dir(labdir, force)
     make_pki(plan, labdir)
     plan = engine.prepare(plan, labdir)
-    run_dir = labdir / "run"
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(mode=0o700)
+    fresh_run_dir(labdir)
     plan.save(labdir / "plan.json")
     return plan, labdir
 
@@ -71,17 +116,17 @@ def wait_settled(plan: Plan, events: Callable[[], list[dict]], deadline: float) 
 
 
 def run_lab(s: Scenario, engine: Engine, workdir: Path, subnet: Optional[str] = None,
-            on_phase: Callable[[str], None] = lambda _: None) -> dict:
+            on_phase: Callable[[str], None] = lambda _: None, force: bool = False) -> dict:
     t0 = time.monotonic()
     plan = make_plan(s, engine.name, subnet)  # bad input fails before anything is created
-    with lab_lock(lab_dir(workdir, s.name)):
+    with lab_lock(lab_dir(workdir, s.name), force):
         return _run_locked(s, engine, workdir, plan, t0, on_phase)
 
 
 def _run_locked(s: Scenario, engine: Engine, workdir: Path, plan: Plan, t0: float,
                 on_phase: Callable[[str], None]) -> dict:
     on_phase("making certificates")
-    plan, labdir = prepare_lab(s, engine, workdir, plan=plan)
+    plan, labdir = prepare_lab(s, engine, workdir, plan=plan)  # lab_lock has accepted (and marked) it
     try:
         on_phase(f"starting the lab ({engine.name} engine)")
         engine.start(plan, labdir, time.monotonic() + s.deadline_s + 60)
