@@ -12,6 +12,7 @@ the renderer refuses with an InfraError before writing any file.
 from __future__ import annotations
 
 import re
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -317,6 +318,25 @@ def test_unvalidated_plan_values_are_refused(mutate, named, tmp_path):
     with pytest.raises(InfraError) as exc:
         render_project(plan, tmp_path, IMAGE)
     assert named in exc.value.message and exc.value.message.isprintable()
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("mailbox", ["a`id`@contoso.example", "a$(id)|b@contoso.example", "o'neil;x&@contoso.example",
+                                     "-a@contoso.example"])
+def test_readme_shell_commands_quote_every_argument(mailbox, tmp_path):
+    plan = plan_with()
+    plan.scenario.tenants["contoso"].mailboxes[0] = mailbox
+    files = render(plan, tmp_path)
+    line = next(ln for ln in files["README.md"].split("\n") if " swaks " in ln)
+    assert shlex.split(line) == ["docker", "exec", "-it", "labgen-broken-traffic", "swaks", "--server",
+                                 plan.hosts["eop"][0], "--to", mailbox, "--tls"]
+
+
+def test_readme_shell_command_never_spans_lines(tmp_path):
+    plan = plan_with()
+    plan.scenario.tenants["contoso"].mailboxes[0] = "a@contoso.example\nrm -rf ~"
+    with pytest.raises(InfraError, match="README"):
+        render_project(plan, tmp_path, IMAGE)
     assert list(tmp_path.iterdir()) == []
 
 
