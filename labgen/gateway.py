@@ -3,14 +3,19 @@ Same semantics as the Postfix gateway of the Docker lab: receive on port 25 (rel
 Online's outbound address, inbound for the domains whose MX it is), route each recipient by
 connector address space, resolve MX through the lab DNS or use the smarthost, STARTTLS with the
 connector's client certificate from its source IP, retry 4xx until the run's deadline, and log
-every attempt."""
+every attempt. Mail loops end as in Postfix: a next hop that is one of the gateway's own addresses
+bounces (5.4.6), and every accepted message gets a Received: header whose count is checked against
+Postfix's hopcount_limit on receipt, so a loop through other hops ends too."""
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import itertools
+import re
 import secrets
 import time
+from email.utils import format_datetime
 from pathlib import Path
 
 from . import resolve, routing
@@ -22,6 +27,43 @@ from .smtpd import LabSMTP, server_tls_context
 
 RETRY_S = (0.5, 1.0, 2.0, 4.0)
 NO_CONNECTOR = "5.4.4 no send connector covers this domain"
+# Postfix's hopcount_limit default (the lab's main.cf keeps it): a message whose Received: headers,
+# the gateway's own included, reach it is refused at end of DATA with cleanup's CLEANUP_STAT_HOPS
+# reply (global/cleanup_strerror.c, the same since Postfix 2.3).
+HOPCOUNT_LIMIT = 50
+TOO_MANY_HOPS = "554 5.4.0 Error: too many hops"
+# A header line as Postfix's is_header() sees it: a name of printable ASCII without ':' or space,
+# optional blanks, then ':' (RFC 822 allowed blanks before the colon).
+_HEADER = re.compile(rb"^([\x21-\x39\x3b-\x7e]+)[ \t]*:")
+_UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
+
+
+def hop_count(message: bytes) -> int:
+    """The Received: headers in a message's primary header block (which ends at the first line
+    that is neither a header nor a continuation), as Postfix's cleanup counts them."""
+    count, start = 0, 0
+    while start < len(message):  # line by line, never splitting the (maybe large) body
+        end = message.find(b"\n", start)
+        end = len(message) if end < 0 else end
+        line, start = message[start:end].rstrip(b"\r"), end + 1
+        if line[:1] in (b" ", b"\t"):
+            continue  # a folded continuation of the header before
+        m = _HEADER.match(line)
+        if not m:
+            break
+        count += m.group(1).lower() == b"received"
+    return count
+
+
+def trace_date() -> str:
+    """The date of a Received: header as Postfix's mail_date() writes it (the lab runs in UTC)."""
+    return format_datetime(dt.datetime.now(dt.timezone.utc)) + " (UTC)"
+
+
+def printable(text: str, limit: int = 255) -> str:
+    """Client text fit for a header line, as Postfix's printable(): anything but printable ASCII
+    becomes '?' (so no CR, LF or control character reaches the message), then shortened."""
+    return _UNPRINTABLE.sub("?", text[:limit])
 
 
 class GatewayHandler:
@@ -31,6 +73,9 @@ class GatewayHandler:
         self.deadline = deadline
         self.resolver = resolve.resolver(plan.ip("dns"), plan.dns_port)
         self.trusted_clients = set(plan.hosts["traffic"][1:])  # Exchange Online's outbound address
+        # Every address the gateway listens on or sends from: a next hop there is itself
+        # (Postfix's own_inet_addr_list with inet_interfaces = all).
+        self.own_ips = frozenset(plan.hosts["gateway"])
         self.tasks: set[asyncio.Task] = set()
         self._tls = {}
         for c in self.s.gateway.connectors:
@@ -50,23 +95,63 @@ class GatewayHandler:
         qid = secrets.token_hex(5).upper()
         data = envelope.original_content or b""
         msgid = labgen_id(data) or getattr(envelope, "envid", None)
+        if hop_count(data) + 1 >= HOPCOUNT_LIMIT:  # + 1: the Received: header this hop adds
+            # Nothing is queued; the client (or the MTA before it) bounces, as with Postfix.
+            for r in envelope.rcpt_tos:
+                self.ledger.emit("rcpt", msgid=msgid, rcpt=r.lower(), action="reject", reply=TOO_MANY_HOPS,
+                                 reason=f"hop count exceeded (limit {HOPCOUNT_LIMIT})", client_ip=session.peer[0])
+            return TOO_MANY_HOPS
         self.ledger.emit("received", msgid=msgid, queue_id=qid, mail_from=envelope.mail_from,
                          rcpts=[r.lower() for r in envelope.rcpt_tos], client_ip=session.peer[0],
                          tls=server.tls_version())
+        data = self._received_header(server, session, envelope, qid) + data
         self._enqueue(qid, msgid, envelope.mail_from, list(envelope.rcpt_tos), data, getattr(envelope, "envid", None))
         return f"250 2.0.0 Ok: queued as {qid}"
+
+    def _received_header(self, server, session, envelope, qid: str) -> bytes:
+        """The trace header Postfix's smtpd prepends (smtpd.c; the lab DNS has no PTR records, so
+        the client's name is 'unknown'), with the TLS line of smtpd_tls_received_header = yes."""
+        ip = session.peer[0]
+        lines = [f"Received: from {printable(session.host_name or 'unknown')} (unknown [{ip}])"]
+        ssl_object = server.transport.get_extra_info("ssl_object") if server.transport else None
+        if ssl_object is not None:
+            cipher, protocol, bits = ssl_object.cipher()
+            lines += [f"\t(using {protocol} with cipher {cipher} ({bits}/{bits} bits))",
+                      "\t(No client certificate requested)"]
+        proto = ("ESMTP" if session.extended_smtp else "SMTP") + ("S" if ssl_object is not None else "")
+        lines.append(f"\tby {self.s.gateway.hostname} (labgen) with {proto} id {qid}")
+        when = trace_date()
+        if len(envelope.rcpt_tos) == 1:
+            lines.append(f"\tfor <{printable(envelope.rcpt_tos[0], 512)}>; {when}")
+        else:
+            lines[-1] += ";"
+            lines.append(f"\t{when}")
+        return ("\r\n".join(lines) + "\r\n").encode("ascii")
 
     def _enqueue(self, qid, msgid, mail_from, rcpts, data, envid):
         task = asyncio.create_task(self._deliver(qid, msgid, mail_from, rcpts, data, envid))
         self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(lambda t: self._delivery_done(t, qid, msgid))
+
+    def _delivery_done(self, task: asyncio.Task, qid: str, msgid) -> None:
+        """Retrieve every delivery task's outcome: a failure is one ledger event, never an asyncio
+        "exception was never retrieved" traceback (e.g. a task still running when the lab stops)."""
+        self.tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            self.ledger.emit("delivery_error", msgid=msgid, queue_id=qid,
+                             error=printable(f"{type(exc).__name__}: {exc}", 300))
 
     def _bounce(self, qid, mail_from, envid, failures, data):
         """Tell the sender, as Postfix does: an NDR from MAILER-DAEMON with the null sender."""
         if not mail_from or not failures:
             return  # never bounce a bounce
         ndr_qid = secrets.token_hex(5).upper()
-        ndr = build_ndr(self.s.gateway.hostname, qid, mail_from, envid, failures, data)
+        # As Postfix's bounce daemon posts it: with the one Received: header of local mail.
+        ndr = (f"Received: by {self.s.gateway.hostname} (labgen)\r\n\tid {ndr_qid}; {trace_date()}\r\n".encode("ascii")
+               + build_ndr(self.s.gateway.hostname, qid, mail_from, envid, failures, data))
         self.ledger.emit("ndr_queued", queue_id=ndr_qid, original_queue_id=qid, to=mail_from, original_msgid=envid)
         self._enqueue(ndr_qid, None, "", [mail_from], ndr, None)
 
@@ -103,12 +188,12 @@ class GatewayHandler:
         c = next(c for c in self.s.gateway.connectors if c.name == cname)
         base = dict(msgid=msgid, queue_id=qid, connector=cname)
         try:
-            hops = resolve.next_hops(self.resolver, target, mx=by_mx)
-        except resolve.DnsFailure as e:
+            hops = resolve.next_hops(self.resolver, target, mx=by_mx, own=self.own_ips)
+        except resolve.DnsFailure as e:  # no next hop: DNS, or it would be the gateway itself
             kind = "bounced" if e.permanent else "deferred"
             for r in rcpts:
-                self.ledger.emit(kind, rcpt=r.lower(), relay=None, reply=str(e), **base)
-            return ([], [(r, f"5.4.4 {e}") for r in rcpts]) if e.permanent else (rcpts, [])
+                self.ledger.emit(kind, rcpt=r.lower(), relay=None, reply=e.reply, dsn=e.status, **base)
+            return ([], [(r, e.reply) for r in rcpts]) if e.permanent else (rcpts, [])
         result = None
         for hop in hops:
             result = send(data, mail_from, rcpts, host=hop.host, ip=hop.ip, port=self.plan.smtp_port,
