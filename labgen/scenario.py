@@ -648,8 +648,9 @@ class _ScenarioLoader(yaml.SafeLoader):
 def load_yaml(text: str, label: str) -> object:
     """Parse a scenario's YAML; any problem is one InputError line naming file and line."""
     max_nodes = max(300_000, 15 * env_limit("LABGEN_MAX_RECIPIENTS", MAX_RECIPIENTS))
-    loader = _ScenarioLoader(text, max_nodes)
+    loader = None
     try:
+        loader = _ScenarioLoader(text, max_nodes)  # its reader already refuses control characters
         return loader.get_single_data()
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -659,7 +660,8 @@ def load_yaml(text: str, label: str) -> object:
             raise InputError(one_line(f"{label}: {where}: {problem}")) from None
         raise InputError(one_line(f"{label}: {where}: malformed YAML ({escape(problem, 120)}); fix the syntax")) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def builtin_names() -> list[str]:
