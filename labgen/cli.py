@@ -3,18 +3,40 @@
 
 from __future__ import annotations
 
-import json
-import os
+import signal
 import sys
-from pathlib import Path
+import threading
 
-import click
-from rich.console import Console
-from rich.text import Text
+INTERRUPTED = "labgen: interrupted; nothing this command started is left running"
 
-from . import __version__
-from .errors import InputError, LabgenError, escape, one_line
-from .scenario import builtin_names, json_schema, load_scenario
+
+def _interrupted_while_loading(signum, frame):
+    # Ctrl-C while the modules below load (a second or more on a slow machine): nothing has
+    # started yet, so the one line, not an import traceback.
+    sys.stderr.write(INTERRUPTED + "\n")
+    raise SystemExit(130)
+
+
+_previous_sigint = signal.getsignal(signal.SIGINT)
+# Not when SIGINT is ignored (a background job), nor when imported off the main thread.
+_guard = _previous_sigint is signal.default_int_handler and threading.current_thread() is threading.main_thread()
+if _guard:
+    signal.signal(signal.SIGINT, _interrupted_while_loading)
+
+import json  # noqa: E402
+import os  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import click  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.text import Text  # noqa: E402
+
+from . import __version__  # noqa: E402
+from .errors import InputError, LabgenError, escape, one_line  # noqa: E402
+from .scenario import builtin_names, json_schema, load_scenario  # noqa: E402
+
+if _guard:
+    signal.signal(signal.SIGINT, _previous_sigint)  # from here on LabgenGroup turns it into that line
 
 # Piped output is as wide as a log viewer, not 80 columns; no emoji codes (fingerprints hold ':cd:').
 out = Console(highlight=False, emoji=False, width=None if sys.stdout.isatty() else 160)
@@ -60,7 +82,7 @@ class LabgenGroup(click.Group):
             sys.exit(e.exit_code)
         except KeyboardInterrupt:
             # run_lab has already removed what this command started (engine.abort).
-            click.echo("labgen: interrupted; nothing this command started is left running", err=True)
+            click.echo(INTERRUPTED, err=True)
             sys.exit(130)
         except Exception as e:  # a bug or an environment labgen did not foresee: still one line
             if debug:

@@ -205,3 +205,48 @@ def test_down_all_and_a_lab_name_is_bad_usage(tmp_path):
     p = labgen("down", "broken", "--all", "--yes", cwd=tmp_path,
                env={"DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock"})
     one_line_error(p, 2, "--all")
+
+
+# ---------------------------------------------------------------- Ctrl-C
+
+def interrupt(tmp_path: Path, when) -> subprocess.CompletedProcess:
+    """Start `labgen up broken --engine local`, SIGINT it once `when()` holds, collect it."""
+    proc = subprocess.Popen([sys.executable, "-m", "labgen.cli", "up", "broken", "--engine", "local"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60  # an upper bound only
+    while not when() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert proc.poll() is None, "finished before the interrupt"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+# SIGINT exactly while labgen.cli imports its modules (rich, pydantic: a second on a slow machine).
+INTERRUPT_WHILE_IMPORTING = """
+import os, signal, sys
+class Interrupt:
+    def find_spec(self, name, path=None, target=None):
+        if name == "rich.console":
+            os.kill(os.getpid(), signal.SIGINT)
+sys.meta_path.insert(0, Interrupt())
+sys.argv = ["labgen", "up", "broken", "--engine", "local"]
+import labgen.cli
+labgen.cli.main()
+"""
+
+
+def test_ctrl_c_while_loading_is_one_line_and_exit_130(tmp_path):
+    p = subprocess.run([sys.executable, "-c", INTERRUPT_WHILE_IMPORTING], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode == 130, p.stderr
+    assert p.stderr.strip().splitlines() == ["labgen: interrupted; nothing this command started is left running"]
+    assert not (tmp_path / "labgen-broken").exists()
+
+
+def test_ctrl_c_during_start_up_is_one_line_and_exit_130(tmp_path):
+    lock = tmp_path / "labgen-broken" / ".lock"
+    p = interrupt(tmp_path, lock.exists)  # the command has begun: lab directory, PKI, engine start
+    assert p.returncode == 130, p.stderr
+    assert p.stderr.strip().splitlines() == ["labgen: interrupted; nothing this command started is left running"]
+    assert not (tmp_path / "labgen-broken" / "run" / "result.json").exists()
