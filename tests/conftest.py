@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
+import random
+import secrets
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
@@ -52,3 +57,73 @@ def docker_ready():
 @pytest.fixture
 def workdir(tmp_path):
     return tmp_path
+
+
+# ---------------------------------------------------------------- Docker labs the tests own
+
+# Docker tests only ever touch labs they created: each gets its own name (a prefix, a random
+# tag) and a /24 of 198.18.0.0/15 that no Docker network uses, and is removed by name at the end.
+TEST_LAB_PREFIX = os.environ.get("LABGEN_TEST_LAB_PREFIX", "d")
+
+
+@dataclass
+class OwnLab:
+    name: str
+    scenario: Path  # a copy of the scenario under the lab's own name
+    subnet: str  # the --subnet to run it on
+    original: str  # the scenario's own subnet
+
+    def ip(self, address: str) -> str:
+        """Where one of the scenario's addresses lands on the lab's subnet."""
+        return str(ipaddress.ip_network(self.subnet)[int(ipaddress.ip_address(address))
+                                                      - int(ipaddress.ip_network(self.original)[0])])
+
+
+def _docker_subnets() -> list:
+    from labgen.dockerapi import client
+    nets = []
+    for net in client().networks.list():
+        for cfg in (net.attrs.get("IPAM") or {}).get("Config") or []:
+            try:
+                nets.append(ipaddress.ip_network(cfg.get("Subnet", ""), strict=False))
+            except ValueError:
+                continue
+    return nets
+
+
+class OwnLabs:
+    def __init__(self, root: Path):
+        self.root, self.names, self.rng = root, [], random.Random()
+
+    def free_subnet(self) -> str:
+        taken = _docker_subnets()
+        for _ in range(200):
+            net = ipaddress.ip_network(f"198.{self.rng.randint(18, 19)}.{self.rng.randint(0, 255)}.0/24")
+            if not any(net.overlaps(t) for t in taken if t.version == 4):
+                return str(net)
+        raise AssertionError("no free /24 in 198.18.0.0/15 for a test lab")
+
+    def new(self, scenario: str, short: str) -> OwnLab:
+        src = Path(scenario) if scenario.endswith(".yaml") else REPO / "labgen" / "scenarios" / f"{scenario}.yaml"
+        data = yaml.safe_load(src.read_text())
+        name = f"{TEST_LAB_PREFIX}-{short}-{secrets.token_hex(3)}"
+        data["name"] = name
+        path = self.root / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        self.names.append(name)
+        return OwnLab(name, path, self.free_subnet(), data["lab"]["subnet"])
+
+    def remove_all(self) -> None:
+        from labgen.engines.docker import remove_lab
+        for name in self.names:
+            remove_lab(name)
+
+
+@pytest.fixture(scope="session")
+def test_labs(docker_ready, tmp_path_factory):
+    """Make test labs with `test_labs.new(scenario, short)`; every one is removed at the end."""
+    labs = OwnLabs(tmp_path_factory.mktemp("labs"))
+    try:
+        yield labs
+    finally:
+        labs.remove_all()
