@@ -66,6 +66,10 @@ def _hash(*parts: bytes) -> str:
     return h.hexdigest()[:12]
 
 
+# Data packages: top-level directories in a checkout, labgen/<name> in a wheel (pyproject.toml).
+_DATA_PACKAGES = ("templates", "compose")
+
+
 def _snapshot() -> dict[str, bytes]:
     """What the tag covers, read once: context path -> bytes. The lab-image files sit at the
     build context's root and labgen's *.py files under labgen/, as the Dockerfile expects. The
@@ -73,7 +77,10 @@ def _snapshot() -> dict[str, bytes]:
     lab, pkg = _lab_dir(), _package_dir()
     files = {p.relative_to(lab).as_posix(): p.read_bytes() for p in _files(lab)}
     for p in _files(pkg, "*.py"):
-        files["labgen/" + p.relative_to(pkg).as_posix()] = p.read_bytes()
+        rel = p.relative_to(pkg)
+        if rel.parts[0] in _DATA_PACKAGES:
+            continue  # in a wheel they sit inside the package; the image needs neither
+        files["labgen/" + rel.as_posix()] = p.read_bytes()
     return files
 
 
