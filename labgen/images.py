@@ -1,10 +1,12 @@
 """The lab image: the one Docker image every lab container runs.
 
-Its tag is a content hash of what goes into it (compose/lab-image/, labgen's own source, the
-Python requirements), so `ensure_image()` builds only when that content changed. It builds
-without any container registry: the base is a Debian bookworm rootfs made with mmdebstrap from
-the host's Debian mirror and `docker import`ed, and the Python dependencies are wheels downloaded
-on the host. Where a registry works, the same Dockerfile builds FROM debian:bookworm instead.
+Its tag is a content hash of what goes into it (compose/lab-image/ and labgen's own source), so
+`ensure_image()` builds only when that content changed. It builds without any container registry:
+the base is a Debian trixie rootfs made with mmdebstrap from the host's Debian mirror and
+`docker import`ed. Every dependency, labgen's Python libraries included, is a Debian package of
+that rootfs (trixie carries pydantic 2, cryptography 43, aiosmtpd 1.4.6): no pip, no wheels, no
+virtualenv, so the build needs nothing from the Python that runs labgen and is one mmdebstrap plus
+a COPY. Where a registry works, the same Dockerfile builds FROM debian:trixie instead.
 """
 
 from __future__ import annotations
@@ -32,27 +34,12 @@ from labgen.dockerapi import client as docker_client
 from labgen.errors import InfraError
 from labgen.resources import resource_dir
 
-# labgen's runtime dependencies, installed into the image's venv. Keep in step with pyproject.toml.
-REQUIREMENTS = [
-    "click>=8.1",
-    "jinja2>=3.1",
-    "aiosmtpd>=1.4.3",
-    "cryptography>=41",
-    "docker>=6.1",
-    "pydantic>=2.5",
-    "PyYAML>=6.0",
-    "dnslib>=0.9.23",
-    "dnspython>=2.3",
-    "rich>=13",
-]
-
 LAB_REPO = "labgen-lab"
 BASE_REPO = "labgen-base"
 LABEL = "io.labgen.image"  # "lab" or "base"
 HASH_LABEL = "io.labgen.hash"
-SUITE = "bookworm"
-REGISTRY_BASE = "debian:bookworm"
-IMAGE_PYTHON = "3.11"  # bookworm's python3: the wheels are downloaded for it
+SUITE = "trixie"  # the first Debian release whose packages cover every labgen dependency
+REGISTRY_BASE = f"debian:{SUITE}"
 PULL_PROBE_SECONDS = 5  # how long a registry gets to answer before we build offline
 _TAIL = 6  # output lines quoted in an InfraError
 
@@ -79,6 +66,10 @@ def _hash(*parts: bytes) -> str:
     return h.hexdigest()[:12]
 
 
+# Data packages: top-level directories in a checkout, labgen/<name> in a wheel (pyproject.toml).
+_DATA_PACKAGES = ("templates", "compose")
+
+
 def _snapshot() -> dict[str, bytes]:
     """What the tag covers, read once: context path -> bytes. The lab-image files sit at the
     build context's root and labgen's *.py files under labgen/, as the Dockerfile expects. The
@@ -86,8 +77,10 @@ def _snapshot() -> dict[str, bytes]:
     lab, pkg = _lab_dir(), _package_dir()
     files = {p.relative_to(lab).as_posix(): p.read_bytes() for p in _files(lab)}
     for p in _files(pkg, "*.py"):
-        files["labgen/" + p.relative_to(pkg).as_posix()] = p.read_bytes()
-    files["requirements.txt"] = ("\n".join(REQUIREMENTS) + "\n").encode()
+        rel = p.relative_to(pkg)
+        if rel.parts[0] in _DATA_PACKAGES:
+            continue  # in a wheel they sit inside the package; the image needs neither
+        files["labgen/" + rel.as_posix()] = p.read_bytes()
     return files
 
 
@@ -97,7 +90,7 @@ def _tag_of(snapshot: dict[str, bytes]) -> str:
 
 
 def image_tag() -> str:
-    """`labgen-lab:<12 hex>` for the current lab-image recipe, labgen source and requirements."""
+    """`labgen-lab:<12 hex>` for the current lab-image recipe and labgen source."""
     return _tag_of(_snapshot())
 
 
@@ -171,7 +164,7 @@ def _has_image(client, ref: str) -> bool:
 
 
 def _pull_registry_base(client, steps: _Steps, bounded: bool) -> bool:
-    """Pull debian:bookworm. When `bounded`, give up (False) unless the registry answers within
+    """Pull the registry base. When `bounded`, give up (False) unless the registry answers within
     PULL_PROBE_SECONDS: a pull with no registry either fails at once or hangs on connect."""
     events: queue.Queue = queue.Queue()
 
@@ -215,10 +208,13 @@ def base_tag() -> str:
     return f"{BASE_REPO}:{_hash(SUITE.encode(), ' '.join(_packages()).encode(), preseed)}"
 
 
-def debian_sources(suite: str = SUITE, apt_dir: Path = Path("/etc/apt")) -> list[str]:
-    """The host's apt sources for `suite` (and -updates, -security) as one-line `deb` entries,
-    read from sources.list(.d) in both formats. Only the main component is kept."""
-    wanted = {suite, f"{suite}-updates", f"{suite}-security"}
+# Debian's release names: a host entry for any of them points at a mirror of the whole archive.
+_DEBIAN_SUITE = re.compile(r"^(buster|bullseye|bookworm|trixie|forky|duke|sid|oldstable|stable|testing|unstable)"
+                           r"(-updates|-security)?$")
+
+
+def _apt_stanzas(apt_dir: Path) -> list[dict[str, str]]:
+    """The host's apt sources from sources.list(.d), both formats, as deb822-style fields."""
     stanzas: list[dict[str, str]] = []
     files = [apt_dir / "sources.list", *sorted((apt_dir / "sources.list.d").glob("*"))]
     for f in files:
@@ -245,20 +241,31 @@ def debian_sources(suite: str = SUITE, apt_dir: Path = Path("/etc/apt")) -> list
                     opts = dict(o.split("=", 1) for o in (m[2] or "").split() if "=" in o)
                     stanzas.append({"types": m[1], "uris": m[3], "suites": m[4],
                                     "components": m[5], "signed-by": opts.get("signed-by", "")})
-    entries = []
-    for s in stanzas:
+    return stanzas
+
+
+def debian_sources(suite: str = SUITE, apt_dir: Path = Path("/etc/apt")) -> list[str]:
+    """The host's Debian mirrors as one-line `deb` entries for `suite` (and -updates, -security),
+    main component only. A host on another Debian release (bookworm building the trixie image)
+    lends its mirrors: a Debian mirror serves every release, so its suites are renamed."""
+    exact: list[str] = []
+    renamed: list[str] = []
+    for s in _apt_stanzas(apt_dir):
         if ("deb" not in s.get("types", "").split() or s.get("enabled", "yes") == "no"
                 or "main" not in s.get("components", "").split()):
             continue
         signed = s.get("signed-by", "")
         opt = f"[signed-by={signed}] " if signed and "\n" not in signed else ""
         for uri in s.get("uris", "").split():
-            for suite_name in s.get("suites", "").split():
-                if suite_name in wanted:
-                    entry = f"deb {opt}{uri} {suite_name} main"
-                    if entry not in entries:
-                        entries.append(entry)
-    return entries
+            for host_suite in s.get("suites", "").split():
+                m = _DEBIAN_SUITE.match(host_suite)
+                if not m:
+                    continue  # a third-party repository that happens to have main
+                entry = f"deb {opt}{uri} {suite}{m[2] or ''} main"
+                target = exact if m[1] == suite else renamed
+                if entry not in target:
+                    target.append(entry)
+    return exact or renamed
 
 
 def _build_offline_base(client, steps: _Steps, force: bool) -> str:
@@ -270,7 +277,7 @@ def _build_offline_base(client, steps: _Steps, force: bool) -> str:
             f"cannot build the lab image: {REGISTRY_BASE} could not be pulled and mmdebstrap is "
             "not installed (apt-get install mmdebstrap, or make a registry reachable)"
         )
-    # With no bookworm entry on the host, mmdebstrap falls back to its own default mirror.
+    # With no Debian entry on the host at all, mmdebstrap falls back to its own default mirror.
     mirrors = debian_sources()
     preseed = _lab_dir() / "debconf.txt"
     with steps.step(f"base rootfs {tag} (mmdebstrap {SUITE})"), \
@@ -313,49 +320,14 @@ def _base_image(client, steps: _Steps, from_registry: bool | None, force: bool) 
     return _build_offline_base(client, steps, force)
 
 
-# --- wheels ----------------------------------------------------------------------------------
-
-
 def _cache_home() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "labgen"
-
-
-def _wheels(arch: str, force: bool, steps: _Steps) -> Path:
-    """Wheels for REQUIREMENTS on the image's CPython, cached by requirement list and arch."""
-    key = _hash(IMAGE_PYTHON.encode(), arch.encode(), "\n".join(REQUIREMENTS).encode())
-    dest = _cache_home() / "wheels" / key
-    if not force and (dest / ".complete").exists():
-        return dest
-    py = IMAGE_PYTHON.replace(".", "")
-    # pip matches --platform literally (older pips don't widen manylinux_2_36 to 2_17...),
-    # so list every glibc level bookworm (2.36) can run.
-    platforms = [f"manylinux_2_{n}_{arch}" for n in range(36, 4, -1)]
-    platforms += [f"manylinux{tag}_{arch}" for tag in ("2014", "2010", "1")]
-    with steps.step("wheels for the image's Python"):
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f"{key}.", dir=dest.parent))
-        try:
-            _run([
-                sys.executable, "-m", "pip", "download", "--disable-pip-version-check",
-                "--progress-bar", "off", "--only-binary=:all:", "--dest", str(tmp),
-                "--implementation", "cp", "--python-version", IMAGE_PYTHON,
-                "--abi", f"cp{py}", "--abi", "abi3", "--abi", "none",
-                *[a for p in platforms for a in ("--platform", p)],
-                *REQUIREMENTS,
-            ], "pip download (wheels)", steps)
-            (tmp / ".complete").touch()
-            shutil.rmtree(dest, ignore_errors=True)
-            tmp.rename(dest)  # atomic: a half-done download never looks complete
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return dest
 
 
 # --- the lab image ---------------------------------------------------------------------------
 
 
-def _build_lab(client, steps: _Steps, snapshot: dict[str, bytes], base: str, wheels: Path,
-               force: bool) -> str:
+def _build_lab(client, steps: _Steps, snapshot: dict[str, bytes], base: str, force: bool) -> str:
     tag = _tag_of(snapshot)
     with steps.step(f"docker build {tag}"), \
             tempfile.TemporaryDirectory(prefix="labgen-image-") as tmp:
@@ -363,7 +335,6 @@ def _build_lab(client, steps: _Steps, snapshot: dict[str, bytes], base: str, whe
         for rel, data in snapshot.items():
             (ctx / rel).parent.mkdir(parents=True, exist_ok=True)
             (ctx / rel).write_bytes(data)
-        shutil.copytree(wheels, ctx / "wheels", ignore=shutil.ignore_patterns(".complete"))
 
         tail: deque[str] = deque(maxlen=50)
         try:
@@ -391,10 +362,10 @@ def _build_lab(client, steps: _Steps, snapshot: dict[str, bytes], base: str, whe
 def ensure_image(console=None, force: bool = False, from_registry: bool | None = None) -> str:
     """Return the current lab image's tag, building it first if the engine lacks it.
 
-    from_registry: None picks the base by itself (a local debian:bookworm, else an offline base
+    from_registry: None picks the base by itself (a local registry base, else an offline base
     built before, else a pull if a registry answers within seconds, else mmdebstrap); True
-    insists on debian:bookworm from the registry; False always uses the mmdebstrap base.
-    force: rebuild even when present: a fresh offline base, fresh wheels, no layer cache.
+    insists on the registry base; False always uses the mmdebstrap base.
+    force: rebuild even when present: a fresh offline base, no layer cache.
     """
     snapshot = _snapshot()
     tag = _tag_of(snapshot)
@@ -403,7 +374,7 @@ def ensure_image(console=None, force: bool = False, from_registry: bool | None =
         return tag
     steps = _Steps(console)
     # One build at a time per host (parallel `labgen up`s, test workers): a waiter then finds
-    # the image built. The lock file's directory is also the wheel cache's.
+    # the image built.
     lock_path = _cache_home() / "build.lock"
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "w") as lock:
@@ -415,10 +386,7 @@ def ensure_image(console=None, force: bool = False, from_registry: bool | None =
         if not force and _has_image(client, tag):
             return tag
         base = _base_image(client, steps, from_registry, force)
-        arch = client.info().get("Architecture", "x86_64")
-        arch = {"amd64": "x86_64", "arm64": "aarch64"}.get(arch, arch)
-        wheels = _wheels(arch, force, steps)
-        return _build_lab(client, steps, snapshot, base, wheels, force)
+        return _build_lab(client, steps, snapshot, base, force)
 
 
 def list_images() -> list[dict]:
