@@ -9,18 +9,19 @@ import datetime as dt
 import re
 from email.utils import format_datetime
 
-from .ledger import header
+from .ledger import header, safe_id
 
 _ORIG_ENVID = re.compile(rb"^Original-Envelope-Id:\s*(\S+)", re.I | re.M)
 
 
 def original_envid(message: bytes) -> str | None:
-    """The Original-Envelope-Id of a delivery-status report, or None for any other message."""
+    """The Original-Envelope-Id of a delivery-status report, or None for any other message and
+    for an id outside the traffic's grammar (whoever sent the report wrote it)."""
     ctype = (header(message, "Content-Type") or "").lower()
     if "multipart/report" not in ctype or "delivery-status" not in ctype:
         return None
     m = _ORIG_ENVID.search(message)
-    return m.group(1).decode("ascii", "replace") if m else None
+    return safe_id(m.group(1).decode("ascii", "replace")) if m else None
 
 
 def note_ndr(ledger, message: bytes, mailbox: str, path, mailroot) -> None:

@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from .dsn import note_ndr
-from .ledger import Ledger, labgen_id, write_mailbox
+from .ledger import Ledger, clip, write_mailbox
 from .plan import Plan, sink_host
 from .scenario import domain_of
-from .smtpd import LabSMTP, server_tls_context
+from .smtpd import LabSMTP, message_id, server_tls_context
 
 
 class SinkHandler:
@@ -18,9 +18,11 @@ class SinkHandler:
         self.ledger = Ledger(run_dir, "sink")
         self.mailroot = Path(run_dir) / "mailboxes"
 
+    # Any local part in the sink's domains is a mailbox: the client names it, so its directory is
+    # write_mailbox's encoding of the address and ledger fields show it clipped.
     async def handle_RCPT(self, server, session, envelope, address, options):
         if domain_of(address) not in self.domains:
-            self.ledger.emit("rcpt", msgid=getattr(envelope, "envid", None), rcpt=address.lower(),
+            self.ledger.emit("rcpt", msgid=getattr(envelope, "envid", None), rcpt=clip(address.lower()),
                              action="reject", reply="554 5.7.1 Relay access denied")
             return "554 5.7.1 Relay access denied"
         envelope.rcpt_tos.append(address)
@@ -28,13 +30,13 @@ class SinkHandler:
 
     async def handle_DATA(self, server, session, envelope):
         data = envelope.original_content or b""
-        msgid = labgen_id(data) or getattr(envelope, "envid", None)
+        msgid, refused = message_id(envelope, data)
         for rcpt in envelope.rcpt_tos:
             path = write_mailbox(self.mailroot, rcpt.lower(), msgid, data)
-            self.ledger.emit("delivered", msgid=msgid, rcpt=rcpt.lower(), mailbox=rcpt.lower(),
+            self.ledger.emit("delivered", msgid=msgid, rcpt=clip(rcpt.lower()), mailbox=clip(rcpt.lower()),
                              client_ip=session.peer[0], tls=server.tls_version(),
-                             file=str(path.relative_to(self.mailroot.parent)))
-            note_ndr(self.ledger, data, rcpt.lower(), path, self.mailroot)
+                             file=str(path.relative_to(self.mailroot.parent)), **refused)
+            note_ndr(self.ledger, data, clip(rcpt.lower()), path, self.mailroot)
         return "250 2.0.0 Ok: queued"
 
 

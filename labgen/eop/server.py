@@ -7,24 +7,28 @@ What it writes:
   recipient decision with the attribution and why, every delivery and every discard.
 - trace.jsonl: the tenants' message trace, one line per (tenant, message, recipient), holding
   only what that tenant's admin would see. Discarded mail is in nobody's trace.
-- mailboxes/<address>/<id>.eml: delivered mail.
+- mailboxes/<address>/<n>-<id>.eml: delivered mail (ledger.mailbox_dir names the directory).
 """
 
 from __future__ import annotations
 
 import itertools
+import re
 import uuid
 from pathlib import Path
 
 from ..dsn import note_ndr
-from ..ledger import Ledger, header, labgen_id, write_mailbox
+from ..ledger import Ledger, clip, header, write_mailbox
 from ..pki import TrustStore, cert_info
 from ..plan import EOP_POOL_HOST, Plan
-from ..smtpd import LabSMTP, server_tls_context
+from ..smtpd import LabSMTP, message_id, server_tls_context
 from . import rules
 
 BANNER = "Microsoft ESMTP MAIL Service ready at {date}"
-EHLO_KEYWORDS = ("SIZE 157286400", "PIPELINING", "DSN", "ENHANCEDSTATUSCODES", "STARTTLS", "8BITMIME",
+MAX_SIZE = 157286400  # EOP's 150 MB
+# A Message-ID EOP may quote in its reply: one printable token in angle brackets.
+_MESSAGE_ID = re.compile(r"<[!-;=?-~]{1,250}>")
+EHLO_KEYWORDS = (f"SIZE {MAX_SIZE}", "PIPELINING", "DSN", "ENHANCEDSTATUSCODES", "STARTTLS", "8BITMIME",
                  "BINARYMIME", "CHUNKING", "SMTPUTF8")
 
 
@@ -50,7 +54,7 @@ class EopHandler:
         return [("250-" if i < len(lines) - 1 else "250 ") + line for i, line in enumerate(lines)]
 
     def tls_failed(self, session, reason: str) -> None:
-        self.ledger.emit("tls_failed", client_ip=session.peer[0], helo=session.host_name, reason=reason)
+        self.ledger.emit("tls_failed", client_ip=session.peer[0], helo=clip(session.host_name), reason=clip(reason))
 
     def _facts(self, server, session) -> rules.Session:
         facts = getattr(session, "labgen", None)
@@ -62,7 +66,7 @@ class EopHandler:
                                   cert_trusted=bool(cert and cert["trusted"]))
             session.labgen = facts
             session.labgen_cert = cert
-            self.ledger.emit("session", client_ip=session.peer[0], helo=session.host_name,
+            self.ledger.emit("session", client_ip=session.peer[0], helo=clip(session.host_name),
                              local_ip=server.local_ip(), tls=server.tls_version(), certificate=cert)
         return facts
 
@@ -77,10 +81,10 @@ class EopHandler:
         facts = self._facts(server, session)
         att = rules.attribute(self.s, facts, envelope.mail_from, address)
         dec = rules.decide(self.s, facts, envelope.mail_from, address, att)
-        self.ledger.emit("rcpt", msgid=getattr(envelope, "envid", None), mail_from=envelope.mail_from,
-                         rcpt=address.lower(), client_ip=facts.source_ip, tls=facts.tls,
+        self.ledger.emit("rcpt", msgid=getattr(envelope, "envid", None), mail_from=clip(envelope.mail_from),
+                         rcpt=clip(address.lower()), client_ip=facts.source_ip, tls=facts.tls,
                          certificate=session.labgen_cert, attribution=att.as_dict(),
-                         action=dec.action, reply=dec.reply, reason=dec.reason, tenant=dec.tenant)
+                         action=dec.action, reply=clip(dec.reply), reason=clip(dec.reason), tenant=dec.tenant)
         if dec.action == "reject":
             if dec.trace_visible and dec.tenant:
                 self._trace(dec.tenant, getattr(envelope, "envid", None), envelope.mail_from, address, "Failed")
@@ -92,13 +96,16 @@ class EopHandler:
 
     async def handle_DATA(self, server, session, envelope):
         data = envelope.original_content or b""
-        msgid = labgen_id(data) or getattr(envelope, "envid", None)
+        msgid, refused = message_id(envelope, data)
         internal = next(self._ids)
-        header_id = header(data, "Message-ID") or f"<{internal}@{EOP_POOL_HOST}>"
+        # EOP quotes the message's Message-ID; the client wrote it, so only a well-formed one.
+        header_id = header(data, "Message-ID")
+        if header_id is None or not _MESSAGE_ID.fullmatch(header_id):
+            header_id = f"<{internal}@{EOP_POOL_HOST}>"
         reply = (f"250 2.6.0 {header_id} [InternalId={internal:013d}, Hostname={EOP_POOL_HOST}] "
                  "Queued mail for delivery")
-        self.ledger.emit("accepted", msgid=msgid, mail_from=envelope.mail_from, rcpts=envelope.rcpt_tos,
-                         reply=reply, size=len(data))
+        self.ledger.emit("accepted", msgid=msgid, mail_from=clip(envelope.mail_from),
+                         rcpts=[clip(r) for r in envelope.rcpt_tos], reply=reply, size=len(data), **refused)
         for rcpt, (att, dec) in envelope.decisions.items():
             if dec.action == "deliver":
                 stamped = (f"Received: from {session.host_name} ({session.peer[0]}) by {EOP_POOL_HOST} "
@@ -106,18 +113,18 @@ class EopHandler:
                            f"X-EOPTenantAttributedMessage: {tenant_guid(att.tenant)}:0\r\n"
                            f"X-EOPAttributedMessage: 0\r\n").encode() + data
                 path = write_mailbox(self.mailroot, dec.mailbox, msgid, stamped)
-                self.ledger.emit("delivered", msgid=msgid, rcpt=rcpt.lower(), mailbox=dec.mailbox,
+                self.ledger.emit("delivered", msgid=msgid, rcpt=clip(rcpt.lower()), mailbox=dec.mailbox,
                                  tenant=dec.tenant, file=str(path.relative_to(self.mailroot.parent)))
                 note_ndr(self.ledger, data, dec.mailbox, path, self.mailroot)
                 self._trace(dec.tenant, msgid, envelope.mail_from, rcpt, "Delivered")
             else:
-                self.ledger.emit("discarded", msgid=msgid, rcpt=rcpt.lower(), reason=dec.reason,
+                self.ledger.emit("discarded", msgid=msgid, rcpt=clip(rcpt.lower()), reason=clip(dec.reason),
                                  attribution=att.as_dict(), certificate=session.labgen_cert,
                                  client_ip=session.peer[0])
         return reply
 
     def _trace(self, tenant, msgid, sender, rcpt, status):
-        self.trace.emit("trace", tenant=tenant, msgid=msgid, sender=sender, rcpt=rcpt.lower(), status=status)
+        self.trace.emit("trace", tenant=tenant, msgid=msgid, sender=clip(sender), rcpt=clip(rcpt.lower()), status=status)
 
 
 def eop_factory(plan: Plan, labdir: Path, run_dir: Path):
@@ -128,5 +135,5 @@ def eop_factory(plan: Plan, labdir: Path, run_dir: Path):
 
     def factory():
         return LabSMTP(handler, banner_host=EOP_POOL_HOST, banner_text=BANNER, tls_context=tls,
-                       data_size_limit=157286400)
+                       data_size_limit=MAX_SIZE)
     return factory
