@@ -8,19 +8,130 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import resource
 import ssl
 import datetime as dt
 from email.utils import format_datetime
 
 from aiosmtpd.smtp import SMTP, TLSSetupException
 
+from .ledger import MSGID_HEADER, clip, header, safe_id
+
 # aiosmtpd logs every failed session with a traceback; the lab's ledger is the record instead.
 logging.getLogger("mail.log").setLevel(logging.CRITICAL)
+log = logging.getLogger("labgen.server")
 
 _DSN_MAIL = re.compile(r"\s+(RET|ENVID)=\S+", re.I)
 _ENVID = re.compile(r"\sENVID=(\S+)", re.I)
+_SIZE = re.compile(r"\sSIZE=(\S*)", re.I)
 _DSN_RCPT = re.compile(r"\s+(NOTIFY|ORCPT)=\S+", re.I)
 _BODY = re.compile(r"\s+BODY=BINARYMIME", re.I)
+# RFC 3030: "BDAT" SP chunk-size [SP "LAST"]; ASCII digits only (str.isdigit() takes '١٢'), and
+# no more of them than a size any lab message could have.
+_BDAT = re.compile(r"([0-9]{1,15})(?: +(LAST))?", re.I)
+
+# An idle client is dropped after this long without a command (aiosmtpd's `timeout`; it also
+# bounds one command with its data, e.g. a BDAT chunk: lab traffic on loopback or a lab network
+# needs well under a second for the largest message EOP accepts).
+IDLE_TIMEOUT_S = 60.0
+MAX_RCPTS = 1000  # per transaction, as Postfix's smtpd_recipient_limit
+BDAT_PIECE = 1 << 16  # BDAT chunks are read in pieces this large, never whole
+SIZE_EXCEEDED = "552 5.3.4 Message size exceeds fixed maximum message size"
+TOO_MANY_CONNECTIONS = "421 4.3.2 Too many connections, try again later"
+# aiosmtpd's own replies that lack the enhanced status code ENHANCEDSTATUSCODES promises.
+_STOCK_REPLIES = {"552 Error: Too much mail data": SIZE_EXCEEDED,
+                  "552 Error: message size exceeds fixed maximum message size": SIZE_EXCEEDED}
+
+
+def connection_cap() -> int:
+    """How many connections one lab service holds at once. The local engine runs every service
+    (EOP, sink and gateway SMTP, DNS over TCP) in one process, whose descriptors also serve the
+    gateway's outgoing connections, ledgers and mail files: each service gets at most 1/8 of
+    RLIMIT_NOFILE (four services: half), and never more than 256, far above what a lab's own
+    traffic opens (a few at a time). With the common soft limit of 1024 that is 128."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 20
+    return max(8, min(256, soft // 8))
+
+
+class _AcceptErrors:
+    """The loop's exception handler. When accept() fails for want of descriptors (EMFILE and
+    kin) asyncio reports it and retries each second, for as long as it lasts; this says it once
+    per listening address and episode, which ends when that address accepts a connection again.
+    Everything else goes to the previous handler."""
+
+    MESSAGE = "socket.accept() out of system resource"
+
+    def __init__(self, previous):
+        self.previous = previous
+        self.failing: dict[tuple, int] = {}  # listening address -> failed accepts this episode
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict) -> None:
+        if context.get("message") != self.MESSAGE:
+            if self.previous is not None:
+                self.previous(loop, context)
+            else:
+                loop.default_exception_handler(context)
+            return
+        sock = context.get("socket")
+        key = tuple(sock.getsockname()[:2]) if sock is not None else ()
+        self.failing[key] = self.failing.get(key, 0) + 1
+        if self.failing[key] == 1:
+            exc = context.get("exception")
+            why = getattr(exc, "strerror", None) or type(exc).__name__
+            log.warning("%s: cannot accept connections (%s); retrying each second, logged once until "
+                        "it accepts again", ":".join(map(str, key)), why)
+
+    def accepted(self, key: tuple) -> None:
+        self.failing.pop(key, None)
+
+
+def _accept_errors(loop: asyncio.AbstractEventLoop) -> _AcceptErrors:
+    handler = loop.get_exception_handler()
+    if not isinstance(handler, _AcceptErrors):
+        handler = _AcceptErrors(handler)
+        loop.set_exception_handler(handler)
+    return handler
+
+
+class Guard:
+    """One listening service's connection cap (see connection_cap), with its refusals logged
+    once per episode: from the first refusal until the open connections fall to half the cap."""
+
+    def __init__(self, what: str, host: str, port: int, limit: int | None = None):
+        self.what, self.key = what, (host, port)
+        self.limit = limit or connection_cap()
+        self.active = 0
+        self.refusing = False
+        self._accepts = _accept_errors(asyncio.get_running_loop())
+
+    def admit(self) -> bool:
+        """A connection was accepted: may it stay? (Call release() for every True.)"""
+        self._accepts.accepted(self.key)
+        if self.active >= self.limit:
+            if not self.refusing:
+                self.refusing = True
+                log.warning("%s %s:%s: %d connections open, refusing more until some close (logged once)",
+                            self.what, *self.key, self.active)
+            return False
+        self.active += 1
+        return True
+
+    def release(self) -> None:
+        self.active -= 1
+        if self.refusing and self.active <= self.limit // 2:
+            self.refusing = False
+
+
+def message_id(envelope, data: bytes) -> tuple[str | None, dict[str, str]]:
+    """The traffic's id of a received message (its X-Labgen-Id header, else its DSN ENVID) and,
+    when a client sent an id outside the ids' grammar, a ledger field showing it escaped and
+    shortened. Such an id is no id: it names no file and joins no events."""
+    raw = header(data, MSGID_HEADER)
+    msgid = safe_id(raw) or getattr(envelope, "envid", None)
+    refused = raw if raw is not None and safe_id(raw) is None else getattr(envelope, "refused_envid", None)
+    return msgid, ({"refused_id": clip(refused, 80)} if refused is not None else {})
 
 
 def server_tls_context(chain: str, key: str, client_ca_bundle: str | None = None) -> ssl.SSLContext:
@@ -40,35 +151,105 @@ def server_tls_context(chain: str, key: str, client_ca_bundle: str | None = None
 
 
 class LabSMTP(SMTP):
+    guard: Guard | None = None  # set by serve(): the listening service's connection cap
+
     def __init__(self, handler, *, banner_host: str, banner_text: str | None = None, **kw):
         kw.setdefault("enable_SMTPUTF8", True)
         kw.setdefault("decode_data", False)
         kw.setdefault("hostname", banner_host)
+        kw.setdefault("timeout", IDLE_TIMEOUT_S)
         super().__init__(handler, **kw)
         self._banner_text = banner_text
         self._bdat: list[bytes] = []
+        self._bdat_size = 0
+        self._admitted = self._refused = False
 
     def connection_made(self, transport):
-        if self._banner_text is not None and self._original_transport is None:
-            # EOP's banner carries the date of the connection.
-            self.__ident__ = self._banner_text.format(date=format_datetime(dt.datetime.now(dt.timezone.utc)))
+        if self._original_transport is None:  # the TCP connection, not its TLS upgrade
+            if self.guard is not None:
+                if not self.guard.admit():
+                    self._refused = True
+                    transport.write(f"{TOO_MANY_CONNECTIONS}\r\n".encode())
+                    transport.close()  # after the reply is flushed; no session starts
+                    return
+                self._admitted = True
+            if self._banner_text is not None:
+                # EOP's banner carries the date of the connection.
+                self.__ident__ = self._banner_text.format(date=format_datetime(dt.datetime.now(dt.timezone.utc)))
         super().connection_made(transport)
 
+    def connection_lost(self, error):
+        if self._refused:
+            return  # no session was ever made
+        if self._admitted:  # once: aiosmtpd may report a failed TLS upgrade's loss twice
+            self._admitted = False
+            self.guard.release()
+        super().connection_lost(error)
+
+    def _timeout_cb(self):
+        # aiosmtpd just closes an idle connection; real MTAs say why first.
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(f"421 4.4.2 {self.hostname} Error: timeout exceeded\r\n".encode())
+        super()._timeout_cb()
+
+    def _set_post_data_state(self):
+        # Every new envelope (RSET, EHLO, MAIL, end of message) drops the chunks received so far.
+        super()._set_post_data_state()
+        self._bdat, self._bdat_size = [], 0
+
+    async def push(self, status):
+        await super().push(_STOCK_REPLIES.get(status, status) if isinstance(status, str) else status)
+
+    async def handle_exception(self, error: Exception) -> str:
+        # aiosmtpd's default answers "500 Error: (Type) text", which can carry a server path.
+        log.error("SMTP %s: internal error serving %s: %s", self.hostname, self.session.peer if self.session else "?",
+                  clip(repr(error), 300))
+        return "451 4.3.0 Local error in processing, try again later"
+
     async def smtp_EHLO(self, hostname: str):
-        self._bdat = []
+        if hostname and not hostname.isprintable():  # it ends up in Received: headers and the ledger
+            await self.push("501 5.5.2 Syntax: EHLO hostname")
+            return
         await super().smtp_EHLO(hostname)
 
+    async def smtp_HELO(self, hostname: str):
+        if hostname and not hostname.isprintable():
+            await self.push("501 5.5.2 Syntax: HELO hostname")
+            return
+        await super().smtp_HELO(hostname)
+
     async def smtp_MAIL(self, arg: str):
-        self._bdat = []
+        # RFC 5321 allows no control characters in a path or a parameter; email's parser would
+        # keep them (a bare CR, ESC, NUL) in the address.
+        if arg and not arg.isprintable():
+            await self.push("501 5.1.7 Bad sender address syntax")
+            return
+        size = _SIZE.search(" " + (arg or ""))
+        if size and self.session.extended_smtp:
+            if not re.fullmatch(r"[0-9]{1,15}", size.group(1)):
+                await self.push("501 5.5.4 Syntax: MAIL FROM:<address> [SIZE=<digits>]")
+                return
+            if self.data_size_limit and int(size.group(1)) > self.data_size_limit:
+                await self.push(SIZE_EXCEEDED)
+                return
         # The traffic puts its message id in the DSN ENVID; Postfix and the built-in gateway
         # carry it to the next hop, so a decision taken at RCPT time already knows the message.
+        # Only a well-formed id counts (it names files); another is kept, escaped, for the ledger.
         envid = _ENVID.search(" " + (arg or ""))
-        if self.envelope is not None:
-            self.envelope.envid = xtext_decode(envid.group(1)) if envid else None
+        raw = xtext_decode(envid.group(1)) if envid else None
+        if self.envelope is not None and not self.envelope.mail_from:
+            self.envelope.envid = safe_id(raw)
+            self.envelope.refused_envid = raw if raw is not None and safe_id(raw) is None else None
         arg = _DSN_MAIL.sub("", arg or "")
         await super().smtp_MAIL(_BODY.sub(" BODY=8BITMIME", arg))
 
     async def smtp_RCPT(self, arg: str):
+        if arg and not arg.isprintable():
+            await self.push("501 5.1.3 Bad recipient address syntax")
+            return
+        if self.envelope is not None and len(self.envelope.rcpt_tos) >= MAX_RCPTS:
+            await self.push("452 4.5.3 Too many recipients")
+            return
         await super().smtp_RCPT(_DSN_RCPT.sub("", arg or ""))
 
     async def smtp_QUIT(self, arg: str):
@@ -81,6 +262,10 @@ class LabSMTP(SMTP):
         self.transport.close()
 
     async def smtp_STARTTLS(self, arg: str):
+        if self._tls_protocol is not None:
+            # aiosmtpd would start TLS inside TLS; RFC 3207 allows one negotiation per session.
+            await self.push("503 5.5.1 Already in TLS")
+            return
         try:
             await super().smtp_STARTTLS(arg)
         except TLSSetupException as e:
@@ -88,30 +273,57 @@ class LabSMTP(SMTP):
             # only; the handler gets to record why.
             hook = getattr(self.event_handler, "tls_failed", None)
             if hook:
-                hook(self.session, str(e.__cause__ or e) or type(e.__cause__).__name__)
+                hook(self.session, clip(str(e.__cause__ or e) or type(e.__cause__).__name__))
             raise
 
     async def smtp_BDAT(self, arg: str):
-        """RFC 3030 CHUNKING: BDAT <size> [LAST]."""
-        parts = (arg or "").split()
-        if not parts or not parts[0].isdigit() or (len(parts) == 2 and parts[1].upper() != "LAST") or len(parts) > 2:
+        """RFC 3030 CHUNKING: BDAT <size> [LAST]. A chunk is read in pieces; the message is kept
+        only while it fits the size limit, so memory stays bounded by the limit."""
+        m = _BDAT.fullmatch(arg or "")
+        if not m:
             await self.push("501 5.5.4 Syntax: BDAT <size> [LAST]")
             return
-        size, last = int(parts[0]), len(parts) == 2
-        chunk = await self._reader.readexactly(size) if size else b""
+        size, last = int(m.group(1)), m.group(2) is not None
         if self.envelope is None or not self.envelope.rcpt_tos:
-            await self.push("503 5.5.1 Error: need RCPT command")
+            if await self._read_chunk(size, keep=False):
+                await self.push("503 5.5.1 Error: need RCPT command")
             return
-        self._bdat.append(chunk)
+        limit = self.data_size_limit
+        if limit and self._bdat_size + size > limit:
+            # The transaction fails (RFC 3030 §2): chunks the client already pipelined find no
+            # transaction and are discarded with 503.
+            self._set_post_data_state()
+            if await self._read_chunk(size, keep=False):
+                await self.push(SIZE_EXCEEDED)
+            return
+        if not await self._read_chunk(size, keep=True):
+            return
         if not last:
             await self.push(f"250 2.0.0 {size} octets received")
             return
-        data, self._bdat = b"".join(self._bdat), []
+        data = b"".join(self._bdat)
         self.envelope.original_content = data
         self.envelope.content = data
-        status = await self._call_handler_hook("DATA")
-        self._set_post_data_state()
+        try:
+            status = await self._call_handler_hook("DATA")
+        finally:
+            self._set_post_data_state()
         await self.push("250 OK" if not isinstance(status, str) else status)
+
+    async def _read_chunk(self, size: int, keep: bool) -> bool:
+        """Read a BDAT chunk's octets (kept in self._bdat or discarded); False if the client
+        went away in the middle."""
+        try:
+            while size:
+                piece = await self._reader.readexactly(min(size, BDAT_PIECE))
+                size -= len(piece)
+                if keep:
+                    self._bdat.append(piece)
+                    self._bdat_size += len(piece)
+        except asyncio.IncompleteReadError:
+            self.transport.close()
+            return False
+        return True
 
     def peer_certificate(self) -> bytes | None:
         obj = self.transport.get_extra_info("ssl_object") if self.transport else None
@@ -130,8 +342,16 @@ def xtext_decode(value: str) -> str:
     return re.sub(r"\+([0-9A-Fa-f]{2})", lambda m: chr(int(m.group(1), 16)), value)
 
 
-async def serve(factory, host: str, port: int) -> asyncio.AbstractServer:
+async def serve(factory, host: str, port: int, limit: int | None = None) -> asyncio.AbstractServer:
+    """An SMTP service on the running loop, with its connection cap (connection_cap() unless
+    `limit`): beyond it a client is told 421 and disconnected."""
+    guard = Guard("SMTP", host, port, limit)
+
+    def guarded():
+        protocol = factory()
+        protocol.guard = guard
+        return protocol
     loop = asyncio.get_running_loop()
-    return await loop.create_server(factory, host=host, port=port, reuse_address=True)
+    return await loop.create_server(guarded, host=host, port=port, reuse_address=True)
 
 
