@@ -562,3 +562,40 @@ def test_accept_failing_for_want_of_descriptors_is_logged_once(tmp_path):
     lines = [line for line in err.splitlines() if line.strip()]
     assert len([line for line in lines if "cannot accept connections" in line]) == 1, err
     assert "Too many open files" in err and "Traceback" not in err, err
+    assert "socket.accept() out of system resource" not in err, err  # asyncio's per-retry report
+
+
+# Mailbox names straight from write_mailbox's encoding: one segment, reversible, distinct.
+MAILBOX_NAMES = [
+    ("bob@contoso.example", "bob@contoso.example"),
+    ("Bob@Contoso.EXAMPLE", "%42ob@contoso.example"),
+    ("..@northwind.example", "%2E.@northwind.example"),
+    (".@northwind.example", "%2E@northwind.example"),
+    ("a/b@northwind.example", "a%2Fb@northwind.example"),
+    ("a%2Fb@northwind.example", "a%252%46b@northwind.example"),
+    ("\x00@northwind.example", "%00@northwind.example"),
+    ("\udc80x@northwind.example", "%80x@northwind.example"),  # an undecodable byte, as aiosmtpd keeps it
+    ("no-at-sign", "no-at-sign"),
+    ("..", "%2E."),
+]
+
+
+@pytest.mark.parametrize("address, name", MAILBOX_NAMES)
+def test_mailbox_names(address, name):
+    from labgen.ledger import mailbox_dir
+    assert mailbox_dir(address) == name
+    local, at, domain = address.rpartition("@")
+    assert urllib.parse.unquote(name, errors="surrogateescape") == (local + at + domain.lower() if at else address)
+
+
+def test_long_mailbox_names_are_cut_and_stay_distinct():
+    from labgen.ledger import mailbox_dir
+    a, b = mailbox_dir("x" * 300 + "a@northwind.example"), mailbox_dir("x" * 300 + "b@northwind.example")
+    assert a != b and len(a) <= 200 and len(b) <= 200 and "/" not in a + b
+
+
+def test_empty_address_has_no_mailbox(tmp_path):
+    from labgen.ledger import write_mailbox
+    with pytest.raises(ValueError):
+        write_mailbox(tmp_path, "", None, b"x")
+    assert tree(tmp_path) == set()
