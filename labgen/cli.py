@@ -440,5 +440,31 @@ def images_ls(as_json):
     out.print(t)
 
 
+def _interrupted_late(signum, frame):
+    # Ctrl-C during interpreter shutdown (joining threads, atexit): the result is already printed,
+    # so the one line and 130, not a KeyboardInterrupt traceback and death by signal (status -2).
+    # os._exit: raising now would only be "ignored" with a traceback by the shutdown code.
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass  # a closed pipe: the exit status still tells
+    os.write(2, (INTERRUPTED + "\n").encode())
+    os._exit(130)
+
+
+def entry() -> None:
+    """The console script: `main`, and a Ctrl-C after main has handled everything else (while click
+    exits, or during interpreter shutdown) ends as 130 with the one line as well."""
+    try:
+        main()
+    except KeyboardInterrupt:
+        sys.stderr.write(INTERRUPTED + "\n")
+        sys.exit(130)
+    finally:
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when ignored (background job)
+            signal.signal(signal.SIGINT, _interrupted_late)
+
+
 if __name__ == "__main__":
-    main()
+    entry()
