@@ -4,6 +4,7 @@ it concerns one recipient, `rcpt`, which is what joins them."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -13,7 +14,7 @@ import threading
 import time
 import weakref
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Concatenate, Iterator, ParamSpec, TypeVar
 
 from .errors import InfraError
 
@@ -113,6 +114,23 @@ def close_ledgers(run_dir: Path) -> None:
             ledger.close()
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _faults_noted(write: Callable[Concatenate[Path, P], R]) -> Callable[Concatenate[Path, P], R]:
+    """For writers into <run dir>/mailboxes: an OSError (disk full...) is also the lab's fault,
+    so that the runner stops at once instead of waiting for mail that can no longer arrive."""
+    @functools.wraps(write)
+    def wrapper(root: Path, *args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return write(root, *args, **kwargs)
+        except OSError as e:
+            note_fault(Path(root).parent, cannot_write("a mailbox file in", Path(root), e))
+            raise
+    return wrapper
+
+
 def read_events(run_dir: Path) -> Iterator[dict]:
     for path in sorted(Path(run_dir).glob("*.jsonl")):
         with path.open(encoding="utf-8") as f:
@@ -201,6 +219,7 @@ def mailbox_dir(address: str) -> str:
     return name
 
 
+@_faults_noted
 def write_mailbox(root: Path, address: str, msgid: str | None, data: bytes) -> Path:
     """One .eml per delivery under mailboxes/<mailbox_dir(address)>/, numbered in arrival order.
     The address may be a client's: mailbox_dir makes it one safe segment, the final directory

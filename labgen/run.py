@@ -3,7 +3,9 @@ Returns the `labgen.result/v1` document; the CLI prints it."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
+import os
 import shutil
 import time
 from contextlib import contextmanager
@@ -13,12 +15,18 @@ from typing import Callable, Optional
 from . import verdict
 from .engines.base import Engine
 from .errors import InfraError, InputError
+from .ledger import cannot_write, clear_fault, lab_fault
 from .pki import make_pki
 from .plan import Plan, make_plan
 from .scenario import Scenario
 
 RESULT_SCHEMA = "labgen.result/v1"
 POLL_S = 0.05
+# Below this much free space (or these many free inodes) on run/'s file system a run cannot keep
+# its ledger and mailboxes: it stops at once instead of failing write by write (covers both
+# engines, and writers that report no fault of their own, such as Postfix's log).
+MIN_FREE_BYTES = 1 << 20
+MIN_FREE_INODES = 64
 
 
 MARKER = ".labgen-lab"  # written into every lab directory labgen creates: it may rewrite its run/
@@ -91,7 +99,32 @@ def fresh_run_dir(labdir: Path) -> Path:
     except OSError as e:
         raise InfraError(f"cannot make the run directory {run_dir}: {e.strerror}; free space or choose another "
                          "--workdir") from None
+    clear_fault(run_dir)  # a new run: the last one's fault is history
     return run_dir
+
+
+def check_space(run_dir: Path) -> None:
+    """InfraError when run/'s file system is (nearly) full: statvfs, cheap enough for every poll."""
+    try:
+        st = os.statvfs(run_dir)
+    except OSError as e:
+        raise InfraError(f"cannot check the lab's run directory {run_dir}: {e.strerror}; choose another "
+                         "--workdir") from None
+    free = st.f_bavail * st.f_frsize
+    if free < MIN_FREE_BYTES or (st.f_files and st.f_favail < MIN_FREE_INODES):
+        what = f"{free // 1024} KiB free" if free < MIN_FREE_BYTES else f"{st.f_favail} inodes free"
+        raise InfraError(f"the lab's run directory {run_dir} is on a full file system ({what}, labgen needs "
+                         f"{MIN_FREE_BYTES >> 20} MiB): {os.strerror(errno.ENOSPC)}; free space there or choose "
+                         "another --workdir")
+
+
+def check_lab(run_dir: Path) -> None:
+    """InfraError when a service of this process could not write (ledger.note_fault), or run/'s
+    file system is full."""
+    fault = lab_fault(run_dir)
+    if fault:
+        raise InfraError(fault)
+    check_space(run_dir)
 
 
 def prepare_lab(s: Scenario, engine: Engine, workdir: Path, subnet: Optional[str] = None,
@@ -103,13 +136,20 @@ def prepare_lab(s: Scenario, engine: Engine, workdir: Path, subnet: Optional[str
     make_pki(plan, labdir)
     plan = engine.prepare(plan, labdir)
     fresh_run_dir(labdir)
-    plan.save(labdir / "plan.json")
+    try:
+        plan.save(labdir / "plan.json")
+    except OSError as e:
+        raise InfraError(cannot_write("the lab's plan", labdir / "plan.json", e)) from None
     return plan, labdir
 
 
-def wait_settled(plan: Plan, events: Callable[[], list[dict]], deadline: float) -> list[verdict.RcptResult]:
+def wait_settled(plan: Plan, events: Callable[[], list[dict]], deadline: float,
+                 check: Callable[[], None] = lambda: None) -> list[verdict.RcptResult]:
+    """Poll until every message settled or the deadline; `check` raises (InfraError) as soon as
+    the lab cannot go on, rather than waiting out the deadline."""
     while True:
         results = verdict.classify(plan, events())
+        check()  # after reading: a verdict from a ledger with a hole in it is no verdict
         if verdict.settled(results) or time.monotonic() >= deadline:
             return results
         time.sleep(POLL_S)
@@ -127,15 +167,18 @@ def _run_locked(s: Scenario, engine: Engine, workdir: Path, plan: Plan, t0: floa
                 on_phase: Callable[[str], None]) -> dict:
     on_phase("making certificates")
     plan, labdir = prepare_lab(s, engine, workdir, plan=plan)  # lab_lock has accepted (and marked) it
+    run_dir = labdir / "run"
+    check_space(run_dir)  # nothing started yet
     try:
         on_phase(f"starting the lab ({engine.name} engine)")
         engine.start(plan, labdir, time.monotonic() + s.deadline_s + 60)
         on_phase("sending traffic")
         engine.inject(plan, labdir)
+        check_lab(run_dir)
         # The deadline counts from the traffic: start-up time is not the messages' time.
         deadline = time.monotonic() + s.deadline_s
         on_phase("waiting for every message to settle")
-        results = wait_settled(plan, lambda: engine.events(plan, labdir), deadline)
+        results = wait_settled(plan, lambda: engine.events(plan, labdir), deadline, lambda: check_lab(run_dir))
     except BaseException:
         engine.abort(plan, labdir)  # nothing half-started is left behind (Ctrl-C included)
         raise

@@ -18,7 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-from .ledger import Ledger
+from .errors import InfraError, LabgenError, one_line
+from .ledger import Ledger, cannot_write, lab_fault, on_fault
 from .plan import Plan
 
 
@@ -42,15 +43,21 @@ def _drop_default_route() -> None:
         subprocess.run(["ip", "-4", "route", "del", "default"], check=True)
 
 
-def _forever_async(start) -> None:
+def _forever_async(start, run_dir: Path) -> None:
     async def main():
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        # A service that cannot write its ledger (or mailboxes) stops: its container exits with
+        # the reason as the last line of its log, and the runner, seeing it stopped, says so.
+        on_fault(lambda _run_dir, _message: loop.call_soon_threadsafe(stop.set))
         await start()
         await stop.wait()
     asyncio.run(main())
+    fault = lab_fault(run_dir)
+    if fault:
+        raise InfraError(fault)
 
 
 def run_smtp_service(name: str, plan: Plan, lab: Path) -> None:
@@ -62,7 +69,7 @@ def run_smtp_service(name: str, plan: Plan, lab: Path) -> None:
     async def start():
         await serve(factory, plan.ip(name), plan.smtp_port)
         Ledger(lab / "run", name).emit("ready", ip=plan.ip(name), port=plan.smtp_port)
-    _forever_async(start)
+    _forever_async(start, lab / "run")
 
 
 def run_dns(plan: Plan, lab: Path) -> None:
@@ -71,7 +78,7 @@ def run_dns(plan: Plan, lab: Path) -> None:
     async def start():
         await serve_dns(plan, plan.ip("dns"), plan.dns_port, lab / "run")
         Ledger(lab / "run", "dns").emit("ready", ip=plan.ip("dns"), port=plan.dns_port)
-    _forever_async(start)
+    _forever_async(start, lab / "run")
 
 
 def run_postfix(plan: Plan, lab: Path) -> None:
@@ -124,9 +131,17 @@ def run_traffic_service(plan: Plan, lab: Path, stay: bool) -> None:
     wait_for_services(plan, t0 + 60)
     deadline = time.monotonic() + plan.scenario.deadline_s
     run_traffic(plan, lab / "run")
-    results = wait_settled(plan, lambda: collect_events(lab, plan), deadline)
+
+    def check() -> None:
+        fault = lab_fault(lab / "run")
+        if fault:
+            raise InfraError(fault)
+    results = wait_settled(plan, lambda: collect_events(lab, plan), deadline, check)
     doc = result_document(plan, lab, results, time.monotonic() - t0)
-    (lab / "run" / "result.json").write_text(json.dumps(doc, indent=2))
+    try:
+        (lab / "run" / "result.json").write_text(json.dumps(doc, indent=2))
+    except OSError as e:
+        raise InfraError(cannot_write("the lab's result", lab / "run" / "result.json", e)) from None
     print_result(doc, Console(width=160, emoji=False, highlight=False))
     if stay:
         # Stay up for exploration (`docker exec -it <lab>-traffic swaks ...`) as a process that
@@ -155,14 +170,17 @@ def main(argv=None) -> None:
     if a.probe:
         return probe(plan, lab, a.service)
     _drop_default_route()
-    if a.service in ("eop", "sink"):
-        run_smtp_service(a.service, plan, lab)
-    elif a.service == "dns":
-        run_dns(plan, lab)
-    elif a.service == "gateway":
-        run_postfix(plan, lab)
-    else:
-        run_traffic_service(plan, lab, stay=not a.once)
+    try:
+        if a.service in ("eop", "sink"):
+            run_smtp_service(a.service, plan, lab)
+        elif a.service == "dns":
+            run_dns(plan, lab)
+        elif a.service == "gateway":
+            run_postfix(plan, lab)
+        else:
+            run_traffic_service(plan, lab, stay=not a.once)
+    except LabgenError as e:  # one line as the container's last words (the runner quotes it), exit 1
+        raise SystemExit(one_line(f"labgen {a.service}: {e.message}")) from None
 
 
 if __name__ == "__main__":

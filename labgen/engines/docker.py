@@ -9,6 +9,7 @@ even without the project directory: collision checks, status, logs, and removal 
 from __future__ import annotations
 
 import ipaddress
+import re
 import shutil
 import subprocess
 import time
@@ -24,6 +25,7 @@ from ..plan import Plan
 from ..render import project_name, render_project
 
 LABEL = "io.labgen.lab"
+_CONTAINER_LAB = re.compile(r"(?<![\w./-])/lab(?=/|\b)")  # the lab directory's path inside a container
 READY_S = 60.0
 
 
@@ -107,6 +109,29 @@ def container_log_tail(name: str, lines: int = 30) -> str:
         return f"(no log: {e})"
 
 
+def stopped_service(plan: Plan) -> Optional[tuple[str, str]]:
+    """(service, last line of its log) of a lab container that has stopped, else None. A lab
+    service runs until `labgen down`: one that stopped (e.g. it could not write its ledger to
+    run/) will answer nothing more, so waiting for it is pointless."""
+    flt = {"label": f"{LABEL}={plan.lab}", "status": ["exited", "dead"]}
+    for ctr in client().containers.list(all=True, filters=flt, sparse=True):
+        name = ctr.attrs["Names"][0].lstrip("/")
+        svc = (ctr.attrs.get("Labels") or {}).get("com.docker.compose.service") or name
+        lines = [line for line in container_log_tail(name, 5).splitlines() if line.strip()]
+        last = lines[-1] if lines else "(its log is empty)"
+        # Its paths are the container's: /lab is the lab directory on this host.
+        host = next((m["Source"] for m in ctr.attrs.get("Mounts") or [] if m.get("Destination") == "/lab"), None)
+        return svc, (_CONTAINER_LAB.sub(lambda _: host, last) if host else last)
+    return None
+
+
+def raise_if_stopped(plan: Plan) -> None:
+    stopped = stopped_service(plan)
+    if stopped:
+        svc, last = stopped
+        raise InfraError(f"service {svc} of lab {plan.lab} stopped: {last}")  # its last words say why
+
+
 class DockerEngine:
     name = "docker"
 
@@ -138,11 +163,8 @@ class DockerEngine:
             for e in collect_events(labdir, plan):
                 if e.get("event") == "ready":
                     waiting.discard(e["service"])
-            for svc in list(waiting):
-                ctr = client().containers.get(f"{project_name(plan.lab)}-{svc}")
-                if ctr.status in ("exited", "dead"):
-                    until = 0  # it will not become ready
             if waiting:
+                raise_if_stopped(plan)  # it will not become ready
                 time.sleep(0.2)
         if waiting:
             svc = sorted(waiting)[0]
@@ -157,11 +179,13 @@ class DockerEngine:
         while time.monotonic() < until:
             if any(e.get("event") == "injected" for e in read_events(labdir / "run")):
                 return
+            raise_if_stopped(plan)
             time.sleep(0.1)
         raise InfraError(f"lab {plan.lab}: the traffic generator did not finish sending; last lines of "
                          f"its log:\n{container_log_tail(name)}")
 
     def events(self, plan: Plan, labdir: Path) -> list[dict]:
+        raise_if_stopped(plan)  # e.g. a service that could not write its ledger: no more events come
         return collect_events(labdir, plan)
 
     def finish(self, plan: Plan, labdir: Path) -> None:

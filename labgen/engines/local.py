@@ -5,6 +5,7 @@ Docker; the same service code as in the containers."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import socket
 import threading
@@ -14,9 +15,10 @@ from ..dns_server import serve_dns
 from ..eop.server import eop_factory
 from ..errors import InfraError
 from ..gateway import gateway_factory
-from ..ledger import close_ledgers, read_events
+from ..ledger import close_ledgers, lab_fault, read_events
 from ..plan import Plan
 from ..sink import sink_factory
+from ..smtpd import log as server_log
 from ..traffic import run_traffic
 
 
@@ -45,6 +47,18 @@ def pick_port(ips: list[str], tries: int = 50) -> int:
                      "free some ports or use --engine docker")
 
 
+class _FaultEchoes(logging.Filter):
+    """Once the lab has a fault (ledger.note_fault: e.g. the disk is full), what its services log
+    is that fault's echo, a line per failing session; the runner's one line says it all."""
+
+    def __init__(self, run_dir: Path):
+        super().__init__()
+        self.run_dir = run_dir
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return lab_fault(self.run_dir) is None
+
+
 class LocalEngine:
     name = "local"
 
@@ -53,6 +67,7 @@ class LocalEngine:
         self.thread: threading.Thread | None = None
         self.servers: list = []
         self.gateway = None
+        self.echoes: _FaultEchoes | None = None
 
     def prepare(self, plan: Plan, labdir: Path) -> Plan:
         ips = [ip for ips in plan.hosts.values() for ip in ips]
@@ -61,6 +76,8 @@ class LocalEngine:
 
     def start(self, plan: Plan, labdir: Path, deadline: float) -> None:
         run_dir = labdir / "run"
+        self.echoes = _FaultEchoes(run_dir)
+        server_log.addFilter(self.echoes)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="labgen-local", daemon=True)
         self.thread.start()
@@ -120,3 +137,6 @@ class LocalEngine:
             self.loop.close()
         self.loop = None
         close_ledgers(labdir / "run")
+        if self.echoes:
+            server_log.removeFilter(self.echoes)
+            self.echoes = None
