@@ -35,6 +35,12 @@ TOO_MANY_HOPS = "554 5.4.0 Error: too many hops"
 # A header line as Postfix's is_header() sees it: a name of printable ASCII without ':' or space,
 # optional blanks, then ':' (RFC 822 allowed blanks before the colon).
 _HEADER = re.compile(rb"^([\x21-\x39\x3b-\x7e]+)[ \t]*:")
+# The built-in gateway's queue lives in memory: beyond this many bytes of queued mail it answers
+# as Postfix does when its queue file system runs short (queue_minfree), so a flood of messages
+# from a hostile client defers instead of exhausting the machine. Generous for any lab run: the
+# scenario limit of 20,000 recipients of the traffic's small messages is a few tens of MB.
+QUEUE_MAX_BYTES = 512 * 1024 * 1024
+INSUFFICIENT_STORAGE = "452 4.3.1 Insufficient system storage"
 _UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
 
 
@@ -77,6 +83,7 @@ class GatewayHandler:
         # (Postfix's own_inet_addr_list with inet_interfaces = all).
         self.own_ips = frozenset(plan.hosts["gateway"])
         self.tasks: set[asyncio.Task] = set()
+        self.queued_bytes = 0  # what the delivery tasks hold, against QUEUE_MAX_BYTES
         self._tls = {}
         for c in self.s.gateway.connectors:
             if c.certificate:
@@ -101,6 +108,11 @@ class GatewayHandler:
                 self.ledger.emit("rcpt", msgid=msgid, rcpt=r.lower(), action="reject", reply=TOO_MANY_HOPS,
                                  reason=f"hop count exceeded (limit {HOPCOUNT_LIMIT})", client_ip=session.peer[0])
             return TOO_MANY_HOPS
+        if self.queued_bytes + len(data) > QUEUE_MAX_BYTES:
+            for r in envelope.rcpt_tos:
+                self.ledger.emit("rcpt", msgid=msgid, rcpt=r.lower(), action="defer", reply=INSUFFICIENT_STORAGE,
+                                 reason=f"queue full ({QUEUE_MAX_BYTES} bytes held)", client_ip=session.peer[0])
+            return INSUFFICIENT_STORAGE
         self.ledger.emit("received", msgid=msgid, queue_id=qid, mail_from=envelope.mail_from,
                          rcpts=[r.lower() for r in envelope.rcpt_tos], client_ip=session.peer[0],
                          tls=server.tls_version())
@@ -131,12 +143,14 @@ class GatewayHandler:
     def _enqueue(self, qid, msgid, mail_from, rcpts, data, envid):
         task = asyncio.create_task(self._deliver(qid, msgid, mail_from, rcpts, data, envid))
         self.tasks.add(task)
-        task.add_done_callback(lambda t: self._delivery_done(t, qid, msgid))
+        self.queued_bytes += len(data)
+        task.add_done_callback(lambda t: self._delivery_done(t, qid, msgid, len(data)))
 
-    def _delivery_done(self, task: asyncio.Task, qid: str, msgid) -> None:
+    def _delivery_done(self, task: asyncio.Task, qid: str, msgid, size: int) -> None:
         """Retrieve every delivery task's outcome: a failure is one ledger event, never an asyncio
         "exception was never retrieved" traceback (e.g. a task still running when the lab stops)."""
         self.tasks.discard(task)
+        self.queued_bytes -= size
         if task.cancelled():
             return
         exc = task.exception()

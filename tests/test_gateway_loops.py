@@ -462,3 +462,20 @@ def test_docker_postfix_hop_limit_matches_the_builtin_gateway(docker_runs, local
         assert postfix_reply == builtin_reply == TOO_MANY_HOPS
     else:
         assert postfix_reply.startswith("250 2.0.0 Ok: queued as ") and builtin_reply.startswith("250 2.0.0 Ok: queued as ")
+
+
+def test_a_full_queue_defers_new_mail_as_postfix_does(local_lab, monkeypatch):
+    """The built-in gateway holds its queue in memory: past QUEUE_MAX_BYTES a hostile client's
+    flood gets Postfix's 452 4.3.1 instead of the machine's memory, and the queue takes mail
+    again once it has room."""
+    from labgen import gateway as gw
+    plan, labdir, engine = local_lab
+    # Room for exactly nothing more than what is already held: any message is over the limit.
+    monkeypatch.setattr(gw, "QUEUE_MAX_BYTES", engine.gateway.queued_bytes)
+    replies = submit(plan, b"", msgid="queue-full")
+    assert replies[-1] == gw.INSUFFICIENT_STORAGE
+    events = [e for e in read_events(labdir / "run") if e.get("msgid") == "queue-full"]
+    assert [(e["event"], e["action"], e["reply"]) for e in events] == [
+        ("rcpt", "defer", gw.INSUFFICIENT_STORAGE)]
+    monkeypatch.setattr(gw, "QUEUE_MAX_BYTES", 1 << 20)
+    assert submit(plan, b"", msgid="queue-room")[-1].startswith("250 2.0.0 Ok: queued as ")
