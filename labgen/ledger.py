@@ -16,7 +16,8 @@ import weakref
 from pathlib import Path
 from typing import Callable, Concatenate, Iterator, ParamSpec, TypeVar
 
-from .errors import InfraError
+from .errors import InfraError, escape
+from .textsafe import MESSAGE_ID
 
 MSGID_HEADER = "X-Labgen-Id"
 
@@ -146,8 +147,6 @@ def read_events(run_dir: Path) -> Iterator[dict]:
 # Client text in ledger fields (HELO names, addresses, reasons quoting them) is bounded: a field is
 # at most this many characters, a longer one is cut with an ellipsis.
 FIELD_MAX = 512
-# The traffic's ids (scenario.Message.id): the only ids that name a file or join events.
-_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,40}")
 # Mailbox directory names: an address's characters outside this set are percent-encoded.
 _MAILBOX_SAFE = frozenset("abcdefghijklmnopqrstuvwxyz0123456789._+-")
 _MAILBOX_NAME_MAX = 200  # well under NAME_MAX (255 bytes), room for the hash suffix
@@ -157,13 +156,12 @@ def clip(value: object, limit: int = FIELD_MAX) -> str:
     """Client text made fit for a ledger field and whatever later prints it: non-printable
     characters (controls, ESC, lone surrogates from undecodable bytes) escaped as Python does,
     at most `limit` characters."""
-    text = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in str(value))
-    return text if len(text) <= limit else text[:limit - 1] + "…"
+    return escape(value, limit)
 
 
 def safe_id(value: str | None) -> str | None:
     """`value` if it is a traffic id, else None: anything else is no id at all."""
-    return value if value is not None and _ID.fullmatch(value) else None
+    return value if value is not None and MESSAGE_ID.fullmatch(value) else None
 
 
 def header(message: bytes, name: str) -> str | None:

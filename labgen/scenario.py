@@ -26,6 +26,7 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr,
 
 from .errors import InputError, escape, one_line, quote
 from .resources import resource_dir
+from .textsafe import MESSAGE_ID
 
 # Lab names mirror the real ones under reserved TLDs (DESIGN.md §2).
 PROTECTION_SUFFIX = "mail.protection.outlook.test"  # real: mail.protection.outlook.com
@@ -104,7 +105,6 @@ _LOCAL_RE = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}")
 _LAB_NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,30}")
 # A tenant name is a DNS label of <tenant>.mail.protection.outlook.test.
 _TENANT_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,39}[a-z0-9])?")
-_MSG_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,40}")
 
 
 def check_domain(value: str) -> str:
@@ -356,7 +356,7 @@ class Message(_Model):
     @field_validator("id")
     @classmethod
     def _id(cls, v):
-        if v is not None and not _MSG_ID_RE.fullmatch(v):
+        if v is not None and not MESSAGE_ID.fullmatch(v):
             raise ValueError(f"{quote(v)}: ids are letters, digits, '.', '_' or '-' (at most 41)")
         return v
 

@@ -18,6 +18,9 @@ from typing import Callable
 from .errors import InfraError
 
 ELLIPSIS = "…"
+# A traffic message id (scenario `traffic[].id`): the only ids that name a file or join events,
+# whether they come from a scenario or from a lab client's X-Labgen-Id header or DSN ENVID.
+MESSAGE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,40}")
 
 
 def one_line(value: object, limit: int = 200) -> str:

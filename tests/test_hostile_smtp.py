@@ -203,11 +203,11 @@ BAD_IDS = [
     ("header", "a/b", "a/b"),
     ("header", "x" * 60, "x" * 60),
     ("header", "\x1b[31mred", "\\x1b[31mred"),
-    ("header", "a\rb", "a\\rb"),
+    ("header", "a\rb", "a\\x0db"),
     ("header", "-leading-dash", "-leading-dash"),
     ("header", "z" * 200, "z" * 79 + "…"),
     ("envid", "..+2F..+2F..+2Fcanary+2Fenv", "../../../canary/env"),
-    ("envid", "a+0D+0AX-Injected:+201", "a\\r\\nX-Injected: 1"),
+    ("envid", "a+0D+0AX-Injected:+201", "a\\x0d\\x0aX-Injected: 1"),
     ("envid", "a+2Fb", "a/b"),
 ]
 
