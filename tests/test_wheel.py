@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -21,8 +22,17 @@ def installed(tmp_path_factory) -> Path:
     """The venv's bin directory, with labgen installed from its wheel."""
     root = tmp_path_factory.mktemp("wheel")
     dist = root / "dist"
+    # Built from a copy of the tracked tree: setuptools' in-tree build/ would otherwise carry
+    # modules that no longer exist into the wheel, and the checkout stays untouched.
+    src = root / "src"
+    tracked = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                             capture_output=True, check=True).stdout.decode().split("\0")
+    for rel in filter(None, tracked):
+        if (REPO / rel).is_file():
+            (src / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, src / rel)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--disable-pip-version-check", "-q", "--no-deps",
-                    "-w", str(dist), str(REPO)], check=True, capture_output=True, timeout=600)
+                    "-w", str(dist), str(src)], check=True, capture_output=True, timeout=600)
     wheels = list(dist.glob("labgen-*.whl"))
     assert len(wheels) == 1, wheels
     venv = root / "venv"
