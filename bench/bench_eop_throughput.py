@@ -20,9 +20,9 @@ from common import machine
 
 from labgen.engines.local import LocalEngine
 from labgen.run import prepare_lab
-from labgen.scenario import load_scenario
-from labgen.smtp_client import client_tls_context
-from labgen.smtpd import server_tls_context
+from labgen.model.scenario import load_scenario
+from labgen.lab.smtp_client import client_tls_context
+from labgen.lab.smtpd import server_tls_context
 
 
 class BareSink:
@@ -33,7 +33,7 @@ class BareSink:
 def _serve(kind: str, plan, labdir: Path, ready):
     from aiosmtpd.smtp import SMTP
 
-    from labgen.eop.server import eop_factory
+    from labgen.lab.eop.server import eop_factory
 
     async def main():
         files = plan.certs["eop-server"]

@@ -38,7 +38,7 @@ def ndr_named(doc: dict) -> bool:
 def free_subnet() -> str:
     import ipaddress
 
-    from labgen.dockerapi import client
+    from labgen.engines.dockerapi import client
     taken = [ipaddress.ip_network(c["Subnet"], strict=False) for n in client().networks.list()
              for c in (n.attrs.get("IPAM") or {}).get("Config") or [] if c.get("Subnet")]
     for third in range(100, 256):

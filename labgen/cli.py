@@ -33,7 +33,7 @@ from rich.text import Text  # noqa: E402
 
 from . import __version__  # noqa: E402
 from .errors import InputError, LabgenError, escape, one_line  # noqa: E402
-from .scenario import builtin_names, json_schema, load_scenario  # noqa: E402
+from .model.scenario import builtin_names, json_schema, load_scenario  # noqa: E402
 
 if _guard:
     signal.signal(signal.SIGINT, _previous_sigint)  # from here on LabgenGroup turns it into that line
@@ -126,7 +126,7 @@ def scenarios(as_json):
 def validate(scenario, as_json):
     """Check a scenario file (or built-in name); errors name the file and YAML path."""
     s = load_scenario(scenario)
-    from .plan import make_plan
+    from .model.plan import make_plan
     make_plan(s, "docker")  # address checks live in the planner
     if as_json:
         _print_json({"schema": "labgen.validate/v1", "scenario": s.name, "valid": True})
@@ -147,8 +147,8 @@ def schema():
 @click.option("--json", "as_json", is_flag=True)
 def certs(scenario, workdir, as_json):
     """Make (or reuse) the lab's PKI and list every certificate."""
-    from .pki import describe, make_pki
-    from .plan import make_plan
+    from .lab.pki import describe, make_pki
+    from .model.plan import make_plan
     from .run import lab_dir, make_lab_dir
     s = load_scenario(scenario)
     plan = make_plan(s, "docker")
@@ -218,7 +218,7 @@ def up(scenario, engine, workdir, subnet, as_json, force):
     if as_json:
         _print_json(doc)
     else:
-        from .report import print_result
+        from .results.report import print_result
         print_result(doc, out)
     sys.exit(_exit_for(doc))
 
@@ -231,7 +231,7 @@ def up(scenario, engine, workdir, subnet, as_json, force):
 @click.option("--json", "as_json", is_flag=True, help="Print the labgen.compare/v1 document.")
 def compare(a, b, engine, workdir, as_json):
     """Run two scenarios and show, per message, what changed."""
-    from .compare import compare_docs
+    from .results.compare import compare_docs
     load_scenario(a), load_scenario(b)  # bad input fails before anything starts
     doc_a = run_one(a, engine, workdir, None, as_json)
     doc_b = run_one(b, engine, workdir, None, True)
@@ -239,7 +239,7 @@ def compare(a, b, engine, workdir, as_json):
     if as_json:
         _print_json(doc)
     else:
-        from .report import print_compare, print_expectation_failures
+        from .results.report import print_compare, print_expectation_failures
         print_compare(doc, out)
         print_expectation_failures(doc_a, out)
         print_expectation_failures(doc_b, out)
@@ -263,8 +263,8 @@ def trace(tenant, lab, workdir, as_json):
         if not runs:
             raise InputError(f"{wd}: no lab has run here; run `labgen up SCENARIO` first or pass --workdir")
         path = runs[-1] / "trace.jsonl"
-    from .ledger import read_events
-    from .plan import Plan
+    from .lab.ledger import read_events
+    from .model.plan import Plan
     labdir = path.parent.parent
     lab = labdir.name.removeprefix("labgen-")
     if not (labdir / "plan.json").is_file():
@@ -294,8 +294,8 @@ def trace(tenant, lab, workdir, as_json):
 def render(scenario, output, subnet, force):
     """Write the lab as a self-contained compose project, to run by hand."""
     from .engines.docker import DockerEngine
-    from .images import image_tag
-    from .render import project_name, render_project
+    from .engines.images import image_tag
+    from .engines.compose import project_name, render_project
     from .run import lab_dir, prepare_lab
     s = load_scenario(scenario)
     # abspath, not resolve(): a symlinked output directory is refused, never followed
@@ -408,7 +408,7 @@ def images():
                    "FROM debian:bookworm; offline: a Debian rootfs made by mmdebstrap from the host's mirror.")
 def images_build(force, base):
     """Build the lab image (offline from Debian packages and PyPI wheels when no registry answers)."""
-    from .images import ensure_image
+    from .engines.images import ensure_image
     tag = ensure_image(console=err, force=force, from_registry={"auto": None, "registry": True, "offline": False}[base])
     out.print(f"lab image: {tag}")
 
@@ -416,7 +416,7 @@ def images_build(force, base):
 @images.command("prune")
 def images_prune():
     """Remove old lab images (every one but the current, unless a container uses it)."""
-    from .images import prune_images
+    from .engines.images import prune_images
     removed = prune_images()
     out.print(f"removed {len(removed)} old lab image(s)" + (f": {', '.join(removed)}" if removed else ""))
 
@@ -425,7 +425,7 @@ def images_prune():
 @click.option("--json", "as_json", is_flag=True)
 def images_ls(as_json):
     """List labgen's images."""
-    from .images import list_images
+    from .engines.images import list_images
     rows = list_images()
     if as_json:
         _print_json({"schema": "labgen.images/v1", "images": rows})

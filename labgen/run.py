@@ -12,13 +12,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Optional
 
-from . import verdict
+from .results import verdict
 from .engines.base import Engine
 from .errors import InfraError, InputError
-from .ledger import cannot_write, clear_fault, lab_fault
-from .pki import make_pki
-from .plan import Plan, make_plan
-from .scenario import Scenario
+from .lab.ledger import cannot_write, clear_fault, lab_fault
+from .lab.pki import make_pki
+from .model.plan import Plan, make_plan
+from .model.scenario import Scenario
 
 RESULT_SCHEMA = "labgen.result/v1"
 POLL_S = 0.05

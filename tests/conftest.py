@@ -50,7 +50,7 @@ def docker_ready():
         if os.environ.get("CI") or os.environ.get("LABGEN_REQUIRE_DOCKER"):
             pytest.fail(f"Docker tests must run here but {why}")
         pytest.skip(f"Docker tests need a Docker engine: {why}")
-    from labgen.images import ensure_image
+    from labgen.engines.images import ensure_image
     return ensure_image()
 
 
@@ -80,7 +80,7 @@ class OwnLab:
 
 
 def _docker_subnets() -> list:
-    from labgen.dockerapi import client
+    from labgen.engines.dockerapi import client
     nets = []
     for net in client().networks.list():
         for cfg in (net.attrs.get("IPAM") or {}).get("Config") or []:

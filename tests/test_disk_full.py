@@ -24,9 +24,9 @@ from conftest import REPO, labgen
 
 from labgen.engines.local import LocalEngine
 from labgen.errors import InfraError
-from labgen.ledger import Ledger, clear_fault, lab_fault, write_mailbox
+from labgen.lab.ledger import Ledger, clear_fault, lab_fault, write_mailbox
 from labgen.run import MIN_FREE_BYTES, check_space, run_lab
-from labgen.scenario import load_scenario
+from labgen.model.scenario import load_scenario
 
 ENOSPC = os.strerror(errno.ENOSPC)  # "No space left on device"
 PAGE = os.sysconf("SC_PAGE_SIZE")

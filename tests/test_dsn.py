@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from labgen.dsn import build_ndr, original_envid
-from labgen.ledger import header
+from labgen.lab.dsn import build_ndr, original_envid
+from labgen.lab.ledger import header
 
 ORIGINAL = (b"From: alice@contoso.example\r\nTo: carol@fabrikam.example\r\nSubject: Q3\r\n"
             b"X-Labgen-Id: to-fabrikam\r\n\r\nbody\r\n")

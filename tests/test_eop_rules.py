@@ -8,10 +8,10 @@ import copy
 import pytest
 import yaml
 
-from labgen.eop.rules import (REPLY_DBEB, REPLY_QUEUED, REPLY_RELAY_DENIED, REPLY_TLS_REQUIRED, Attribution,
+from labgen.lab.eop.rules import (REPLY_DBEB, REPLY_QUEUED, REPLY_RELAY_DENIED, REPLY_TLS_REQUIRED, Attribution,
                               Session, attribute, decide, name_matches)
 from labgen.resources import resource_dir
-from labgen.scenario import parse_scenario
+from labgen.model.scenario import parse_scenario
 
 BROKEN = yaml.safe_load((resource_dir("scenarios") / "broken.yaml").read_text())
 

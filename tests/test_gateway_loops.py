@@ -26,13 +26,13 @@ import pytest
 import yaml
 
 from conftest import by_id, labgen
-from labgen import resolve
+from labgen.lab import nexthop
 from labgen.engines.local import LocalEngine
-from labgen.gateway import HOPCOUNT_LIMIT, TOO_MANY_HOPS, GatewayHandler, hop_count, printable
-from labgen.ledger import read_events
+from labgen.lab.gateway import HOPCOUNT_LIMIT, TOO_MANY_HOPS, GatewayHandler, hop_count, printable
+from labgen.lab.ledger import read_events
 from labgen.run import prepare_lab
-from labgen.scenario import load_scenario
-from labgen.traffic import run_traffic
+from labgen.model.scenario import load_scenario
+from labgen.lab.traffic import run_traffic
 
 LOOPS = Path(__file__).resolve().parent / "data" / "loops"
 SCENARIOS = sorted(LOOPS.glob("e-*.yaml"))
@@ -153,18 +153,18 @@ OWN = {SELF, EGRESS}
 def test_next_hops_refuse_the_gateway_itself(name, mx, records, expected):
     r = FakeResolver(records.get("mx", {}), records.get("a", {}))
     if isinstance(expected, str):
-        with pytest.raises(resolve.DnsFailure) as e:
-            resolve.next_hops(r, name, mx=mx, own=OWN)
+        with pytest.raises(nexthop.DnsFailure) as e:
+            nexthop.next_hops(r, name, mx=mx, own=OWN)
         assert e.value.reply == expected
         assert e.value.permanent is expected.startswith("5.")
     else:
-        assert [(h.host, h.ip) for h in resolve.next_hops(r, name, mx=mx, own=OWN)] == expected
+        assert [(h.host, h.ip) for h in nexthop.next_hops(r, name, mx=mx, own=OWN)] == expected
 
 
 def test_without_own_addresses_nothing_is_a_loop():
     """The traffic generators look up next hops too; they are not an MTA and pass no addresses."""
     r = FakeResolver({"t.example": [(10, "gw.example")]}, {"gw.example": [SELF]})
-    assert [h.ip for h in resolve.next_hops(r, "t.example", mx=True)] == [SELF]
+    assert [h.ip for h in nexthop.next_hops(r, "t.example", mx=True)] == [SELF]
 
 
 # ---------------------------------------------------------------- hop count: Postfix's cleanup
@@ -468,7 +468,7 @@ def test_a_full_queue_defers_new_mail_as_postfix_does(local_lab, monkeypatch):
     """The built-in gateway holds its queue in memory: past QUEUE_MAX_BYTES a hostile client's
     flood gets Postfix's 452 4.3.1 instead of the machine's memory, and the queue takes mail
     again once it has room."""
-    from labgen import gateway as gw
+    from labgen.lab import gateway as gw
     plan, labdir, engine = local_lab
     # Room for exactly nothing more than what is already held: any message is over the limit.
     monkeypatch.setattr(gw, "QUEUE_MAX_BYTES", engine.gateway.queued_bytes)

@@ -21,10 +21,10 @@ import dns.rdatatype
 import dns.update
 import pytest
 
-from labgen import dns_server, smtpd
+from labgen.lab import dns_server as labdns, smtpd
 from labgen.engines.local import LocalEngine
 from labgen.run import prepare_lab
-from labgen.scenario import load_scenario
+from labgen.model.scenario import load_scenario
 
 
 @pytest.fixture
@@ -178,7 +178,7 @@ def test_no_recursion_for_names_outside_the_lab(lab):
 
 
 def test_tcp_connection_cap_closes_the_surplus_and_recovers(lab, monkeypatch, caplog):
-    monkeypatch.setattr(dns_server, "TCP_IDLE_S", 3600.0)  # the flood must outlast its own opening
+    monkeypatch.setattr(labdns, "TCP_IDLE_S", 3600.0)  # the flood must outlast its own opening
     plan, labdir = lab
     cap, extra = smtpd.connection_cap(), 40
     query = dns.message.make_query("fabrikam.example", "MX").to_wire()
@@ -213,7 +213,7 @@ def test_tcp_connection_cap_closes_the_surplus_and_recovers(lab, monkeypatch, ca
 
 
 def test_idle_tcp_client_is_dropped(lab, monkeypatch):
-    monkeypatch.setattr(dns_server, "TCP_IDLE_S", 0.2)
+    monkeypatch.setattr(labdns, "TCP_IDLE_S", 0.2)
     plan, labdir = lab
     for partial in (b"", b"\x00", b"\x00\x20" + b"\x00" * 5):  # nothing, half a length, half a message
         with socket.create_connection(addr(plan), timeout=60) as s:  # the timeout is an upper bound

@@ -23,12 +23,12 @@ from pathlib import Path
 
 import pytest
 
-from labgen import smtpd
+from labgen.lab import smtpd
 from labgen.engines.local import LocalEngine
 from labgen.run import prepare_lab
-from labgen.scenario import load_scenario
-from labgen.sink import SinkHandler
-from labgen.smtpd import LabSMTP, serve
+from labgen.model.scenario import load_scenario
+from labgen.lab.sink import SinkHandler
+from labgen.lab.smtpd import LabSMTP, serve
 
 REPO = Path(__file__).resolve().parent.parent
 SIZE_EXCEEDED = "552 5.3.4 Message size exceeds fixed maximum message size"
@@ -503,7 +503,7 @@ EMFILE_CHILD = textwrap.dedent("""
     from pathlib import Path
     from labgen.engines.local import LocalEngine
     from labgen.run import prepare_lab
-    from labgen.scenario import load_scenario
+    from labgen.model.scenario import load_scenario
 
     engine = LocalEngine()
     plan, labdir = prepare_lab(load_scenario("broken"), engine, Path(sys.argv[1]))
@@ -582,20 +582,20 @@ MAILBOX_NAMES = [
 
 @pytest.mark.parametrize("address, name", MAILBOX_NAMES)
 def test_mailbox_names(address, name):
-    from labgen.ledger import mailbox_dir
+    from labgen.lab.ledger import mailbox_dir
     assert mailbox_dir(address) == name
     local, at, domain = address.rpartition("@")
     assert urllib.parse.unquote(name, errors="surrogateescape") == (local + at + domain.lower() if at else address)
 
 
 def test_long_mailbox_names_are_cut_and_stay_distinct():
-    from labgen.ledger import mailbox_dir
+    from labgen.lab.ledger import mailbox_dir
     a, b = mailbox_dir("x" * 300 + "a@northwind.example"), mailbox_dir("x" * 300 + "b@northwind.example")
     assert a != b and len(a) <= 200 and len(b) <= 200 and "/" not in a + b
 
 
 def test_empty_address_has_no_mailbox(tmp_path):
-    from labgen.ledger import write_mailbox
+    from labgen.lab.ledger import write_mailbox
     with pytest.raises(ValueError):
         write_mailbox(tmp_path, "", None, b"x")
     assert tree(tmp_path) == set()

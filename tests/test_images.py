@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from labgen import images
+from labgen.engines import images
 from labgen.errors import InfraError
 
 TAG = re.compile(r"^labgen-lab:[0-9a-f]{12}$")
@@ -117,7 +117,7 @@ def _run_in(image: str, command: str) -> str:
 @pytest.mark.docker
 @pytest.mark.parametrize("command, expect", [
     ("postconf -d mail_version", r"mail_version = 3\."),
-    ("python3 -c 'import labgen.services, labgen.eop.server, labgen.dns_server; print(labgen.__file__)'",
+    ("python3 -c 'import labgen.lab.entrypoints, labgen.lab.eop.server, labgen.lab.dns_server; print(labgen.__file__)'",
      r"^/opt/labgen/labgen/__init__\.py"),
     ("swaks --version", r"swaks version"),
     ("ip addr", r"\blo\b.*LOOPBACK"),

@@ -7,9 +7,9 @@ import copy
 
 import pytest
 
-from labgen.plan import make_plan
-from labgen.postfix import parse_log
-from labgen.scenario import load_scenario
+from labgen.model.plan import make_plan
+from labgen.engines.postfix import parse_log
+from labgen.model.scenario import load_scenario
 
 RUN = "4992cfd1"
 GW = "198.51.100.10"

@@ -19,13 +19,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from labgen import postfix
+from labgen.engines import postfix
 from labgen.errors import InfraError, InputError
-from labgen.pki import make_pki
-from labgen.plan import CERT_STEM, Plan, _cert_stems, make_plan
-from labgen.render import compose_data, render_project
+from labgen.lab.pki import make_pki
+from labgen.model.plan import CERT_STEM, Plan, _cert_stems, make_plan
+from labgen.engines.compose import compose_data, render_project
 from labgen.resources import resource_dir
-from labgen.scenario import load_scenario
+from labgen.model.scenario import load_scenario
 from labgen.textsafe import md_inline, one_line
 
 IMAGE = "labgen-lab:0123456789ab"

@@ -8,11 +8,11 @@ import copy
 import pytest
 import yaml
 
-from labgen.plan import make_plan
-from labgen.postfix import transport_map, transports
+from labgen.model.plan import make_plan
+from labgen.engines.postfix import transport_map, transports
 from labgen.resources import resource_dir
-from labgen.routing import may_relay, pick_connector
-from labgen.scenario import SendConnector, parse_scenario
+from labgen.lab.routing import may_relay, pick_connector
+from labgen.model.scenario import SendConnector, parse_scenario
 
 BROKEN = yaml.safe_load((resource_dir("scenarios") / "broken.yaml").read_text())
 

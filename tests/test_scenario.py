@@ -9,9 +9,9 @@ import pytest
 import yaml
 
 from labgen.errors import InputError
-from labgen.plan import make_plan
+from labgen.model.plan import make_plan
 from labgen.resources import resource_dir
-from labgen.scenario import Scenario, load_scenario, parse_scenario
+from labgen.model.scenario import Scenario, load_scenario, parse_scenario
 
 BROKEN = yaml.safe_load((resource_dir("scenarios") / "broken.yaml").read_text())
 

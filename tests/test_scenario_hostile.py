@@ -15,9 +15,9 @@ import pytest
 import yaml
 
 from labgen.errors import InputError, escape, one_line, quote
-from labgen.plan import make_plan
+from labgen.model.plan import make_plan
 from labgen.resources import resource_dir
-from labgen.scenario import load_scenario, parse_scenario
+from labgen.model.scenario import load_scenario, parse_scenario
 
 BROKEN_TEXT = (resource_dir("scenarios") / "broken.yaml").read_text()
 BROKEN = yaml.safe_load(BROKEN_TEXT)
@@ -322,7 +322,7 @@ def test_recipient_limit_can_be_raised(monkeypatch):
 @pytest.mark.parametrize("days", [(-18250, 1), (18250, 36500), (-18250, 36500)], ids=["oldest", "latest", "longest"])
 def test_certificate_dates_at_the_bounds_are_made(tmp_path, days):
     """The bounds are ones cryptography's X.509 builder accepts."""
-    from labgen.pki import make_pki
+    from labgen.lab.pki import make_pki
     data = _do(_set(["certificates", "gw-selfsigned", "not_before_days"], days[0]),
                _set(["certificates", "gw-selfsigned", "valid_days"], days[1]))
     d = copy.deepcopy(BROKEN)
@@ -422,7 +422,7 @@ def test_report_escapes_control_characters():
 
     from rich.console import Console
 
-    from labgen.report import print_result
+    from labgen.results.report import print_result
     doc = json.loads(json.dumps({
         "scenario": "x", "engine": "local", "duration_s": 0.1, "description": "[/]\x1b[2J",
         "lab_dir": "/tmp/x\x1b]0;t\x07", "summary": {"total": 1, "delivered": 0, "silently_discarded": 1,

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from labgen import postfix
-from labgen.plan import Plan
-from labgen.verdict import classify, settled
+from labgen.engines import postfix
+from labgen.model.plan import Plan
+from labgen.results.verdict import classify, settled
 
 DATA = Path(__file__).parent / "data"
 RECORDED = ["strict-eop-local", "strict-eop-docker"]

@@ -19,7 +19,7 @@ from cryptography.x509.oid import NameOID
 
 from labgen.engines.local import LocalEngine
 from labgen.run import prepare_lab
-from labgen.scenario import load_scenario
+from labgen.model.scenario import load_scenario
 
 pytestmark = pytest.mark.skipif(shutil.which("swaks") is None, reason="swaks is not installed (apt-get install swaks)")
 

@@ -10,9 +10,9 @@ import itertools
 
 import pytest
 
-from labgen.plan import make_plan
-from labgen.scenario import load_scenario
-from labgen.verdict import classify, settled, summary
+from labgen.model.plan import make_plan
+from labgen.model.scenario import load_scenario
+from labgen.results.verdict import classify, settled, summary
 
 GW = "gw.contoso.example[198.51.100.10]:25"
 EOP = "fabrikam.mail.protection.outlook.test[198.51.100.25]:25"
@@ -230,7 +230,7 @@ BOUNCES_WITHOUT_SMTP_CODE = [
     # Postfix's own words (postfix._reply prefixes the DSN): relay=none, no server reply.
     ("postfix-dns-bounce", "5.4.4 Host or domain name not found. Name service error for name=fabrikam.example "
                            "type=MX: Host not found"),
-    # The built-in gateway's permanent DNS failure (gateway._attempt logs resolve.DnsFailure as is).
+    # The built-in gateway's permanent DNS failure (gateway._attempt logs nexthop.DnsFailure as is).
     ("builtin-gateway-dns-bounce", "Host or domain name not found. Name service error for "
                                    "name=fabrikam.example type=MX: Host not found"),
 ]

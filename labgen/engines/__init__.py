@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..dockerapi import answers as docker_answers
+from .dockerapi import answers as docker_answers
 from ..errors import InfraError
 
 

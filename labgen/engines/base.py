@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
-from ..plan import Plan
+from ..model.plan import Plan
 
 
 class Engine(Protocol):

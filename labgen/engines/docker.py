@@ -17,12 +17,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Optional
 
-from ..collect import collect_events
-from ..dockerapi import client
+from ..results.collect import collect_events
+from .dockerapi import client
 from ..errors import InfraError
-from ..ledger import read_events
-from ..plan import Plan
-from ..render import project_name, render_project
+from ..lab.ledger import read_events
+from ..model.plan import Plan
+from .compose import project_name, render_project
 
 LABEL = "io.labgen.lab"
 _CONTAINER_LAB = re.compile(r"(?<![\w./-])/lab(?=/|\b)")  # the lab directory's path inside a container
@@ -143,7 +143,7 @@ class DockerEngine:
         return plan
 
     def start(self, plan: Plan, labdir: Path, deadline: float) -> None:
-        from ..images import ensure_image
+        from .images import ensure_image
         client()
         remove_lab(plan.lab)  # `up` on an existing lab replaces it
         check_subnet(plan)

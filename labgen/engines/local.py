@@ -11,15 +11,15 @@ import socket
 import threading
 from pathlib import Path
 
-from ..dns_server import serve_dns
-from ..eop.server import eop_factory
+from ..lab.dns_server import serve_dns
+from ..lab.eop.server import eop_factory
 from ..errors import InfraError
-from ..gateway import gateway_factory
-from ..ledger import close_ledgers, lab_fault, read_events
-from ..plan import Plan
-from ..sink import sink_factory
-from ..smtpd import log as server_log
-from ..traffic import run_traffic
+from ..lab.gateway import gateway_factory
+from ..lab.ledger import close_ledgers, lab_fault, read_events
+from ..model.plan import Plan
+from ..lab.sink import sink_factory
+from ..lab.smtpd import log as server_log
+from ..lab.traffic import run_traffic
 
 
 def _port_free_everywhere(port: int, ips: list[str]) -> bool:
@@ -86,7 +86,7 @@ class LocalEngine:
                     ("gateway", gw_factory)]
 
         async def listen():
-            from ..smtpd import serve
+            from ..lab.smtpd import serve
             try:
                 self.servers += await serve_dns(plan, plan.ip("dns"), plan.dns_port, run_dir)
             except OSError as e:

@@ -18,10 +18,10 @@ import time
 from email.utils import format_datetime
 from pathlib import Path
 
-from . import resolve, routing
+from . import nexthop, routing
 from .dsn import build_ndr
 from .ledger import Ledger, labgen_id
-from .plan import Plan, gateway_server_cert
+from ..model.plan import Plan, gateway_server_cert
 from .smtp_client import client_tls_context, send
 from .smtpd import LabSMTP, server_tls_context
 
@@ -77,7 +77,7 @@ class GatewayHandler:
         self.plan, self.s, self.labdir = plan, plan.scenario, labdir
         self.ledger = Ledger(run_dir, "gateway")
         self.deadline = deadline
-        self.resolver = resolve.resolver(plan.ip("dns"), plan.dns_port)
+        self.resolver = nexthop.resolver(plan.ip("dns"), plan.dns_port)
         self.trusted_clients = set(plan.hosts["traffic"][1:])  # Exchange Online's outbound address
         # Every address the gateway listens on or sends from: a next hop there is itself
         # (Postfix's own_inet_addr_list with inet_interfaces = all).
@@ -202,8 +202,8 @@ class GatewayHandler:
         c = next(c for c in self.s.gateway.connectors if c.name == cname)
         base = dict(msgid=msgid, queue_id=qid, connector=cname)
         try:
-            hops = resolve.next_hops(self.resolver, target, mx=by_mx, own=self.own_ips)
-        except resolve.DnsFailure as e:  # no next hop: DNS, or it would be the gateway itself
+            hops = nexthop.next_hops(self.resolver, target, mx=by_mx, own=self.own_ips)
+        except nexthop.DnsFailure as e:  # no next hop: DNS, or it would be the gateway itself
             kind = "bounced" if e.permanent else "deferred"
             for r in rcpts:
                 self.ledger.emit(kind, rcpt=r.lower(), relay=None, reply=e.reply, dsn=e.status, **base)

@@ -13,7 +13,7 @@ import ipaddress
 from dataclasses import asdict, dataclass, field
 from typing import Literal, Optional
 
-from ..scenario import Scenario, domain_of, routing_domain
+from ...model.scenario import Scenario, domain_of, routing_domain
 
 By = Literal["certificate", "ip", "recipient"]
 

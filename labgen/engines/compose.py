@@ -5,7 +5,7 @@ certificates and a README, all under the lab directory with relative paths only.
 Scenario files come from strangers, so nothing here pastes a scenario string into structure:
 compose.yaml is data dumped by yaml.safe_dump, human text appears only as one sanitised line
 (labgen.textsafe), identifiers must match their grammar, and the Postfix files are checked line
-by line before anything is written (labgen.postfix)."""
+by line before anything is written (labgen.engines.postfix)."""
 
 from __future__ import annotations
 
@@ -16,11 +16,12 @@ from typing import Any, Callable
 import yaml
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from . import __version__, postfix
-from .errors import InfraError
-from .plan import EOP_POOL_HOST, Plan
-from .resources import resource_dir
-from .textsafe import checked, md_inline, one_line, shown
+from .. import __version__
+from . import postfix
+from ..errors import InfraError
+from ..model.plan import EOP_POOL_HOST, Plan
+from ..resources import resource_dir
+from ..textsafe import checked, md_inline, one_line, shown
 
 SERVICES = ("dns", "eop", "sink", "gateway", "traffic")
 HOSTNAMES = {"dns": "ns.lab.test", "sink": "mx-sink.lab.test", "traffic": "traffic.lab.test"}
@@ -68,8 +69,8 @@ def compose_data(plan: Plan, image: str) -> dict:
             "volumes": ["./:/lab:ro", "./run:/lab/run", "./resolv.conf:/etc/resolv.conf:ro"],
             "container_name": f"{project}-{name}",
             "hostname": svc["hostname"],
-            "command": ["python3", "-m", "labgen.services", name],
-            "healthcheck": {"test": ["CMD", "python3", "-m", "labgen.services", name, "--probe"],
+            "command": ["python3", "-m", "labgen.lab.entrypoints", name],
+            "healthcheck": {"test": ["CMD", "python3", "-m", "labgen.lab.entrypoints", name, "--probe"],
                             "interval": "10s", "timeout": "5s", "retries": 3, "start_period": "5s"},
         }
         if svc["depends_on"]:

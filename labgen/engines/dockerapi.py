@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from .errors import InfraError
+from ..errors import InfraError
 
 
 def _first_line(e: Exception) -> str:

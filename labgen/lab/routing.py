@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from .scenario import Scenario, SendConnector, domain_of
+from ..model.scenario import Scenario, SendConnector, domain_of
 
 
 def specificity(space: str, domain: str) -> int:

@@ -7,7 +7,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .errors import escape
+from ..errors import escape
 
 STYLE = {"delivered": "green", "silently_discarded": "bold red", "rejected": "yellow", "deferred": "magenta",
          "unaccounted": "bold white on red"}

@@ -12,11 +12,11 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
-from .errors import InfraError
-from .plan import CertFiles, Plan, gateway_server_cert
-from .routing import inbound_domains
-from .scenario import SendConnector
-from .textsafe import Checked, checked, one_line, shown
+from ..errors import InfraError
+from ..model.plan import CertFiles, Plan, gateway_server_cert
+from ..lab.routing import inbound_domains
+from ..model.scenario import SendConnector
+from ..textsafe import Checked, checked, one_line, shown
 
 LOG_FILE = "run/postfix.log"
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from rich.markup import escape
 
 import labgen
-from labgen.dockerapi import client as docker_client
+from labgen.engines.dockerapi import client as docker_client
 from labgen.errors import InfraError
 from labgen.resources import resource_dir
 

@@ -16,8 +16,8 @@ import weakref
 from pathlib import Path
 from typing import Callable, Concatenate, Iterator, ParamSpec, TypeVar
 
-from .errors import InfraError, escape
-from .textsafe import MESSAGE_ID
+from ..errors import InfraError, escape
+from ..textsafe import MESSAGE_ID
 
 MSGID_HEADER = "X-Labgen-Id"
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from . import postfix
-from .ledger import read_events
-from .plan import Plan
+from ..engines import postfix
+from ..lab.ledger import read_events
+from ..model.plan import Plan
 
 
 def collect_events(labdir: Path, plan: Optional[Plan] = None) -> list[dict]:

@@ -9,10 +9,10 @@ from email.message import EmailMessage
 from email.utils import formatdate
 from pathlib import Path
 
-from . import resolve
+from . import nexthop
 from .ledger import MSGID_HEADER, Ledger
-from .plan import Plan, message_entry
-from .scenario import Message
+from ..model.plan import Plan, message_entry
+from ..model.scenario import Message
 from .smtp_client import send
 
 TRAFFIC_HELO = {"gateway": "outbound.protection.outlook.test", "mx": "sender.internet.test"}
@@ -42,12 +42,12 @@ def _targets(plan: Plan, m: Message) -> list[tuple[str, list[str], str, bool]]:
 
 def submit(plan: Plan, m: Message, ledger: Ledger) -> None:
     data = build(plan, m)
-    r = resolve.resolver(plan.ip("dns"), plan.dns_port)
+    r = nexthop.resolver(plan.ip("dns"), plan.dns_port)
     for entry, rcpts, name, by_mx in _targets(plan, m):
         source = plan.hosts["traffic"][1] if entry == "gateway" else plan.hosts["traffic"][0]
         try:
-            hop = resolve.next_hops(r, name, mx=by_mx)[0]
-        except resolve.DnsFailure as e:
+            hop = nexthop.next_hops(r, name, mx=by_mx)[0]
+        except nexthop.DnsFailure as e:
             for rcpt in rcpts:
                 ledger.emit("submitted", msgid=m.id, rcpt=rcpt, entry=entry, relay=None, code=0, reply=str(e))
             continue

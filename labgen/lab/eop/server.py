@@ -20,7 +20,7 @@ from pathlib import Path
 from ..dsn import note_ndr
 from ..ledger import Ledger, clip, header, write_mailbox
 from ..pki import TrustStore, cert_info
-from ..plan import EOP_POOL_HOST, Plan
+from ...model.plan import EOP_POOL_HOST, Plan
 from ..smtpd import LabSMTP, message_id, server_tls_context
 from . import rules
 

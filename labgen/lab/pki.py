@@ -20,9 +20,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .errors import InfraError, InputError
-from .plan import EOP_POOL_HOST, Plan, sink_host
-from .scenario import PROTECTION_SUFFIX, Certificate
+from ..errors import InfraError, InputError
+from ..model.plan import EOP_POOL_HOST, Plan, sink_host
+from ..model.scenario import PROTECTION_SUFFIX, Certificate
 
 ROOT_CN = "Labgen Public Root CA"
 INTERMEDIATE_CN = "Labgen Public TLS CA 2026"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from .dsn import note_ndr
 from .ledger import Ledger, clip, write_mailbox
-from .plan import Plan, sink_host
-from .scenario import domain_of
+from ..model.plan import Plan, sink_host
+from ..model.scenario import domain_of
 from .smtpd import LabSMTP, message_id, server_tls_context
 
 

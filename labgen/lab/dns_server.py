@@ -16,7 +16,7 @@ from pathlib import Path
 from dnslib import CLASS, OPCODE, QTYPE, RCODE, RR, SOA, A, MX, DNSBuffer, DNSHeader, DNSLabel, DNSRecord
 
 from .ledger import Ledger, clip
-from .plan import Plan
+from ..model.plan import Plan
 from .smtpd import Guard
 
 TTL = 60

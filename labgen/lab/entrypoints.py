@@ -1,4 +1,4 @@
-"""Entry points of the lab's containers: `python -m labgen.services SERVICE` inside the lab image.
+"""Entry points of the lab's containers: `python -m labgen.lab.entrypoints SERVICE` inside the lab image.
 Every container mounts the rendered lab directory at /lab (plan.json, certificates, configs) and
 its run/ directory read-write for the ledger. The services are the same code the local engine
 runs in-process.
@@ -18,9 +18,9 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import InfraError, LabgenError, one_line
+from ..errors import InfraError, LabgenError, one_line
 from .ledger import Ledger, cannot_write, lab_fault, on_fault
-from .plan import Plan
+from ..model.plan import Plan
 
 
 def _add_addresses(ips: list[str], prefixlen: int) -> None:
@@ -93,10 +93,10 @@ def run_postfix(plan: Plan, lab: Path) -> None:
 def answers(plan: Plan, name: str) -> bool:
     """Does a lab service answer as it should: the DNS with the gateway's address, an SMTP
     service with a 220 greeting."""
-    from . import resolve
+    from . import nexthop
     try:
         if name == "dns":
-            resolve.next_hops(resolve.resolver(plan.ip("dns"), plan.dns_port), plan.scenario.gateway.hostname, mx=False)
+            nexthop.next_hops(nexthop.resolver(plan.ip("dns"), plan.dns_port), plan.scenario.gateway.hostname, mx=False)
             return True
         with socket.create_connection((plan.ip(name), plan.smtp_port), timeout=2) as s:
             s.settimeout(2)
@@ -120,9 +120,9 @@ def wait_for_services(plan: Plan, deadline: float) -> None:
 
 
 def run_traffic_service(plan: Plan, lab: Path, stay: bool) -> None:
-    from .collect import collect_events
-    from .report import print_result
-    from .run import result_document, wait_settled
+    from ..results.collect import collect_events
+    from ..results.report import print_result
+    from ..run import result_document, wait_settled
     from .traffic import run_traffic
     from rich.console import Console
 
@@ -159,7 +159,7 @@ def probe(plan: Plan, lab: Path, name: str) -> int:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="python -m labgen.services")
+    p = argparse.ArgumentParser(prog="python -m labgen.lab.entrypoints")
     p.add_argument("service", choices=["eop", "sink", "dns", "gateway", "traffic"])
     p.add_argument("--lab", default="/lab", help="the rendered lab directory")
     p.add_argument("--once", action="store_true", help="traffic: exit after the verdict")

@@ -16,8 +16,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .plan import Plan
-from .scenario import domain_of
+from ..model.plan import Plan
+from ..model.scenario import domain_of
 
 _RANK = {"traffic": 0, "gateway": 1, "eop": 2, "sink": 2}
 # Services that log every recipient they answer: a reply of theirs that another hop logged is

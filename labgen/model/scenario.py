@@ -24,9 +24,9 @@ import yaml
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
                       field_validator, model_validator)
 
-from .errors import InputError, escape, one_line, quote
-from .resources import resource_dir
-from .textsafe import MESSAGE_ID
+from ..errors import InputError, escape, one_line, quote
+from ..resources import resource_dir
+from ..textsafe import MESSAGE_ID
 
 # Lab names mirror the real ones under reserved TLDs (DESIGN.md §2).
 PROTECTION_SUFFIX = "mail.protection.outlook.test"  # real: mail.protection.outlook.com

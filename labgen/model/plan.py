@@ -19,7 +19,7 @@ from typing import Callable, Optional
 
 from pydantic import BaseModel
 
-from .errors import InputError
+from ..errors import InputError
 from .scenario import (PROTECTION_SUFFIX, Scenario, domain_of, planned_addresses, protection_host,
                        routing_domain)
 
