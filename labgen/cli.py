@@ -93,14 +93,43 @@ class LabgenGroup(click.Group):
             sys.exit(3)
 
 
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    """Core code reports progress through `logging` (logger "labgen"): INFO by default, DEBUG
+    with -v, warnings only with --quiet. A rich handler on a terminal, plain lines otherwise."""
+    import logging
+    handler: logging.Handler
+    if err.is_terminal:
+        from rich.logging import RichHandler
+        handler = RichHandler(console=err, show_time=False, show_path=False, show_level=verbose > 0,
+                              markup=False, highlighter=None, rich_tracebacks=False)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s" if not verbose else "%(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("labgen")
+    logger.handlers[:] = [handler]
+    logger.propagate = False
+    logger.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
+
+
+def _quiet_for_json(as_json: bool) -> None:
+    """--json: stdout is the document, stderr keeps warnings only (unless -v asked for more)."""
+    import logging
+    logger = logging.getLogger("labgen")
+    if as_json and logger.level == logging.INFO:
+        logger.setLevel(logging.WARNING)
+
+
 @click.group(cls=LabgenGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="labgen")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def main(debug):
+@click.option("-v", "--verbose", count=True, help="More detail on stderr (each step's output).")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr.")
+def main(debug, verbose, quiet):
     """labgen: mail-flow labs that reproduce Exchange Online / gateway misconfigurations.
 
     Start with `labgen up broken`, then `labgen up fixed`, or `labgen compare broken fixed`.
     """
+    _setup_logging(verbose, quiet)
 
 
 # ---------------------------------------------------------------- scenarios, validate, schema, certs
@@ -126,8 +155,8 @@ def scenarios(as_json):
 def validate(scenario, as_json):
     """Check a scenario file (or built-in name); errors name the file and YAML path."""
     s = load_scenario(scenario)
-    from .model.plan import make_plan
-    make_plan(s, "docker")  # address checks live in the planner
+    from .model.plan import AsWritten, make_plan
+    make_plan(s, AsWritten())  # address checks live in the planner
     if as_json:
         _print_json({"schema": "labgen.validate/v1", "scenario": s.name, "valid": True})
     else:
@@ -148,10 +177,10 @@ def schema():
 def certs(scenario, workdir, as_json):
     """Make (or reuse) the lab's PKI and list every certificate."""
     from .lab.pki import describe, make_pki
-    from .model.plan import make_plan
+    from .model.plan import AsWritten, make_plan
     from .run import lab_dir, make_lab_dir
     s = load_scenario(scenario)
-    plan = make_plan(s, "docker")
+    plan = make_plan(s, AsWritten())
     labdir = lab_dir(_workdir(workdir), s.name)
     make_lab_dir(labdir)  # no symlink, labgen's own or empty; unwritable: exit 3 naming it
     make_pki(plan, labdir)
@@ -175,23 +204,25 @@ def certs(scenario, workdir, as_json):
 
 # ---------------------------------------------------------------- up / compare
 
-ENGINES = ("auto", "local", "docker")
+ENGINES = ("auto", "local", "docker")  # the facade's engines (labgen.engines.ENGINES), and auto
 
 
-def pick_engine(name: str, quiet: bool = False):
+def pick_engine(name: str, keep: bool = False):
+    import logging
+
     from .engines import select
-    engine, why = select(name)
-    if engine.name == "docker":
-        engine.console = None if quiet else err
-    if not quiet and name == "auto":
-        err.print(_text(f"engine: {engine.name} ({why})", "dim"))
+    engine, why = select(name, keep=keep)
+    if name == "auto":
+        logging.getLogger("labgen").info("engine: %s (%s)", engine.name, why)
     return engine
 
 
-def run_one(scenario: str, engine_name: str, workdir, subnet, as_json: bool, force: bool = False) -> dict:
+def run_one(scenario: str, engine_name: str, workdir, subnet, as_json: bool, force: bool = False,
+            keep: bool = False) -> dict:
     from .run import run_lab
     s = load_scenario(scenario)
-    engine = pick_engine(engine_name, quiet=as_json)
+    _quiet_for_json(as_json)
+    engine = pick_engine(engine_name, keep)
     if as_json or not err.is_terminal:
         return run_lab(s, engine, _workdir(workdir), subnet, force=force)
     with err.status(f"{s.name}: starting") as status:
@@ -212,9 +243,11 @@ def _exit_for(doc: dict) -> int:
 @click.option("--subnet", help="Move the lab to another documentation-range subnet of the same size.")
 @click.option("--json", "as_json", is_flag=True, help="Print the labgen.result/v1 document.")
 @click.option("--force", is_flag=True, help="Use a non-empty labgen-<lab> directory labgen did not create.")
-def up(scenario, engine, workdir, subnet, as_json, force):
+@click.option("--keep", is_flag=True, help="Leave the lab serving after the verdict until `labgen down LAB` "
+                                           "(Docker labs always stay up).")
+def up(scenario, engine, workdir, subnet, as_json, force, keep):
     """Bring a lab up, send its traffic, and show what happened to every message."""
-    doc = run_one(scenario, engine, workdir, subnet, as_json, force)
+    doc = run_one(scenario, engine, workdir, subnet, as_json, force, keep)
     if as_json:
         _print_json(doc)
     else:
@@ -284,26 +317,26 @@ def trace(tenant, lab, workdir, as_json):
         out.print("  (nothing)")
 
 
-# ---------------------------------------------------------------- the Docker lab's lifecycle
+# ---------------------------------------------------------------- a running lab's lifecycle (every engine)
 
 @main.command()
 @click.argument("scenario")
 @click.option("-o", "--output", "output", help="Directory to write (default: ./labgen-<lab>).")
 @click.option("--subnet", help="Move the lab to another documentation-range subnet of the same size.")
 @click.option("--force", is_flag=True, help="Write into a non-empty directory labgen did not create.")
-def render(scenario, output, subnet, force):
-    """Write the lab as a self-contained compose project, to run by hand."""
-    from .engines.docker import DockerEngine
-    from .engines.images import image_tag
-    from .engines.compose import project_name, render_project
+@click.option("--engine", type=click.Choice(["docker"]), default="docker", show_default=True,
+              help="The engine whose project to write (compose, for docker).")
+def render(scenario, output, subnet, force, engine):
+    """Write the lab as a self-contained project, to run by hand."""
+    from .engines import named
     from .run import lab_dir, prepare_lab
     s = load_scenario(scenario)
     # abspath, not resolve(): a symlinked output directory is refused, never followed
     labdir = Path(os.path.abspath(output)) if output else lab_dir(_workdir(None), s.name)
-    plan, labdir = prepare_lab(s, DockerEngine(), labdir.parent, subnet, labdir=labdir, force=force)
-    render_project(plan, labdir, image_tag())
-    out.print(f"rendered lab {s.name} into {labdir}\n  run it: cd {labdir} && docker compose -p "
-              f"{project_name(s.name)} up -d   (the image: labgen images build)", markup=False)
+    target = named(engine)
+    plan, labdir = prepare_lab(s, target, labdir.parent, subnet, labdir=labdir, force=force)
+    how = target.render(plan, labdir)
+    out.print(f"rendered lab {s.name} into {labdir}\n  run it: {how}", markup=False)
 
 
 @main.command()
@@ -312,63 +345,73 @@ def render(scenario, output, subnet, force):
 @click.option("-y", "--yes", is_flag=True, help="With --all: do not ask for confirmation.")
 @click.option("--json", "as_json", is_flag=True)
 def down(lab, all_labs, yes, as_json):
-    """Remove a lab's containers, networks and volumes (by its label)."""
+    """Stop a lab and remove what labgen started for it, on whichever engine runs it."""
     if all_labs and lab:
         raise InputError(f"down: name one lab ({lab}) or pass --all, not both")
     if all_labs and not yes and not sys.stdin.isatty():
         # As containerlab's `destroy --all`: every lab on the host, other users' included.
         raise InputError("down --all removes every labgen lab on this host and there is no terminal to confirm "
                          "on; pass --yes to confirm, or name one lab")
-    from .engines.docker import LABEL, lab_containers, remove_lab
-    if not lab and not all_labs:
-        labs = sorted({c.labels.get(LABEL) for c in lab_containers()})
-        if len(labs) > 1:
+    from . import engines
+    if lab:
+        labs = [engines.check_lab_name(lab)]
+    else:
+        labs = sorted({r.lab for r in engines.status()})
+        if not all_labs and len(labs) > 1:
             raise InputError(f"several labs are up ({', '.join(labs)}); name one, or use --all")
         if not labs:
             out.print("no labgen lab is up")
             return
-        lab = labs[0]
-    labs = sorted({c.labels.get(LABEL) for c in lab_containers()}) if all_labs else [lab]
-    if all_labs and labs and not yes:
+    if all_labs and not yes:
         click.confirm(f"remove {len(labs)} lab(s): {', '.join(labs)}?", abort=True, err=True)
-    gone = {name: remove_lab(name) for name in labs}
+    removed = [r for name in labs for r in engines.down(name)]
     if as_json:
-        _print_json({"schema": "labgen.down/v1", "removed": gone})
+        gone: dict[str, dict[str, list[str]]] = {}
+        for r in removed:
+            parts = gone.setdefault(r.lab, {"containers": [], "networks": [], "volumes": [], "processes": []})
+            for kind, names in r.parts.items():
+                parts.setdefault(kind, []).extend(names)
+        from .results.contracts import DownDoc
+        _print_json(DownDoc.model_validate({"removed": gone}))
         return
-    for name, g in gone.items():
-        out.print(f"lab {name}: removed {len(g['containers'])} container(s), {len(g['networks'])} network(s), "
-                  f"{len(g['volumes'])} volume(s)")
+    if not removed:
+        out.print(_text(f"no lab named {lab} is up" if lab else "no labgen lab is up"))
+    for r in removed:
+        what = ", ".join(f"{len(names)} {kind}" for kind, names in r.parts.items())
+        out.print(_text(f"lab {r.lab} ({r.engine} engine): removed {what or 'nothing'}"))
 
 
 @main.command()
 @click.argument("lab", required=False)
 @click.option("--json", "as_json", is_flag=True)
 def status(lab, as_json):
-    """List the labs' containers, addresses and health."""
-    from .engines.docker import LABEL, lab_containers
-    rows = []
-    for c in sorted(lab_containers(lab), key=lambda c: c.name):
-        nets = c.attrs.get("NetworkSettings", {}).get("Networks", {}) or {}
-        ips = [n.get("IPAddress") or (n.get("IPAMConfig") or {}).get("IPv4Address") for n in nets.values()]
-        health = (c.attrs.get("State", {}).get("Health") or {}).get("Status")
-        rows.append({"lab": c.labels.get(LABEL), "service": c.labels.get("io.labgen.service"), "container": c.name,
-                     "state": c.status, "health": health, "addresses": [i for i in ips if i],
-                     "image": (c.image.tags or [c.image.short_id])[0]})
+    """List the running labs of every engine: services, addresses, state, lab directory."""
+    from . import engines
+    labs = engines.status(lab)
     if as_json:
-        _print_json({"schema": "labgen.status/v1", "containers": rows})
+        # `containers` as before (the services that run in containers); `labs` for every engine.
+        containers = [{"lab": r.lab, "service": s.service, "container": s.container, "state": s.state,
+                       "health": s.health, "addresses": s.addresses, "image": s.image or ""}
+                      for r in labs for s in r.services if s.container]
+        from .results.contracts import StatusDoc
+        _print_json(StatusDoc.model_validate({"containers": containers, "labs": [r.as_dict() for r in labs]}))
         return
-    if not rows:
-        out.print("no labgen lab is up" + (f" named {lab}" if lab else ""))
+    if not labs:
+        out.print(_text("no labgen lab is up" + (f" named {lab}" if lab else "")))
         return
     from rich.table import Table
     t = Table(title="labgen labs")
-    for col in ("lab", "service", "container", "state", "addresses", "image"):
+    for col in ("lab", "engine", "service", "state", "addresses", "where"):
         t.add_column(col)
-    for r in rows:
-        t.add_row(*map(_text, (r["lab"], r["service"] or "", r["container"],
-                               r["state"] + (f" ({r['health']})" if r["health"] else ""),
-                               ", ".join(r["addresses"]), r["image"])))  # labels come from the labs
+    for r in labs:  # names and states come from the labs: escaped
+        for s in r.services:
+            where = s.container or (f"pid {r.pid}" if r.pid else "")
+            t.add_row(*map(_text, (r.lab, r.engine, s.service, s.state + (f" ({s.health})" if s.health else ""),
+                                   ", ".join(s.addresses), where)))
     out.print(t)
+    for r in labs:
+        if r.lab_dir:
+            out.print(_text(f"lab {r.lab}: {r.lab_dir}", "dim"))
 
 
 @main.command()
@@ -376,24 +419,9 @@ def status(lab, as_json):
 @click.option("--lab", help="Which lab (needed when several are up).")
 @click.option("-n", "--tail", default=100, show_default=True, help="Lines to show.")
 def logs(service, lab, tail):
-    """Show a service's log (the gateway's is Postfix's own maillog)."""
-    from .engines.docker import LABEL, lab_containers, lab_dir_of
-    ctrs = [c for c in lab_containers(lab) if c.labels.get("io.labgen.service") == service]
-    labs = sorted({c.labels.get(LABEL) for c in ctrs})
-    if not ctrs:
-        raise InputError(f"no {service} container is up" + (f" in lab {lab}" if lab else "") + "; run `labgen status`")
-    if len(labs) > 1:
-        raise InputError(f"several labs are up ({', '.join(labs)}); pick one with --lab")
-    c = ctrs[0]
-    text = c.logs(tail=tail).decode("utf-8", "replace")
-    labdir = lab_dir_of(c)
-    if service == "gateway" and labdir and (labdir / "run" / "postfix.log").is_file():
-        lines = (labdir / "run" / "postfix.log").read_text(errors="replace").splitlines()
-        text += "\n".join(lines[-tail:]) + "\n"
-    elif labdir and (labdir / "run" / f"{service}.jsonl").is_file():
-        lines = (labdir / "run" / f"{service}.jsonl").read_text(errors="replace").splitlines()
-        text += "\n".join(lines[-tail:]) + "\n"
-    click.echo(text, nl=False)
+    """Show a service's log (its ledger; the gateway's is Postfix's own maillog on Docker)."""
+    from . import engines
+    click.echo(engines.logs(service, lab, tail), nl=False)
 
 
 @main.group()
@@ -407,9 +435,9 @@ def images():
               help="auto: debian:bookworm if present or pullable within seconds, else offline; registry: "
                    "FROM debian:bookworm; offline: a Debian rootfs made by mmdebstrap from the host's mirror.")
 def images_build(force, base):
-    """Build the lab image (offline from Debian packages and PyPI wheels when no registry answers)."""
+    """Build the lab image (offline from Debian packages when no registry answers)."""
     from .engines.images import ensure_image
-    tag = ensure_image(console=err, force=force, from_registry={"auto": None, "registry": True, "offline": False}[base])
+    tag = ensure_image(force=force, from_registry={"auto": None, "registry": True, "offline": False}[base])
     out.print(f"lab image: {tag}")
 
 

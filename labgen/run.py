@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from .results import verdict
+from .results.collect import collect_events
 from .engines.base import Engine
 from .errors import InfraError, InputError
-from .lab.ledger import cannot_write, clear_fault, lab_fault
+from .lab.ledger import cannot_write, clear_fault
 from .lab.pki import make_pki
 from .model.plan import Plan, make_plan
 from .model.scenario import Scenario
@@ -118,19 +119,17 @@ def check_space(run_dir: Path) -> None:
                          "another --workdir")
 
 
-def check_lab(run_dir: Path) -> None:
-    """InfraError when a service of this process could not write (ledger.note_fault), or run/'s
-    file system is full."""
-    fault = lab_fault(run_dir)
-    if fault:
-        raise InfraError(fault)
-    check_space(run_dir)
+def check_lab(engine: Engine, plan: Plan, labdir: Path) -> None:
+    """InfraError when the running lab is broken (engine.check: a stopped service, a service that
+    could not write), or run/'s file system is full."""
+    engine.check(plan, labdir)
+    check_space(labdir / "run")
 
 
 def prepare_lab(s: Scenario, engine: Engine, workdir: Path, subnet: Optional[str] = None,
                 labdir: Optional[Path] = None, plan: Optional[Plan] = None, force: bool = False) -> tuple[Plan, Path]:
     """Plan (unless given), lab directory (0700), PKI, a fresh run directory and plan.json."""
-    plan = plan or make_plan(s, engine.name, subnet)
+    plan = plan or make_plan(s, engine, subnet)
     labdir = labdir or lab_dir(workdir, s.name)
     make_lab_dir(labdir, force)
     make_pki(plan, labdir)
@@ -158,7 +157,7 @@ def wait_settled(plan: Plan, events: Callable[[], list[dict]], deadline: float,
 def run_lab(s: Scenario, engine: Engine, workdir: Path, subnet: Optional[str] = None,
             on_phase: Callable[[str], None] = lambda _: None, force: bool = False) -> dict:
     t0 = time.monotonic()
-    plan = make_plan(s, engine.name, subnet)  # bad input fails before anything is created
+    plan = make_plan(s, engine, subnet)  # bad input fails before anything is created
     with lab_lock(lab_dir(workdir, s.name), force):
         return _run_locked(s, engine, workdir, plan, t0, on_phase)
 
@@ -174,11 +173,12 @@ def _run_locked(s: Scenario, engine: Engine, workdir: Path, plan: Plan, t0: floa
         engine.start(plan, labdir, time.monotonic() + s.deadline_s + 60)
         on_phase("sending traffic")
         engine.inject(plan, labdir)
-        check_lab(run_dir)
+        check_lab(engine, plan, labdir)
         # The deadline counts from the traffic: start-up time is not the messages' time.
         deadline = time.monotonic() + s.deadline_s
         on_phase("waiting for every message to settle")
-        results = wait_settled(plan, lambda: engine.events(plan, labdir), deadline, lambda: check_lab(run_dir))
+        results = wait_settled(plan, lambda: collect_events(labdir, plan), deadline,
+                               lambda: check_lab(engine, plan, labdir))
     except BaseException:
         engine.abort(plan, labdir)  # nothing half-started is left behind (Ctrl-C included)
         raise

@@ -1,31 +1,98 @@
-"""The engine interface: what the runner needs from a place that can host a lab. Engines never
-touch the model or the rules; they start the same services somewhere and hand back events."""
+"""The engine interface: everything the runner and the CLI need from a place that can host a lab,
+from address placement to removal (Kathará's manager interface). Engines never touch the model
+or the rules; they start the same services somewhere. A new engine is one module implementing
+Engine plus one line in engines/__init__.py's ENGINES."""
 
 from __future__ import annotations
 
+import ipaddress
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Optional, Protocol
 
 from ..model.plan import Plan
+
+# Where the planner puts one of the scenario's addresses (None from Engine.place: where it is).
+Mover = Callable[[str], str]
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    service: str
+    state: str  # the engine's own word: "running", "exited", ...
+    addresses: list[str]
+    container: Optional[str] = None  # docker
+    health: Optional[str] = None  # docker healthcheck
+    image: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class LabStatus:
+    lab: str
+    engine: str
+    state: str  # "running" when every service runs, else what is wrong ("exited", "degraded")
+    services: list[ServiceStatus]
+    addresses: list[str]  # ip or ip:port where the lab's services answer
+    lab_dir: Optional[str]
+    pid: Optional[int] = None  # local engine: the process that serves the lab
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Removed:
+    lab: str
+    engine: str
+    parts: dict[str, list[str]] = field(default_factory=dict)  # kind -> names ("containers": [...])
+
+    def as_dict(self) -> dict:
+        return asdict(self)
 
 
 class Engine(Protocol):
     name: str  # "local" | "docker"
 
+    def place(self, net: ipaddress.IPv4Network, subnet: Optional[str]) -> Optional[Mover]:
+        """How this engine places the scenario's subnet `net` (moved to `subnet` when the user
+        asked): a function from a scenario address to the lab's, or None to keep them. Bad
+        `subnet` raises InputError."""
+        ...
+
     def prepare(self, plan: Plan, labdir: Path) -> Plan:
-        """Engine-specific plan details (ports); returns the plan to save."""
+        """Before the run directory is renewed: replace a lab of the same name this engine still
+        runs, and fill in engine details (ports); returns the plan to save."""
+        ...
 
     def start(self, plan: Plan, labdir: Path, deadline: float) -> None:
         """Start every service and wait until each answers (raise InfraError otherwise)."""
+        ...
 
     def inject(self, plan: Plan, labdir: Path) -> None:
-        """Run the traffic generators."""
+        """Run the traffic generators (return once every message was handed over)."""
+        ...
 
-    def events(self, plan: Plan, labdir: Path) -> list[dict]:
-        """Every ledger event so far."""
+    def check(self, plan: Plan, labdir: Path) -> None:
+        """Raise InfraError when the running lab is broken (a stopped service, a lab fault): its
+        verdict can no longer come."""
+        ...
 
-    def finish(self, plan: Plan, labdir: Path) -> None:
-        """After the verdict: stop what must not outlive the command."""
+    def finish(self, plan: Plan, labdir: Path) -> bool:
+        """After the verdict: stop what must not outlive the command; True if the lab stays up."""
+        ...
 
     def abort(self, plan: Plan, labdir: Path) -> None:
         """On failure or Ctrl-C: remove everything the engine started."""
+        ...
+
+    def status(self, lab: Optional[str] = None) -> list[LabStatus]:
+        """The labs this engine runs (one, when named)."""
+        ...
+
+    def logs(self, lab: str, service: str, tail: int) -> Optional[str]:
+        """The last `tail` lines of a service's log, or None when this engine does not run `lab`."""
+        ...
+
+    def down(self, lab: str) -> Optional[Removed]:
+        """Stop and remove what this engine started for `lab` (only that); None if nothing."""
+        ...

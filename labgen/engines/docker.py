@@ -9,24 +9,31 @@ even without the project directory: collision checks, status, logs, and removal 
 from __future__ import annotations
 
 import ipaddress
+import logging
 import re
 import shutil
 import subprocess
-import time
 from functools import lru_cache
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
-from ..results.collect import collect_events
-from .dockerapi import client
 from ..errors import InfraError
 from ..lab.ledger import read_events
-from ..model.plan import Plan
+from ..model.plan import Plan, subnet_mover
+from ..results.collect import Collector
+from ..wait import poll
+from . import labels
+from .base import LabStatus, Mover, Removed, ServiceStatus
 from .compose import project_name, render_project
+from .dockerapi import answers, client
+from .postfix import LOG_FILE
 
-LABEL = "io.labgen.lab"
+log = logging.getLogger(__name__)
+
+LABEL = labels.LAB
 _CONTAINER_LAB = re.compile(r"(?<![\w./-])/lab(?=/|\b)")  # the lab directory's path inside a container
 READY_S = 60.0
+LAB_SERVICES = ("dns", "eop", "sink", "gateway")  # what answers before the traffic starts
 
 
 @lru_cache(maxsize=1)
@@ -60,7 +67,7 @@ def check_subnet(plan: Plan) -> None:
                                  "subnet with --subnet (e.g. one from 198.18.0.0/15)")
 
 
-def remove_lab(lab: str) -> dict:
+def remove_lab(lab: str) -> dict[str, list[str]]:
     """Remove every container, network and volume labelled for `lab`. Passes repeat until one
     finds nothing: after an interrupted `compose up`, the engine may still finish creating a
     container it was asked for."""
@@ -68,7 +75,11 @@ def remove_lab(lab: str) -> dict:
     c = client()
     flt = {"label": f"{LABEL}={lab}"}
     gone: dict[str, list[str]] = {"containers": [], "networks": [], "volumes": []}
-    for attempt in range(6):
+    passes = [0]
+
+    def one_pass() -> bool:
+        """True once a pass after the first finds nothing left."""
+        passes[0] += 1
         # sparse: no per-container inspect, which would race a removal happening meanwhile
         containers = c.containers.list(all=True, filters=flt, sparse=True)
         for ctr in containers:
@@ -84,18 +95,19 @@ def remove_lab(lab: str) -> dict:
                 gone[kind].append(item.name)
             except docker.errors.NotFound:
                 pass
-        if not (containers or networks or volumes) and attempt:
-            break
-        time.sleep(0.3)
+        return passes[0] > 1 and not (containers or networks or volumes)
+
+    # A creation still in flight lands within a few passes; after that, what is gone is reported.
+    poll(one_pass, waiting_for=f"lab {lab} to be removed", timeout=2.0, interval=0.3, expire=lambda _: True)
     return gone
 
 
-def lab_containers(lab: Optional[str] = None) -> list:
+def lab_containers(lab: Optional[str] = None) -> list[Any]:
     flt = {"label": f"{LABEL}={lab}" if lab else LABEL}
     return client().containers.list(all=True, filters=flt)
 
 
-def lab_dir_of(container) -> Optional[Path]:
+def lab_dir_of(container: Any) -> Optional[Path]:
     for m in container.attrs.get("Mounts", []):
         if m.get("Destination") == "/lab":
             return Path(m["Source"])
@@ -133,11 +145,18 @@ def raise_if_stopped(plan: Plan) -> None:
 
 
 class DockerEngine:
+    """Docker labs always stay up after their verdict, for exploration, until `labgen down`."""
     name = "docker"
 
-    def __init__(self, console=None):
-        self.console = console
+    def __init__(self, keep: bool = True):  # keep: what `up --keep` asks is this engine's default
         self.image: Optional[str] = None
+
+    @classmethod
+    def available(cls) -> tuple[bool, str]:
+        return answers()
+
+    def place(self, net: ipaddress.IPv4Network, subnet: Optional[str]) -> Optional[Mover]:
+        return subnet_mover(net, subnet)
 
     def prepare(self, plan: Plan, labdir: Path) -> Plan:
         return plan
@@ -147,9 +166,10 @@ class DockerEngine:
         client()
         remove_lab(plan.lab)  # `up` on an existing lab replaces it
         check_subnet(plan)
-        self.image = ensure_image(console=self.console)
+        self.image = ensure_image()
         render_project(plan, labdir, self.image)
         cmd = [*compose_command(), "-p", project_name(plan.lab), "-f", str(labdir / "compose.yaml"), "up", "-d"]
+        log.debug("lab %s: %s", plan.lab, " ".join(cmd))
         proc = subprocess.run(cmd, cwd=labdir, capture_output=True, text=True)
         if proc.returncode != 0:
             tail = " | ".join(proc.stderr.strip().splitlines()[-3:])
@@ -157,41 +177,85 @@ class DockerEngine:
         self._wait_ready(plan, labdir)
 
     def _wait_ready(self, plan: Plan, labdir: Path) -> None:
-        waiting = {"dns", "eop", "sink", "gateway"}
-        until = time.monotonic() + READY_S
-        while waiting and time.monotonic() < until:
-            for e in collect_events(labdir, plan):
-                if e.get("event") == "ready":
-                    waiting.discard(e["service"])
-            if waiting:
-                raise_if_stopped(plan)  # it will not become ready
-                time.sleep(0.2)
-        if waiting:
+        """The one readiness signal: each service's `ready` event in the ledger (Postfix's from its
+        own log), written once it listens."""
+        waiting = set(LAB_SERVICES)
+        collector = Collector(labdir, plan)  # reads only what was appended since its last poll
+
+        def ready() -> bool:
+            waiting.difference_update(e.service for e in collector.poll() if e.event == "ready")
+            return not waiting
+
+        def log_tail() -> str:
             svc = sorted(waiting)[0]
-            name = f"{project_name(plan.lab)}-{svc}"
-            raise InfraError(f"lab {plan.lab}: service {svc} did not become ready within {READY_S:.0f} s; "
-                             f"last lines of its log:\n{container_log_tail(name)}")
+            return f"service {svc} is not ready; last lines of its log:\n{container_log_tail(labels.container(plan.lab, svc))}"
+        poll(ready, waiting_for=f"lab {plan.lab}'s services to become ready", timeout=READY_S, interval=0.2,
+             abort=lambda: raise_if_stopped(plan), detail=log_tail)
 
     def inject(self, plan: Plan, labdir: Path) -> None:
         """The traffic container sends by itself once everything answers; wait until it has."""
-        until = time.monotonic() + READY_S
-        name = f"{project_name(plan.lab)}-traffic"
-        while time.monotonic() < until:
-            if any(e.get("event") == "injected" for e in read_events(labdir / "run")):
-                return
-            raise_if_stopped(plan)
-            time.sleep(0.1)
-        raise InfraError(f"lab {plan.lab}: the traffic generator did not finish sending; last lines of "
-                         f"its log:\n{container_log_tail(name)}")
+        poll(lambda: any(e.get("event") == "injected" for e in read_events(labdir / "run")),
+             waiting_for=f"lab {plan.lab}'s traffic generator to finish sending", timeout=READY_S,
+             abort=lambda: raise_if_stopped(plan),
+             detail=lambda: f"last lines of its log:\n{container_log_tail(labels.container(plan.lab, 'traffic'))}")
 
-    def events(self, plan: Plan, labdir: Path) -> list[dict]:
+    def check(self, plan: Plan, labdir: Path) -> None:
         raise_if_stopped(plan)  # e.g. a service that could not write its ledger: no more events come
-        return collect_events(labdir, plan)
 
-    def finish(self, plan: Plan, labdir: Path) -> None:
-        pass  # the lab stays up for exploration until `labgen down`
+    def finish(self, plan: Plan, labdir: Path) -> bool:
+        return True  # the lab stays up for exploration until `labgen down`
 
     def abort(self, plan: Plan, labdir: Path) -> None:
         remove_lab(plan.lab)
 
+    def render(self, plan: Plan, labdir: Path) -> str:
+        """Write the compose project alone (`labgen render`); returns how to run it by hand."""
+        from .images import image_tag
+        render_project(plan, labdir, image_tag())
+        return f"cd {labdir} && docker compose -p {project_name(plan.lab)} up -d   (the image: labgen images build)"
 
+    # ----- inspection
+
+    def status(self, lab: Optional[str] = None) -> list[LabStatus]:
+        by_lab: dict[str, list[Any]] = {}
+        for c in sorted(lab_containers(lab), key=lambda c: c.name):
+            by_lab.setdefault(c.labels.get(LABEL) or "", []).append(c)
+        rows = []
+        for name, ctrs in sorted(by_lab.items()):
+            services = []
+            for c in ctrs:
+                nets = c.attrs.get("NetworkSettings", {}).get("Networks", {}) or {}
+                ips = [n.get("IPAddress") or (n.get("IPAMConfig") or {}).get("IPv4Address") for n in nets.values()]
+                services.append(ServiceStatus(
+                    service=c.labels.get(labels.SERVICE) or c.name, state=c.status, addresses=[i for i in ips if i],
+                    container=c.name, health=(c.attrs.get("State", {}).get("Health") or {}).get("Status"),
+                    image=(c.image.tags or [c.image.short_id])[0] if c.image else None))
+            states = {s.state for s in services}
+            labdir = next((d for c in ctrs if (d := lab_dir_of(c))), None)
+            rows.append(LabStatus(lab=name, engine=self.name,
+                                  state=states.pop() if len(states) == 1 else "degraded", services=services,
+                                  addresses=[a for s in services for a in s.addresses],
+                                  lab_dir=str(labdir) if labdir else None))
+        return rows
+
+    def logs(self, lab: str, service: str, tail: int) -> Optional[str]:
+        """The container's own log, then the service's ledger (the gateway's: Postfix's maillog)."""
+        ctrs = [c for c in lab_containers(lab) if c.labels.get(labels.SERVICE) == service]
+        if not ctrs:
+            return None
+        c = ctrs[0]
+        text = c.logs(tail=tail).decode("utf-8", "replace")
+        labdir = lab_dir_of(c)
+        if labdir:
+            for path in (labdir / LOG_FILE, labdir / "run" / f"{service}.jsonl") if service == "gateway" else \
+                    (labdir / "run" / f"{service}.jsonl",):
+                if path.is_file():
+                    lines = path.read_text(errors="replace").splitlines()
+                    text += "\n".join(lines[-tail:]) + "\n"
+                    break
+        return text
+
+    def down(self, lab: str) -> Optional[Removed]:
+        if not lab_containers(lab) and not client().networks.list(filters={"label": f"{LABEL}={lab}"}):
+            return None
+        return Removed(lab=lab, engine=self.name, parts=remove_lab(lab))

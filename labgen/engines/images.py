@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import logging
 import os
 import queue
 import re
@@ -26,18 +27,22 @@ import time
 from collections import deque
 from contextlib import contextmanager
 from pathlib import Path
-
-from rich.markup import escape
+from typing import Callable, Iterator, Optional
 
 import labgen
+from labgen.engines import labels
 from labgen.engines.dockerapi import client as docker_client
-from labgen.errors import InfraError
+from labgen.errors import InfraError, escape
 from labgen.resources import resource_dir
+from labgen.wait import poll
+
+log = logging.getLogger(__name__)
 
 LAB_REPO = "labgen-lab"
 BASE_REPO = "labgen-base"
-LABEL = "io.labgen.image"  # "lab" or "base"
-HASH_LABEL = "io.labgen.hash"
+LABEL = labels.IMAGE  # "lab" or "base"
+HASH_LABEL = labels.IMAGE_HASH
+BUILD_LOCK_WAIT_S = 1800.0  # another labgen's build: a cold offline build takes minutes
 SUITE = "trixie"  # the first Debian release whose packages cover every labgen dependency
 REGISTRY_BASE = f"debian:{SUITE}"
 PULL_PROBE_SECONDS = 5  # how long a registry gets to answer before we build offline
@@ -97,32 +102,33 @@ def image_tag() -> str:
 # --- progress and failures -------------------------------------------------------------------
 
 
-class _Steps:
-    """A rich status line per step (with the step's latest output line), then a ✓ line."""
+Progress = Callable[[str], None]  # the step's latest line, for a status display
 
-    def __init__(self, console=None):
-        self.console = console
-        self._status = None
+
+class _Steps:
+    """Each step is logged as it starts and when done (INFO, with its duration); its output lines
+    go to DEBUG and to `progress` (e.g. the CLI's status line)."""
+
+    def __init__(self, progress: Optional[Progress] = None):
+        self.progress = progress
         self._title = ""
 
     @contextmanager
-    def step(self, title: str):
+    def step(self, title: str) -> Iterator[None]:
         start = time.monotonic()
-        if self.console is None:
-            yield
-            return
-        with self.console.status(title) as status:
-            self._status, self._title = status, title
-            try:
-                yield
-            finally:
-                self._status = None
-        took = time.monotonic() - start
-        self.console.print(f"[green]✓[/green] {title} [dim]({took:.0f}s)[/dim]")
+        self._title = title
+        log.info("%s ...", title)
+        if self.progress:
+            self.progress(title)
+        yield
+        log.info("✓ %s (%.0fs)", title, time.monotonic() - start)
 
     def note(self, text: str) -> None:
-        if self._status is not None and text.strip():
-            self._status.update(f"{self._title} [dim]{escape(text.strip()[-100:])}[/dim]")
+        line = escape(text.strip(), 100)
+        if line:
+            log.debug("%s: %s", self._title, line)
+            if self.progress:
+                self.progress(f"{self._title}: {line}")
 
 
 def _fail(step: str, reason: str, tail=()) -> InfraError:
@@ -359,30 +365,37 @@ def _build_lab(client, steps: _Steps, snapshot: dict[str, bytes], base: str, for
     return tag
 
 
-def ensure_image(console=None, force: bool = False, from_registry: bool | None = None) -> str:
+def ensure_image(force: bool = False, from_registry: bool | None = None,
+                 progress: Optional[Progress] = None) -> str:
     """Return the current lab image's tag, building it first if the engine lacks it.
 
     from_registry: None picks the base by itself (a local registry base, else an offline base
     built before, else a pull if a registry answers within seconds, else mmdebstrap); True
     insists on the registry base; False always uses the mmdebstrap base.
     force: rebuild even when present: a fresh offline base, no layer cache.
+    progress: called with each step's latest line.
     """
     snapshot = _snapshot()
     tag = _tag_of(snapshot)
     client = docker_client()
     if not force and _has_image(client, tag):
         return tag
-    steps = _Steps(console)
+    steps = _Steps(progress)
     # One build at a time per host (parallel `labgen up`s, test workers): a waiter then finds
     # the image built.
     lock_path = _cache_home() / "build.lock"
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        def locked() -> bool:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                return False
+        if not locked():
             with steps.step("waiting for another labgen build to finish"):
-                fcntl.flock(lock, fcntl.LOCK_EX)
+                poll(locked, waiting_for=f"another labgen image build to finish (lock {lock_path})",
+                     timeout=BUILD_LOCK_WAIT_S, interval=0.5)
         if not force and _has_image(client, tag):
             return tag
         base = _base_image(client, steps, from_registry, force)

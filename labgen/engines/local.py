@@ -1,25 +1,58 @@
-"""The local engine: every service in this process, each on its own loopback address (the plan
-maps the lab's addresses onto 127.0.0.0/8), one free port chosen for all of them. No root, no
-Docker; the same service code as in the containers."""
+"""The local engine: every service on its own loopback address (the lab's addresses mapped onto
+127.0.0.0/8), one free port chosen for all of them. No root, no Docker; the same service code as
+in the containers.
+
+Without --keep the services run in this process and stop after the verdict. With --keep they run
+in a detached child (`python -m labgen.engines.local --lab DIR --token T`, its own session) that
+serves until `labgen down LAB`: it writes labels.STATE_FILE into the lab directory once every
+service listens, and the parent registers it under labels.registry_dir(), so that `status`,
+`logs` and `down` find it from any directory. `down` signals only a process whose command line
+carries the lab's token: never one labgen did not start.
+"""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import ipaddress
+import json
 import logging
+import os
 import random
+import secrets
+import signal
 import socket
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
+from typing import Any, Optional
 
+from ..errors import InfraError, InputError, LabgenError, one_line
 from ..lab.dns_server import serve_dns
 from ..lab.eop.server import eop_factory
-from ..errors import InfraError
 from ..lab.gateway import gateway_factory
-from ..lab.ledger import close_ledgers, lab_fault, read_events
-from ..model.plan import Plan
+from ..lab.ledger import close_ledgers, lab_fault, on_fault
 from ..lab.sink import sink_factory
 from ..lab.smtpd import log as server_log
 from ..lab.traffic import run_traffic
+from ..model.plan import Plan
+from ..wait import poll
+from . import labels
+from .base import LabStatus, Mover, Removed, ServiceStatus
+
+log = logging.getLogger(__name__)
+
+LAB_SERVICES = ("dns", "eop", "sink", "gateway")  # what the local engine serves (traffic: the CLI sends)
+CHILD_READY_S = 30.0  # a fresh interpreter imports labgen and makes the services' TLS contexts
+STOP_S = 10.0  # a kept lab's process gets this long after SIGTERM before SIGKILL
+
+
+def loopback_ip(ip: str) -> str:
+    """The local engine's address for a lab address: first octet becomes 127 (198.51.100.10 ->
+    127.51.100.10), which keeps CIDR-based connectors meaningful and needs no setup on Linux."""
+    return "127." + ip.split(".", 1)[1]
 
 
 def _port_free_everywhere(port: int, ips: list[str]) -> bool:
@@ -62,19 +95,40 @@ class _FaultEchoes(logging.Filter):
 class LocalEngine:
     name = "local"
 
-    def __init__(self):
+    def __init__(self, keep: bool = False):
+        self.keep = keep
+        # In-process services (without keep, and in the kept lab's child).
         self.loop: asyncio.AbstractEventLoop | None = None
         self.thread: threading.Thread | None = None
-        self.servers: list = []
-        self.gateway = None
+        self.servers: list[Any] = []
+        self.gateway: Any = None
         self.echoes: _FaultEchoes | None = None
+        self.child: subprocess.Popen[bytes] | None = None  # with keep: the process serving the lab
+
+    @classmethod
+    def available(cls) -> tuple[bool, str]:
+        return True, "the local engine serves the lab on loopback addresses"
+
+    def place(self, net: ipaddress.IPv4Network, subnet: Optional[str]) -> Optional[Mover]:
+        if subnet:
+            raise InputError(f"--subnet {subnet}: applies to the docker engine only; the local engine "
+                             "maps the lab onto loopback addresses")
+        return loopback_ip
 
     def prepare(self, plan: Plan, labdir: Path) -> Plan:
+        self.down(plan.lab)  # `up` on a kept lab replaces it (it writes into the run/ about to be renewed)
         ips = [ip for ips in plan.hosts.values() for ip in ips]
         port = pick_port(ips)
         return plan.model_copy(update={"smtp_port": port, "dns_port": port})
 
     def start(self, plan: Plan, labdir: Path, deadline: float) -> None:
+        if self.keep:
+            self._spawn(plan, labdir)
+        else:
+            self._serve(plan, labdir, deadline)
+
+    def _serve(self, plan: Plan, labdir: Path, deadline: float) -> None:
+        """Every service in this process, on an event loop of its own thread."""
         run_dir = labdir / "run"
         self.echoes = _FaultEchoes(run_dir)
         server_log.addFilter(self.echoes)
@@ -85,7 +139,7 @@ class LocalEngine:
         services = [("eop", eop_factory(plan, labdir, run_dir)), ("sink", sink_factory(plan, labdir, run_dir)),
                     ("gateway", gw_factory)]
 
-        async def listen():
+        async def listen() -> None:
             from ..lab.smtpd import serve
             try:
                 self.servers += await serve_dns(plan, plan.ip("dns"), plan.dns_port, run_dir)
@@ -99,23 +153,77 @@ class LocalEngine:
         try:
             asyncio.run_coroutine_threadsafe(listen(), self.loop).result(timeout=10)
         except BaseException:
-            self.finish(plan, labdir)
+            self._stop(labdir)
             raise
+
+    def _spawn(self, plan: Plan, labdir: Path) -> None:
+        """The kept lab's process; ready once it has written its state file (the one readiness
+        signal of this engine: it writes it after every service listens)."""
+        token = secrets.token_hex(8)
+        env = dict(os.environ)
+        # The child imports this very labgen, installed or not.
+        package_root = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+        try:
+            with open(labdir / labels.LOCAL_LOG, "ab") as out:
+                self.child = subprocess.Popen(
+                    [sys.executable, "-m", labels.LOCAL_MODULE, "--lab", str(labdir), "--token", token],
+                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=labdir, env=env,
+                    start_new_session=True)  # a Ctrl-C at the terminal is for the CLI, not for the lab
+        except OSError as e:
+            raise InfraError(f"cannot start the local lab {plan.lab}'s process: {e}") from None
+        _register(plan.lab, labdir, self.child.pid, token)
+        try:
+            poll(lambda: (_read_json(labdir / labels.STATE_FILE) or {}).get("token") == token,
+                 waiting_for=f"the local lab {plan.lab}'s services to listen", timeout=CHILD_READY_S,
+                 interval=0.02, abort=lambda: self._raise_if_child_exited(plan, labdir))
+        except BaseException:
+            self.abort(plan, labdir)
+            raise
+
+    def _raise_if_child_exited(self, plan: Plan, labdir: Path) -> None:
+        if self.child is not None and self.child.poll() is not None:
+            raise InfraError(f"the local lab {plan.lab}'s process stopped: {_last_line(labdir)}")
 
     def inject(self, plan: Plan, labdir: Path) -> None:
         run_traffic(plan, labdir / "run")
 
-    def events(self, plan: Plan, labdir: Path) -> list[dict]:
-        return list(read_events(labdir / "run"))
+    def check(self, plan: Plan, labdir: Path) -> None:
+        fault = lab_fault(labdir / "run")  # a service (or the traffic) of this process could not write
+        if fault:
+            raise InfraError(fault)
+        self._raise_if_child_exited(plan, labdir)  # it stops on its own faults, saying why
+
+
+    def finish(self, plan: Plan, labdir: Path) -> bool:
+        if self.child is None:
+            self._stop(labdir)
+            return False
+        close_ledgers(labdir / "run")  # the traffic's; the child keeps writing its own
+        log.info("lab %s stays up on loopback (pid %d) until `labgen down %s`", plan.lab, self.child.pid, plan.lab)
+        self.child = None
+        return True
 
     def abort(self, plan: Plan, labdir: Path) -> None:
-        self.finish(plan, labdir)
+        if self.child is not None:
+            self.child.terminate()
+            try:
+                self.child.wait(STOP_S)
+            except subprocess.TimeoutExpired:
+                self.child.kill()
+                self.child.wait()
+            self.child = None
+            _forget(plan.lab, labdir)
+            close_ledgers(labdir / "run")
+        self._stop(labdir)
 
-    def finish(self, plan: Plan, labdir: Path) -> None:
+    def _stop(self, labdir: Path) -> None:
         if self.loop is None:
             return
+        loop, thread = self.loop, self.thread
+        assert thread is not None
 
-        async def close():
+        async def close() -> None:
             for s in self.servers:
                 s.close()
             tasks = list(self.gateway.tasks) if self.gateway else []
@@ -126,17 +234,177 @@ class LocalEngine:
                 if isinstance(s, asyncio.AbstractServer):
                     await s.wait_closed()
             # A delivery attempt already in its thread finishes (bounded by its SMTP timeout).
-            await self.loop.shutdown_default_executor()
+            await loop.shutdown_default_executor()
         try:
-            asyncio.run_coroutine_threadsafe(close(), self.loop).result(timeout=15)
+            asyncio.run_coroutine_threadsafe(close(), loop).result(timeout=15)
         except Exception:
             pass  # stopping regardless: the process is about to report and exit
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=5)
-        if not self.thread.is_alive():
-            self.loop.close()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=5)
+        if not thread.is_alive():
+            loop.close()
         self.loop = None
         close_ledgers(labdir / "run")
         if self.echoes:
             server_log.removeFilter(self.echoes)
             self.echoes = None
+
+    # ----- inspection: the kept labs of this user
+
+    def status(self, lab: Optional[str] = None) -> list[LabStatus]:
+        rows = []
+        for entry in _entries(lab):
+            labdir = Path(entry["lab_dir"])
+            state = _read_json(labdir / labels.STATE_FILE) or {}
+            ours = state.get("token") == entry["token"] and _is_ours(entry["pid"], entry["token"])
+            port = state.get("port")
+            hosts: dict[str, list[str]] = state.get("hosts") or {}
+            services = [ServiceStatus(service=svc, state="running" if ours else "exited",
+                                      addresses=[f"{ip}:{port}" for ip in hosts.get(svc, [])])
+                        for svc in LAB_SERVICES]
+            rows.append(LabStatus(lab=entry["lab"], engine=self.name, state="running" if ours else "exited",
+                                  services=services, addresses=[a for s in services for a in s.addresses],
+                                  lab_dir=str(labdir), pid=entry["pid"]))
+        return rows
+
+    def logs(self, lab: str, service: str, tail: int) -> Optional[str]:
+        """The service's ledger (its log), or the lab process's own log when it has none."""
+        entry = next(iter(_entries(lab)), None)
+        if entry is None:
+            return None
+        labdir = Path(entry["lab_dir"])
+        for path in (labdir / "run" / f"{service}.jsonl", labdir / labels.LOCAL_LOG):
+            if path.is_file() and path.stat().st_size:
+                lines = path.read_text(errors="replace").splitlines()
+                return "\n".join(lines[-tail:]) + "\n"
+        return ""
+
+    def down(self, lab: str) -> Optional[Removed]:
+        entry = next(iter(_entries(lab)), None)
+        if entry is None:
+            return None
+        pid, token, labdir = entry["pid"], entry["token"], Path(entry["lab_dir"])
+        stopped = []
+        if _is_ours(pid, token):  # else it has stopped already (and its pid may be another's now)
+            for sig, wait in ((signal.SIGTERM, STOP_S), (signal.SIGKILL, STOP_S)):
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    break
+                gone = poll(lambda: not _is_ours(pid, token), waiting_for=f"lab {lab}'s process {pid} to stop",
+                            timeout=wait, interval=0.05, expire=lambda _: False)
+                if gone:
+                    break
+            stopped.append(f"pid {pid}")
+        _forget(lab, labdir)
+        return Removed(lab=lab, engine=self.name, parts={"processes": stopped})
+
+
+# ---------------------------------------------------------------- state and registry
+
+def _read_json(path: Path) -> Optional[dict]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _write_json(path: Path, data: dict) -> None:
+    """Atomic (rename), so a reader never sees half a file; 0600 like everything in the lab."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f)
+    os.replace(tmp, path)
+
+
+def _entry_path(lab: str) -> Path:
+    return labels.registry_dir() / f"{lab}.json"
+
+
+def _register(lab: str, labdir: Path, pid: int, token: str) -> None:
+    reg = labels.registry_dir()
+    try:
+        reg.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _write_json(_entry_path(lab), {"lab": lab, "lab_dir": str(labdir.resolve()), "pid": pid, "token": token})
+    except OSError as e:
+        raise InfraError(f"cannot register the local lab {lab} in {reg}: {e.strerror or e}") from None
+
+
+def _forget(lab: str, labdir: Path) -> None:
+    for path in (_entry_path(lab), labdir / labels.STATE_FILE):
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def _entries(lab: Optional[str] = None) -> list[dict]:
+    """Registry entries (well-formed ones only; the registry is the user's own, 0700)."""
+    reg = labels.registry_dir()
+    paths = [_entry_path(lab)] if lab else sorted(reg.glob("*.json")) if reg.is_dir() else []
+    entries = []
+    for path in paths:
+        e = _read_json(path)
+        if e and isinstance(e.get("pid"), int) and isinstance(e.get("token"), str) and \
+                isinstance(e.get("lab_dir"), str) and labels.LAB_NAME.fullmatch(str(e.get("lab"))):
+            entries.append(e)
+    return entries
+
+
+def _is_ours(pid: int, token: str) -> bool:
+    """Whether `pid` is a kept lab's process with this token (its command line says so)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return labels.LOCAL_MODULE.encode() in argv and token.encode() in argv
+
+
+def _last_line(labdir: Path) -> str:
+    try:
+        lines = [line for line in (labdir / labels.LOCAL_LOG).read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        lines = []
+    return lines[-1] if lines else "(its log is empty)"
+
+
+# ---------------------------------------------------------------- the kept lab's process
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Serve a prepared lab directory until SIGTERM (or a lab fault: then exit 1, saying why)."""
+    p = argparse.ArgumentParser(prog=f"python -m {labels.LOCAL_MODULE}")
+    p.add_argument("--lab", required=True, help="the prepared lab directory")
+    p.add_argument("--token", required=True, help="identifies this process to `labgen down`")
+    a = p.parse_args(argv)
+    labdir = Path(a.lab)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    on_fault(lambda _run_dir, _message: stop.set())
+    engine = LocalEngine()
+    try:
+        plan = Plan.load(labdir / "plan.json")
+        # A kept lab's gateway retries as long as it runs, as Postfix does.
+        engine.start(plan, labdir, float("inf"))
+        _write_json(labdir / labels.STATE_FILE, {
+            "lab": plan.lab, "engine": engine.name, "pid": os.getpid(), "token": a.token,
+            "port": plan.smtp_port, "hosts": {svc: plan.hosts[svc] for svc in LAB_SERVICES}})
+        while not stop.is_set():
+            stop.wait(1.0)  # wakes for signals on every platform
+    except (LabgenError, OSError) as e:
+        print(one_line(f"labgen local lab: {getattr(e, 'message', None) or e}"), flush=True)
+        return 1
+    finally:
+        engine._stop(labdir)
+    fault = lab_fault(labdir / "run")
+    if fault:
+        print(one_line(f"labgen local lab: {fault}"), flush=True)  # its last words: `status`, the runner quote them
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -21,6 +21,7 @@ from pathlib import Path
 from ..errors import InfraError, LabgenError, one_line
 from .ledger import Ledger, cannot_write, lab_fault, on_fault
 from ..model.plan import Plan
+from ..wait import poll
 
 
 def _add_addresses(ips: list[str], prefixlen: int) -> None:
@@ -111,12 +112,15 @@ def answers(plan: Plan, name: str) -> bool:
 def wait_for_services(plan: Plan, deadline: float) -> None:
     """Until every service answers (docker-mailserver's pattern: wait with a deadline)."""
     pending = ["dns", "eop", "sink", "gateway"]
-    while pending and time.monotonic() < deadline:
-        pending = [name for name in pending if not answers(plan, name)]
-        if pending:
-            time.sleep(0.2)
-    if pending:
-        raise SystemExit(f"traffic: {', '.join(pending)} did not answer in time")
+
+    def all_answer() -> bool:
+        pending[:] = [name for name in pending if not answers(plan, name)]
+        return not pending
+    try:
+        poll(all_answer, waiting_for="the lab's services to answer", until=deadline, interval=0.2,
+             detail=lambda: f"not answering: {', '.join(pending)}")
+    except InfraError as e:
+        raise SystemExit(f"traffic: {e.message}") from None
 
 
 def run_traffic_service(plan: Plan, lab: Path, stay: bool) -> None:

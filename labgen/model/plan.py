@@ -1,10 +1,9 @@
 """Plan: turn a validated scenario into concrete hosts, addresses, DNS records and file names.
 
 The plan is the one document every service reads (as `plan.json` in the lab directory), in every
-engine. Engines only change *where* addresses live: the Docker engine uses the scenario's
-documentation-range subnet as is (or moved to `--subnet`); the local engine maps every address
-onto loopback by swapping the first octet for 127 (198.51.100.10 -> 127.51.100.10), which keeps
-CIDR-based connectors meaningful and needs no setup on Linux.
+engine. Engines only change *where* addresses live, and the planner asks them (Placement.place):
+the Docker engine keeps the scenario's documentation-range subnet (or moves it to `--subnet`), the
+local engine maps it onto loopback. The planner never names an engine.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ import json
 import re
 import secrets
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Protocol
 
 from pydantic import BaseModel
 
@@ -77,9 +76,32 @@ class Plan(BaseModel):
 
 # ---------------------------------------------------------------- addresses
 
-def loopback_ip(ip: str) -> str:
-    """The local engine's address for a lab address: first octet becomes 127."""
-    return "127." + ip.split(".", 1)[1]
+class Placement(Protocol):
+    """What the planner needs from an engine: its name (saved in the plan) and where it puts the
+    scenario's subnet `net`, moved to `subnet` when the user asked (engines.base.Engine.place)."""
+    name: str
+
+    def place(self, net: ipaddress.IPv4Network, subnet: Optional[str]) -> Optional[Callable[[str], str]]: ...
+
+
+class AsWritten:
+    """The scenario's own addresses, no engine involved (validate, certs)."""
+    name = "none"
+
+    def place(self, net: ipaddress.IPv4Network, subnet: Optional[str]) -> Optional[Callable[[str], str]]:
+        return None
+
+
+def subnet_mover(net: ipaddress.IPv4Network, subnet: Optional[str]) -> Optional[Callable[[str], str]]:
+    """`--subnet`: every address keeps its offset inside a documentation-range subnet of the same
+    size (None when there is nothing to move). Bad input raises InputError naming the option."""
+    if not subnet:
+        return None
+    _check_subnet_option(subnet)
+    dst = ipaddress.ip_network(subnet, strict=False)
+    if dst.prefixlen != net.prefixlen:
+        raise InputError(f"--subnet {subnet}: must be a /{net.prefixlen} like the scenario's {net}")
+    return _mover(net, dst) if dst != net else None
 
 
 def _mover(src: ipaddress.IPv4Network, dst: ipaddress.IPv4Network) -> Callable[[str], str]:
@@ -211,33 +233,25 @@ def gateway_server_cert(plan: Plan) -> str:
 
 # ---------------------------------------------------------------- the plan
 
-def make_plan(s: Scenario, engine: str, subnet: Optional[str] = None) -> Plan:
-    """Addresses are checked in the scenario's own subnet, then moved: to `subnet` when given
-    (Docker), or onto loopback (local engine)."""
+def make_plan(s: Scenario, engine: Placement | str, subnet: Optional[str] = None) -> Plan:
+    """Addresses are checked in the scenario's own subnet, then placed where the engine says
+    (engine.place). An engine given by name is looked up in the engines facade."""
+    if isinstance(engine, str):
+        from ..engines import named
+        engine = named(engine)
     net = ipaddress.ip_network(s.lab.subnet)
     try:
         hosts = _host_addresses(s, net)
     except InputError as e:
         raise InputError(f"{s.source}: {e.message}" if s.source else e.message) from None
-    move: Optional[Callable[[str], str]] = None
-    if engine == "local":
-        if subnet:
-            raise InputError(f"--subnet {subnet}: applies to the docker engine only; the local engine "
-                             "maps the lab onto loopback addresses")
-        move = loopback_ip
-    elif subnet:
-        _check_subnet_option(subnet)
-        dst = ipaddress.ip_network(subnet, strict=False)
-        if dst.prefixlen != net.prefixlen:
-            raise InputError(f"--subnet {subnet}: must be a /{net.prefixlen} like the scenario's {net}")
-        if dst != net:
-            move = _mover(net, dst)
+    assert isinstance(net, ipaddress.IPv4Network)  # the scenario validator allows IPv4 only
+    move = engine.place(net, subnet)
     lab_subnet = _translate_cidr(str(net), move) if move else str(net)
     if move:
         s = _translated_scenario(s, move)
         hosts = {h: [move(ip) for ip in ips] for h, ips in hosts.items()}
     zones, records = _records(s, hosts)
-    return Plan(lab=s.name, engine=engine, run_id=secrets.token_hex(4), subnet=lab_subnet,
+    return Plan(lab=s.name, engine=engine.name, run_id=secrets.token_hex(4), subnet=lab_subnet,
                 hosts=hosts, zones=zones, records=records, certs=_cert_files(s),
                 ca_root="certs/ca-root.crt", ca_intermediate="certs/ca-intermediate.crt",
                 eop_accept_bundle="certs/eop-accept.pem", scenario=s)
