@@ -24,6 +24,7 @@ if _guard:
     signal.signal(signal.SIGINT, _interrupted_while_loading)
 
 import json  # noqa: E402
+from typing import TYPE_CHECKING, Any  # noqa: E402
 import os  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -47,8 +48,18 @@ def _workdir(value: str | None) -> Path:
     return Path(value or os.environ.get("LABGEN_WORKDIR") or ".").resolve()
 
 
-def _print_json(doc) -> None:
-    click.echo(json.dumps(doc, indent=2, default=str))
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+    from .results.contracts import ResultDoc
+
+
+def _print_json(doc: "BaseModel | dict[str, Any]") -> None:
+    """A --json document: a contract model (results/contracts.py) as its schema says; a JSON Schema
+    (a dict) as it is."""
+    from pydantic import BaseModel
+    data = doc.model_dump(mode="json", by_alias=True) if isinstance(doc, BaseModel) else doc
+    click.echo(json.dumps(data, indent=2))
 
 
 def _text(value: object, style: str = "") -> Text:
@@ -143,7 +154,8 @@ def scenarios(as_json):
         s = load_scenario(name)
         rows.append({"name": name, "description": s.description, "messages": len(s.traffic)})
     if as_json:
-        _print_json({"schema": "labgen.scenarios/v1", "scenarios": rows})
+        from .results.contracts import ScenariosDoc
+        _print_json(ScenariosDoc.model_validate({"scenarios": rows}))
         return
     for r in rows:
         out.print(Text.assemble(_text(f"{r['name']:<10}", "bold"), " ", _text(r["description"])))
@@ -158,16 +170,27 @@ def validate(scenario, as_json):
     from .model.plan import AsWritten, make_plan
     make_plan(s, AsWritten())  # address checks live in the planner
     if as_json:
-        _print_json({"schema": "labgen.validate/v1", "scenario": s.name, "valid": True})
+        from .results.contracts import ValidateDoc
+        _print_json(ValidateDoc(scenario=s.name, valid=True))
     else:
         out.print(_text(f"{scenario}: valid (lab '{s.name}', {len(s.tenants)} tenant(s), "
                         f"{len(s.gateway.connectors)} send connector(s), {len(s.traffic)} message(s))"))
 
 
+SCHEMAS = ("scenario", "result", "compare", "event", "scenarios", "validate", "certs", "trace", "status", "down",
+           "images")
+
+
 @main.command()
-def schema():
-    """Print the JSON Schema of scenario files (for editors)."""
-    _print_json(json_schema())
+@click.argument("name", type=click.Choice(SCHEMAS), default="scenario")
+def schema(name):
+    """Print a JSON Schema: scenario files (the default, for editors), a --json document
+    (labgen.<name>/v1), or one ledger line (event)."""
+    if name == "scenario":
+        _print_json(json_schema())
+        return
+    from .results.contracts import json_schema as contract_schema
+    _print_json(contract_schema(name))
 
 
 @main.command()
@@ -189,7 +212,8 @@ def certs(scenario, workdir, as_json):
     for name, files in plan.certs.items():
         rows.append({"name": name, "file": files.cert, "key": files.key, **describe(labdir / files.cert)})
     if as_json:
-        _print_json({"schema": "labgen.certs/v1", "lab_dir": str(labdir), "certificates": rows})
+        from .results.contracts import CertsDoc
+        _print_json(CertsDoc.model_validate({"lab_dir": str(labdir), "certificates": rows}))
         return
     from rich.table import Table
     t = Table(title=_text(f"certificates of lab {s.name} ({labdir})"))
@@ -230,10 +254,10 @@ def run_one(scenario: str, engine_name: str, workdir, subnet, as_json: bool, for
                        force=force)
 
 
-def _exit_for(doc: dict) -> int:
+def _exit_for(doc: "ResultDoc") -> int:
     from .run import check_accounted
     check_accounted(doc)
-    return 1 if doc["summary"]["expectations_failed"] else 0
+    return 1 if doc.summary.expectations_failed else 0
 
 
 @main.command()
@@ -308,7 +332,8 @@ def trace(tenant, lab, workdir, as_json):
     rows = [{k: e.get(k) for k in ("ts", "msgid", "sender", "rcpt", "status")}
             for e in read_events(labdir / "run") if e["service"] == "trace" and e.get("tenant") == tenant]
     if as_json:
-        _print_json({"schema": "labgen.trace/v1", "lab": lab, "tenant": tenant, "entries": rows})
+        from .results.contracts import TraceDoc
+        _print_json(TraceDoc.model_validate({"lab": lab, "tenant": tenant, "entries": rows}))
         return
     out.print(_text(f"message trace of tenant {tenant} in lab {lab} (what its admin sees):"))
     for r in rows:
@@ -456,7 +481,8 @@ def images_ls(as_json):
     from .engines.images import list_images
     rows = list_images()
     if as_json:
-        _print_json({"schema": "labgen.images/v1", "images": rows})
+        from .results.contracts import ImagesDoc
+        _print_json(ImagesDoc.model_validate({"images": rows}))
         return
     from rich.table import Table
     t = Table(title="labgen images")

@@ -10,10 +10,11 @@ import shutil
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
 
 from .results import verdict
-from .results.collect import collect_events
+from .results.collect import Collector
+from .results.contracts import AnyEvent, MessageResult, ResultDoc
 from .engines.base import Engine
 from .errors import InfraError, InputError
 from .lab.ledger import cannot_write, clear_fault
@@ -142,20 +143,23 @@ def prepare_lab(s: Scenario, engine: Engine, workdir: Path, subnet: Optional[str
     return plan, labdir
 
 
-def wait_settled(plan: Plan, events: Callable[[], list[dict]], deadline: float,
+def wait_settled(plan: Plan, new_events: Callable[[], Iterable[AnyEvent]], deadline: float,
                  check: Callable[[], None] = lambda: None) -> list[verdict.RcptResult]:
-    """Poll until every message settled or the deadline; `check` raises (InfraError) as soon as
-    the lab cannot go on, rather than waiting out the deadline."""
+    """Poll until every message settled or the deadline; `new_events` returns the events that
+    came since its last call (results.collect.Collector.poll), and only the recipients they
+    concern are classified again, so a poll costs what is new, not the whole run. `check`
+    raises (InfraError) as soon as the lab cannot go on, rather than waiting out the deadline."""
+    v = verdict.Verdict(plan)
     while True:
-        results = verdict.classify(plan, events())
+        v.add(new_events())
         check()  # after reading: a verdict from a ledger with a hole in it is no verdict
-        if verdict.settled(results) or time.monotonic() >= deadline:
-            return results
+        if v.settled() or time.monotonic() >= deadline:
+            return v.results()
         time.sleep(POLL_S)
 
 
 def run_lab(s: Scenario, engine: Engine, workdir: Path, subnet: Optional[str] = None,
-            on_phase: Callable[[str], None] = lambda _: None, force: bool = False) -> dict:
+            on_phase: Callable[[str], None] = lambda _: None, force: bool = False) -> ResultDoc:
     t0 = time.monotonic()
     plan = make_plan(s, engine, subnet)  # bad input fails before anything is created
     with lab_lock(lab_dir(workdir, s.name), force):
@@ -163,7 +167,7 @@ def run_lab(s: Scenario, engine: Engine, workdir: Path, subnet: Optional[str] = 
 
 
 def _run_locked(s: Scenario, engine: Engine, workdir: Path, plan: Plan, t0: float,
-                on_phase: Callable[[str], None]) -> dict:
+                on_phase: Callable[[str], None]) -> ResultDoc:
     on_phase("making certificates")
     plan, labdir = prepare_lab(s, engine, workdir, plan=plan)  # lab_lock has accepted (and marked) it
     run_dir = labdir / "run"
@@ -177,7 +181,7 @@ def _run_locked(s: Scenario, engine: Engine, workdir: Path, plan: Plan, t0: floa
         # The deadline counts from the traffic: start-up time is not the messages' time.
         deadline = time.monotonic() + s.deadline_s
         on_phase("waiting for every message to settle")
-        results = wait_settled(plan, lambda: collect_events(labdir, plan), deadline,
+        results = wait_settled(plan, Collector(labdir, plan).poll, deadline,
                                lambda: check_lab(engine, plan, labdir))
     except BaseException:
         engine.abort(plan, labdir)  # nothing half-started is left behind (Ctrl-C included)
@@ -187,23 +191,15 @@ def _run_locked(s: Scenario, engine: Engine, workdir: Path, plan: Plan, t0: floa
     return doc
 
 
-def result_document(plan: Plan, labdir: Path, results: list[verdict.RcptResult], duration: float) -> dict:
-    return {
-        "schema": RESULT_SCHEMA,
-        "scenario": plan.lab,
-        "description": plan.scenario.description,
-        "engine": plan.engine,
-        "duration_s": round(duration, 3),
-        "lab_dir": str(labdir),
-        "run_id": plan.run_id,
-        "messages": [r.as_dict() for r in results],
-        "summary": verdict.summary(results),
-    }
+def result_document(plan: Plan, labdir: Path, results: list[verdict.RcptResult], duration: float) -> ResultDoc:
+    return ResultDoc(scenario=plan.lab, description=plan.scenario.description, engine=plan.engine,
+                     duration_s=round(duration, 3), lab_dir=str(labdir), run_id=plan.run_id,
+                     messages=[r.as_model() for r in results], summary=verdict.summary(results))
 
 
-def check_accounted(doc: dict) -> None:
-    missing = [m for m in doc["messages"] if m["outcome"] == "unaccounted"]
+def check_accounted(doc: ResultDoc) -> None:
+    missing: list[MessageResult] = [m for m in doc.messages if m.outcome == "unaccounted"]
     if missing:
         m = missing[0]
-        raise InfraError(f"{len(missing)} message(s) unaccounted for in lab {doc['scenario']}: "
-                         f"{m['id']} to {m['to']}: {m['why']}; see {doc['lab_dir']}/run/")
+        raise InfraError(f"{len(missing)} message(s) unaccounted for in lab {doc.scenario}: "
+                         f"{m.id} to {m.to}: {m.why}; see {doc.lab_dir}/run/")

@@ -25,6 +25,7 @@ from conftest import REPO, labgen
 from labgen.engines.local import LocalEngine
 from labgen.errors import InfraError
 from labgen.lab.ledger import Ledger, clear_fault, lab_fault, write_mailbox
+from labgen.results.contracts import Delivered, RcptDecision
 from labgen.run import MIN_FREE_BYTES, check_space, run_lab
 from labgen.model.scenario import load_scenario
 
@@ -122,6 +123,10 @@ class FailingFile:
         raise OSError(self.code, os.strerror(self.code))
 
 
+DELIVERED = Delivered(event="delivered", msgid="m1", rcpt="dave@northwind.example", mailbox="dave@northwind.example",
+                      file="mailboxes/dave@northwind.example/000001-m1.eml")
+
+
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EFBIG, errno.EACCES])
 def test_a_ledger_write_error_becomes_the_labs_fault_not_the_services(tmp_path, code):
     run_dir = tmp_path / "run"
@@ -129,11 +134,12 @@ def test_a_ledger_write_error_becomes_the_labs_fault_not_the_services(tmp_path, 
     real = ledger._file
     ledger._file = FailingFile(code)
     try:
-        ledger.emit("rcpt", rcpt="carol@fabrikam.example")  # does not raise into the service
+        ledger.emit(RcptDecision(event="rcpt", rcpt="carol@fabrikam.example", action="deliver",
+                                 reply="250 2.1.5 Recipient OK"))  # does not raise into the service
         fault = lab_fault(run_dir)
         assert fault == (f"cannot write the lab's ledger {run_dir / 'eop.jsonl'}: {os.strerror(code)}; "
                          "free space there or choose another --workdir")
-        ledger.emit("delivered")  # the ledger has a hole now: it writes nothing more
+        ledger.emit(DELIVERED)  # the ledger has a hole now: it writes nothing more
         assert ledger._file.writes == 1
         ledger.close()
         assert lab_fault(run_dir) == fault  # the first fault stands
@@ -149,7 +155,7 @@ def test_ledger_and_mailbox_on_a_really_full_disk(small_disk):
     run_dir = disk / "run"
     try:
         ledger = Ledger(run_dir, "sink")  # an empty file needs no block
-        ledger.emit("delivered", pad="x" * 5000)
+        ledger.emit(DELIVERED.model_copy(update={"file": "x" * 5000}))
         assert lab_fault(run_dir) == (f"cannot write the lab's ledger {run_dir / 'sink.jsonl'}: {ENOSPC}; "
                                       "free space there or choose another --workdir")
         ledger.close()  # what is left in its buffer cannot be written either: still no exception
@@ -231,7 +237,7 @@ def test_a_full_disk_mid_run_leaves_no_thread_or_listener(small_disk, tmp_path, 
 
     again = tmp_path / "again"
     doc = run_lab(load_scenario("broken"), LocalEngine(), again)
-    assert doc["summary"]["unaccounted"] == 0 and doc["summary"]["delivered"] == 3, doc["summary"]
+    assert doc.summary.unaccounted == 0 and doc.summary.delivered == 3, doc.summary
 
 
 # ---------------------------------------------------------------- Docker engine

@@ -8,8 +8,13 @@ import copy
 import pytest
 
 from labgen.model.plan import make_plan
-from labgen.engines.postfix import parse_log
+from labgen.engines import postfix
 from labgen.model.scenario import load_scenario
+
+
+def parse_log(lines, plan):
+    """The typed gateway events as plain dicts, every field present (None when unset)."""
+    return [e.model_dump() for e in postfix.parse_log(lines, plan)]
 
 RUN = "4992cfd1"
 GW = "198.51.100.10"

@@ -422,16 +422,19 @@ def test_report_escapes_control_characters():
 
     from rich.console import Console
 
+    from labgen.results.contracts import ResultDoc
     from labgen.results.report import print_result
-    doc = json.loads(json.dumps({
-        "scenario": "x", "engine": "local", "duration_s": 0.1, "description": "[/]\x1b[2J",
+    doc = ResultDoc.model_validate(json.loads(json.dumps({
+        "scenario": "x", "engine": "local", "duration_s": 0.1, "description": "[/]\x1b[2J", "run_id": "0badc0de",
         "lab_dir": "/tmp/x\x1b]0;t\x07", "summary": {"total": 1, "delivered": 0, "silently_discarded": 1,
                                                    "rejected": 0, "deferred": 0, "unaccounted": 0,
                                                    "expectations_failed": 0},
         "messages": [{"id": "m1", "from": "a@b.example", "to": "c@d.example", "outcome": "silently_discarded",
                       "expected": None, "ok": None, "why": "because\x1b[31m [/]", "recipient_trace_visible": True,
+                      "attribution": None, "recipient_tenant": None, "ndr": None, "ndr_lost": None,
                       "hops": [{"service": "traffic", "event": "submitted", "relay": "r", "reply": "250 ok\x1b[0m"}],
-                      "dropped_by": {"reason": "[bold]x\x07"}}]}))
+                      "dropped_by": {"service": "eop", "reason": "[bold]x\x07", "attribution": None,
+                                     "certificate": None, "client_ip": None}}]})))
     buf = StringIO()
     print_result(doc, Console(file=buf, width=200, force_terminal=False))
     text = buf.getvalue()

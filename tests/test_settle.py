@@ -11,7 +11,6 @@ seeded random orders, and every prefix is classified.
 from __future__ import annotations
 
 import itertools
-import json
 import random
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import pytest
 
 from labgen.engines import postfix
 from labgen.model.plan import Plan
+from labgen.results.contracts import AnyEvent, parse_event
 from labgen.results.verdict import classify, settled
 
 DATA = Path(__file__).parent / "data"
@@ -26,27 +26,27 @@ RECORDED = ["strict-eop-local", "strict-eop-docker"]
 RANDOM_ORDERS = 300
 
 
-def streams(run: str) -> tuple[Plan, list[list[dict]]]:
+def streams(run: str) -> tuple[Plan, list[list[AnyEvent]]]:
     """The run's plan and one event stream per log file, each in its file's order."""
     lab = DATA / run
     plan = Plan.load(lab / "plan.json")
     out = []
     for path in sorted((lab / "run").glob("*.jsonl")):
-        out.append([json.loads(line) for line in path.read_text().splitlines() if line.strip()])
+        out.append([parse_event(line) for line in path.read_text().splitlines() if line.strip()])
     log = lab / postfix.LOG_FILE
     if log.is_file():  # parse_log reads line by line: a prefix of lines gives a prefix of events
         out.append(postfix.parse_log(log.read_text().splitlines(), plan))
     return plan, [s for s in out if s]
 
 
-def view(plan: Plan, events: list[dict]) -> list[dict]:
+def view(plan: Plan, events: list[AnyEvent]) -> list[dict]:
     return [r.as_dict() for r in classify(plan, events)]
 
 
-def check_order(plan: Plan, order: list[int], data: list[list[dict]], final: list[dict]) -> int:
+def check_order(plan: Plan, order: list[int], data: list[list[AnyEvent]], final: list[dict]) -> int:
     """Feed the events in `order` (indices of streams); return how many prefixes were settled."""
     pos = [0] * len(data)
-    seen: list[dict] = []
+    seen: list[AnyEvent] = []
     settled_prefixes = 0
     for i in order:
         seen.append(data[i][pos[i]])
@@ -95,34 +95,34 @@ def test_the_bounce_alone_is_not_settled(recorded):
     """The race that gave `ndr: null`: EOP's rejection is logged, the gateway's bounce is not."""
     plan, data, _ = recorded
     events = [e for s in data for e in s
-              if not (e["service"] == "gateway" and (e["event"] in ("bounced", "ndr_queued") or e.get("msgid") is None))]
-    events = [e for e in events if e["event"] != "ndr"]
+              if not (e.service == "gateway" and (e.event in ("bounced", "ndr_queued") or getattr(e, "msgid", 0) is None))]
+    events = [e for e in events if e.event != "ndr"]
     assert not settled(classify(plan, events))
 
 
 # ---------------------------------------------------------------- the NDR's own fate
 
-def _strict_run(data: list[list[dict]]) -> list[dict]:
+def _strict_run(data: list[list[AnyEvent]]) -> list[AnyEvent]:
     return [e for s in data for e in s]
 
 
-def _ndr_qid(events: list[dict]) -> str:
-    return next(e["queue_id"] for e in events if e["event"] == "ndr_queued")
+def _ndr_qid(events: list[AnyEvent]) -> str:
+    return next(e.queue_id for e in events if e.event == "ndr_queued")
 
 
-def _drop_ndr_delivery(events: list[dict]) -> list[dict]:
+def _drop_ndr_delivery(events: list[AnyEvent]) -> list[AnyEvent]:
     """As if the NDR never reached a mailbox: no EOP record of it, no gateway status for it."""
     qid = _ndr_qid(events)
-    return [e for e in events if e["event"] != "ndr" and not (e["service"] == "gateway" and e.get("queue_id") == qid
-                                                             and e["event"] != "ndr_queued")]
+    return [e for e in events if e.event != "ndr" and not (e.service == "gateway" and getattr(e, "queue_id", None) == qid
+                                                           and e.event != "ndr_queued")]
 
 
-def _ndr_status(events: list[dict], event: str, reply: str) -> list[dict]:
+def _ndr_status(events: list[AnyEvent], event: str, reply: str) -> list[AnyEvent]:
     qid = _ndr_qid(events)
-    q = next(e for e in events if e["event"] == "ndr_queued")
-    return events + [{"ts": q["ts"] + 1, "service": "gateway", "event": event, "msgid": None, "queue_id": qid,
-                      "rcpt": "alice@contoso.example", "relay": "contoso.mail.protection.outlook.test[198.19.201.25]:25",
-                      "reply": reply}]
+    q = next(e for e in events if e.event == "ndr_queued")
+    return events + [parse_event({"ts": q.ts + 1, "service": "gateway", "event": event, "msgid": None, "queue_id": qid,
+                                  "rcpt": "alice@contoso.example", "connector": "Office 365",
+                                  "relay": "contoso.mail.protection.outlook.test[198.19.201.25]:25", "reply": reply})]
 
 
 NDR_FATES = [
@@ -136,7 +136,7 @@ NDR_FATES = [
      lambda ev: _ndr_status(_drop_ndr_delivery(ev), "sent", "250 2.6.0 Queued mail for delivery"),
      False, "no mailbox has it"),
     ("still-queued", _drop_ndr_delivery, False, "still queued"),
-    ("never-queued", lambda ev: [e for e in _drop_ndr_delivery(ev) if e["event"] != "ndr_queued"],
+    ("never-queued", lambda ev: [e for e in _drop_ndr_delivery(ev) if e.event != "ndr_queued"],
      False, "logged no non-delivery report"),
 ]
 

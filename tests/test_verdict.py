@@ -12,7 +12,18 @@ import pytest
 
 from labgen.model.plan import make_plan
 from labgen.model.scenario import load_scenario
-from labgen.results.verdict import classify, settled, summary
+from labgen.results import verdict
+from labgen.results.contracts import dump, parse_event
+from labgen.results.verdict import settled
+
+
+def classify(plan, events):
+    """The verdict over these dicts, each read as the typed event a ledger line becomes."""
+    return verdict.classify(plan, [parse_event(e) for e in events])
+
+
+def summary(results):
+    return verdict.summary(results).model_dump()
 
 GW = "gw.contoso.example[198.51.100.10]:25"
 EOP = "fabrikam.mail.protection.outlook.test[198.51.100.25]:25"
@@ -51,7 +62,7 @@ def gw(event, reply, relay=EOP, connector="Internet", **kw):
 
 
 def eop_rcpt(action, reply, attribution=CONTOSO_CERT_ATT, reason="because", **kw):
-    return ev("eop", "rcpt", mail_from="alice@contoso.example", client_ip="198.51.100.10", tls="TLSv1.3",
+    return ev("eop", "rcpt", mail_from="alice@contoso.example", client_ip="198.51.100.10", tls=True,
               certificate=None, attribution=attribution, action=action, reply=reply, reason=reason,
               tenant="fabrikam", **kw)
 
@@ -183,14 +194,14 @@ def test_sink_delivered(plan):
 def test_discard_names_the_dropping_hop(plan):
     r = result_for(plan, hop_through_gateway(eop_rcpt("discard", "250 2.1.5 Recipient OK"), eop_discarded()))
     assert r.outcome == "silently_discarded"
-    assert r.dropped_by["service"] == "eop"
-    assert r.dropped_by["reason"] == "cross-tenant misattribution; accepted and discarded"
-    assert r.dropped_by["attribution"] == CONTOSO_CERT_ATT
-    assert r.dropped_by["client_ip"] == "198.51.100.10"
+    assert r.dropped_by.service == "eop"
+    assert r.dropped_by.reason == "cross-tenant misattribution; accepted and discarded"
+    assert r.dropped_by.attribution.model_dump() == CONTOSO_CERT_ATT
+    assert r.dropped_by.client_ip == "198.51.100.10"
     assert "answered the gateway 250" in r.why
-    assert r.attribution == {"tenant": "contoso", "by": "certificate", "connector": "Inbound from gateway"}
+    assert r.attribution.model_dump() == {"tenant": "contoso", "by": "certificate", "connector": "Inbound from gateway"}
     assert r.recipient_trace_visible is False
-    assert r.as_dict()["dropped_by"] == r.dropped_by
+    assert r.as_dict()["dropped_by"] == dump(r.dropped_by)
 
 
 def test_eop_reject_is_named_over_the_gateway_bounce(plan):
@@ -209,7 +220,7 @@ def test_hops_are_in_travel_order_whatever_the_clocks(plan):
     events = [rcpt, delivered, sent, gw_received(), sub]  # eop's clock runs ahead
     rcpt["ts"], delivered["ts"], sent["ts"], sub["ts"] = 1.0, 2.0, 3.0, 4.0
     r = result_for(plan, events)
-    assert [(h["service"], h["event"]) for h in r.hops] == [
+    assert [(h.service, h.event) for h in r.hops] == [
         ("traffic", "submitted"), ("gateway", "sent"), ("eop", "rcpt"), ("eop", "delivered")]
     assert r.outcome == "delivered"
 
@@ -286,7 +297,8 @@ def test_summary_counts_and_failed_expectations(plan):
         *hop_through_gateway(eop_rcpt("discard", "250 2.1.5 Recipient OK"), eop_discarded()),
         # to-internet: delivered by the sink, as expected
         submitted(msgid="to-internet", rcpt="dave@northwind.example"),
-        ev("sink", "delivered", msgid="to-internet", rcpt="dave@northwind.example", mailbox="dave@northwind.example"),
+        ev("sink", "delivered", msgid="to-internet", rcpt="dave@northwind.example", mailbox="dave@northwind.example",
+           file="mailboxes/dave@northwind.example/0001-to-internet.eml"),
         # from-internet: rejected, but expected delivered
         submitted(msgid="from-internet", rcpt="bob@contoso.example", entry="mx",
                   reply="550 5.4.1 Recipient address rejected: Access denied"),
@@ -321,7 +333,8 @@ def _settled_run():
     return [
         *hop_through_gateway(eop_rcpt("discard", "250 2.1.5 Recipient OK"), eop_discarded()),
         submitted(**sink_ok), gw("sent", "250 2.0.0 Ok: queued", relay=SINK, **sink_ok),
-        ev("sink", "delivered", mailbox="dave@northwind.example", **sink_ok),
+        ev("sink", "delivered", mailbox="dave@northwind.example",
+           file="mailboxes/dave@northwind.example/0001-to-internet.eml", **sink_ok),
         submitted(entry="mx", **inbound), gw("sent", QUEUED_EOP, **inbound),
         eop_delivered(mailbox="bob@contoso.example", tenant="contoso", **inbound),
         trace(**inbound),

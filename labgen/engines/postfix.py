@@ -10,15 +10,17 @@ from __future__ import annotations
 import datetime as dt
 import re
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Iterable, Literal, Optional, Union, cast
 
 from ..errors import InfraError
+from ..results.contracts import GatewayStatus, GatewayTls, NdrQueued, Ready, Received
 from ..model.plan import CertFiles, Plan, gateway_server_cert
 from ..lab.routing import inbound_domains
 from ..model.scenario import SendConnector
 from ..textsafe import Checked, checked, one_line, shown
 
 LOG_FILE = "run/postfix.log"
+GatewayEvent = Union[Ready, Received, NdrQueued, GatewayStatus]
 
 
 @dataclass
@@ -213,70 +215,93 @@ def _reply(status: str, dsn: str, text: str) -> str:
     return f"{dsn} {text}"  # Postfix's own words (connect failure, TLS required, DNS)
 
 
-def parse_log(lines: Iterable[str], plan: Plan) -> list[dict]:
-    names = {t.name: t for t in transports(plan)}
-    qid_msgid: dict[str, str] = {}
-    qid_client: dict[str, str] = {}
-    qid_from: dict[str, str] = {}
-    ndr_qids: set[str] = set()  # bounces Postfix wrote for the traffic's messages: followed by queue id
-    tls_by_pid: dict[str, dict] = {}
-    events: list[dict] = []
-    for n, raw in enumerate(lines):
+class LogReader:
+    """Postfix's log turned into gateway events, line by line: `feed` the lines as they are
+    written (whole lines only) and get the new events; what it learnt from earlier lines (queue
+    id -> message, TLS per smtp process) is kept between calls, so reading in pieces gives the
+    same events as reading the whole log at once."""
+
+    def __init__(self, plan: Plan):
+        self.plan = plan
+        self.names = {t.name: t for t in transports(plan)}
+        self.qid_msgid: dict[str, str] = {}
+        self.qid_client: dict[str, str] = {}
+        self.qid_from: dict[str, str] = {}
+        self.ndr_qids: set[str] = set()  # bounces Postfix wrote for the traffic's messages: followed by queue id
+        self.tls_by_pid: dict[str, dict[str, str]] = {}
+        self.n = 0  # lines read so far
+
+    def feed(self, lines: Iterable[str]) -> list[GatewayEvent]:
+        events: list[GatewayEvent] = []
+        for raw in lines:
+            n = self.n
+            self.n += 1
+            event = self._line(raw, n)
+            if event is not None:
+                events.append(event)
+        return events
+
+    def _line(self, raw: str, n: int) -> GatewayEvent | None:
+        plan = self.plan
         m = _LINE.match(raw.rstrip("\n"))
         if not m:
-            continue
+            return None
         proc, pid, msg = m.group("proc"), m.group("pid"), m.group("msg")
         ts = _epoch(m.group("ts")) + n * 1e-6  # keep file order within a second
         if msg.startswith("daemon started"):
-            events.append({"ts": ts, "service": "gateway", "event": "ready", "time": m.group("ts")})
-            continue
+            return Ready(ts=ts, service="gateway", event="ready", time=m.group("ts"))
         tls = _TLS.match(msg)
         if tls and proc.endswith("/smtp"):
             # Valid for this process's deliveries to that peer until it connects anew.
-            tls_by_pid[pid] = {"peer": tls.group("peer").rstrip(":"), "version": tls.group("version"),
-                               "trust": tls.group("trust")}
-            continue
+            self.tls_by_pid[pid] = {"peer": tls.group("peer").rstrip(":"), "version": tls.group("version"),
+                                    "trust": tls.group("trust")}
+            return None
         if proc.endswith("/smtp") and ("Cannot start TLS" in msg or "SSL_connect error" in msg):
-            tls_by_pid.pop(pid, None)
-            continue
+            self.tls_by_pid.pop(pid, None)
+            return None
         q = _QID.match(msg)
         if not q:
-            continue
+            return None
         qid, rest = q.group("qid"), q.group("rest")
         if proc.endswith("smtpd") and (c := _CLIENT.match(rest)):
-            qid_client[qid] = c.group("ip")
+            self.qid_client[qid] = c.group("ip")
         elif proc.endswith("cleanup") and (mid := _MSGID.match(rest)):
             if mid.group("run") != plan.run_id:
-                continue  # an earlier run's message still in the queue
-            qid_msgid[qid] = mid.group("id")
-            events.append({"ts": ts, "service": "gateway", "event": "received", "msgid": mid.group("id"),
-                           "queue_id": qid, "client_ip": qid_client.get(qid), "time": m.group("ts")})
+                return None  # an earlier run's message still in the queue
+            self.qid_msgid[qid] = mid.group("id")
+            return Received(ts=ts, service="gateway", event="received", msgid=mid.group("id"), queue_id=qid,
+                            client_ip=self.qid_client.get(qid), time=m.group("ts"))
         elif proc.endswith("qmgr") and (fr := _FROM.match(rest)):
-            qid_from[qid] = fr.group("sender")
-        elif proc.endswith("bounce") and (ndr := _NDR.match(rest)) and qid in qid_msgid:
+            self.qid_from[qid] = fr.group("sender")
+        elif proc.endswith("bounce") and (ndr := _NDR.match(rest)) and qid in self.qid_msgid:
             # The same event the built-in gateway writes; the NDR's own status lines follow.
-            ndr_qids.add(ndr.group("ndr"))
-            events.append({"ts": ts, "service": "gateway", "event": "ndr_queued", "queue_id": ndr.group("ndr"),
-                           "original_queue_id": qid, "to": qid_from.get(qid), "original_msgid": qid_msgid[qid],
-                           "time": m.group("ts")})
-        elif (st := _STATUS.match(rest)) and (qid in qid_msgid or qid in ndr_qids):
+            self.ndr_qids.add(ndr.group("ndr"))
+            return NdrQueued(ts=ts, service="gateway", event="ndr_queued", queue_id=ndr.group("ndr"),
+                             original_queue_id=qid, to=self.qid_from.get(qid), original_msgid=self.qid_msgid[qid],
+                             time=m.group("ts"))
+        elif (st := _STATUS.match(rest)) and (qid in self.qid_msgid or qid in self.ndr_qids):
             transport = proc.split("/")[0]
-            t = names.get(transport)
+            t = self.names.get(transport)
             relay = st.group("relay")
             r = _RELAY.match(relay)
             status = "deferred" if st.group("status") == "expired" else st.group("status")
-            t_info = tls_by_pid.get(pid)
-            t_info = {k: v for k, v in t_info.items() if k != "peer"} if t_info and t_info["peer"] == relay else None
-            events.append({
-                "ts": ts, "service": "gateway", "event": status, "msgid": qid_msgid.get(qid), "queue_id": qid,
-                "rcpt": st.group("rcpt").lower(), "connector": t.connector.name if t else transport,
-                "relay": relay if relay != "none" else None,
-                "relay_host": r.group("host") if r else None, "relay_ip": r.group("ip") if r else None,
-                "reply": _reply(status, st.group("dsn"), st.group("text")), "dsn": st.group("dsn"),
-                "source_ip": t.source_ip if t else None,
-                "tls": ({**t_info, "client_certificate": t.connector.certificate,
-                         "client_certificate_cn": plan.scenario.certificates[t.connector.certificate].cn
-                         if t and t.connector.certificate else None} if t_info and t else None),
-                "time": m.group("ts"), "postfix": raw.strip()[:400],
-            })
-    return events
+            t_info = self.tls_by_pid.get(pid)
+            gw_tls = None
+            if t_info and t_info["peer"] == relay and t:
+                cert = t.connector.certificate
+                gw_tls = GatewayTls(version=t_info["version"], trust=t_info["trust"], client_certificate=cert,
+                                    client_certificate_cn=plan.scenario.certificates[cert].cn if cert else None)
+            return GatewayStatus(
+                ts=ts, service="gateway", event=cast(Literal["sent", "deferred", "bounced"], status),
+                msgid=self.qid_msgid.get(qid), queue_id=qid,
+                rcpt=st.group("rcpt").lower(), connector=t.connector.name if t else transport,
+                relay=relay if relay != "none" else None,
+                relay_host=r.group("host") if r else None, relay_ip=r.group("ip") if r else None,
+                reply=_reply(status, st.group("dsn"), st.group("text")), dsn=st.group("dsn"),
+                source_ip=t.source_ip if t else None, tls=gw_tls, time=m.group("ts"), postfix=raw.strip()[:400])
+        return None
+
+
+def parse_log(lines: Iterable[str], plan: Plan) -> list[GatewayEvent]:
+    """A whole log (or its first lines) as gateway events."""
+    return LogReader(plan).feed(lines)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from dnslib import CLASS, OPCODE, QTYPE, RCODE, RR, SOA, A, MX, DNSBuffer, DNSHeader, DNSLabel, DNSRecord
 
+from ..results.contracts import BadQuery, Query
 from .ledger import Ledger, clip
 from ..model.plan import Plan
 from .smtpd import Guard
@@ -118,14 +119,14 @@ class LabResolver:
 
     def _log_query(self, request, reply, client_ip: str) -> None:
         if self.ledger and client_ip != self.own_ip:  # not the container's own health checks
-            self.ledger.emit("query", qname=clip(str(request.q.qname).lower().rstrip(".")),
-                             qtype=QTYPE[request.q.qtype], client_ip=client_ip,
-                             rcode=RCODE[reply.header.rcode], answers=[str(a.rdata) for a in reply.rr])
+            self.ledger.emit(Query(event="query", qname=clip(str(request.q.qname).lower().rstrip(".")),
+                                   qtype=QTYPE[request.q.qtype], client_ip=client_ip,
+                                   rcode=RCODE[reply.header.rcode], answers=[str(a.rdata) for a in reply.rr]))
 
     def _bad(self, client_ip: str, why: str, data: bytes) -> None:
         if self.ledger:
-            self.ledger.emit("bad_query", client_ip=client_ip, why=clip(why, 200), size=len(data),
-                             head=data[:32].hex())
+            self.ledger.emit(BadQuery(event="bad_query", client_ip=client_ip, why=clip(why, 200), size=len(data),
+                                      head=data[:32].hex()))
 
 
 def _error(head: DNSHeader, rcode: int) -> DNSRecord:

@@ -8,8 +8,10 @@ from __future__ import annotations
 import datetime as dt
 import re
 from email.utils import format_datetime
+from pathlib import Path
 
-from .ledger import header, safe_id
+from ..results.contracts import Ndr
+from .ledger import Ledger, header, safe_id
 
 _ORIG_ENVID = re.compile(rb"^Original-Envelope-Id:\s*(\S+)", re.I | re.M)
 
@@ -24,11 +26,12 @@ def original_envid(message: bytes) -> str | None:
     return safe_id(m.group(1).decode("ascii", "replace")) if m else None
 
 
-def note_ndr(ledger, message: bytes, mailbox: str, path, mailroot) -> None:
+def note_ndr(ledger: Ledger, message: bytes, mailbox: str, path: Path, mailroot: Path) -> None:
     """A mailbox service that just delivered an NDR says which message it reports on."""
     original = original_envid(message)
     if original:
-        ledger.emit("ndr", msgid=original, to=mailbox, mailbox=mailbox, file=str(path.relative_to(mailroot.parent)))
+        ledger.emit(Ndr(event="ndr", msgid=original, to=mailbox, mailbox=mailbox,
+                        file=str(path.relative_to(mailroot.parent))))
 
 
 def build_ndr(reporting_mta: str, queue_id: str, sender: str, envid: str | None,

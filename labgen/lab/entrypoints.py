@@ -62,6 +62,7 @@ def _forever_async(start, run_dir: Path) -> None:
 
 
 def run_smtp_service(name: str, plan: Plan, lab: Path) -> None:
+    from ..results.contracts import Ready
     from .eop.server import eop_factory
     from .sink import sink_factory
     from .smtpd import serve
@@ -69,16 +70,17 @@ def run_smtp_service(name: str, plan: Plan, lab: Path) -> None:
 
     async def start():
         await serve(factory, plan.ip(name), plan.smtp_port)
-        Ledger(lab / "run", name).emit("ready", ip=plan.ip(name), port=plan.smtp_port)
+        Ledger(lab / "run", name).emit(Ready(event="ready", ip=plan.ip(name), port=plan.smtp_port))
     _forever_async(start, lab / "run")
 
 
 def run_dns(plan: Plan, lab: Path) -> None:
+    from ..results.contracts import Ready
     from .dns_server import serve_dns
 
     async def start():
         await serve_dns(plan, plan.ip("dns"), plan.dns_port, lab / "run")
-        Ledger(lab / "run", "dns").emit("ready", ip=plan.ip("dns"), port=plan.dns_port)
+        Ledger(lab / "run", "dns").emit(Ready(event="ready", ip=plan.ip("dns"), port=plan.dns_port))
     _forever_async(start, lab / "run")
 
 
@@ -124,7 +126,7 @@ def wait_for_services(plan: Plan, deadline: float) -> None:
 
 
 def run_traffic_service(plan: Plan, lab: Path, stay: bool) -> None:
-    from ..results.collect import collect_events
+    from ..results.collect import Collector
     from ..results.report import print_result
     from ..run import result_document, wait_settled
     from .traffic import run_traffic
@@ -140,10 +142,10 @@ def run_traffic_service(plan: Plan, lab: Path, stay: bool) -> None:
         fault = lab_fault(lab / "run")
         if fault:
             raise InfraError(fault)
-    results = wait_settled(plan, lambda: collect_events(lab, plan), deadline, check)
+    results = wait_settled(plan, Collector(lab, plan).poll, deadline, check)
     doc = result_document(plan, lab, results, time.monotonic() - t0)
     try:
-        (lab / "run" / "result.json").write_text(json.dumps(doc, indent=2))
+        (lab / "run" / "result.json").write_text(doc.model_dump_json(indent=2, by_alias=True))
     except OSError as e:
         raise InfraError(cannot_write("the lab's result", lab / "run" / "result.json", e)) from None
     print_result(doc, Console(width=160, emoji=False, highlight=False))

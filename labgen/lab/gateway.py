@@ -19,6 +19,7 @@ from email.utils import format_datetime
 from pathlib import Path
 
 from . import nexthop, routing
+from ..results.contracts import DeliveryError, GatewayStatus, GatewayTls, NdrQueued, RcptDecision, Received
 from .dsn import build_ndr
 from .ledger import Ledger, labgen_id
 from ..model.plan import Plan, gateway_server_cert
@@ -105,17 +106,20 @@ class GatewayHandler:
         if hop_count(data) + 1 >= HOPCOUNT_LIMIT:  # + 1: the Received: header this hop adds
             # Nothing is queued; the client (or the MTA before it) bounces, as with Postfix.
             for r in envelope.rcpt_tos:
-                self.ledger.emit("rcpt", msgid=msgid, rcpt=r.lower(), action="reject", reply=TOO_MANY_HOPS,
-                                 reason=f"hop count exceeded (limit {HOPCOUNT_LIMIT})", client_ip=session.peer[0])
+                self.ledger.emit(RcptDecision(event="rcpt", msgid=msgid, rcpt=r.lower(), action="reject",
+                                              reply=TOO_MANY_HOPS, reason=f"hop count exceeded (limit {HOPCOUNT_LIMIT})",
+                                              client_ip=session.peer[0]))
             return TOO_MANY_HOPS
         if self.queued_bytes + len(data) > QUEUE_MAX_BYTES:
             for r in envelope.rcpt_tos:
-                self.ledger.emit("rcpt", msgid=msgid, rcpt=r.lower(), action="defer", reply=INSUFFICIENT_STORAGE,
-                                 reason=f"queue full ({QUEUE_MAX_BYTES} bytes held)", client_ip=session.peer[0])
+                self.ledger.emit(RcptDecision(event="rcpt", msgid=msgid, rcpt=r.lower(), action="defer",
+                                              reply=INSUFFICIENT_STORAGE,
+                                              reason=f"queue full ({QUEUE_MAX_BYTES} bytes held)",
+                                              client_ip=session.peer[0]))
             return INSUFFICIENT_STORAGE
-        self.ledger.emit("received", msgid=msgid, queue_id=qid, mail_from=envelope.mail_from,
-                         rcpts=[r.lower() for r in envelope.rcpt_tos], client_ip=session.peer[0],
-                         tls=server.tls_version())
+        self.ledger.emit(Received(event="received", msgid=msgid, queue_id=qid, mail_from=envelope.mail_from,
+                                  rcpts=[r.lower() for r in envelope.rcpt_tos], client_ip=session.peer[0],
+                                  tls=server.tls_version()))
         data = self._received_header(server, session, envelope, qid) + data
         self._enqueue(qid, msgid, envelope.mail_from, list(envelope.rcpt_tos), data, getattr(envelope, "envid", None))
         return f"250 2.0.0 Ok: queued as {qid}"
@@ -155,8 +159,8 @@ class GatewayHandler:
             return
         exc = task.exception()
         if exc is not None:
-            self.ledger.emit("delivery_error", msgid=msgid, queue_id=qid,
-                             error=printable(f"{type(exc).__name__}: {exc}", 300))
+            self.ledger.emit(DeliveryError(event="delivery_error", msgid=msgid, queue_id=qid,
+                                           error=printable(f"{type(exc).__name__}: {exc}", 300)))
 
     def _bounce(self, qid, mail_from, envid, failures, data):
         """Tell the sender, as Postfix does: an NDR from MAILER-DAEMON with the null sender."""
@@ -166,7 +170,8 @@ class GatewayHandler:
         # As Postfix's bounce daemon posts it: with the one Received: header of local mail.
         ndr = (f"Received: by {self.s.gateway.hostname} (labgen)\r\n\tid {ndr_qid}; {trace_date()}\r\n".encode("ascii")
                + build_ndr(self.s.gateway.hostname, qid, mail_from, envid, failures, data))
-        self.ledger.emit("ndr_queued", queue_id=ndr_qid, original_queue_id=qid, to=mail_from, original_msgid=envid)
+        self.ledger.emit(NdrQueued(event="ndr_queued", queue_id=ndr_qid, original_queue_id=qid, to=mail_from,
+                                   original_msgid=envid))
         self._enqueue(ndr_qid, None, "", [mail_from], ndr, None)
 
     async def _deliver(self, qid, msgid, mail_from, rcpts, data, envid):
@@ -182,8 +187,8 @@ class GatewayHandler:
                 domain = r.rpartition("@")[2].lower()
                 c = routing.pick_connector(domain, self.s.gateway.connectors)
                 if c is None:  # as Postfix's default_transport = error:5.4.4 ...
-                    self.ledger.emit("bounced", msgid=msgid, queue_id=qid, rcpt=r.lower(), connector=None,
-                                     relay=None, reply=NO_CONNECTOR)
+                    self.ledger.emit(GatewayStatus(event="bounced", msgid=msgid, queue_id=qid, rcpt=r.lower(),
+                                                   connector=None, relay=None, reply=NO_CONNECTOR))
                     failures.append((r, NO_CONNECTOR))
                     continue
                 groups.setdefault((c.name, c.smarthost or domain, c.smarthost is None), []).append(r)
@@ -200,13 +205,13 @@ class GatewayHandler:
         """One delivery round for recipients sharing a connector and next hop; returns the
         recipients to retry and the (recipient, reply) pairs that bounced."""
         c = next(c for c in self.s.gateway.connectors if c.name == cname)
-        base = dict(msgid=msgid, queue_id=qid, connector=cname)
         try:
             hops = nexthop.next_hops(self.resolver, target, mx=by_mx, own=self.own_ips)
         except nexthop.DnsFailure as e:  # no next hop: DNS, or it would be the gateway itself
             kind = "bounced" if e.permanent else "deferred"
             for r in rcpts:
-                self.ledger.emit(kind, rcpt=r.lower(), relay=None, reply=e.reply, dsn=e.status, **base)
+                self.ledger.emit(GatewayStatus(event=kind, msgid=msgid, queue_id=qid, connector=cname, rcpt=r.lower(),
+                                               relay=None, reply=e.reply, dsn=e.status))
             return ([], [(r, e.reply) for r in rcpts]) if e.permanent else (rcpts, [])
         result = None
         for hop in hops:
@@ -216,14 +221,15 @@ class GatewayHandler:
             if not any(code == 0 for code, _ in result.replies.values()):
                 break  # the host answered; only connection-level failures move on to the next MX
         cert = self.plan.scenario.certificates.get(c.certificate) if c.certificate else None
-        tls = {"version": result.tls_version, "client_certificate": c.certificate,
-               "client_certificate_cn": cert.cn if cert else None} if result.tls_version else None
+        tls = GatewayTls(version=result.tls_version, client_certificate=c.certificate,
+                         client_certificate_cn=cert.cn if cert else None) if result.tls_version else None
         retry, bounced = [], []
         for r in rcpts:
             code, reply = result.replies.get(r, (0, result.error or "no answer"))
             kind = "sent" if 200 <= code < 300 else "bounced" if code >= 500 else "deferred"
-            self.ledger.emit(kind, rcpt=r.lower(), relay=result.relay, relay_host=result.host, relay_ip=result.ip,
-                             reply=reply, source_ip=c.source_ip or self.plan.ip("gateway"), tls=tls, **base)
+            self.ledger.emit(GatewayStatus(event=kind, msgid=msgid, queue_id=qid, connector=cname, rcpt=r.lower(),
+                                           relay=result.relay, relay_host=result.host, relay_ip=result.ip,
+                                           reply=reply, source_ip=c.source_ip or self.plan.ip("gateway"), tls=tls))
             if kind == "deferred":
                 retry.append(r)
             elif kind == "bounced":

@@ -14,9 +14,10 @@ import threading
 import time
 import weakref
 from pathlib import Path
-from typing import Callable, Concatenate, Iterator, ParamSpec, TypeVar
+from typing import Callable, Concatenate, Iterator, ParamSpec, TypeVar, cast
 
 from ..errors import InfraError, escape
+from ..results.contracts import AnyEvent, Service, dump_event
 from ..textsafe import MESSAGE_ID
 
 MSGID_HEADER = "X-Labgen-Id"
@@ -68,6 +69,9 @@ def on_fault(listener: Callable[[Path, str], None]) -> None:
         _FAULT_LISTENERS.append(listener)
 
 
+E = TypeVar("E", bound=AnyEvent)
+
+
 class Ledger:
     def __init__(self, run_dir: Path, service: str):
         self.service = service
@@ -82,21 +86,23 @@ class Ledger:
             raise InfraError(cannot_write("the lab's ledger", self.path, e)) from None
         _OPEN.add(self)
 
-    def emit(self, event: str, **fields) -> dict:
-        """Append one event. A write error never reaches the service: it becomes the lab's fault
-        (note_fault) and this ledger writes nothing more, as its file now has a hole."""
-        record = {"ts": round(time.time(), 6), "service": self.service, "event": event, **fields}
-        line = json.dumps(record, default=str) + "\n"
+    def emit(self, event: E) -> E:
+        """Append one typed event (results/contracts.py), stamped with the time and this ledger's
+        service. A write error never reaches the service: it becomes the lab's fault (note_fault)
+        and this ledger writes nothing more, as its file now has a hole."""
+        event.ts = round(time.time(), 6)
+        event.service = cast(Service, self.service)
+        line = dump_event(event) + "\n"
         with self._lock:
             if self._file.closed or self._failed:  # after close: the run's verdict is already taken
-                return record
+                return event
             try:
                 self._file.write(line)
                 self._file.flush()
             except OSError as e:
                 self._failed = True
                 note_fault(self.path.parent, cannot_write("the lab's ledger", self.path, e))
-        return record
+        return event
 
     def close(self) -> None:
         with self._lock:
@@ -133,6 +139,8 @@ def _faults_noted(write: Callable[Concatenate[Path, P], R]) -> Callable[Concaten
 
 
 def read_events(run_dir: Path) -> Iterator[dict]:
+    """Every complete event of run/*.jsonl as raw dicts (for quick looks such as readiness; the
+    verdict reads typed events through results.collect)."""
     for path in sorted(Path(run_dir).glob("*.jsonl")):
         with path.open(encoding="utf-8") as f:
             for line in f:

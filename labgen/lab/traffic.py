@@ -10,6 +10,7 @@ from email.utils import formatdate
 from pathlib import Path
 
 from . import nexthop
+from ..results.contracts import Injected, PlannedMessage, Submitted, TrafficStart
 from .ledger import MSGID_HEADER, Ledger
 from ..model.plan import Plan, message_entry
 from ..model.scenario import Message
@@ -49,23 +50,25 @@ def submit(plan: Plan, m: Message, ledger: Ledger) -> None:
             hop = nexthop.next_hops(r, name, mx=by_mx)[0]
         except nexthop.DnsFailure as e:
             for rcpt in rcpts:
-                ledger.emit("submitted", msgid=m.id, rcpt=rcpt, entry=entry, relay=None, code=0, reply=str(e))
+                ledger.emit(Submitted(event="submitted", msgid=m.id, rcpt=rcpt, entry=entry, relay=None, code=0,
+                                      reply=str(e)))
             continue
         res = send(data, m.sender, rcpts, host=hop.host, ip=hop.ip, port=plan.smtp_port,
                    helo=TRAFFIC_HELO[entry], source_ip=source, tls="may", envid=m.id)
         for rcpt in rcpts:
             code, reply = res.replies.get(rcpt, (0, res.error or "no answer"))
-            ledger.emit("submitted", msgid=m.id, rcpt=rcpt, entry=entry, relay=res.relay,
-                        relay_host=hop.host, code=code, reply=reply, tls=res.tls_version)
+            ledger.emit(Submitted(event="submitted", msgid=m.id, rcpt=rcpt, entry=entry, relay=res.relay,
+                                  relay_host=hop.host, code=code, reply=reply, tls=res.tls_version))
 
 
 def run_traffic(plan: Plan, run_dir: Path) -> None:
     ledger = Ledger(run_dir, "traffic")
-    ledger.emit("start", run_id=plan.run_id, messages=[{"msgid": m.id, "from": m.sender, "to": m.to}
-                                                       for m in plan.scenario.traffic])
+    ledger.emit(TrafficStart(event="start", run_id=plan.run_id,
+                             messages=[PlannedMessage(msgid=m.id, sender=m.sender, to=m.to)
+                                       for m in plan.scenario.traffic]))
     try:
         with ThreadPoolExecutor(max_workers=8) as pool:
             list(pool.map(lambda m: submit(plan, m, ledger), plan.scenario.traffic))
-        ledger.emit("injected", count=len(plan.scenario.traffic))
+        ledger.emit(Injected(event="injected", count=len(plan.scenario.traffic)))
     finally:
         ledger.close()

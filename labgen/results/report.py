@@ -7,7 +7,10 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from typing import Any
+
 from ..errors import escape
+from .contracts import CompareDoc, ResultDoc, dump
 
 STYLE = {"delivered": "green", "silently_discarded": "bold red", "rejected": "yellow", "deferred": "magenta",
          "unaccounted": "bold white on red"}
@@ -26,7 +29,7 @@ def _short(reply: str | None, n: int = 60) -> str:
     return reply if len(reply) <= n else reply[: n - 1] + "…"
 
 
-def hop_lines(m: dict) -> list[str]:
+def hop_lines(m: dict[str, Any]) -> list[str]:
     lines = []
     for h in m["hops"]:
         svc, ev = h["service"], h["event"]
@@ -53,7 +56,8 @@ def hop_lines(m: dict) -> list[str]:
     return lines
 
 
-def print_result(doc: dict, console: Console) -> None:
+def print_result(result: ResultDoc, console: Console) -> None:
+    doc = dump(result)  # the document as --json prints it: what this report explains
     title = f"labgen · {doc['scenario']} · {doc['engine']} engine · {doc['duration_s']:.1f} s"
     table = Table(title=_text(title), caption=_text(doc["description"]) if doc.get("description") else None,
                   show_lines=False)
@@ -87,7 +91,7 @@ def print_result(doc: dict, console: Console) -> None:
         f"{s['rejected']} rejected, {s['deferred']} deferred, {s['unaccounted']} unaccounted. "
         + ("All expectations held." if s["expectations_failed"] == 0 else
            f"{s['expectations_failed']} expectation(s) FAILED.")))
-    print_expectation_failures(doc, console)
+    _expectation_failures(doc, console)
     console.print(_text(f"Lab directory: {doc['lab_dir']} (ledger in run/, mailboxes in run/mailboxes/)", "dim"))
     if doc["engine"] == "docker":
         console.print(_text(f"The lab stays up to explore: labgen status {doc['scenario']} · labgen logs gateway · "
@@ -95,14 +99,18 @@ def print_result(doc: dict, console: Console) -> None:
                             "dim"))
 
 
-def print_expectation_failures(doc: dict, console: Console) -> None:
+def print_expectation_failures(result: ResultDoc, console: Console) -> None:
+    _expectation_failures(dump(result), console)
+
+
+def _expectation_failures(doc: dict[str, Any], console: Console) -> None:
     for m in doc["messages"]:
         if m["ok"] is False:
             console.print(_text(f"  expectation failed in {doc['scenario']}: {m['id']} → {m['to']}: expected "
                                 f"{m['expected']}, got {m['outcome']} ({m['why']})", "red"))
 
 
-def silent_loss_line(m: dict) -> str:
+def silent_loss_line(m: dict[str, Any]) -> str:
     d = m.get("dropped_by") or {}
     cert = d.get("certificate") or {}
     upstream = next((h for h in reversed(m["hops"]) if h["event"] in ("sent", "submitted")), None)
@@ -110,12 +118,13 @@ def silent_loss_line(m: dict) -> str:
     certtxt = ""
     if cert:
         certtxt = (f" The certificate it presented: CN={cert.get('subject')}, issuer {cert.get('issuer')}"
-                   f"{' (self-signed)' if cert.get('self_signed') else ''}, SHA-256 {cert.get('fingerprint_sha256', '')[:23]}….")
+                   f"{' (self-signed)' if cert.get('self_signed') else ''}, SHA-256 {(cert.get('fingerprint_sha256') or '')[:23]}….")
     return (f"SILENT LOSS: {m['id']} to {m['to']}: the {said}, yet no mailbox has it and no NDR went back. "
             f"Why: {d.get('reason')}.{certtxt}")
 
 
-def print_compare(doc: dict, console: Console) -> None:
+def print_compare(compared: CompareDoc, console: Console) -> None:
+    doc = dump(compared)
     a, b = doc["a"], doc["b"]
     table = Table(title=_text(f"labgen compare · {a['scenario']} vs {b['scenario']}"), show_lines=True, expand=True)
     table.add_column("message", no_wrap=True)

@@ -11,13 +11,18 @@ on, the next hop has no record). That is a lab failure, never an outcome.
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Optional
+from functools import lru_cache
+from typing import Any, Iterable, Optional, Union, cast
 
 from ..model.plan import Plan
 from ..model.scenario import domain_of
+from .contracts import (AnyEvent, Delivered, Discarded, DroppedBy, GatewayStatus, Hop, MessageResult, Ndr,
+                        NdrFound, NdrQueued, Outcome, RcptDecision, Received, ResultAttribution, Submitted, Summary,
+                        TraceEntry, Verdict, dump)
 
 _RANK = {"traffic": 0, "gateway": 1, "eop": 2, "sink": 2}
 # Services that log every recipient they answer: a reply of theirs that another hop logged is
@@ -32,13 +37,13 @@ class RcptResult:
     rcpt: str
     outcome: str  # one of scenario.OUTCOMES, or "unaccounted"
     expected: Optional[str]
-    hops: list[dict] = field(default_factory=list)
-    attribution: Optional[dict] = None
+    hops: list[Hop] = field(default_factory=list)
+    attribution: Optional[ResultAttribution] = None
     recipient_trace_visible: bool = False
     why: str = ""  # one sentence a person can read
-    dropped_by: Optional[dict] = None  # for silently_discarded: the hop, reason and certificate
+    dropped_by: Optional[DroppedBy] = None  # for silently_discarded: the hop, reason and certificate
     recipient_tenant: Optional[str] = None  # None: an internet (non-Microsoft 365) recipient
-    ndr: Optional[dict] = None  # the non-delivery report that reached the sender, if any
+    ndr: Optional[NdrFound] = None  # the non-delivery report that reached the sender, if any
     ndr_expected: bool = False  # a gateway bounce: the sender is owed an NDR
     ndr_lost: Optional[str] = None  # an owed NDR that reached no mailbox: what became of it
     # Every hop that saw it has logged its own disposition, and so has the NDR it is owed:
@@ -49,14 +54,17 @@ class RcptResult:
     def ok(self) -> Optional[bool]:
         return None if self.expected is None else self.expected == self.outcome
 
-    def as_dict(self) -> dict:
-        d = {"id": self.msgid, "from": self.sender, "to": self.rcpt, "outcome": self.outcome,
-             "expected": self.expected, "ok": self.ok, "hops": self.hops, "attribution": self.attribution,
-             "recipient_trace_visible": self.recipient_trace_visible, "recipient_tenant": self.recipient_tenant,
-             "ndr": self.ndr, "ndr_lost": self.ndr_lost, "why": self.why}
-        if self.dropped_by:
-            d["dropped_by"] = self.dropped_by
-        return d
+    def as_model(self) -> MessageResult:
+        return MessageResult(
+            id=self.msgid, sender=self.sender, to=self.rcpt, outcome=cast(Verdict, self.outcome),
+            expected=cast(Optional[Outcome], self.expected), ok=self.ok, hops=self.hops,
+            attribution=self.attribution, recipient_trace_visible=self.recipient_trace_visible,
+            recipient_tenant=self.recipient_tenant, ndr=self.ndr, ndr_lost=self.ndr_lost, why=self.why,
+            dropped_by=self.dropped_by)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The message's entry in labgen.result/v1, as JSON-ready values."""
+        return cast(dict[str, Any], dump(self.as_model()))
 
 
 def _code(reply: Optional[str]) -> int:
@@ -70,156 +78,222 @@ def _code(reply: Optional[str]) -> int:
     return 0
 
 
-def _service_at(plan: Plan, relay: Optional[str]) -> Optional[str]:
-    """The lab service behind a relay 'host[ip]:port' (or a bare address), by its address."""
-    m = re.search(r"\[([0-9.]+)\]", relay or "") or re.fullmatch(r"([0-9.]+)", relay or "")
-    if not m:
-        return None
-    return next((svc for svc, ips in plan.hosts.items() if m.group(1) in ips), None)
+_RELAY_IP = re.compile(r"\[([0-9.]+)\]")
+_BARE_IP = re.compile(r"[0-9.]+")
 
 
 class _Index:
-    """Events grouped by (msgid, rcpt), by service/event, and the gateway's by queue id."""
+    """Events grouped by (msgid, rcpt), by service/event, and the gateway's by queue id; grown
+    event by event (`add`), each list kept in time order."""
 
-    def __init__(self, events: list[dict]):
-        self.by_key: dict[tuple, list[dict]] = defaultdict(list)
-        self.received: dict[str, dict] = {}
-        self.trace: set[tuple] = set()
-        self.ndr: dict[str, list[dict]] = defaultdict(list)
-        self.ndr_queued: dict[str, list[dict]] = defaultdict(list)  # original queue id -> NDRs
-        self.by_qid: dict[str, list[dict]] = defaultdict(list)  # gateway delivery status per queue id
-        for e in sorted(events, key=lambda e: e.get("ts", 0)):
-            msgid, rcpt = e.get("msgid"), (e.get("rcpt") or "").lower()
-            if e["service"] == "gateway" and e["event"] in ("sent", "deferred", "bounced") and e.get("queue_id"):
-                self.by_qid[e["queue_id"]].append(e)
-            if e["event"] == "ndr":
-                self.ndr[msgid].append(e)
-            elif e["event"] == "ndr_queued" and e.get("original_queue_id"):
-                self.ndr_queued[e["original_queue_id"]].append(e)
-            elif e["service"] == "trace":
-                self.trace.add((msgid, rcpt))
-            elif e["event"] == "received" and msgid:
+    def __init__(self, plan: Plan):
+        self.ip_service = {ip: svc for svc, ips in reversed(plan.hosts.items()) for ip in reversed(ips)}
+        self.by_key: dict[tuple[Optional[str], str], list[AnyEvent]] = defaultdict(list)
+        self.received: dict[str, Received] = {}
+        self.trace: set[tuple[Optional[str], str]] = set()
+        self.ndr: dict[Optional[str], list[Ndr]] = defaultdict(list)
+        self.ndr_queued: dict[str, list[NdrQueued]] = defaultdict(list)  # original queue id -> NDRs
+        self.by_qid: dict[str, list[GatewayStatus]] = defaultdict(list)  # gateway delivery status per queue id
+        # For the incremental verdict: which messages a queue id belongs to (an NDR's status
+        # lines carry no message id, only their queue id).
+        self.qid_msgids: dict[str, set[str]] = defaultdict(set)
+        self.ndr_original: dict[str, str] = {}  # NDR queue id -> the bounced message's queue id
+        # Ties in time are broken by service, then by arrival within the service (a service's
+        # events arrive in its file's order): the same order however the events are fed.
+        self._seq: dict[Optional[str], int] = defaultdict(int)
+        self._order: dict[int, tuple[float, str, int]] = {}
+
+    def _key(self, e: AnyEvent) -> tuple[float, str, int]:
+        return self._order[id(e)]
+
+    def _insort(self, lst: list[Any], e: AnyEvent) -> None:
+        bisect.insort(lst, e, key=self._key)
+
+    def service_at(self, relay: Optional[str]) -> Optional[str]:
+        """The lab service behind a relay 'host[ip]:port' (or a bare address), by its address."""
+        m = _RELAY_IP.search(relay or "") or _BARE_IP.fullmatch(relay or "")
+        return self.ip_service.get(m.group(1) if m.re is _RELAY_IP else m.group(0)) if m else None
+
+    def add(self, e: AnyEvent) -> tuple[set[str], set[tuple[str, str]]]:
+        """Index one event; returns the messages (all their recipients) and the (message,
+        recipient) pairs whose classification it may change."""
+        self._seq[e.service] += 1
+        self._order[id(e)] = (e.ts, e.service or "", self._seq[e.service])
+        stored = True
+        fields = e.__dict__  # not getattr: pydantic's miss path raises and catches
+        msgid: Optional[str] = fields.get("msgid")
+        rcpt = (fields.get("rcpt") or "").lower()
+        msgs: set[str] = set()
+        pairs: set[tuple[str, str]] = set()
+        if isinstance(e, GatewayStatus) and e.service == "gateway":
+            self._insort(self.by_qid[e.queue_id], e)
+            if msgid:
+                self.qid_msgids[e.queue_id].add(msgid)
+            else:  # a non-delivery report's delivery: the bounced message's recipients follow it
+                msgs |= self.qid_msgids.get(self.ndr_original.get(e.queue_id, ""), set())
+        if isinstance(e, Ndr):
+            self._insort(self.ndr[msgid], e)
+            msgs.add(e.msgid)
+        elif isinstance(e, NdrQueued):
+            self._insort(self.ndr_queued[e.original_queue_id], e)
+            self.ndr_original[e.queue_id] = e.original_queue_id
+            msgs |= self.qid_msgids.get(e.original_queue_id, set())
+        elif isinstance(e, TraceEntry):
+            stored = False
+            self.trace.add((msgid, rcpt))
+            if msgid:
+                pairs.add((msgid, rcpt))
+        elif isinstance(e, Received) and msgid:
+            old = self.received.get(msgid)
+            if old is None or self._key(old) < self._key(e):  # the latest in time counts
                 self.received[msgid] = e
-            elif msgid and rcpt:
-                self.by_key[(msgid, rcpt)].append(e)
+            self.qid_msgids[e.queue_id].add(msgid)
+            msgs.add(msgid)
+        elif msgid and rcpt:
+            self._insort(self.by_key[(msgid, rcpt)], e)
+            pairs.add((msgid, rcpt))
+        elif not isinstance(e, GatewayStatus):
+            stored = False
+        if not stored:
+            del self._order[id(e)]  # kept by no list: its id may be reused
+        return msgs, pairs
 
-    def find(self, msgid, rcpt, service, event) -> list[dict]:
-        return [e for e in self.by_key.get((msgid, rcpt), []) if e["service"] == service and e["event"] == event]
+    def find(self, msgid: str, rcpt: str, service: Optional[str], kind: type[Any], event: str) -> list[Any]:
+        return [e for e in self.by_key.get((msgid, rcpt), [])
+                if e.service == service and isinstance(e, kind) and e.event == event]
 
 
-def _hop(e: dict) -> dict:
-    keep = ("relay", "reply", "connector", "action", "reason", "mailbox", "queue_id", "tls", "client_ip",
+def _hop(e: AnyEvent) -> Hop:
+    keep = ("relay", "connector", "action", "reason", "mailbox", "queue_id", "tls", "client_ip",
             "source_ip", "entry", "certificate", "attribution", "file")
-    return {"service": e["service"], "event": e["event"], "reply": e.get("reply"),
-            **{k: e[k] for k in keep if k in e and e[k] is not None and k != "reply"}}
+    fields = e.__dict__
+    return Hop(service=e.service, event=e.event, reply=fields.get("reply"),
+               **{k: v for k in keep if (v := fields.get(k)) is not None})
 
 
-def _recorded(plan: Plan, idx: _Index, msgid: str, rcpt: str, e: dict) -> bool:
+def _code(reply: Optional[str]) -> int:
+    """The reply's class as a number: '550 5.7.64 ...' -> 550; an MTA's own words that start with
+    an enhanced status code ('5.4.4 Host not found') -> 500; anything else -> 0."""
+    reply = (reply or "").strip()
+    if reply[:3].isdigit():
+        return int(reply[:3])
+    if re.match(r"^[245]\.\d{1,3}\.\d{1,3}\b", reply):
+        return int(reply[0]) * 100
+    return 0
+
+
+def _recorded(idx: _Index, msgid: str, rcpt: str, e: Union[Submitted, GatewayStatus]) -> bool:
     """A reply logged by the hop before (traffic or gateway) from a lab service that keeps a
     ledger is final only once that service's own record of the recipient is there."""
-    answered = (e.get("reply") or "").strip()[:3].isdigit()  # not an MTA's own words
-    svc = _service_at(plan, e.get("relay")) if answered else None
-    return svc not in _LEDGERED or any(x["service"] == svc for x in idx.by_key.get((msgid, rcpt), []))
+    answered = (e.reply or "").strip()[:3].isdigit()  # not an MTA's own words
+    svc = idx.service_at(e.relay) if answered else None
+    return svc not in _LEDGERED or any(x.service == svc for x in idx.by_key.get((msgid, rcpt), []))
 
 
-def _downstream_done(plan: Plan, idx: _Index, msgid: str, rcpt: str, e: dict) -> bool:
+def _downstream_done(idx: _Index, msgid: str, rcpt: str, e: Union[Submitted, GatewayStatus]) -> bool:
     """A 2xx hand-off to a lab service is final once that service delivered or discarded it."""
-    svc = _service_at(plan, e.get("relay"))
-    done = idx.find(msgid, rcpt, svc, "delivered") + idx.find(msgid, rcpt, svc, "discarded") if svc else []
+    svc = idx.service_at(e.relay)
+    done = (idx.find(msgid, rcpt, svc, Delivered, "delivered") + idx.find(msgid, rcpt, svc, Discarded, "discarded")
+            if svc else [])
     # EOP's message trace line for a delivery is written right after it, in trace.jsonl.
-    return bool(done) and not (done[-1]["event"] == "delivered" and done[-1].get("tenant")
+    return bool(done) and not (isinstance(done[-1], Delivered) and done[-1].tenant
                                and (msgid, rcpt) not in idx.trace)
 
 
-def _follow_ndr(res: RcptResult, idx: _Index, bounce: dict) -> None:
+def _follow_ndr(res: RcptResult, idx: _Index, bounce: GatewayStatus) -> None:
     """A gateway bounce owes the sender an NDR: follow it by its queue id until its own fate is
     logged (in a mailbox, or bounced by the gateway), and say so."""
     res.ndr_expected = True
     ndr = next(iter(idx.ndr.get(res.msgid, [])), None)  # every NDR of this message goes to its sender
     if ndr:
-        res.ndr = {"service": ndr["service"], "mailbox": ndr.get("mailbox"), "file": ndr.get("file")}
+        res.ndr = NdrFound(service=ndr.service, mailbox=ndr.mailbox, file=ndr.file)
         return
     res.final = False
-    queued = [q for q in idx.ndr_queued.get(bounce.get("queue_id") or "", []) if q.get("ts", 0) >= bounce.get("ts", 0)]
+    queued = [q for q in idx.ndr_queued.get(bounce.queue_id or "", []) if q.ts >= bounce.ts]
     if not queued:
         res.ndr_lost = "the gateway bounced it but logged no non-delivery report for it"
         return
-    status = idx.by_qid.get(queued[0].get("queue_id") or "", [])
+    status = idx.by_qid.get(queued[0].queue_id or "", [])
     if not status:
-        res.ndr_lost = f"the non-delivery report {queued[0].get('queue_id')} is still queued at the gateway"
+        res.ndr_lost = f"the non-delivery report {queued[0].queue_id} is still queued at the gateway"
         return
     last = status[-1]
-    where = f" ({last['relay']})" if last.get("relay") else ""
-    if last["event"] == "bounced":
-        res.ndr_lost = f"the gateway bounced the non-delivery report{where}: {last.get('reply')}"
+    where = f" ({last.relay})" if last.relay else ""
+    if last.event == "bounced":
+        res.ndr_lost = f"the gateway bounced the non-delivery report{where}: {last.reply}"
         res.final = True  # a bounce is never bounced back
-    elif last["event"] == "deferred":
-        res.ndr_lost = f"the gateway deferred the non-delivery report{where}: {last.get('reply')}"
+    elif last.event == "deferred":
+        res.ndr_lost = f"the gateway deferred the non-delivery report{where}: {last.reply}"
     else:
-        res.ndr_lost = (f"the gateway handed the non-delivery report to {last.get('relay')} "
-                        f"('{last.get('reply')}') but no mailbox has it")
+        res.ndr_lost = (f"the gateway handed the non-delivery report to {last.relay} "
+                        f"('{last.reply}') but no mailbox has it")
 
 
-def classify_one(plan: Plan, idx: _Index, msgid: str, sender: str, rcpt: str, expected) -> RcptResult:
+def classify_one(plan: Plan, idx: _Index, msgid: str, sender: str, rcpt: str,
+                 expected: Optional[str]) -> RcptResult:
     res = RcptResult(msgid, sender, rcpt, "unaccounted", expected,
                      recipient_tenant=plan.scenario.tenant_of_domain(domain_of(rcpt)))
     # Hops in the order the message travels (a service logs its own reply after the next hop's,
     # and clocks differ between log files), each service's events in its own order.
-    evs = sorted(idx.by_key.get((msgid, rcpt), []), key=lambda e: (_RANK.get(e["service"], 9), e.get("ts", 0)))
+    evs = sorted(idx.by_key.get((msgid, rcpt), []), key=lambda e: (_RANK.get(e.service or "", 9), idx._key(e)))
     res.hops = [_hop(e) for e in evs]
-    eop_rcpt = idx.find(msgid, rcpt, "eop", "rcpt")
-    if eop_rcpt:
-        res.attribution = {k: eop_rcpt[-1]["attribution"].get(k) for k in ("tenant", "by", "connector")}
+    eop_rcpt = idx.find(msgid, rcpt, "eop", RcptDecision, "rcpt")
+    if eop_rcpt and eop_rcpt[-1].attribution:
+        a = eop_rcpt[-1].attribution
+        res.attribution = ResultAttribution(tenant=a.tenant, by=a.by, connector=a.connector)
     res.recipient_trace_visible = (msgid, rcpt) in idx.trace
-    submitted = idx.find(msgid, rcpt, "traffic", "submitted")
-    sub = submitted[-1] if submitted else None
-    gw = [e for e in evs if e["service"] == "gateway" and e["event"] in ("sent", "deferred", "bounced")]
+    submitted = idx.find(msgid, rcpt, "traffic", Submitted, "submitted")
+    sub: Optional[Submitted] = submitted[-1] if submitted else None
+    gw = [e for e in evs if isinstance(e, GatewayStatus) and e.service == "gateway"]
     # Final: the submission's answer is logged with the answering hop's own record, and the
     # gateway (if it took the message) logged a disposition whose next hop logged its own.
-    chain_done = bool(sub) and _recorded(plan, idx, msgid, rcpt, sub)
-    if sub and 200 <= _code(sub.get("reply")) < 300:
-        if _service_at(plan, sub.get("relay")) == "gateway":
-            last = gw[-1] if gw else None
-            chain_done = chain_done and bool(last) and last["event"] != "deferred" and (
-                _recorded(plan, idx, msgid, rcpt, last) if last["event"] == "bounced"
-                else _downstream_done(plan, idx, msgid, rcpt, last))
+    chain_done = bool(sub) and _recorded(idx, msgid, rcpt, sub) if sub else False
+    if sub and 200 <= _code(sub.reply) < 300:
+        if idx.service_at(sub.relay) == "gateway":
+            last_gw = gw[-1] if gw else None
+            chain_done = chain_done and last_gw is not None and last_gw.event != "deferred" and (
+                _recorded(idx, msgid, rcpt, last_gw) if last_gw.event == "bounced"
+                else _downstream_done(idx, msgid, rcpt, last_gw))
         else:
-            chain_done = chain_done and _downstream_done(plan, idx, msgid, rcpt, sub)
+            chain_done = chain_done and _downstream_done(idx, msgid, rcpt, sub)
 
-    delivered = [e for e in evs if e["event"] == "delivered"]
+    delivered = [e for e in evs if isinstance(e, Delivered)]
     if delivered:
-        e = delivered[-1]
+        d = delivered[-1]
         res.outcome = "delivered"
-        res.why = f"in mailbox {e.get('mailbox')} ({'tenant ' + e['tenant'] if e.get('tenant') else 'internet sink'})"
-        if e["service"] == "sink":
+        res.why = f"in mailbox {d.mailbox} ({'tenant ' + d.tenant if d.tenant else 'internet sink'})"
+        if d.service == "sink":
             res.recipient_trace_visible = True
         res.final = chain_done
         return res
 
-    discarded = idx.find(msgid, rcpt, "eop", "discarded")
+    discarded = idx.find(msgid, rcpt, "eop", Discarded, "discarded")
     if discarded:
-        e = discarded[-1]
+        x = discarded[-1]
         res.outcome = "silently_discarded"
-        upstream = [h for h in evs if h["event"] in ("sent", "submitted") and 200 <= _code(h.get("reply")) < 300]
-        told = f"answered the {upstream[-1]['service']} {_code(upstream[-1].get('reply'))}" if upstream else "accepted it"
-        res.dropped_by = {"service": "eop", "reason": e.get("reason"), "attribution": e.get("attribution"),
-                          "certificate": e.get("certificate"), "client_ip": e.get("client_ip")}
-        res.why = f"EOP {told} and discarded it: {e.get('reason')}"
+        upstream = [h for h in evs if isinstance(h, (GatewayStatus, Submitted)) and h.event in ("sent", "submitted")
+                    and 200 <= _code(h.reply) < 300]
+        told = f"answered the {upstream[-1].service} {_code(upstream[-1].reply)}" if upstream else "accepted it"
+        res.dropped_by = DroppedBy(service="eop", reason=x.reason, attribution=x.attribution,
+                                   certificate=x.certificate, client_ip=x.client_ip)
+        res.why = f"EOP {told} and discarded it: {x.reason}"
         res.final = chain_done
         return res
 
     # A gateway bounce is a rejection whatever its words (Postfix's own DNS or policy failures).
-    rejects = [e for e in evs if (e["event"] == "bounced")
-               or (e["event"] in ("submitted", "sent") and _code(e.get("reply")) >= 500)
-               or (e["event"] == "rcpt" and e.get("action") == "reject" and _code(e.get("reply")) >= 500)]
+    rejects = [e for e in evs if (isinstance(e, GatewayStatus) and e.event == "bounced")
+               or (isinstance(e, (Submitted, GatewayStatus)) and e.event in ("submitted", "sent")
+                   and _code(e.reply) >= 500)
+               or (isinstance(e, RcptDecision) and e.action == "reject" and _code(e.reply) >= 500)]
     if rejects:
-        e = next((x for x in rejects if x["event"] == "rcpt"), rejects[-1])
+        r = next((x for x in rejects if isinstance(x, RcptDecision)), rejects[-1])
         res.outcome = "rejected"
-        res.why = f"{e['service']} rejected it: {e.get('reply')}" + (f" ({e['reason']})" if e.get("reason") else "")
+        reason = getattr(r, "reason", None)
+        res.why = f"{r.service} rejected it: {r.reply}" + (f" ({reason})" if reason else "")
         res.final = chain_done
         # The gateway accepted it, so the gateway owes the sender an NDR (a rejection at
         # submission is told to the submitting client instead).
-        bounce = gw[-1] if gw and gw[-1]["event"] == "bounced" else None
+        bounce = gw[-1] if gw and gw[-1].event == "bounced" else None
         if sender and bounce:
             _follow_ndr(res, idx, bounce)
             if res.ndr_lost:
@@ -230,41 +304,85 @@ def classify_one(plan: Plan, idx: _Index, msgid: str, sender: str, rcpt: str, ex
     if not sub:
         res.why = "the traffic generator has no record of submitting it"
         return res
-    if not 200 <= _code(sub.get("reply")) < 300:
+    if not 200 <= _code(sub.reply) < 300:
         res.outcome = "deferred"
-        res.why = f"could not be submitted: {sub.get('reply')}"
+        res.why = f"could not be submitted: {sub.reply}"
         res.final = chain_done  # the traffic generator does not retry
         return res
     # Through the gateway: submitted to it, or an internet sender's mail for a domain whose MX it is.
-    if (sub.get("entry") == "gateway" or sub.get("relay_host") == plan.scenario.gateway.hostname or gw
-            or rcpt in (idx.received.get(msgid, {}).get("rcpts") or [])):
-        if msgid not in idx.received:
-            res.why = f"the gateway answered '{sub.get('reply')}' to the traffic generator but its log has no record of it"
+    received = idx.received.get(msgid)
+    if (sub.entry == "gateway" or sub.relay_host == plan.scenario.gateway.hostname or gw
+            or rcpt in ((received.rcpts if received else None) or [])):
+        if received is None:
+            res.why = f"the gateway answered '{sub.reply}' to the traffic generator but its log has no record of it"
             return res
         if not gw:
             res.outcome = "deferred"
             res.why = "queued at the gateway, no delivery attempt logged yet"
             return res
         last = gw[-1]
-        if last["event"] == "deferred":
+        if last.event == "deferred":
             res.outcome = "deferred"
-            res.why = f"deferred at the gateway ({last.get('connector')} connector): {last.get('reply')}"
+            res.why = f"deferred at the gateway ({last.connector} connector): {last.reply}"
             return res
-        if last["event"] == "sent":
-            res.why = (f"the gateway logged '{last.get('reply')}' from {last.get('relay')} but that hop has no record "
+        if last.event == "sent":
+            res.why = (f"the gateway logged '{last.reply}' from {last.relay} but that hop has no record "
                        "of delivering or dropping it")
             return res
-    res.why = f"accepted by {sub.get('relay')} ('{sub.get('reply')}') with no further record"
+    res.why = f"accepted by {sub.relay} ('{sub.reply}') with no further record"
     return res
 
 
-def classify(plan: Plan, events: list[dict]) -> list[RcptResult]:
-    idx = _Index(events)
-    out = []
-    for m in plan.scenario.traffic:
-        for rcpt in m.to:
-            out.append(classify_one(plan, idx, m.id, m.sender, rcpt.lower(), m.expected_for(rcpt)))
-    return out
+class Verdict:
+    """The verdict built as events arrive: `add` indexes new events and notes which recipients
+    they concern; `results` re-classifies only those. Its results equal classify()'s over all
+    the events added so far, in whatever pieces they came."""
+
+    def __init__(self, plan: Plan):
+        self.plan = plan
+        self.idx = _Index(plan)
+        self.keys: list[tuple[str, str]] = []
+        self._meta: dict[tuple[str, str], tuple[str, Optional[str]]] = {}  # sender, expected
+        self.rcpts_of: dict[str, list[str]] = defaultdict(list)
+        for m in plan.scenario.traffic:
+            msgid = cast(str, m.id)  # every message has an id once validated
+            for rcpt in m.to:
+                key = (msgid, rcpt.lower())
+                self.keys.append(key)
+                self._meta[key] = (m.sender, m.expected_for(rcpt))
+                self.rcpts_of[msgid].append(key[1])
+        self._results: dict[tuple[str, str], RcptResult] = {}
+        self._dirty: set[tuple[str, str]] = set(self.keys)
+        self._open = len(self._meta)  # results not final
+
+    def add(self, events: Iterable[AnyEvent]) -> None:
+        for e in events:
+            msgs, pairs = self.idx.add(e)
+            for msgid in msgs:
+                self._dirty.update((msgid, r) for r in self.rcpts_of.get(msgid, ()))
+            self._dirty.update(p for p in pairs if p in self._meta)
+
+    def results(self) -> list[RcptResult]:
+        for key in self._dirty:
+            old = self._results.get(key)
+            sender, expected = self._meta[key]
+            new = classify_one(self.plan, self.idx, key[0], sender, key[1], expected)
+            self._open += (not new.final) - (old is not None and not old.final) - (old is None)
+            self._results[key] = new
+        self._dirty.clear()
+        return [self._results[k] for k in self.keys]
+
+    def settled(self) -> bool:
+        """Nothing more can happen to any recipient (as settled(self.results()))."""
+        self.results()
+        return self._open == 0
+
+
+def classify(plan: Plan, events: Iterable[AnyEvent]) -> list[RcptResult]:
+    """Every recipient of every message, from these events (from scratch)."""
+    v = Verdict(plan)
+    v.add(events)
+    return v.results()
 
 
 def settled(results: list[RcptResult]) -> bool:
@@ -273,11 +391,10 @@ def settled(results: list[RcptResult]) -> bool:
     return all(r.final for r in results)
 
 
-def summary(results: list[RcptResult]) -> dict:
-    s = {"total": len(results), "delivered": 0, "silently_discarded": 0, "rejected": 0, "deferred": 0,
-         "unaccounted": 0, "expectations_failed": 0}
+def summary(results: list[RcptResult]) -> Summary:
+    s = Summary(total=len(results))
     for r in results:
-        s[r.outcome] += 1
+        setattr(s, r.outcome, getattr(s, r.outcome) + 1)
         if r.ok is False:
-            s["expectations_failed"] += 1
+            s.expectations_failed += 1
     return s

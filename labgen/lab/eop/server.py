@@ -17,6 +17,8 @@ import re
 import uuid
 from pathlib import Path
 
+from ...results.contracts import Accepted, Attribution, Certificate, Delivered, Discarded, RcptDecision, Session, \
+    TlsFailed, TraceEntry
 from ..dsn import note_ndr
 from ..ledger import Ledger, clip, header, write_mailbox
 from ..pki import TrustStore, cert_info
@@ -54,7 +56,8 @@ class EopHandler:
         return [("250-" if i < len(lines) - 1 else "250 ") + line for i, line in enumerate(lines)]
 
     def tls_failed(self, session, reason: str) -> None:
-        self.ledger.emit("tls_failed", client_ip=session.peer[0], helo=clip(session.host_name), reason=clip(reason))
+        self.ledger.emit(TlsFailed(event="tls_failed", client_ip=session.peer[0], helo=clip(session.host_name),
+                                   reason=clip(reason)))
 
     def _facts(self, server, session) -> rules.Session:
         facts = getattr(session, "labgen", None)
@@ -65,9 +68,10 @@ class EopHandler:
                                   cert_names=cert["names"] if cert else [],
                                   cert_trusted=bool(cert and cert["trusted"]))
             session.labgen = facts
-            session.labgen_cert = cert
-            self.ledger.emit("session", client_ip=session.peer[0], helo=clip(session.host_name),
-                             local_ip=server.local_ip(), tls=server.tls_version(), certificate=cert)
+            session.labgen_cert = Certificate.model_validate(cert) if cert else None
+            self.ledger.emit(Session(event="session", client_ip=session.peer[0], helo=clip(session.host_name),
+                                     local_ip=server.local_ip(), tls=server.tls_version(),
+                                     certificate=session.labgen_cert))
         return facts
 
     async def handle_MAIL(self, server, session, envelope, address, options):
@@ -81,10 +85,11 @@ class EopHandler:
         facts = self._facts(server, session)
         att = rules.attribute(self.s, facts, envelope.mail_from, address)
         dec = rules.decide(self.s, facts, envelope.mail_from, address, att)
-        self.ledger.emit("rcpt", msgid=getattr(envelope, "envid", None), mail_from=clip(envelope.mail_from),
-                         rcpt=clip(address.lower()), client_ip=facts.source_ip, tls=facts.tls,
-                         certificate=session.labgen_cert, attribution=att.as_dict(),
-                         action=dec.action, reply=clip(dec.reply), reason=clip(dec.reason), tenant=dec.tenant)
+        self.ledger.emit(RcptDecision(event="rcpt", msgid=getattr(envelope, "envid", None),
+                                      mail_from=clip(envelope.mail_from), rcpt=clip(address.lower()),
+                                      client_ip=facts.source_ip, tls=facts.tls, certificate=session.labgen_cert,
+                                      attribution=Attribution(**att.as_dict()), action=dec.action,
+                                      reply=clip(dec.reply), reason=clip(dec.reason), tenant=dec.tenant))
         if dec.action == "reject":
             if dec.trace_visible and dec.tenant:
                 self._trace(dec.tenant, getattr(envelope, "envid", None), envelope.mail_from, address, "Failed")
@@ -104,8 +109,8 @@ class EopHandler:
             header_id = f"<{internal}@{EOP_POOL_HOST}>"
         reply = (f"250 2.6.0 {header_id} [InternalId={internal:013d}, Hostname={EOP_POOL_HOST}] "
                  "Queued mail for delivery")
-        self.ledger.emit("accepted", msgid=msgid, mail_from=clip(envelope.mail_from),
-                         rcpts=[clip(r) for r in envelope.rcpt_tos], reply=reply, size=len(data), **refused)
+        self.ledger.emit(Accepted(event="accepted", msgid=msgid, mail_from=clip(envelope.mail_from),
+                                  rcpts=[clip(r) for r in envelope.rcpt_tos], reply=reply, size=len(data), **refused))
         for rcpt, (att, dec) in envelope.decisions.items():
             if dec.action == "deliver":
                 stamped = (f"Received: from {session.host_name} ({session.peer[0]}) by {EOP_POOL_HOST} "
@@ -113,18 +118,20 @@ class EopHandler:
                            f"X-EOPTenantAttributedMessage: {tenant_guid(att.tenant)}:0\r\n"
                            f"X-EOPAttributedMessage: 0\r\n").encode() + data
                 path = write_mailbox(self.mailroot, dec.mailbox, msgid, stamped)
-                self.ledger.emit("delivered", msgid=msgid, rcpt=clip(rcpt.lower()), mailbox=dec.mailbox,
-                                 tenant=dec.tenant, file=str(path.relative_to(self.mailroot.parent)))
+                self.ledger.emit(Delivered(event="delivered", msgid=msgid, rcpt=clip(rcpt.lower()),
+                                           mailbox=dec.mailbox, tenant=dec.tenant,
+                                           file=str(path.relative_to(self.mailroot.parent))))
                 note_ndr(self.ledger, data, dec.mailbox, path, self.mailroot)
                 self._trace(dec.tenant, msgid, envelope.mail_from, rcpt, "Delivered")
             else:
-                self.ledger.emit("discarded", msgid=msgid, rcpt=clip(rcpt.lower()), reason=clip(dec.reason),
-                                 attribution=att.as_dict(), certificate=session.labgen_cert,
-                                 client_ip=session.peer[0])
+                self.ledger.emit(Discarded(event="discarded", msgid=msgid, rcpt=clip(rcpt.lower()),
+                                           reason=clip(dec.reason), attribution=Attribution(**att.as_dict()),
+                                           certificate=session.labgen_cert, client_ip=session.peer[0]))
         return reply
 
     def _trace(self, tenant, msgid, sender, rcpt, status):
-        self.trace.emit("trace", tenant=tenant, msgid=msgid, sender=clip(sender), rcpt=clip(rcpt.lower()), status=status)
+        self.trace.emit(TraceEntry(event="trace", tenant=tenant, msgid=msgid, sender=clip(sender),
+                                   rcpt=clip(rcpt.lower()), status=status))
 
 
 def eop_factory(plan: Plan, labdir: Path, run_dir: Path):

@@ -1,0 +1,526 @@
+"""labgen's data contracts, as pydantic models: the ledger's events (one vocabulary for every
+service and both engines: the built-in gateway and Postfix's parsed log write the same gateway
+events) and every document the CLI prints with --json (`labgen.<name>/v1`). `labgen schema NAME`
+prints their JSON Schemas; docs/schemas/ holds the same files.
+
+Versioning: a document's `schema` names its version. Additions (a new optional field, a new
+event kind, a new outcome detail) keep `v1`; anything that breaks a reader of v1 (a field
+removed, renamed, retyped or given a new meaning) makes `v2`. Field names and meanings of v1
+never change.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, ClassVar, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_serializer
+from pydantic_core.core_schema import SerializerFunctionWrapHandler
+
+Service = Literal["traffic", "gateway", "eop", "sink", "dns", "trace"]
+Outcome = Literal["delivered", "rejected", "silently_discarded", "deferred"]
+Verdict = Literal["delivered", "rejected", "silently_discarded", "deferred", "unaccounted"]
+
+
+class _Contract(BaseModel):
+    # forbid: a field a writer adds without declaring it here fails at once (in the tests).
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class _OmitNone(_Contract):
+    """Optional keys in OMIT_NONE are left out of the JSON when None (v1's documents never had them)."""
+
+    OMIT_NONE: ClassVar[frozenset[str]] = frozenset()
+
+    @model_serializer(mode="wrap")
+    def _omit_none(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        return {k: v for k, v in data.items() if not (v is None and k in self.OMIT_NONE)}
+
+
+# ---------------------------------------------------------------- parts of events
+
+class Certificate(_Contract):
+    """What EOP records about a client certificate (pki.cert_info)."""
+    subject: Optional[str] = None
+    sans: Optional[list[str]] = None
+    issuer: Optional[str] = None
+    self_signed: Optional[bool] = None
+    fingerprint_sha256: Optional[str] = None
+    not_before: Optional[str] = None
+    not_after: Optional[str] = None
+    names: list[str] = []  # the names EOP compares with TlsSenderCertificateName
+    trusted: Optional[bool] = None  # chains to the lab's public root and is in date
+    trust_detail: Optional[str] = None
+
+
+class Attribution(_Contract):
+    """EOP's tenant attribution of a message (eop.rules.Attribution)."""
+    tenant: Optional[str]
+    by: Optional[Literal["certificate", "ip", "recipient"]]
+    connector: Optional[str]
+    detail: str = ""
+
+
+class GatewayTls(_Contract):
+    """The TLS of a gateway delivery: protocol version, the client certificate it presented, and
+    (Postfix only) how Postfix judged the server's certificate."""
+    version: str
+    trust: Optional[str] = None
+    client_certificate: Optional[str]
+    client_certificate_cn: Optional[str]
+
+
+class PlannedMessage(_Contract):
+    msgid: str
+    sender: str = Field(alias="from")
+    to: list[str]
+
+
+# ---------------------------------------------------------------- events
+
+class _Event(_Contract):
+    # Stamped by the Ledger that writes the event (Postfix's parsed log sets both itself).
+    ts: float = 0.0
+    service: Optional[Service] = None
+
+
+class Ready(_Event):
+    """A service listens (eop, sink, dns: ip and port; Postfix: its log's time)."""
+    event: Literal["ready"]
+    ip: Optional[str] = None
+    port: Optional[int] = None
+    time: Optional[str] = None
+
+
+class TrafficStart(_Event):
+    event: Literal["start"]
+    run_id: str
+    messages: list[PlannedMessage]
+
+
+class Injected(_Event):
+    event: Literal["injected"]
+    count: int
+
+
+class Submitted(_Event):
+    """The traffic generator's record of one recipient's answer where the message entered the lab."""
+    event: Literal["submitted"]
+    msgid: str
+    rcpt: str
+    entry: Literal["gateway", "mx"]
+    relay: Optional[str]  # host[ip]:port; None: no next hop was found
+    relay_host: Optional[str] = None
+    code: int  # 0: no SMTP answer
+    reply: str
+    tls: Optional[str] = None
+
+
+class RcptDecision(_Event):
+    """A server's answer to one RCPT, or to one recipient at end of DATA (gateway: hop count,
+    queue full): EOP's with the attribution behind it, the sink's and the gateway's refusals."""
+    event: Literal["rcpt"]
+    msgid: Optional[str] = None
+    rcpt: str
+    action: Literal["deliver", "discard", "reject", "defer"]
+    reply: str
+    reason: Optional[str] = None
+    client_ip: Optional[str] = None
+    mail_from: Optional[str] = None
+    tls: Optional[bool] = None
+    certificate: Optional[Certificate] = None
+    attribution: Optional[Attribution] = None
+    tenant: Optional[str] = None
+
+
+class Received(_Event):
+    """The gateway queued a message."""
+    event: Literal["received"]
+    msgid: Optional[str]
+    queue_id: str
+    mail_from: Optional[str] = None
+    rcpts: Optional[list[str]] = None
+    client_ip: Optional[str] = None
+    tls: Optional[str] = None
+    time: Optional[str] = None
+
+
+class DeliveryError(_Event):
+    event: Literal["delivery_error"]
+    msgid: Optional[str]
+    queue_id: str
+    error: str
+
+
+class NdrQueued(_Event):
+    """The gateway queued a non-delivery report (queue_id) for a message it bounced."""
+    event: Literal["ndr_queued"]
+    queue_id: str
+    original_queue_id: str
+    to: Optional[str]
+    original_msgid: Optional[str]
+    time: Optional[str] = None
+
+
+class GatewayStatus(_Event):
+    """One gateway delivery attempt's result for one recipient (Postfix's status= line)."""
+    event: Literal["sent", "deferred", "bounced"]
+    msgid: Optional[str]  # None: the delivery of a non-delivery report
+    queue_id: str
+    rcpt: str
+    connector: Optional[str]
+    relay: Optional[str]
+    relay_host: Optional[str] = None
+    relay_ip: Optional[str] = None
+    reply: str
+    dsn: Optional[str] = None
+    source_ip: Optional[str] = None
+    tls: Optional[GatewayTls] = None
+    time: Optional[str] = None
+    postfix: Optional[str] = None  # the log line it was read from
+
+
+class TlsFailed(_Event):
+    event: Literal["tls_failed"]
+    client_ip: str
+    helo: Optional[str]
+    reason: str
+
+
+class Session(_Event):
+    """EOP: a client's facts, once per session that sends MAIL."""
+    event: Literal["session"]
+    client_ip: str
+    helo: Optional[str]
+    local_ip: Optional[str] = None
+    tls: Optional[str]
+    certificate: Optional[Certificate]
+
+
+class Accepted(_Event):
+    event: Literal["accepted"]
+    msgid: Optional[str]
+    mail_from: Optional[str]
+    rcpts: list[str]
+    reply: str
+    size: int
+    refused_id: Optional[str] = None  # a client's id outside the ids' grammar, escaped
+
+
+class Delivered(_Event):
+    """A mailbox (EOP tenant or internet sink) holds it."""
+    event: Literal["delivered"]
+    msgid: Optional[str]
+    rcpt: str
+    mailbox: str
+    tenant: Optional[str] = None
+    file: str
+    client_ip: Optional[str] = None
+    tls: Optional[str] = None
+    refused_id: Optional[str] = None
+
+
+class Discarded(_Event):
+    event: Literal["discarded"]
+    msgid: Optional[str]
+    rcpt: str
+    reason: str
+    attribution: Attribution
+    certificate: Optional[Certificate]
+    client_ip: str
+
+
+class Ndr(_Event):
+    """A mailbox service delivered a non-delivery report about message msgid."""
+    event: Literal["ndr"]
+    msgid: str
+    to: str
+    mailbox: str
+    file: str
+
+
+class TraceEntry(_Event):
+    """One line of a tenant's message trace (trace.jsonl)."""
+    event: Literal["trace"]
+    tenant: str
+    msgid: Optional[str]
+    sender: str
+    rcpt: str
+    status: str
+
+
+class Query(_Event):
+    event: Literal["query"]
+    qname: str
+    qtype: str
+    client_ip: str
+    rcode: str
+    answers: list[str]
+
+
+class BadQuery(_Event):
+    event: Literal["bad_query"]
+    client_ip: str
+    why: str
+    size: int
+    head: str
+
+
+AnyEvent = Union[Ready, TrafficStart, Injected, Submitted, RcptDecision, Received, DeliveryError, NdrQueued,
+                 GatewayStatus, TlsFailed, Session, Accepted, Delivered, Discarded, Ndr, TraceEntry, Query,
+                 BadQuery]
+Event = Annotated[AnyEvent, Field(discriminator="event")]
+EVENT: TypeAdapter[AnyEvent] = TypeAdapter(Event)
+
+
+def parse_event(data: Union[str, bytes, dict[str, Any]]) -> AnyEvent:
+    """One ledger line (or its dict) as its typed event; pydantic.ValidationError if it is none."""
+    if isinstance(data, dict):
+        return EVENT.validate_python(data)
+    return EVENT.validate_json(data)
+
+
+def dump_event(event: AnyEvent) -> str:
+    """One ledger line: the fields the writer set (a None it set is written as null)."""
+    return event.model_dump_json(exclude_unset=True, by_alias=True)
+
+
+# ---------------------------------------------------------------- labgen.result/v1
+
+class ResultAttribution(_Contract):
+    tenant: Optional[str]
+    by: Optional[str]
+    connector: Optional[str]
+
+
+class Hop(_OmitNone):
+    """One service's event about this recipient, in the order the message travelled."""
+    OMIT_NONE = frozenset({"relay", "connector", "action", "reason", "mailbox", "queue_id", "tls", "client_ip",
+                       "source_ip", "entry", "certificate", "attribution", "file"})
+    service: Optional[Service]
+    event: str
+    reply: Optional[str]
+    relay: Optional[str] = None
+    connector: Optional[str] = None
+    action: Optional[str] = None
+    reason: Optional[str] = None
+    mailbox: Optional[str] = None
+    queue_id: Optional[str] = None
+    tls: Union[GatewayTls, bool, str, None] = None
+    client_ip: Optional[str] = None
+    source_ip: Optional[str] = None
+    entry: Optional[str] = None
+    certificate: Optional[Certificate] = None
+    attribution: Optional[Attribution] = None
+    file: Optional[str] = None
+
+
+class NdrFound(_Contract):
+    service: Optional[Service]
+    mailbox: Optional[str]
+    file: Optional[str]
+
+
+class DroppedBy(_Contract):
+    service: Service
+    reason: Optional[str]
+    attribution: Optional[Attribution]
+    certificate: Optional[Certificate]
+    client_ip: Optional[str]
+
+
+class MessageResult(_OmitNone):
+    """One recipient of one message: its outcome and why."""
+    OMIT_NONE = frozenset({"dropped_by"})
+    id: str
+    sender: str = Field(alias="from")
+    to: str
+    outcome: Verdict
+    expected: Optional[Outcome]
+    ok: Optional[bool]  # None: no expectation
+    hops: list[Hop]
+    attribution: Optional[ResultAttribution]
+    recipient_trace_visible: bool
+    recipient_tenant: Optional[str]  # None: an internet recipient
+    ndr: Optional[NdrFound]
+    ndr_lost: Optional[str]
+    why: str
+    dropped_by: Optional[DroppedBy] = None  # silently_discarded: who dropped it
+
+
+class Summary(_Contract):
+    total: int = 0
+    delivered: int = 0
+    silently_discarded: int = 0
+    rejected: int = 0
+    deferred: int = 0
+    unaccounted: int = 0
+    expectations_failed: int = 0
+
+
+class ResultDoc(_Contract):
+    schema_: Literal["labgen.result/v1"] = Field("labgen.result/v1", alias="schema")
+    scenario: str
+    description: str
+    engine: str
+    duration_s: float
+    lab_dir: str
+    run_id: str
+    messages: list[MessageResult]
+    summary: Summary
+
+
+# ---------------------------------------------------------------- labgen.compare/v1
+
+class Change(_Contract):
+    id: str
+    to: str
+    a: Optional[Verdict]  # None: the message is only in b
+    b: Optional[Verdict]
+    changed: bool
+    attribution_a: Optional[ResultAttribution]
+    attribution_b: Optional[ResultAttribution]
+    change: str
+
+
+class CompareDoc(_Contract):
+    schema_: Literal["labgen.compare/v1"] = Field("labgen.compare/v1", alias="schema")
+    a: ResultDoc
+    b: ResultDoc
+    changes: list[Change]
+
+
+# ---------------------------------------------------------------- the other --json documents
+
+class ScenarioRow(_Contract):
+    name: str
+    description: str
+    messages: int
+
+
+class ScenariosDoc(_Contract):
+    schema_: Literal["labgen.scenarios/v1"] = Field("labgen.scenarios/v1", alias="schema")
+    scenarios: list[ScenarioRow]
+
+
+class ValidateDoc(_Contract):
+    schema_: Literal["labgen.validate/v1"] = Field("labgen.validate/v1", alias="schema")
+    scenario: str
+    valid: bool
+
+
+class CertRow(_Contract):
+    name: str
+    file: str
+    key: Optional[str] = None  # absent for the CAs (their keys are not the lab's to use)
+    subject: str
+    sans: list[str]
+    issuer: str
+    self_signed: bool
+    fingerprint_sha256: str
+    not_before: str
+    not_after: str
+
+
+class CertsDoc(_Contract):
+    schema_: Literal["labgen.certs/v1"] = Field("labgen.certs/v1", alias="schema")
+    lab_dir: str
+    certificates: list[CertRow]
+
+
+class TraceRow(_Contract):
+    ts: float
+    msgid: Optional[str]
+    sender: str
+    rcpt: str
+    status: str
+
+
+class TraceDoc(_Contract):
+    schema_: Literal["labgen.trace/v1"] = Field("labgen.trace/v1", alias="schema")
+    lab: str
+    tenant: str
+    entries: list[TraceRow]
+
+
+class ContainerRow(_Contract):
+    lab: Optional[str]
+    service: Optional[str]
+    container: str
+    state: str
+    health: Optional[str]
+    addresses: list[str]
+    image: str
+
+
+class ServiceRow(_Contract):
+    service: str
+    state: str  # the engine's own word: "running", "exited", ...
+    addresses: list[str]
+    container: Optional[str] = None  # docker
+    health: Optional[str] = None  # docker healthcheck
+    image: Optional[str] = None
+
+
+class LabRow(_Contract):
+    lab: str
+    engine: str
+    state: str  # "running" when every service runs, else what is wrong
+    services: list[ServiceRow]
+    addresses: list[str]  # ip or ip:port where the lab's services answer
+    lab_dir: Optional[str]
+    pid: Optional[int] = None  # local engine: the process that serves the lab
+
+
+class StatusDoc(_Contract):
+    schema_: Literal["labgen.status/v1"] = Field("labgen.status/v1", alias="schema")
+    containers: list[ContainerRow]  # the services that run in containers (v1's first field)
+    labs: list[LabRow] = []  # every engine's labs
+
+
+class Removed(_Contract):
+    containers: list[str]
+    networks: list[str]
+    volumes: list[str]
+    processes: list[str] = []  # local engine
+
+
+class DownDoc(_Contract):
+    schema_: Literal["labgen.down/v1"] = Field("labgen.down/v1", alias="schema")
+    removed: dict[str, Removed]
+
+
+class ImageRow(_Contract):
+    tag: Optional[str]  # None: replaced by a forced rebuild
+    id: str
+    created: str
+    size: int
+    current: bool
+
+
+class ImagesDoc(_Contract):
+    schema_: Literal["labgen.images/v1"] = Field("labgen.images/v1", alias="schema")
+    images: list[ImageRow]
+
+
+DOCUMENTS: dict[str, type[BaseModel]] = {
+    "result": ResultDoc, "compare": CompareDoc, "scenarios": ScenariosDoc, "validate": ValidateDoc,
+    "certs": CertsDoc, "trace": TraceDoc, "status": StatusDoc, "down": DownDoc, "images": ImagesDoc,
+}
+
+
+def json_schema(name: str) -> dict[str, Any]:
+    """The JSON Schema of a document (`labgen.<name>/v1`) or of one ledger line (`event`)."""
+    if name == "event":
+        schema = EVENT.json_schema(by_alias=True)
+        schema["title"] = "labgen ledger event"
+    else:
+        schema = DOCUMENTS[name].model_json_schema(by_alias=True)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = f"https://labgen.invalid/schemas/{name}.json"
+    return schema
+
+
+def dump(doc: BaseModel) -> Any:
+    """A document as the JSON-ready value the CLI prints."""
+    return doc.model_dump(mode="json", by_alias=True)
