@@ -28,20 +28,32 @@ from typing import TYPE_CHECKING, Any  # noqa: E402
 import os  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+# Only what `--version` and `--help` need loads here (they take ~0.05 s, not 0.2-0.4): rich, pydantic,
+# the scenario model and the engines load when a command runs (bench/bench_startup.py).
 import click  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.text import Text  # noqa: E402
 
 from . import __version__  # noqa: E402
 from .errors import InputError, LabgenError, escape, one_line  # noqa: E402
-from .model.scenario import builtin_names, json_schema, load_scenario  # noqa: E402
 
 if _guard:
     signal.signal(signal.SIGINT, _previous_sigint)  # from here on LabgenGroup turns it into that line
 
-# Piped output is as wide as a log viewer, not 80 columns; no emoji codes (fingerprints hold ':cd:').
-out = Console(highlight=False, emoji=False, width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, highlight=False, emoji=False)
+# The consoles: made by `main` when a command runs (_make_consoles).
+out: Console
+err: Console
+
+
+def _make_consoles() -> None:
+    global out, err
+    from rich.console import Console
+    # Piped output is as wide as a log viewer, not 80 columns; no emoji codes (fingerprints hold ':cd:').
+    out = Console(highlight=False, emoji=False, width=None if sys.stdout.isatty() else 160)
+    err = Console(stderr=True, highlight=False, emoji=False)
+
+
+def load_scenario(ref: str) -> Scenario:
+    from .model.scenario import load_scenario as load  # pydantic: only for commands that read a scenario
+    return load(ref)
 
 
 def _workdir(value: str | None) -> Path:
@@ -50,6 +62,10 @@ def _workdir(value: str | None) -> Path:
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
+    from rich.console import Console
+    from rich.text import Text
+
+    from .model.scenario import Scenario
 
     from .results.contracts import ResultDoc
 
@@ -65,6 +81,7 @@ def _print_json(doc: "BaseModel | dict[str, Any]") -> None:
 def _text(value: object, style: str = "") -> Text:
     """Untrusted text (scenario values, file names, what lab services said) for rich: never
     parsed as markup, control characters escaped."""
+    from rich.text import Text
     return Text(escape(value), style=style)
 
 
@@ -140,6 +157,7 @@ def main(debug, verbose, quiet):
 
     Start with `labgen up broken`, then `labgen up fixed`, or `labgen compare broken fixed`.
     """
+    _make_consoles()
     _setup_logging(verbose, quiet)
 
 
@@ -149,6 +167,9 @@ def main(debug, verbose, quiet):
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def scenarios(as_json):
     """List the built-in scenarios."""
+    from rich.text import Text
+
+    from .model.scenario import builtin_names
     rows = []
     for name in builtin_names():
         s = load_scenario(name)
@@ -159,6 +180,30 @@ def scenarios(as_json):
         return
     for r in rows:
         out.print(Text.assemble(_text(f"{r['name']:<10}", "bold"), " ", _text(r["description"])))
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (labgen.examples/v1).")
+def examples(as_json: bool) -> None:
+    """List the shipped example scenarios; run one with `labgen up example:NAME`."""
+    from .model.scenario import EXAMPLE_PREFIX, OUTCOMES, example_names
+    rows = []
+    for name in example_names():
+        s = load_scenario(EXAMPLE_PREFIX + name)
+        named = {o for m in s.traffic for o in ((m.expect,) if isinstance(m.expect, str) else
+                                               (m.expect or {}).values())}
+        rows.append({"name": name, "ref": EXAMPLE_PREFIX + name, "lab": s.name, "description": s.description,
+                     "messages": len(s.traffic), "expected": [o for o in OUTCOMES if o in named]})
+    if as_json:
+        from .results.contracts import ExamplesDoc
+        _print_json(ExamplesDoc.model_validate({"examples": rows}))
+        return
+    from rich.text import Text
+    width = max((len(r["ref"]) for r in rows), default=0)
+    for r in rows:
+        out.print(Text.assemble(_text(f"{r['ref']:<{width}}", "bold"), "  ", _text(r["description"]),
+                                _text(f" (expects {', '.join(r['expected']) or 'nothing'})", "dim")))
+    out.print(_text("run one: labgen up example:NAME [--engine local]", "dim"))
 
 
 @main.command()
@@ -177,7 +222,7 @@ def validate(scenario, as_json):
                         f"{len(s.gateway.connectors)} send connector(s), {len(s.traffic)} message(s))"))
 
 
-SCHEMAS = ("scenario", "result", "compare", "event", "scenarios", "validate", "certs", "trace", "status", "down",
+SCHEMAS = ("scenario", "result", "compare", "event", "scenarios", "examples", "validate", "certs", "trace", "status", "down",
            "images")
 
 
@@ -187,6 +232,7 @@ def schema(name):
     """Print a JSON Schema: scenario files (the default, for editors), a --json document
     (labgen.<name>/v1), or one ledger line (event)."""
     if name == "scenario":
+        from .model.scenario import json_schema
         _print_json(json_schema())
         return
     from .results.contracts import json_schema as contract_schema

@@ -664,23 +664,38 @@ def load_yaml(text: str, label: str) -> object:
             loader.dispose()
 
 
+EXAMPLE_PREFIX = "example:"  # `example:NAME` runs the shipped examples/NAME.yaml
+
+
 def builtin_names() -> list[str]:
     return sorted(p.stem for p in resource_dir("scenarios").glob("*.yaml"))
 
 
+def example_names() -> list[str]:
+    return sorted(p.stem for p in resource_dir("examples").glob("*.yaml"))
+
+
 def scenario_path(ref: str) -> Path:
-    """A built-in scenario name or a path to a YAML file."""
+    """`example:NAME` (a shipped example), a built-in scenario's name, or a path to a YAML file
+    (a file whose name starts with `example:` is given as ./example:...). Names are looked up in
+    the listing of what ships, never joined onto a directory as typed."""
     p = Path(ref)
     label = escape(ref, 100)
+    if ref.startswith(EXAMPLE_PREFIX):
+        name, examples = ref[len(EXAMPLE_PREFIX):], example_names()
+        if name not in examples:
+            raise InputError(f"{label}: unknown example; the examples are {', '.join(examples)} "
+                             "(`labgen examples` says what each shows)")
+        return resource_dir("examples") / f"{name}.yaml"
     if p.suffix in (".yaml", ".yml") or "/" in ref:
         if not p.is_file():
             raise InputError(f"{label}: no such scenario file; check the path")
         return p
-    builtin = resource_dir("scenarios") / f"{ref}.yaml"
-    if "\x00" in ref or not builtin.is_file():
-        raise InputError(f"{label}: unknown scenario; built-ins are {', '.join(builtin_names())} "
-                         "(or give a path to a .yaml file)")
-    return builtin
+    if ref in builtin_names():
+        return resource_dir("scenarios") / f"{ref}.yaml"
+    hint = f"; did you mean {EXAMPLE_PREFIX}{ref}?" if ref in example_names() else ""
+    raise InputError(f"{label}: unknown scenario; built-ins are {', '.join(builtin_names())}, shipped examples "
+                     f"run as {EXAMPLE_PREFIX}NAME (`labgen examples`), or give a path to a .yaml file{hint}")
 
 
 def read_scenario_text(path: Path, label: str) -> str:

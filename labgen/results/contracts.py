@@ -403,6 +403,20 @@ class ScenariosDoc(_Contract):
     scenarios: list[ScenarioRow]
 
 
+class ExampleRow(_Contract):
+    name: str
+    ref: str  # what `labgen up` takes: example:<name>
+    lab: str  # the scenario's own name (its lab directory, labgen-<lab>)
+    description: str
+    messages: int
+    expected: list[Outcome]  # the outcomes its expectations name: what it shows
+
+
+class ExamplesDoc(_Contract):
+    schema_: Literal["labgen.examples/v1"] = Field("labgen.examples/v1", alias="schema")
+    examples: list[ExampleRow]
+
+
 class ValidateDoc(_Contract):
     schema_: Literal["labgen.validate/v1"] = Field("labgen.validate/v1", alias="schema")
     scenario: str
@@ -504,7 +518,8 @@ class ImagesDoc(_Contract):
 
 
 DOCUMENTS: dict[str, type[BaseModel]] = {
-    "result": ResultDoc, "compare": CompareDoc, "scenarios": ScenariosDoc, "validate": ValidateDoc,
+    "result": ResultDoc, "compare": CompareDoc, "scenarios": ScenariosDoc, "examples": ExamplesDoc,
+    "validate": ValidateDoc,
     "certs": CertsDoc, "trace": TraceDoc, "status": StatusDoc, "down": DownDoc, "images": ImagesDoc,
 }
 
