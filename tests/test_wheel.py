@@ -82,6 +82,50 @@ def test_render_from_the_wheel(installed, tmp_path):
         assert (out / rel).is_file(), rel
 
 
+def test_examples_ship_in_the_wheel(installed, tmp_path):
+    p = _labgen(installed, "examples", "--json", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    listed = sorted(r["name"] for r in json.loads(p.stdout)["examples"])
+    assert listed == sorted(f.stem for f in (REPO / "examples").glob("*.yaml"))
+    where = subprocess.run([str(installed / "python"), "-c", "from labgen.resources import resource_dir; "
+                            "print(resource_dir('examples'))"], cwd=tmp_path, capture_output=True, text=True,
+                           check=True).stdout.strip()
+    assert "site-packages" in where  # the wheel's own copy, found through importlib.resources
+
+
+def test_up_an_example_from_the_wheel(installed, tmp_path):
+    p = _labgen(installed, "up", "example:dedicated-egress-ip", "--engine", "local", "--json", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr  # 0: every expectation held
+    doc = json.loads(p.stdout)
+    assert doc["scenario"] == "dedicated-ip" and doc["summary"]["expectations_failed"] == 0
+    assert doc["summary"]["delivered"] == doc["summary"]["total"] > 0
+
+
+# What `--version` and `--help` may load: the standard library, click, and labgen's own light modules.
+# Anything heavy (rich, pydantic, yaml, jinja2, docker, cryptography...) must wait for a command.
+HEAVY = ("rich", "pydantic", "pydantic_core", "yaml", "jinja2", "docker", "cryptography", "aiosmtpd", "dns",
+         "dnslib", "requests", "urllib3", "labgen.model", "labgen.engines", "labgen.lab", "labgen.results",
+         "labgen.run")
+
+
+@pytest.mark.parametrize("args", [["--version"], ["--help"]], ids=["version", "help"])
+def test_start_up_loads_no_heavy_module(installed, tmp_path, args):
+    """Start-up time is what the CLI imports before it answers (bench/bench_startup.py has the
+    figures); a module-level import of one of these undoes it, so the test names it."""
+    code = ("import sys, runpy; sys.argv = ['labgen', *sys.argv[1:]]\n"
+            "try:\n    runpy.run_module('labgen.cli', run_name='__main__')\n"
+            "except SystemExit as e:\n    assert e.code in (0, None), e.code\n"
+            "print(' '.join(sorted(sys.modules)), file=sys.stderr)")
+    p = subprocess.run([str(installed / "python"), "-c", code, *args], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode == 0, p.stderr
+    loaded = p.stderr.split()
+    heavy = sorted(m for m in loaded if any(m == h or m.startswith(h + ".") for h in HEAVY))
+    assert heavy == [], f"`labgen {' '.join(args)}` imports {heavy}"
+    assert "click" in loaded  # it did run the CLI
+    assert "labgen" in p.stdout.lower()
+
+
 @pytest.mark.docker
 def test_wheel_carries_the_whole_image_recipe(installed, tmp_path, docker_ready):
     """The image tag is a hash of the recipe and the source: the wheel computes the same one as the

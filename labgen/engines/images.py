@@ -72,7 +72,7 @@ def _hash(*parts: bytes) -> str:
 
 
 # Data packages: top-level directories in a checkout, labgen/<name> in a wheel (pyproject.toml).
-_DATA_PACKAGES = ("templates", "compose")
+_DATA_PACKAGES = ("templates", "compose", "examples")
 
 
 def _snapshot() -> dict[str, bytes]:
