@@ -6,6 +6,7 @@ checkout's layout as the fallback. The wheel's side is in test_wheel.py."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -159,3 +160,11 @@ def test_resource_dir_refuses_names_that_are_not_data_packages():
     for name in ("model", "../examples", "engines"):
         with pytest.raises(ValueError):
             resources.resource_dir(name)
+
+
+def test_readme_table_names_every_shipped_example_and_only_those():
+    readme = (REPO / "README.md").read_text()
+    table = re.findall(r"^\| `example:([a-z0-9-]+)` \|", readme, flags=re.M)
+    assert sorted(table) == SHIPPED
+    mentioned = set(re.findall(r"example:([a-z0-9][a-z0-9-]*)", readme)) - {"NAME"}
+    assert mentioned <= set(SHIPPED), mentioned - set(SHIPPED)
