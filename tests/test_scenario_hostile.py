@@ -268,9 +268,9 @@ MODEL = [
     ("recipients-per-message", _set(["traffic", 0, "to"], [f"u{i}@fabrikam.example" for i in range(101)]),
      "traffic[0].to", "too many items (101); labgen allows at most 100 here"),
     ("recipient-pairs", _set(["traffic"], [{"from": "alice@contoso.example",
-                                            "to": [f"u{i}@fabrikam.example" for i in range(100)]}] * 201),
-     "traffic", "20100 message × recipient pairs; labgen sends at most 20000 per scenario (raise it with "
-                "LABGEN_MAX_RECIPIENTS=N)"),
+                                            "to": [f"u{i}@fabrikam.example" for i in range(100)]}] * 501),
+     "traffic", "50100 message × recipient pairs (copies counted); labgen sends at most 50000 per scenario "
+                "(raise it with LABGEN_MAX_RECIPIENTS=N)"),
     ("tenants", lambda d: d["tenants"].update({f"t{i}": {"domains": [{"name": f"t{i}.example"}]} for i in range(60)}),
      "tenants", "too many items; labgen allows at most 50 here"),
     ("mailboxes", _set(["tenants", "fabrikam", "mailboxes"], [f"u{i}@fabrikam.example" for i in range(1001)]),

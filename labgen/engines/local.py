@@ -230,6 +230,14 @@ class LocalEngine:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if self.gateway:  # its cached SMTP sessions say QUIT while the servers still answer
+                await asyncio.to_thread(self.gateway.close_idle)
+            # Server sides of connections that are closing now: ended here, as asyncio.run ends
+            # its tasks, not destroyed pending with the loop.
+            rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in rest:
+                t.cancel()
+            await asyncio.gather(*rest, return_exceptions=True)
             for s in self.servers:
                 if isinstance(s, asyncio.AbstractServer):
                     await s.wait_closed()

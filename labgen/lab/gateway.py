@@ -14,19 +14,29 @@ import datetime as dt
 import itertools
 import re
 import secrets
+import threading
 import time
+from typing import Optional
 from email.utils import format_datetime
 from pathlib import Path
+
+import dns.resolver
 
 from . import nexthop, routing
 from ..results.contracts import DeliveryError, GatewayStatus, GatewayTls, NdrQueued, RcptDecision, Received
 from .dsn import build_ndr
 from .ledger import Ledger, labgen_id
 from ..model.plan import Plan, gateway_server_cert
-from .smtp_client import client_tls_context, send
+from ..model.scenario import SendConnector
+from .smtp_client import Result, Session, client_tls_context
 from .smtpd import LabSMTP, server_tls_context
 
 RETRY_S = (0.5, 1.0, 2.0, 4.0)
+# Postfix's smtp_connection_cache_time_limit (2 s), smtp_connection_reuse_count_limit, and a bound
+# on idle sessions per next hop.
+CACHE_TIME_S = 2.0
+CACHE_REUSE_LIMIT = 100
+CACHE_PER_HOP = 8
 NO_CONNECTOR = "5.4.4 no send connector covers this domain"
 # Postfix's hopcount_limit default (the lab's main.cf keeps it): a message whose Received: headers,
 # the gateway's own included, reach it is refused at end of DATA with cleanup's CLEANUP_STAT_HOPS
@@ -39,7 +49,7 @@ _HEADER = re.compile(rb"^([\x21-\x39\x3b-\x7e]+)[ \t]*:")
 # The built-in gateway's queue lives in memory: beyond this many bytes of queued mail it answers
 # as Postfix does when its queue file system runs short (queue_minfree), so a flood of messages
 # from a hostile client defers instead of exhausting the machine. Generous for any lab run: the
-# scenario limit of 20,000 recipients of the traffic's small messages is a few tens of MB.
+# scenario limit of 50,000 recipients of the traffic's small messages is a few tens of MB.
 QUEUE_MAX_BYTES = 512 * 1024 * 1024
 INSUFFICIENT_STORAGE = "452 4.3.1 Insufficient system storage"
 _UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
@@ -85,6 +95,10 @@ class GatewayHandler:
         self.own_ips = frozenset(plan.hosts["gateway"])
         self.tasks: set[asyncio.Task] = set()
         self.queued_bytes = 0  # what the delivery tasks hold, against QUEUE_MAX_BYTES
+        self._idle: dict[tuple[str, str], list[tuple[float, Session]]] = {}  # connector, hop ip -> sessions
+        self._expired: list[Session] = []
+        self._cache_lock = threading.Lock()
+        self.resolver.cache = dns.resolver.Cache()  # the lab's records carry a TTL, as a host's resolver caches
         self._tls = {}
         for c in self.s.gateway.connectors:
             if c.certificate:
@@ -155,6 +169,10 @@ class GatewayHandler:
         "exception was never retrieved" traceback (e.g. a task still running when the lab stops)."""
         self.tasks.discard(task)
         self.queued_bytes -= size
+        if not self.tasks and self._idle:
+            # Nothing queued: nothing to reuse the cached sessions for. QUIT waits for the next
+            # hop's answer, which may be served by this very loop: from a thread.
+            threading.Thread(target=self.close_idle, name="labgen-gateway-quit", daemon=True).start()
         if task.cancelled():
             return
         exc = task.exception()
@@ -215,11 +233,13 @@ class GatewayHandler:
             return ([], [(r, e.reply) for r in rcpts]) if e.permanent else (rcpts, [])
         result = None
         for hop in hops:
-            result = send(data, mail_from, rcpts, host=hop.host, ip=hop.ip, port=self.plan.smtp_port,
-                          helo=self.s.gateway.hostname, source_ip=c.source_ip or self.plan.ip("gateway"),
-                          tls=c.tls, tls_context=self._tls[cname], envid=envid or msgid)
+            result = self._send(c, hop, data, mail_from, rcpts, envid or msgid)
             if not any(code == 0 for code, _ in result.replies.values()):
                 break  # the host answered; only connection-level failures move on to the next MX
+        if len(self.tasks) <= 1:
+            # The last delivery in the queue: no message will reuse a cached session, so they end
+            # now, before this attempt's result is logged (and the lab may be stopped).
+            self.close_idle()
         cert = self.plan.scenario.certificates.get(c.certificate) if c.certificate else None
         tls = GatewayTls(version=result.tls_version, client_certificate=c.certificate,
                          client_certificate_cn=cert.cn if cert else None) if result.tls_version else None
@@ -235,6 +255,69 @@ class GatewayHandler:
             elif kind == "bounced":
                 bounced.append((r, f"host {result.relay} said: {reply}"))
         return retry, bounced
+
+
+    # ---- the connection cache (Postfix's smtp_connection_cache_on_demand): a session that just
+    # delivered waits up to CACHE_TIME_S for the next message to the same next hop.
+
+    def _send(self, c: SendConnector, hop: nexthop.Hop, data: bytes, mail_from: str, rcpts: list[str],
+              envid: Optional[str]) -> Result:
+        key = (c.name, hop.ip)
+        source = c.source_ip or self.plan.ip("gateway")
+        res: Optional[Result] = None
+        for _ in (1, 2):
+            session = self._take(key)
+            fresh = session is None
+            if session is None:
+                session = Session(host=hop.host, ip=hop.ip, port=self.plan.smtp_port, helo=self.s.gateway.hostname,
+                                  source_ip=source, tls=c.tls, tls_context=self._tls[c.name])
+                failed = session.open()
+                if failed is not None:
+                    code, text = failed
+                    return Result(host=hop.host, ip=hop.ip, port=self.plan.smtp_port,
+                                  replies={r: (code, text) for r in rcpts}, error=text if code == 0 else None)
+            res = session.transact(data, mail_from, rcpts, envid)
+            if session.smtp is not None:
+                self._put(key, session)
+            # A cached connection the next hop has meanwhile closed told nothing about this
+            # message: once more on a new one.
+            if fresh or session.smtp is not None or any(code for code, _ in res.replies.values()):
+                return res
+        assert res is not None
+        return res
+
+    def _take(self, key: tuple[str, str]) -> Optional[Session]:
+        now = time.monotonic()
+        with self._cache_lock:
+            idle = self._idle.get(key, [])
+            while idle:
+                since, session = idle.pop()
+                if now - since <= CACHE_TIME_S and session.used < CACHE_REUSE_LIMIT:
+                    return session
+                self._expired.append(session)
+        self._quit_expired()
+        return None
+
+    def _put(self, key: tuple[str, str], session: Session) -> None:
+        with self._cache_lock:
+            idle = self._idle.setdefault(key, [])
+            idle.append((time.monotonic(), session))
+            while len(idle) > CACHE_PER_HOP:
+                self._expired.append(idle.pop(0)[1])
+        self._quit_expired()
+
+    def _quit_expired(self) -> None:
+        with self._cache_lock:
+            expired, self._expired = self._expired, []
+        for session in expired:
+            session.quit()
+
+    def close_idle(self) -> None:
+        """QUIT every cached session (blocking: from a thread, never the event loop's)."""
+        with self._cache_lock:
+            self._expired += [session for idle in self._idle.values() for _, session in idle]
+            self._idle.clear()
+        self._quit_expired()
 
 
 def gateway_factory(plan: Plan, labdir: Path, run_dir: Path, deadline: float):

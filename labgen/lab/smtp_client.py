@@ -41,69 +41,127 @@ def client_tls_context(chain: Optional[str], key: Optional[str]) -> ssl.SSLConte
     return ctx
 
 
+class Session:
+    """One SMTP connection that carries several transactions in turn, as an MTA's connection
+    cache does (Postfix's smtp_connection_cache_*): connect, EHLO, STARTTLS per the TLS level
+    once, then MAIL/RCPT/DATA per message. Blocking: callers run it in a thread."""
+
+    def __init__(self, *, host: str, ip: str, port: int, helo: str, source_ip: Optional[str] = None,
+                 tls: str = "may", tls_context: Optional[ssl.SSLContext] = None, timeout: float = 10.0):
+        self.host, self.ip, self.port = host, ip, port
+        self.helo, self.source_ip, self.tls, self.tls_context, self.timeout = helo, source_ip, tls, tls_context, timeout
+        self.smtp: Optional[smtplib.SMTP] = None
+        self.tls_version: Optional[str] = None
+        self.dsn = False
+        self.used = 0  # transactions sent
+
+    @property
+    def relay(self) -> str:
+        return f"{self.host}[{self.ip}]:{self.port}"
+
+    def open(self) -> Optional[tuple[int, str]]:
+        """Connect and greet; None when ready for MAIL, else what every recipient is told
+        (code 0: no SMTP answer). A failed session is closed."""
+        try:
+            smtp = smtplib.SMTP(timeout=self.timeout, local_hostname=self.helo,
+                                source_address=(self.source_ip, 0) if self.source_ip else None)
+            code, msg = smtp.connect(self.ip, self.port)
+            smtp._host = self.host  # type: ignore[attr-defined]  # the SNI name (connect() by IP leaves it empty)
+        except (OSError, smtplib.SMTPException) as e:
+            return 0, f"connect to {self.relay}: {e}"
+        self.smtp = smtp
+        if code != 220:
+            self.close()
+            return code, _reply(code, msg)
+        try:
+            smtp.ehlo()
+            if self.tls != "none":
+                if smtp.has_extn("starttls"):
+                    smtp.starttls(context=self.tls_context or client_tls_context(None, None))
+                    smtp.ehlo()
+                    self.tls_version = smtp.sock.version()
+                elif self.tls == "encrypt":
+                    smtp.quit()
+                    self.smtp = None
+                    return 0, f"TLS is required, but was not offered by host {self.relay}"
+            self.dsn = smtp.has_extn("dsn")
+        except (OSError, ValueError, smtplib.SMTPException) as e:
+            self.close()
+            return 0, f"conversation with {self.relay} failed: {e}"
+        return None
+
+    def transact(self, data: bytes, mail_from: str, rcpts: list[str], envid: Optional[str] = None) -> Result:
+        """One message on the open session; afterwards the session is ready for the next one,
+        or closed (self.smtp is None) when the conversation failed."""
+        res = Result(host=self.host, ip=self.ip, port=self.port, tls_version=self.tls_version)
+        smtp = self.smtp
+        if smtp is None:
+            res.error = f"no connection to {self.relay}"
+            res.replies = {r: (0, res.error) for r in rcpts}
+            return res
+        self.used += 1
+        data_done = False
+        try:
+            code, msg = smtp.mail(mail_from, [f"ENVID={envid}"] if envid and self.dsn else [])
+            if code >= 400:
+                for r in rcpts:
+                    res.replies[r] = (code, _reply(code, msg))
+                smtp.rset()
+                return res
+            accepted = []
+            for r in rcpts:
+                code, msg = smtp.rcpt(r)
+                res.replies[r] = (code, _reply(code, msg))
+                if code < 300:
+                    accepted.append(r)
+            if accepted:
+                code, msg = smtp.data(data)
+                for r in accepted:
+                    res.replies[r] = (code, _reply(code, msg))
+            else:
+                smtp.rset()
+            data_done = True
+        except (OSError, ValueError, smtplib.SMTPException) as e:
+            res.error = f"conversation with {self.relay} failed: {e}"
+            self.close()
+        if res.error and not data_done:
+            # Nothing was taken unless DATA was answered: a recipient accepted at RCPT is not sent.
+            for r in rcpts:
+                if res.replies.get(r, (0, ""))[0] < 400:
+                    res.replies[r] = (0, res.error)
+        return res
+
+    def quit(self) -> None:
+        if self.smtp is not None:
+            try:
+                self.smtp.quit()
+            except (OSError, smtplib.SMTPException):
+                self.close()
+            self.smtp = None
+
+    def close(self) -> None:
+        """Drop the connection without QUIT (after a failure)."""
+        if self.smtp is not None:
+            try:
+                self.smtp.close()
+            except OSError:
+                pass
+            self.smtp = None
+
+
 def send(data: bytes, mail_from: str, rcpts: list[str], *, host: str, ip: str, port: int,
          helo: str, source_ip: Optional[str] = None, tls: str = "may",
          tls_context: Optional[ssl.SSLContext] = None, envid: Optional[str] = None,
          timeout: float = 10.0) -> Result:
-    res = Result(host=host, ip=ip, port=port)
-
-    def fail_all(code: int, text: str):
-        for r in rcpts:
-            res.replies.setdefault(r, (code, text))
-
-    try:
-        smtp = smtplib.SMTP(timeout=timeout, local_hostname=helo,
-                            source_address=(source_ip, 0) if source_ip else None)
-        code, msg = smtp.connect(ip, port)
-        smtp._host = host  # the name STARTTLS sends as SNI (connect() by IP leaves it empty)
-        if code != 220:
-            fail_all(code, _reply(code, msg))
-            smtp.close()
-            return res
-    except (OSError, smtplib.SMTPException) as e:
-        res.error = f"connect to {res.relay}: {e}"
-        fail_all(0, res.error)
+    """One message on a connection of its own."""
+    session = Session(host=host, ip=ip, port=port, helo=helo, source_ip=source_ip, tls=tls,
+                      tls_context=tls_context, timeout=timeout)
+    failed = session.open()
+    if failed is not None:
+        code, text = failed
+        res = Result(host=host, ip=ip, port=port, replies={r: (code, text) for r in rcpts})
+        res.error = text if code == 0 else None
         return res
-    data_done = False
-    try:
-        smtp.ehlo()
-        if tls != "none":
-            if smtp.has_extn("starttls"):
-                smtp.starttls(context=tls_context or client_tls_context(None, None))
-                smtp.ehlo()
-                res.tls_version = smtp.sock.version()
-            elif tls == "encrypt":
-                fail_all(0, f"TLS is required, but was not offered by host {res.relay}")
-                smtp.quit()
-                return res
-        options = [f"ENVID={envid}"] if envid and smtp.has_extn("dsn") else []
-        code, msg = smtp.mail(mail_from, options)
-        if code >= 400:
-            fail_all(code, _reply(code, msg))
-            smtp.rset()
-            smtp.quit()
-            return res
-        accepted = []
-        for r in rcpts:
-            code, msg = smtp.rcpt(r)
-            res.replies[r] = (code, _reply(code, msg))
-            if code < 300:
-                accepted.append(r)
-        if accepted:
-            code, msg = smtp.data(data)
-            for r in accepted:
-                res.replies[r] = (code, _reply(code, msg))
-        data_done = True
-        smtp.quit()
-    except (OSError, ValueError, smtplib.SMTPException) as e:
-        res.error = f"conversation with {res.relay} failed: {e}"
-        try:
-            smtp.close()
-        except OSError:
-            pass
-    if res.error and not data_done:
-        # Nothing was taken unless DATA was answered: a recipient accepted at RCPT is not sent.
-        for r in rcpts:
-            if res.replies.get(r, (0, ""))[0] < 400:
-                res.replies[r] = (0, res.error)
+    res = session.transact(data, mail_from, rcpts, envid)
+    session.quit()
     return res

@@ -4,17 +4,20 @@ header that joins every service's log, and record each recipient's answer."""
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from email.message import EmailMessage
 from email.utils import formatdate
 from pathlib import Path
+
+import dns.resolver
 
 from . import nexthop
 from ..results.contracts import Injected, PlannedMessage, Submitted, TrafficStart
 from .ledger import MSGID_HEADER, Ledger
 from ..model.plan import Plan, message_entry
 from ..model.scenario import Message
-from .smtp_client import send
+from .smtp_client import Result, Session
 
 TRAFFIC_HELO = {"gateway": "outbound.protection.outlook.test", "mx": "sender.internet.test"}
 
@@ -41,34 +44,92 @@ def _targets(plan: Plan, m: Message) -> list[tuple[str, list[str], str, bool]]:
     return [("mx", rcpts, domain, True) for domain, rcpts in groups.items()]
 
 
-def submit(plan: Plan, m: Message, ledger: Ledger) -> None:
-    data = build(plan, m)
-    r = nexthop.resolver(plan.ip("dns"), plan.dns_port)
-    for entry, rcpts, name, by_mx in _targets(plan, m):
-        source = plan.hosts["traffic"][1] if entry == "gateway" else plan.hosts["traffic"][0]
-        try:
-            hop = nexthop.next_hops(r, name, mx=by_mx)[0]
-        except nexthop.DnsFailure as e:
+# Several messages per SMTP session, as an MTA's connection cache sends them (Postfix's
+# smtp_connection_reuse_count_limit), from a bounded number of sending threads.
+REUSE_LIMIT = 100
+WORKERS = 8
+
+
+class _Sender:
+    """One sending thread's sessions, one per next hop (address, source address, HELO name)."""
+
+    def __init__(self, plan: Plan, ledger: Ledger, resolver: dns.resolver.Resolver):
+        self.plan, self.ledger, self.resolver = plan, ledger, resolver
+        self.sessions: dict[tuple[str, str, str], Session] = {}
+
+    def _send(self, hop: nexthop.Hop, source: str, helo: str, data: bytes, m: Message,
+              rcpts: list[str]) -> Result:
+        key = (hop.ip, source, helo)
+        for attempt in (1, 2):
+            session = self.sessions.get(key)
+            if session is not None and (session.smtp is None or session.used >= REUSE_LIMIT):
+                session.quit()
+                session = None
+            fresh = session is None
+            if session is None:
+                session = Session(host=hop.host, ip=hop.ip, port=self.plan.smtp_port, helo=helo, source_ip=source,
+                                  tls="may")
+                failed = session.open()
+                if failed is not None:
+                    code, text = failed
+                    return Result(host=hop.host, ip=hop.ip, port=self.plan.smtp_port,
+                                  replies={r: (code, text) for r in rcpts}, error=text if code == 0 else None)
+                self.sessions[key] = session
+            res = session.transact(data, m.sender, rcpts, envid=m.id)
+            # A reused connection the server has meanwhile closed (idle timeout) is no answer
+            # about this message: once more on a new one.
+            if fresh or session.smtp is not None or any(code for code, _ in res.replies.values()):
+                return res
+        return res
+
+    def submit(self, m: Message) -> None:
+        plan, ledger = self.plan, self.ledger
+        data = build(plan, m)
+        for entry, rcpts, name, by_mx in _targets(plan, m):
+            source = plan.hosts["traffic"][1] if entry == "gateway" else plan.hosts["traffic"][0]
+            try:
+                hop = nexthop.next_hops(self.resolver, name, mx=by_mx)[0]
+            except nexthop.DnsFailure as e:
+                for rcpt in rcpts:
+                    ledger.emit(Submitted(event="submitted", msgid=m.id, rcpt=rcpt, entry=entry, relay=None, code=0,
+                                          reply=str(e)))
+                continue
+            res = self._send(hop, source, TRAFFIC_HELO[entry], data, m, rcpts)
             for rcpt in rcpts:
-                ledger.emit(Submitted(event="submitted", msgid=m.id, rcpt=rcpt, entry=entry, relay=None, code=0,
-                                      reply=str(e)))
-            continue
-        res = send(data, m.sender, rcpts, host=hop.host, ip=hop.ip, port=plan.smtp_port,
-                   helo=TRAFFIC_HELO[entry], source_ip=source, tls="may", envid=m.id)
-        for rcpt in rcpts:
-            code, reply = res.replies.get(rcpt, (0, res.error or "no answer"))
-            ledger.emit(Submitted(event="submitted", msgid=m.id, rcpt=rcpt, entry=entry, relay=res.relay,
-                                  relay_host=hop.host, code=code, reply=reply, tls=res.tls_version))
+                code, reply = res.replies.get(rcpt, (0, res.error or "no answer"))
+                ledger.emit(Submitted(event="submitted", msgid=m.id, rcpt=rcpt, entry=entry, relay=res.relay,
+                                      relay_host=hop.host, code=code, reply=reply, tls=res.tls_version))
+
+    def close(self) -> None:
+        for session in self.sessions.values():
+            session.quit()
 
 
 def run_traffic(plan: Plan, run_dir: Path) -> None:
     ledger = Ledger(run_dir, "traffic")
+    messages = plan.scenario.traffic
     ledger.emit(TrafficStart(event="start", run_id=plan.run_id,
-                             messages=[PlannedMessage(msgid=m.id, sender=m.sender, to=m.to)
-                                       for m in plan.scenario.traffic]))
+                             messages=[PlannedMessage(msgid=m.id, sender=m.sender, to=m.to) for m in messages]))
+    resolver = nexthop.resolver(plan.ip("dns"), plan.dns_port)
+    resolver.cache = dns.resolver.Cache()  # the lab's records carry a TTL: one lookup per name, not per message
+    pending = iter(messages)
+    lock = threading.Lock()
+
+    def work() -> None:
+        sender = _Sender(plan, ledger, resolver)
+        try:
+            while True:
+                with lock:
+                    m = next(pending, None)
+                if m is None:
+                    return
+                sender.submit(m)
+        finally:
+            sender.close()
     try:
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            list(pool.map(lambda m: submit(plan, m, ledger), plan.scenario.traffic))
-        ledger.emit(Injected(event="injected", count=len(plan.scenario.traffic)))
+        with ThreadPoolExecutor(max_workers=min(WORKERS, len(messages))) as pool:
+            for f in [pool.submit(work) for _ in range(min(WORKERS, len(messages)))]:
+                f.result()
+        ledger.emit(Injected(event="injected", count=len(messages)))
     finally:
         ledger.close()

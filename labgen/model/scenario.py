@@ -42,7 +42,8 @@ OUTCOMES = ("delivered", "silently_discarded", "rejected", "deferred")
 # ---------------------------------------------------------------- limits
 # Generous for any lab a person writes; they keep a hostile file from costing minutes or GBs.
 MAX_SCENARIO_BYTES = 1 << 20  # raise with LABGEN_MAX_SCENARIO_BYTES
-MAX_RECIPIENTS = 20_000  # message × recipient pairs per scenario; raise with LABGEN_MAX_RECIPIENTS
+MAX_RECIPIENTS = 50_000  # message × recipient pairs per scenario, copies counted; raise with LABGEN_MAX_RECIPIENTS
+MAX_COUNT = 1_000_000  # copies of one message (the pairs limit above is what binds)
 MAX_RCPTS_PER_MESSAGE = 100  # RFC 5321 §4.5.3.1.8: servers must accept at least 100
 MAX_DEPTH = 50  # YAML nesting; a scenario needs about 8
 MAX_TENANTS = 50
@@ -352,6 +353,9 @@ class Message(_Model):
     # Keys normalised like recipients, so that an expectation can never be silently skipped.
     expect: Union[Outcome, dict[Address, Outcome], None] = Field(None, description=(
         "The expected outcome for every recipient, or a map recipient -> outcome."))
+    count: int = Field(1, ge=1, le=MAX_COUNT, description=(
+        "Send this many copies, each a separate message to the same recipients with the id <id>-<n> "
+        "(n = 1..count); every copy counts against the scenario's message × recipient limit."))
 
     @field_validator("id")
     @classmethod
@@ -359,6 +363,9 @@ class Message(_Model):
         if v is not None and not MESSAGE_ID.fullmatch(v):
             raise ValueError(f"{quote(v)}: ids are letters, digits, '.', '_' or '-' (at most 41)")
         return v
+
+    # Where the message is in the scenario's traffic list, for error paths (set by Scenario).
+    _origin: int = PrivateAttr(default=0)
 
     def expected_for(self, rcpt: str) -> Optional[str]:
         if isinstance(self.expect, dict):
@@ -397,20 +404,29 @@ class Scenario(_Model):
 
     @field_validator("traffic")
     @classmethod
-    def _pairs(cls, v):
+    def _messages(cls, v: list[Message]) -> list[Message]:
+        """Default ids (m<position>), then each `count:` made into its copies, every id once."""
         limit = env_limit("LABGEN_MAX_RECIPIENTS", MAX_RECIPIENTS)
-        pairs = sum(len(m.to) for m in v)
+        pairs = sum(len(m.to) * m.count for m in v)  # before copying: a huge count costs nothing
         if pairs > limit:
-            raise ValueError(f"{pairs} message × recipient pairs; labgen sends at most {limit} per scenario "
-                             "(raise it with LABGEN_MAX_RECIPIENTS=N)")
-        return v
-
-    @model_validator(mode="after")
-    def _default_ids(self):
-        for i, msg in enumerate(self.traffic, 1):
+            raise ValueError(f"{pairs} message × recipient pairs (copies counted); labgen sends at most {limit} "
+                             "per scenario (raise it with LABGEN_MAX_RECIPIENTS=N)")
+        out: list[Message] = []
+        for i, msg in enumerate(v, 1):
             if msg.id is None:
                 msg.id = f"m{i}"
-        return self
+            msg._origin = i - 1
+            if msg.count == 1:
+                out.append(msg)
+                continue
+            if not MESSAGE_ID.fullmatch(f"{msg.id}-{msg.count}"):
+                raise ValueError(f"traffic[{i - 1}]: the id {quote(msg.id)} is too long for count {msg.count} "
+                                 "(copies are named <id>-<n>, at most 41 characters); shorten the id")
+            for n in range(1, msg.count + 1):
+                copy = msg.model_copy(update={"id": f"{msg.id}-{n}", "count": 1})
+                copy._origin = i - 1
+                out.append(copy)
+        return out
 
     # Derived views used by the planner and the services.
     def tenant_of_domain(self, domain: str) -> Optional[str]:
@@ -479,7 +495,8 @@ def _cross_check(s: Scenario) -> None:
             spaces[space] = i
     known = set(seen_domains) | {routing_domain(t) for t in s.tenants}
     ids: set[str] = set()
-    for i, m in enumerate(s.traffic):
+    for m in s.traffic:
+        i = m._origin  # the message's place in the file (copies of a `count:` message share it)
         if m.id in ids:
             raise _Located(f"traffic[{i}].id", f"message id {quote(m.id)} is used twice")
         ids.add(m.id)
