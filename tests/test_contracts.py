@@ -15,8 +15,8 @@ import yaml
 from conftest import REPO, labgen, labgen_json
 
 SCHEMAS = REPO / "docs" / "schemas"
-NAMES = ["scenario", "result", "compare", "event", "scenarios", "validate", "certs", "trace", "status", "down",
-         "images"]
+NAMES = ["scenario", "result", "compare", "event", "scenarios", "examples", "validate", "certs", "trace", "status",
+         "down", "images"]
 
 
 def schema(name: str) -> dict:
@@ -127,10 +127,11 @@ def test_trace_json_is_a_trace(broken_run):
 
 @pytest.mark.parametrize("argv, name", [
     (["scenarios"], "scenarios"),
+    (["examples"], "examples"),
     (["validate", "broken"], "validate"),
     (["validate", str(REPO / "examples" / "strict-eop-reject.yaml")], "validate"),
     (["certs", "broken"], "certs"),
-], ids=["scenarios", "validate-builtin", "validate-file", "certs"])
+], ids=["scenarios", "examples", "validate-builtin", "validate-file", "certs"])
 def test_read_only_commands(tmp_path, argv, name):
     code, doc = labgen_json(*argv, cwd=tmp_path)
     assert code == 0, doc
