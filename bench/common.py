@@ -8,9 +8,14 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Callable, Optional
+
+LABGEN = [sys.executable, "-m", "labgen.cli"]
+# The console script users run (its start-up includes the entry point's own imports).
+LABGEN_SCRIPT = [os.path.join(os.path.dirname(sys.executable), "labgen")]
 
 
-def run_timed(cmd: list[str], cwd: str, env: dict | None = None) -> float:
+def run_timed(cmd: list[str], cwd: str, env: Optional[dict[str, str]] = None) -> float:
     t0 = time.perf_counter()
     p = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env={**os.environ, **(env or {})})
     dt = time.perf_counter() - t0
@@ -19,13 +24,36 @@ def run_timed(cmd: list[str], cwd: str, env: dict | None = None) -> float:
     return dt
 
 
-def median_of(fn, runs: int) -> tuple[float, list[float]]:
+def run_lines(cmd: list[str], cwd: str, env: Optional[dict[str, str]] = None) -> tuple[float, list[tuple[float, str]]]:
+    """Wall time, and each stderr line with the seconds since the start at which it arrived (the
+    phases of a command that logs its steps, e.g. with -v)."""
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, **(env or {})})
+    assert p.stderr is not None
+    lines = [(time.perf_counter() - t0, line.rstrip("\n")) for line in p.stderr]
+    code = p.wait()
+    dt = time.perf_counter() - t0
+    if code != 0:
+        raise SystemExit(f"benchmark command failed ({code}): {' '.join(cmd)}\n"
+                         + "\n".join(text for _, text in lines[-20:]))
+    return dt, lines
+
+
+def median_of(fn: Callable[[], float], runs: int) -> tuple[float, list[float]]:
     samples = [fn() for _ in range(runs)]
     return statistics.median(samples), samples
 
 
+def alternate(fns: dict[str, Callable[[], float]], runs: int) -> dict[str, list[float]]:
+    """Each function once per round, in turn, for `runs` rounds: a noisy machine's slow spells
+    fall on all of them alike, so their ratio holds even when the absolute figures drift."""
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(runs):
+        for name, fn in fns.items():
+            samples[name].append(fn())
+    return samples
+
+
 def machine() -> str:
     return f"{platform.node()} · {os.cpu_count()} cores · Python {sys.version.split()[0]} · {platform.platform()}"
-
-
-LABGEN = [sys.executable, "-m", "labgen.cli"]
