@@ -176,7 +176,7 @@ def assert_safe_render(files: dict[str, str], benign: dict[str, str], plan: Plan
     assert list(compose) == ["version", "services", "networks"]
     assert list(compose["services"]) == SERVICES
     for name, block in compose["services"].items():
-        assert set(block) == SERVICE_KEYS | ({"depends_on"} if name != "dns" else set()), name
+        assert set(block) == SERVICE_KEYS | ({"depends_on"} if name == "traffic" else set()), name
     assert list(compose["networks"]) == ["lab"]
     assert compose == yaml.safe_load(benign["compose.yaml"])
     assert all(line.startswith("#") or not line or line[0] in " -" or re.match(r"[a-z]+:", line)

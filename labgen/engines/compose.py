@@ -49,8 +49,9 @@ def _services(plan: Plan) -> list[dict]:
         ips = [_ok("ipv4", ip, f"{svc}'s address") for ip in plan.hosts[svc]]
         out.append({"name": svc, "ip": ips[0], "extra_ips": ips[1:],
                     "hostname": _ok("hostname", names[svc], f"{svc}'s hostname"),
-                    "depends_on": [s for s in SERVICES if s != "traffic"] if svc == "traffic" else
-                    (["dns"] if svc != "dns" else [])})
+                    # One start-up wave for the services (none needs another to start; Compose v1
+                    # waits a wave per level), then traffic, which waits until every one answers.
+                    "depends_on": [s for s in SERVICES if s != "traffic"] if svc == "traffic" else []})
     return out
 
 
