@@ -52,10 +52,11 @@ def alive(pid: int) -> bool:
 
 
 def labelled(lab: str) -> list[str]:
+    """Containers (running or not) and networks labelled for `lab`."""
     out = []
-    for kind in ("ps", "network"):
-        cmd = ["docker", kind, "ls", "-q", "--filter", f"label=io.labgen.lab={lab}"] + (["-a"] if kind == "ps" else [])
-        out += subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.split()
+    for cmd in (["docker", "ps", "-a"], ["docker", "network", "ls"]):
+        out += subprocess.run([*cmd, "-q", "--filter", f"label=io.labgen.lab={lab}"], capture_output=True, text=True,
+                              check=True).stdout.split()
     return out
 
 
