@@ -264,8 +264,7 @@ class GatewayHandler:
               envid: Optional[str]) -> Result:
         key = (c.name, hop.ip)
         source = c.source_ip or self.plan.ip("gateway")
-        res: Optional[Result] = None
-        for _ in (1, 2):
+        for attempt in (1, 2):
             session = self._take(key)
             fresh = session is None
             if session is None:
@@ -281,9 +280,8 @@ class GatewayHandler:
                 self._put(key, session)
             # A cached connection the next hop has meanwhile closed told nothing about this
             # message: once more on a new one.
-            if fresh or session.smtp is not None or any(code for code, _ in res.replies.values()):
-                return res
-        assert res is not None
+            if fresh or attempt == 2 or session.smtp is not None or any(code for code, _ in res.replies.values()):
+                break
         return res
 
     def _take(self, key: tuple[str, str]) -> Optional[Session]:

@@ -78,8 +78,8 @@ class _Sender:
             res = session.transact(data, m.sender, rcpts, envid=m.id)
             # A reused connection the server has meanwhile closed (idle timeout) is no answer
             # about this message: once more on a new one.
-            if fresh or session.smtp is not None or any(code for code, _ in res.replies.values()):
-                return res
+            if fresh or attempt == 2 or session.smtp is not None or any(code for code, _ in res.replies.values()):
+                break
         return res
 
     def submit(self, m: Message) -> None:

@@ -15,7 +15,6 @@ import bisect
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any, Iterable, Optional, Union, cast
 
 from ..model.plan import Plan
@@ -103,11 +102,12 @@ class _Index:
         self._seq: dict[Optional[str], int] = defaultdict(int)
         self._order: dict[int, tuple[float, str, int]] = {}
 
-    def _key(self, e: AnyEvent) -> tuple[float, str, int]:
+    def order(self, e: AnyEvent) -> tuple[float, str, int]:
+        """Time order; ties by service, then by arrival within the service."""
         return self._order[id(e)]
 
     def _insort(self, lst: list[Any], e: AnyEvent) -> None:
-        bisect.insort(lst, e, key=self._key)
+        bisect.insort(lst, e, key=self.order)
 
     def service_at(self, relay: Optional[str]) -> Optional[str]:
         """The lab service behind a relay 'host[ip]:port' (or a bare address), by its address."""
@@ -145,7 +145,7 @@ class _Index:
                 pairs.add((msgid, rcpt))
         elif isinstance(e, Received) and msgid:
             old = self.received.get(msgid)
-            if old is None or self._key(old) < self._key(e):  # the latest in time counts
+            if old is None or self.order(old) < self.order(e):  # the latest in time counts
                 self.received[msgid] = e
             self.qid_msgids[e.queue_id].add(msgid)
             msgs.add(msgid)
@@ -235,7 +235,7 @@ def classify_one(plan: Plan, idx: _Index, msgid: str, sender: str, rcpt: str,
                      recipient_tenant=plan.scenario.tenant_of_domain(domain_of(rcpt)))
     # Hops in the order the message travels (a service logs its own reply after the next hop's,
     # and clocks differ between log files), each service's events in its own order.
-    evs = sorted(idx.by_key.get((msgid, rcpt), []), key=lambda e: (_RANK.get(e.service or "", 9), idx._key(e)))
+    evs = sorted(idx.by_key.get((msgid, rcpt), []), key=lambda e: (_RANK.get(e.service or "", 9), idx.order(e)))
     res.hops = [_hop(e) for e in evs]
     eop_rcpt = idx.find(msgid, rcpt, "eop", RcptDecision, "rcpt")
     if eop_rcpt and eop_rcpt[-1].attribution:
