@@ -67,10 +67,11 @@ def check_subnet(plan: Plan) -> None:
                                  "subnet with --subnet (e.g. one from 198.18.0.0/15)")
 
 
-def remove_lab(lab: str) -> dict[str, list[str]]:
+def remove_lab(lab: str, linger: bool = True) -> dict[str, list[str]]:
     """Remove every container, network and volume labelled for `lab`. Passes repeat until one
     finds nothing: after an interrupted `compose up`, the engine may still finish creating a
-    container it was asked for."""
+    container it was asked for. Without `linger` (clearing the way before a start, when nothing
+    of this command is in flight) a first pass that finds nothing ends it."""
     import docker.errors
     c = client()
     flt = {"label": f"{LABEL}={lab}"}
@@ -95,7 +96,7 @@ def remove_lab(lab: str) -> dict[str, list[str]]:
                 gone[kind].append(item.name)
             except docker.errors.NotFound:
                 pass
-        return passes[0] > 1 and not (containers or networks or volumes)
+        return (passes[0] > 1 or not linger) and not (containers or networks or volumes)
 
     # A creation still in flight lands within a few passes; after that, what is gone is reported.
     poll(one_pass, waiting_for=f"lab {lab} to be removed", timeout=2.0, interval=0.3, expire=lambda _: True)
@@ -164,7 +165,7 @@ class DockerEngine:
     def start(self, plan: Plan, labdir: Path, deadline: float) -> None:
         from .images import ensure_image
         client()
-        remove_lab(plan.lab)  # `up` on an existing lab replaces it
+        remove_lab(plan.lab, linger=False)  # `up` on an existing lab replaces it
         check_subnet(plan)
         self.image = ensure_image()
         render_project(plan, labdir, self.image)
