@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 import yaml
-
 from common import LABGEN_SCRIPT, alternate, machine, run_lines, run_timed
 
 SERVICES = ("dns", "eop", "sink", "gateway", "traffic")
@@ -33,25 +32,45 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def rss_mb(container: str) -> float:
-    out = subprocess.run(["docker", "exec", container, "ps", "-e", "-o", "rss=,comm="], capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        ["docker", "exec", container, "ps", "-e", "-o", "rss=,comm="], capture_output=True, text=True, check=True
+    ).stdout
     # Every process but the measuring `ps` itself.
     return sum(int(line.split()[0]) for line in out.splitlines() if line.split()[1:] != ["ps"]) / 1024
 
 
 def cgroup_mb(container: str) -> float:
-    out = subprocess.run(["docker", "stats", "--no-stream", "--format", "{{.MemUsage}}", container],
-                         capture_output=True, text=True, check=True).stdout.split("/")[0].strip()
+    out = (
+        subprocess.run(
+            ["docker", "stats", "--no-stream", "--format", "{{.MemUsage}}", container],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        .stdout.split("/")[0]
+        .strip()
+    )
     num, unit = float(out.rstrip("KMGiB")), out.lstrip("0123456789.")
     return num * {"KiB": 1 / 1024, "MiB": 1, "GiB": 1024, "kB": 1 / 1000, "MB": 1, "GB": 1000}.get(unit, 1)
 
 
 def free_subnet() -> str:
     taken = []
-    for line in subprocess.run(["docker", "network", "inspect", "--format", "{{range .IPAM.Config}}{{.Subnet}} {{end}}",
-                                *subprocess.run(["docker", "network", "ls", "-q"], capture_output=True, text=True,
-                                                check=True).stdout.split()],
-                               capture_output=True, text=True, check=True).stdout.split():
+    for line in subprocess.run(
+        [
+            "docker",
+            "network",
+            "inspect",
+            "--format",
+            "{{range .IPAM.Config}}{{.Subnet}} {{end}}",
+            *subprocess.run(
+                ["docker", "network", "ls", "-q"], capture_output=True, text=True, check=True
+            ).stdout.split(),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split():
         try:
             taken.append(ipaddress.ip_network(line, strict=False))
         except ValueError:
@@ -76,18 +95,27 @@ def _epoch(iso: str) -> float:
     m = re.match(r"(.*?T\d\d:\d\d:\d\d)(\.\d+)?Z", iso)
     assert m, iso
     frac = (m.group(2) or ".0")[:7]
-    return datetime.datetime.fromisoformat(m.group(1) + frac).replace(tzinfo=datetime.timezone.utc).timestamp()
+    return datetime.datetime.fromisoformat(m.group(1) + frac).replace(tzinfo=datetime.UTC).timestamp()
 
 
 def breakdown(lab: str, labdir: Path, start: float) -> list[tuple[float, str]]:
     """(seconds since the command started, what) for one finished Docker run."""
     marks = []
     for svc in SERVICES:
-        state = json.loads(subprocess.run(["docker", "inspect", "--format", "{{json .State}}", f"labgen-{lab}-{svc}"],
-                                          capture_output=True, text=True, check=True).stdout)
+        state = json.loads(
+            subprocess.run(
+                ["docker", "inspect", "--format", "{{json .State}}", f"labgen-{lab}-{svc}"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        )
         marks.append((_epoch(state["StartedAt"]) - start, f"container {svc} started"))
-    wanted = {"ready": "ready", "start": "traffic generator starts sending (every service answered)",
-              "injected": "traffic injected"}
+    wanted = {
+        "ready": "ready",
+        "start": "traffic generator starts sending (every service answered)",
+        "injected": "traffic injected",
+    }
     for f in sorted((labdir / "run").glob("*.jsonl")):
         for line in f.read_text().splitlines():
             e = json.loads(line)
@@ -98,8 +126,12 @@ def breakdown(lab: str, labdir: Path, start: float) -> list[tuple[float, str]]:
     for line in log.read_text().splitlines() if log.is_file() else []:
         if "daemon started" in line:  # syslog time: whole seconds only
             when = datetime.datetime.strptime(f"{datetime.date.today().year} {line[:15]}", "%Y %b %d %H:%M:%S")
-            marks.append((when.replace(tzinfo=datetime.timezone.utc).timestamp() - start,
-                          "gateway Postfix master started (whole seconds)"))
+            marks.append(
+                (
+                    when.replace(tzinfo=datetime.UTC).timestamp() - start,
+                    "gateway Postfix master started (whole seconds)",
+                )
+            )
             break
     return sorted(marks)
 
@@ -133,13 +165,19 @@ def main() -> None:
             def docker() -> float:
                 starts.append(time.time())
                 return run_timed(LABGEN_SCRIPT + on_docker, wd)
-            samples = alternate({"docker": docker,
-                                 "local": lambda: run_timed(LABGEN_SCRIPT + up + ["--engine", "local"], wd)}, a.runs)
+
+            samples = alternate(
+                {"docker": docker, "local": lambda: run_timed(LABGEN_SCRIPT + up + ["--engine", "local"], wd)}, a.runs
+            )
             md, ml = statistics.median(samples["docker"]), statistics.median(samples["local"])
-            print(f"labgen up {lab} --engine docker (image cached): median {md:.2f} s "
-                  f"{[round(x, 2) for x in samples['docker']]}")
-            print(f"baseline labgen up {lab} --engine local:        median {ml:.2f} s "
-                  f"{[round(x, 2) for x in samples['local']]}")
+            print(
+                f"labgen up {lab} --engine docker (image cached): median {md:.2f} s "
+                f"{[round(x, 2) for x in samples['docker']]}"
+            )
+            print(
+                f"baseline labgen up {lab} --engine local:        median {ml:.2f} s "
+                f"{[round(x, 2) for x in samples['local']]}"
+            )
             print(f"ratio docker/local: {md / ml:.1f}   target docker median ≤ 4 s: {'met' if md <= 4 else 'NOT met'}")
             # The local runs share the lab directory; one more Docker run leaves its ledger there.
             starts.append(time.time())
@@ -153,8 +191,10 @@ def main() -> None:
             cg = {n: cgroup_mb(n) for n in names}
             print("lab memory at rest (MB): " + ", ".join(f"{n.rsplit('-', 1)[1]} {rss[n]:.1f}" for n in names))
             total = sum(rss.values())
-            print(f"sum of container RSS: {total:.1f} MB (docker stats, cgroup incl. page cache: "
-                  f"{sum(cg.values()):.1f} MB)   target ≤ 250 MB: {'met' if total <= 250 else 'NOT met'}")
+            print(
+                f"sum of container RSS: {total:.1f} MB (docker stats, cgroup incl. page cache: "
+                f"{sum(cg.values()):.1f} MB)   target ≤ 250 MB: {'met' if total <= 250 else 'NOT met'}"
+            )
         finally:
             subprocess.run(LABGEN_SCRIPT + ["down", lab], cwd=wd, capture_output=True)
 

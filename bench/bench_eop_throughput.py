@@ -19,10 +19,10 @@ from pathlib import Path
 from common import machine
 
 from labgen.engines.local import LocalEngine
-from labgen.run import prepare_lab
-from labgen.model.scenario import load_scenario
 from labgen.lab.smtp_client import client_tls_context
 from labgen.lab.smtpd import server_tls_context
+from labgen.model.scenario import load_scenario
+from labgen.run import prepare_lab
 
 
 class BareSink:
@@ -45,6 +45,7 @@ def _serve(kind: str, plan, labdir: Path, ready):
         await asyncio.get_running_loop().create_server(factory, plan.ip("eop"), plan.smtp_port)
         ready.set()
         await asyncio.Event().wait()
+
     asyncio.run(main())
 
 
@@ -53,8 +54,9 @@ def _client(plan, labdir: Path, n: int) -> float:
     ctx = client_tls_context(str(labdir / files.chain), str(labdir / files.key))
     body = b"Subject: bench\r\nX-Labgen-Id: bench\r\n\r\n" + (b"x" * 76 + b"\r\n") * 26
     t0 = time.perf_counter()
-    s = smtplib.SMTP(plan.ip("eop"), plan.smtp_port, local_hostname="gw.contoso.example",
-                     source_address=(plan.ip("gateway"), 0))
+    s = smtplib.SMTP(
+        plan.ip("eop"), plan.smtp_port, local_hostname="gw.contoso.example", source_address=(plan.ip("gateway"), 0)
+    )
     s._host = "contoso.mail.protection.outlook.test"
     s.ehlo()
     s.starttls(context=ctx)

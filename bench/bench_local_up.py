@@ -20,15 +20,21 @@ def main() -> None:
     up = LABGEN_SCRIPT + ["up", "broken", "--engine", "local", "--json"]
     with tempfile.TemporaryDirectory() as wd:
         run_timed(up, wd)  # warm: the lab's PKI is made once, as on a user's second run
-        samples = alternate({"up": lambda: run_timed(up, wd),
-                             "version": lambda: run_timed(LABGEN_SCRIPT + ["--version"], wd)}, a.runs)
+        samples = alternate(
+            {"up": lambda: run_timed(up, wd), "version": lambda: run_timed(LABGEN_SCRIPT + ["--version"], wd)}, a.runs
+        )
     med, base = statistics.median(samples["up"]), statistics.median(samples["version"])
     print(f"machine: {machine()}")
-    print(f"labgen up broken --engine local: median {med:.3f} s over {a.runs} runs "
-          f"{[round(x, 3) for x in samples['up']]}")
-    print(f"baseline labgen --version:       median {base:.3f} s over {a.runs} runs "
-          f"{[round(x, 3) for x in samples['version']]}")
-    print(f"ratio up/baseline: {med / base:.2f}   target median ≤ {TARGET_S} s: {'met' if med <= TARGET_S else 'NOT met'}")
+    print(
+        f"labgen up broken --engine local: median {med:.3f} s over {a.runs} runs {[round(x, 3) for x in samples['up']]}"
+    )
+    print(
+        f"baseline labgen --version:       median {base:.3f} s over {a.runs} runs "
+        f"{[round(x, 3) for x in samples['version']]}"
+    )
+    print(
+        f"ratio up/baseline: {med / base:.2f}   target median ≤ {TARGET_S} s: {'met' if med <= TARGET_S else 'NOT met'}"
+    )
 
 
 if __name__ == "__main__":

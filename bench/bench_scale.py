@@ -20,7 +20,6 @@ import tempfile
 from pathlib import Path
 
 import yaml
-
 from bench_docker import free_subnet
 from common import LABGEN, alternate, machine
 
@@ -55,10 +54,16 @@ def msg_per_s(doc: dict) -> float:
     """Messages over the time from the first submission to the last final record (a mailbox or
     EOP's discard): the lab's throughput, without start-up and settle polling."""
     run = Path(doc["lab_dir"]) / "run"
-    first = min(json.loads(line)["ts"] for line in (run / "traffic.jsonl").read_text().splitlines()
-                if '"submitted"' in line)
-    last = max(json.loads(line)["ts"] for f in ("eop.jsonl", "sink.jsonl") if (run / f).is_file()
-               for line in (run / f).read_text().splitlines() if '"delivered"' in line or '"discarded"' in line)
+    first = min(
+        json.loads(line)["ts"] for line in (run / "traffic.jsonl").read_text().splitlines() if '"submitted"' in line
+    )
+    last = max(
+        json.loads(line)["ts"]
+        for f in ("eop.jsonl", "sink.jsonl")
+        if (run / f).is_file()
+        for line in (run / f).read_text().splitlines()
+        if '"delivered"' in line or '"discarded"' in line
+    )
     return doc["summary"]["total"] / (last - first)
 
 
@@ -81,25 +86,35 @@ def main() -> None:
             doc = up(path, root, "--engine", "local")
             docs[key].append(doc)
             return doc["duration_s"]
+
         s = alternate({"big": lambda: timed(big, "big"), "small": lambda: timed(small, "small")}, a.runs)
         mb, ms = statistics.median(s["big"]), statistics.median(s["small"])
-        print(f"local, {a.count} messages: median {mb:.1f} s ({', '.join(f'{x:.1f}' for x in s['big'])}), "
-              f"0 unaccounted in every run; baseline {a.baseline_count} messages: median {ms:.1f} s; "
-              f"ratio {mb / ms:.1f}× for {a.count / a.baseline_count:.0f}× the messages")
+        print(
+            f"local, {a.count} messages: median {mb:.1f} s ({', '.join(f'{x:.1f}' for x in s['big'])}), "
+            f"0 unaccounted in every run; baseline {a.baseline_count} messages: median {ms:.1f} s; "
+            f"ratio {mb / ms:.1f}× for {a.count / a.baseline_count:.0f}× the messages"
+        )
         if a.no_docker:
             return
         name, dock = scenario(root, a.docker_count)
         _, loc = scenario(root, a.docker_count)
         subnet = free_subnet()
         try:
-            r = alternate({"docker": lambda: msg_per_s(up(dock, root, "--engine", "docker", "--subnet", subnet)),
-                           "local": lambda: msg_per_s(up(loc, root, "--engine", "local"))}, a.runs)
+            r = alternate(
+                {
+                    "docker": lambda: msg_per_s(up(dock, root, "--engine", "docker", "--subnet", subnet)),
+                    "local": lambda: msg_per_s(up(loc, root, "--engine", "local")),
+                },
+                a.runs,
+            )
         finally:
             subprocess.run([*LABGEN, "down", name], cwd=root, capture_output=True)
         md, ml = statistics.median(r["docker"]), statistics.median(r["local"])
-        print(f"docker, {a.docker_count} messages through Postfix and the fake EOP: median {md:.0f} msg/s "
-              f"({', '.join(f'{x:.0f}' for x in r['docker'])}); baseline local engine (built-in gateway): "
-              f"median {ml:.0f} msg/s; ratio {md / ml:.2f}")
+        print(
+            f"docker, {a.docker_count} messages through Postfix and the fake EOP: median {md:.0f} msg/s "
+            f"({', '.join(f'{x:.0f}' for x in r['docker'])}); baseline local engine (built-in gateway): "
+            f"median {ml:.0f} msg/s; ratio {md / ml:.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -20,19 +20,27 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=21)
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as wd:
-        samples = alternate({
-            "python -c pass": lambda: run_timed([sys.executable, "-c", "pass"], wd),
-            "labgen --version": lambda: run_timed(LABGEN_SCRIPT + ["--version"], wd),
-            "labgen --help": lambda: run_timed(LABGEN_SCRIPT + ["--help"], wd),
-        }, a.runs)
+        samples = alternate(
+            {
+                "python -c pass": lambda: run_timed([sys.executable, "-c", "pass"], wd),
+                "labgen --version": lambda: run_timed(LABGEN_SCRIPT + ["--version"], wd),
+                "labgen --help": lambda: run_timed(LABGEN_SCRIPT + ["--help"], wd),
+            },
+            a.runs,
+        )
     print(f"machine: {machine()}")
     base = statistics.median(samples["python -c pass"])
     for name, xs in samples.items():
         med = statistics.median(xs)
-        verdict = "" if name.startswith("python") else \
-            f"   ratio {med / base:.1f}×   target ≤ {TARGET_S} s: {'met' if med <= TARGET_S else 'NOT met'}"
-        print(f"{name:<17} median {med * 1000:6.1f} ms over {a.runs} runs (min {min(xs) * 1000:.1f}, "
-              f"max {max(xs) * 1000:.1f}){verdict}")
+        verdict = (
+            ""
+            if name.startswith("python")
+            else f"   ratio {med / base:.1f}×   target ≤ {TARGET_S} s: {'met' if med <= TARGET_S else 'NOT met'}"
+        )
+        print(
+            f"{name:<17} median {med * 1000:6.1f} ms over {a.runs} runs (min {min(xs) * 1000:.1f}, "
+            f"max {max(xs) * 1000:.1f}){verdict}"
+        )
 
 
 if __name__ == "__main__":

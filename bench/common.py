@@ -8,14 +8,14 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Callable, Optional
+from collections.abc import Callable
 
 LABGEN = [sys.executable, "-m", "labgen.cli"]
 # The console script users run (its start-up includes the entry point's own imports).
 LABGEN_SCRIPT = [os.path.join(os.path.dirname(sys.executable), "labgen")]
 
 
-def run_timed(cmd: list[str], cwd: str, env: Optional[dict[str, str]] = None) -> float:
+def run_timed(cmd: list[str], cwd: str, env: dict[str, str] | None = None) -> float:
     t0 = time.perf_counter()
     p = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env={**os.environ, **(env or {})})
     dt = time.perf_counter() - t0
@@ -24,19 +24,21 @@ def run_timed(cmd: list[str], cwd: str, env: Optional[dict[str, str]] = None) ->
     return dt
 
 
-def run_lines(cmd: list[str], cwd: str, env: Optional[dict[str, str]] = None) -> tuple[float, list[tuple[float, str]]]:
+def run_lines(cmd: list[str], cwd: str, env: dict[str, str] | None = None) -> tuple[float, list[tuple[float, str]]]:
     """Wall time, and each stderr line with the seconds since the start at which it arrived (the
     phases of a command that logs its steps, e.g. with -v)."""
     t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                         env={**os.environ, **(env or {})})
+    p = subprocess.Popen(
+        cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})}
+    )
     assert p.stderr is not None
     lines = [(time.perf_counter() - t0, line.rstrip("\n")) for line in p.stderr]
     code = p.wait()
     dt = time.perf_counter() - t0
     if code != 0:
-        raise SystemExit(f"benchmark command failed ({code}): {' '.join(cmd)}\n"
-                         + "\n".join(text for _, text in lines[-20:]))
+        raise SystemExit(
+            f"benchmark command failed ({code}): {' '.join(cmd)}\n" + "\n".join(text for _, text in lines[-20:])
+        )
     return dt, lines
 
 

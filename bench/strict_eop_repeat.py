@@ -39,8 +39,13 @@ def free_subnet() -> str:
     import ipaddress
 
     from labgen.engines.dockerapi import client
-    taken = [ipaddress.ip_network(c["Subnet"], strict=False) for n in client().networks.list()
-             for c in (n.attrs.get("IPAM") or {}).get("Config") or [] if c.get("Subnet")]
+
+    taken = [
+        ipaddress.ip_network(c["Subnet"], strict=False)
+        for n in client().networks.list()
+        for c in (n.attrs.get("IPAM") or {}).get("Config") or []
+        if c.get("Subnet")
+    ]
     for third in range(100, 256):
         net = ipaddress.ip_network(f"198.19.{third}.0/24")
         if not any(net.overlaps(t) for t in taken if t.version == 4):
@@ -63,8 +68,12 @@ def main() -> int:
     durations = []
     try:
         for i in range(a.runs):
-            p = subprocess.run([*LABGEN, "up", str(scenario), "--engine", a.engine, "--json", *extra], cwd=work,
-                               capture_output=True, text=True)
+            p = subprocess.run(
+                [*LABGEN, "up", str(scenario), "--engine", a.engine, "--json", *extra],
+                cwd=work,
+                capture_output=True,
+                text=True,
+            )
             if p.returncode not in (0, 1):
                 print(f"run {i + 1}: exit {p.returncode}: {p.stderr.strip()[-300:]}")
                 continue

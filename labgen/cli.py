@@ -24,9 +24,9 @@ if _guard:
     signal.signal(signal.SIGINT, _interrupted_while_loading)
 
 import json  # noqa: E402
-from typing import TYPE_CHECKING, Any  # noqa: E402
 import os  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import TYPE_CHECKING, Any  # noqa: E402
 
 # Only what `--version` and `--help` need loads here (they take ~0.05 s, not 0.2-0.4): rich, pydantic,
 # the scenario model and the engines load when a command runs (bench/bench_startup.py).
@@ -46,6 +46,7 @@ err: Console
 def _make_consoles() -> None:
     global out, err
     from rich.console import Console
+
     # Piped output is as wide as a log viewer, not 80 columns; no emoji codes (fingerprints hold ':cd:').
     out = Console(highlight=False, emoji=False, width=None if sys.stdout.isatty() else 160)
     err = Console(stderr=True, highlight=False, emoji=False)
@@ -53,6 +54,7 @@ def _make_consoles() -> None:
 
 def load_scenario(ref: str) -> Scenario:
     from .model.scenario import load_scenario as load  # pydantic: only for commands that read a scenario
+
     return load(ref)
 
 
@@ -66,14 +68,14 @@ if TYPE_CHECKING:
     from rich.text import Text
 
     from .model.scenario import Scenario
-
     from .results.contracts import ResultDoc
 
 
-def _print_json(doc: "BaseModel | dict[str, Any]") -> None:
+def _print_json(doc: BaseModel | dict[str, Any]) -> None:
     """A --json document: a contract model (results/contracts.py) as its schema says; a JSON Schema
     (a dict) as it is."""
     from pydantic import BaseModel
+
     data = doc.model_dump(mode="json", by_alias=True) if isinstance(doc, BaseModel) else doc
     click.echo(json.dumps(data, indent=2))
 
@@ -82,6 +84,7 @@ def _text(value: object, style: str = "") -> Text:
     """Untrusted text (scenario values, file names, what lab services said) for rich: never
     parsed as markup, control characters escaped."""
     from rich.text import Text
+
     return Text(escape(value), style=style)
 
 
@@ -116,8 +119,10 @@ class LabgenGroup(click.Group):
             if debug:
                 raise
             first = escape((str(e).splitlines() or [""])[0], 160)
-            click.echo(one_line(f"labgen: unexpected {type(e).__name__}: {first} (run with --debug for the traceback)"),
-                       err=True)
+            click.echo(
+                one_line(f"labgen: unexpected {type(e).__name__}: {first} (run with --debug for the traceback)"),
+                err=True,
+            )
             sys.exit(3)
 
 
@@ -125,11 +130,20 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
     """Core code reports progress through `logging` (logger "labgen"): INFO by default, DEBUG
     with -v, warnings only with --quiet. A rich handler on a terminal, plain lines otherwise."""
     import logging
+
     handler: logging.Handler
     if err.is_terminal:
         from rich.logging import RichHandler
-        handler = RichHandler(console=err, show_time=False, show_path=False, show_level=verbose > 0,
-                              markup=False, highlighter=None, rich_tracebacks=False)
+
+        handler = RichHandler(
+            console=err,
+            show_time=False,
+            show_path=False,
+            show_level=verbose > 0,
+            markup=False,
+            highlighter=None,
+            rich_tracebacks=False,
+        )
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s" if not verbose else "%(levelname)s %(name)s: %(message)s"))
@@ -142,6 +156,7 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
 def _quiet_for_json(as_json: bool) -> None:
     """--json: stdout is the document, stderr keeps warnings only (unless -v asked for more)."""
     import logging
+
     logger = logging.getLogger("labgen")
     if as_json and logger.level == logging.INFO:
         logger.setLevel(logging.WARNING)
@@ -163,6 +178,7 @@ def main(debug, verbose, quiet):
 
 # ---------------------------------------------------------------- scenarios, validate, schema, certs
 
+
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def scenarios(as_json):
@@ -170,12 +186,14 @@ def scenarios(as_json):
     from rich.text import Text
 
     from .model.scenario import builtin_names
+
     rows = []
     for name in builtin_names():
         s = load_scenario(name)
         rows.append({"name": name, "description": s.description, "messages": len(s.traffic)})
     if as_json:
         from .results.contracts import ScenariosDoc
+
         _print_json(ScenariosDoc.model_validate({"scenarios": rows}))
         return
     for r in rows:
@@ -187,22 +205,40 @@ def scenarios(as_json):
 def examples(as_json: bool) -> None:
     """List the shipped example scenarios; run one with `labgen up example:NAME`."""
     from .model.scenario import EXAMPLE_PREFIX, OUTCOMES, example_names
+
     rows = []
     for name in example_names():
         s = load_scenario(EXAMPLE_PREFIX + name)
-        named = {o for m in s.traffic for o in ((m.expect,) if isinstance(m.expect, str) else
-                                               (m.expect or {}).values())}
-        rows.append({"name": name, "ref": EXAMPLE_PREFIX + name, "lab": s.name, "description": s.description,
-                     "messages": len(s.traffic), "expected": [o for o in OUTCOMES if o in named]})
+        named = {
+            o for m in s.traffic for o in ((m.expect,) if isinstance(m.expect, str) else (m.expect or {}).values())
+        }
+        rows.append(
+            {
+                "name": name,
+                "ref": EXAMPLE_PREFIX + name,
+                "lab": s.name,
+                "description": s.description,
+                "messages": len(s.traffic),
+                "expected": [o for o in OUTCOMES if o in named],
+            }
+        )
     if as_json:
         from .results.contracts import ExamplesDoc
+
         _print_json(ExamplesDoc.model_validate({"examples": rows}))
         return
     from rich.text import Text
+
     width = max((len(r["ref"]) for r in rows), default=0)
     for r in rows:
-        out.print(Text.assemble(_text(f"{r['ref']:<{width}}", "bold"), "  ", _text(r["description"]),
-                                _text(f" (expects {', '.join(r['expected']) or 'nothing'})", "dim")))
+        out.print(
+            Text.assemble(
+                _text(f"{r['ref']:<{width}}", "bold"),
+                "  ",
+                _text(r["description"]),
+                _text(f" (expects {', '.join(r['expected']) or 'nothing'})", "dim"),
+            )
+        )
     out.print(_text("run one: labgen up example:NAME [--engine local]", "dim"))
 
 
@@ -213,17 +249,35 @@ def validate(scenario, as_json):
     """Check a scenario file (or built-in name); errors name the file and YAML path."""
     s = load_scenario(scenario)
     from .model.plan import AsWritten, make_plan
+
     make_plan(s, AsWritten())  # address checks live in the planner
     if as_json:
         from .results.contracts import ValidateDoc
+
         _print_json(ValidateDoc(scenario=s.name, valid=True))
     else:
-        out.print(_text(f"{scenario}: valid (lab '{s.name}', {len(s.tenants)} tenant(s), "
-                        f"{len(s.gateway.connectors)} send connector(s), {len(s.traffic)} message(s))"))
+        out.print(
+            _text(
+                f"{scenario}: valid (lab '{s.name}', {len(s.tenants)} tenant(s), "
+                f"{len(s.gateway.connectors)} send connector(s), {len(s.traffic)} message(s))"
+            )
+        )
 
 
-SCHEMAS = ("scenario", "result", "compare", "event", "scenarios", "examples", "validate", "certs", "trace", "status", "down",
-           "images")
+SCHEMAS = (
+    "scenario",
+    "result",
+    "compare",
+    "event",
+    "scenarios",
+    "examples",
+    "validate",
+    "certs",
+    "trace",
+    "status",
+    "down",
+    "images",
+)
 
 
 @main.command()
@@ -233,9 +287,11 @@ def schema(name):
     (labgen.<name>/v1), or one ledger line (event)."""
     if name == "scenario":
         from .model.scenario import json_schema
+
         _print_json(json_schema())
         return
     from .results.contracts import json_schema as contract_schema
+
     _print_json(contract_schema(name))
 
 
@@ -248,27 +304,42 @@ def certs(scenario, workdir, as_json):
     from .lab.pki import describe, make_pki
     from .model.plan import AsWritten, make_plan
     from .run import lab_dir, make_lab_dir
+
     s = load_scenario(scenario)
     plan = make_plan(s, AsWritten())
     labdir = lab_dir(_workdir(workdir), s.name)
     make_lab_dir(labdir)  # no symlink, labgen's own or empty; unwritable: exit 3 naming it
     make_pki(plan, labdir)
-    rows = [{"name": "ca-root", "file": plan.ca_root, **describe(labdir / plan.ca_root)},
-            {"name": "ca-intermediate", "file": plan.ca_intermediate, **describe(labdir / plan.ca_intermediate)}]
+    rows = [
+        {"name": "ca-root", "file": plan.ca_root, **describe(labdir / plan.ca_root)},
+        {"name": "ca-intermediate", "file": plan.ca_intermediate, **describe(labdir / plan.ca_intermediate)},
+    ]
     for name, files in plan.certs.items():
         rows.append({"name": name, "file": files.cert, "key": files.key, **describe(labdir / files.cert)})
     if as_json:
         from .results.contracts import CertsDoc
+
         _print_json(CertsDoc.model_validate({"lab_dir": str(labdir), "certificates": rows}))
         return
     from rich.table import Table
+
     t = Table(title=_text(f"certificates of lab {s.name} ({labdir})"))
     for col in ("name", "subject", "SANs", "issuer", "valid", "SHA-256"):
         t.add_column(col, overflow="fold")  # names in full: trainers type them
     for r in rows:
-        t.add_row(*map(_text, (r["name"], r["subject"], ", ".join(r["sans"]),
-                               r["issuer"] + (" (self-signed)" if r["self_signed"] else ""),
-                               f"{r['not_before'][:10]} → {r['not_after'][:10]}", r["fingerprint_sha256"][:29] + "…")))
+        t.add_row(
+            *map(
+                _text,
+                (
+                    r["name"],
+                    r["subject"],
+                    ", ".join(r["sans"]),
+                    r["issuer"] + (" (self-signed)" if r["self_signed"] else ""),
+                    f"{r['not_before'][:10]} → {r['not_after'][:10]}",
+                    r["fingerprint_sha256"][:29] + "…",
+                ),
+            )
+        )
     out.print(t)
 
 
@@ -281,27 +352,32 @@ def pick_engine(name: str, keep: bool = False):
     import logging
 
     from .engines import select
+
     engine, why = select(name, keep=keep)
     if name == "auto":
         logging.getLogger("labgen").info("engine: %s (%s)", engine.name, why)
     return engine
 
 
-def run_one(scenario: str, engine_name: str, workdir, subnet, as_json: bool, force: bool = False,
-            keep: bool = False) -> dict:
+def run_one(
+    scenario: str, engine_name: str, workdir, subnet, as_json: bool, force: bool = False, keep: bool = False
+) -> dict:
     from .run import run_lab
+
     s = load_scenario(scenario)
     _quiet_for_json(as_json)
     engine = pick_engine(engine_name, keep)
     if as_json or not err.is_terminal:
         return run_lab(s, engine, _workdir(workdir), subnet, force=force)
     with err.status(f"{s.name}: starting") as status:
-        return run_lab(s, engine, _workdir(workdir), subnet, on_phase=lambda p: status.update(f"{s.name}: {p}"),
-                       force=force)
+        return run_lab(
+            s, engine, _workdir(workdir), subnet, on_phase=lambda p: status.update(f"{s.name}: {p}"), force=force
+        )
 
 
-def _exit_for(doc: "ResultDoc") -> int:
+def _exit_for(doc: ResultDoc) -> int:
     from .run import check_accounted
+
     check_accounted(doc)
     return 1 if doc.summary.expectations_failed else 0
 
@@ -313,8 +389,11 @@ def _exit_for(doc: "ResultDoc") -> int:
 @click.option("--subnet", help="Move the lab to another documentation-range subnet of the same size.")
 @click.option("--json", "as_json", is_flag=True, help="Print the labgen.result/v1 document.")
 @click.option("--force", is_flag=True, help="Use a non-empty labgen-<lab> directory labgen did not create.")
-@click.option("--keep", is_flag=True, help="Leave the lab serving after the verdict until `labgen down LAB` "
-                                           "(Docker labs always stay up).")
+@click.option(
+    "--keep",
+    is_flag=True,
+    help="Leave the lab serving after the verdict until `labgen down LAB` (Docker labs always stay up).",
+)
 def up(scenario, engine, workdir, subnet, as_json, force, keep):
     """Bring a lab up, send its traffic, and show what happened to every message."""
     doc = run_one(scenario, engine, workdir, subnet, as_json, force, keep)
@@ -322,6 +401,7 @@ def up(scenario, engine, workdir, subnet, as_json, force, keep):
         _print_json(doc)
     else:
         from .results.report import print_result
+
         print_result(doc, out)
     sys.exit(_exit_for(doc))
 
@@ -335,6 +415,7 @@ def up(scenario, engine, workdir, subnet, as_json, force, keep):
 def compare(a, b, engine, workdir, as_json):
     """Run two scenarios and show, per message, what changed."""
     from .results.compare import compare_docs
+
     load_scenario(a), load_scenario(b)  # bad input fails before anything starts
     doc_a = run_one(a, engine, workdir, None, as_json)
     doc_b = run_one(b, engine, workdir, None, True)
@@ -343,6 +424,7 @@ def compare(a, b, engine, workdir, as_json):
         _print_json(doc)
     else:
         from .results.report import print_compare, print_expectation_failures
+
         print_compare(doc, out)
         print_expectation_failures(doc_a, out)
         print_expectation_failures(doc_b, out)
@@ -358,6 +440,7 @@ def compare(a, b, engine, workdir, as_json):
 def trace(tenant, lab, workdir, as_json):
     """A tenant's message trace from the last run: what that tenant's admin would see."""
     from .run import lab_dir
+
     wd = _workdir(workdir)
     if lab:
         path = lab_dir(wd, lab) / "run" / "trace.jsonl"
@@ -368,6 +451,7 @@ def trace(tenant, lab, workdir, as_json):
         path = runs[-1] / "trace.jsonl"
     from .lab.ledger import read_events
     from .model.plan import Plan
+
     labdir = path.parent.parent
     lab = labdir.name.removeprefix("labgen-")
     if not (labdir / "plan.json").is_file():
@@ -375,10 +459,14 @@ def trace(tenant, lab, workdir, as_json):
     tenants = sorted(Plan.load(labdir / "plan.json").scenario.tenants)
     if tenant not in tenants:
         raise InputError(f"{tenant}: not a tenant of lab {lab} (tenants: {', '.join(tenants)})")
-    rows = [{k: e.get(k) for k in ("ts", "msgid", "sender", "rcpt", "status")}
-            for e in read_events(labdir / "run") if e["service"] == "trace" and e.get("tenant") == tenant]
+    rows = [
+        {k: e.get(k) for k in ("ts", "msgid", "sender", "rcpt", "status")}
+        for e in read_events(labdir / "run")
+        if e["service"] == "trace" and e.get("tenant") == tenant
+    ]
     if as_json:
         from .results.contracts import TraceDoc
+
         _print_json(TraceDoc.model_validate({"lab": lab, "tenant": tenant, "entries": rows}))
         return
     out.print(_text(f"message trace of tenant {tenant} in lab {lab} (what its admin sees):"))
@@ -390,17 +478,24 @@ def trace(tenant, lab, workdir, as_json):
 
 # ---------------------------------------------------------------- a running lab's lifecycle (every engine)
 
+
 @main.command()
 @click.argument("scenario")
 @click.option("-o", "--output", "output", help="Directory to write (default: ./labgen-<lab>).")
 @click.option("--subnet", help="Move the lab to another documentation-range subnet of the same size.")
 @click.option("--force", is_flag=True, help="Write into a non-empty directory labgen did not create.")
-@click.option("--engine", type=click.Choice(["docker"]), default="docker", show_default=True,
-              help="The engine whose project to write (compose, for docker).")
+@click.option(
+    "--engine",
+    type=click.Choice(["docker"]),
+    default="docker",
+    show_default=True,
+    help="The engine whose project to write (compose, for docker).",
+)
 def render(scenario, output, subnet, force, engine):
     """Write the lab as a self-contained project, to run by hand."""
     from .engines import named
     from .run import lab_dir, prepare_lab
+
     s = load_scenario(scenario)
     # abspath, not resolve(): a symlinked output directory is refused, never followed
     labdir = Path(os.path.abspath(output)) if output else lab_dir(_workdir(None), s.name)
@@ -421,9 +516,12 @@ def down(lab, all_labs, yes, as_json):
         raise InputError(f"down: name one lab ({lab}) or pass --all, not both")
     if all_labs and not yes and not sys.stdin.isatty():
         # As containerlab's `destroy --all`: every lab on the host, other users' included.
-        raise InputError("down --all removes every labgen lab on this host and there is no terminal to confirm "
-                         "on; pass --yes to confirm, or name one lab")
+        raise InputError(
+            "down --all removes every labgen lab on this host and there is no terminal to confirm "
+            "on; pass --yes to confirm, or name one lab"
+        )
     from . import engines
+
     if lab:
         labs = [engines.check_lab_name(lab)]
     else:
@@ -443,6 +541,7 @@ def down(lab, all_labs, yes, as_json):
             for kind, names in r.parts.items():
                 parts.setdefault(kind, []).extend(names)
         from .results.contracts import DownDoc
+
         _print_json(DownDoc.model_validate({"removed": gone}))
         return
     if not removed:
@@ -458,27 +557,52 @@ def down(lab, all_labs, yes, as_json):
 def status(lab, as_json):
     """List the running labs of every engine: services, addresses, state, lab directory."""
     from . import engines
+
     labs = engines.status(lab)
     if as_json:
         # `containers` as before (the services that run in containers); `labs` for every engine.
-        containers = [{"lab": r.lab, "service": s.service, "container": s.container, "state": s.state,
-                       "health": s.health, "addresses": s.addresses, "image": s.image or ""}
-                      for r in labs for s in r.services if s.container]
+        containers = [
+            {
+                "lab": r.lab,
+                "service": s.service,
+                "container": s.container,
+                "state": s.state,
+                "health": s.health,
+                "addresses": s.addresses,
+                "image": s.image or "",
+            }
+            for r in labs
+            for s in r.services
+            if s.container
+        ]
         from .results.contracts import StatusDoc
+
         _print_json(StatusDoc.model_validate({"containers": containers, "labs": [r.as_dict() for r in labs]}))
         return
     if not labs:
         out.print(_text("no labgen lab is up" + (f" named {lab}" if lab else "")))
         return
     from rich.table import Table
+
     t = Table(title="labgen labs")
     for col in ("lab", "engine", "service", "state", "addresses", "where"):
         t.add_column(col)
     for r in labs:  # names and states come from the labs: escaped
         for s in r.services:
             where = s.container or (f"pid {r.pid}" if r.pid else "")
-            t.add_row(*map(_text, (r.lab, r.engine, s.service, s.state + (f" ({s.health})" if s.health else ""),
-                                   ", ".join(s.addresses), where)))
+            t.add_row(
+                *map(
+                    _text,
+                    (
+                        r.lab,
+                        r.engine,
+                        s.service,
+                        s.state + (f" ({s.health})" if s.health else ""),
+                        ", ".join(s.addresses),
+                        where,
+                    ),
+                )
+            )
     out.print(t)
     for r in labs:
         if r.lab_dir:
@@ -492,6 +616,7 @@ def status(lab, as_json):
 def logs(service, lab, tail):
     """Show a service's log (its ledger; the gateway's is Postfix's own maillog on Docker)."""
     from . import engines
+
     click.echo(engines.logs(service, lab, tail), nl=False)
 
 
@@ -502,12 +627,18 @@ def images():
 
 @images.command("build")
 @click.option("--force", is_flag=True, help="Rebuild even if the current image exists.")
-@click.option("--base", type=click.Choice(["auto", "registry", "offline"]), default="auto", show_default=True,
-              help="auto: debian:bookworm if present or pullable within seconds, else offline; registry: "
-                   "FROM debian:bookworm; offline: a Debian rootfs made by mmdebstrap from the host's mirror.")
+@click.option(
+    "--base",
+    type=click.Choice(["auto", "registry", "offline"]),
+    default="auto",
+    show_default=True,
+    help="auto: debian:bookworm if present or pullable within seconds, else offline; registry: "
+    "FROM debian:bookworm; offline: a Debian rootfs made by mmdebstrap from the host's mirror.",
+)
 def images_build(force, base):
     """Build the lab image (offline from Debian packages when no registry answers)."""
     from .engines.images import ensure_image
+
     tag = ensure_image(force=force, from_registry={"auto": None, "registry": True, "offline": False}[base])
     out.print(f"lab image: {tag}")
 
@@ -516,6 +647,7 @@ def images_build(force, base):
 def images_prune():
     """Remove old lab images (every one but the current, unless a container uses it)."""
     from .engines.images import prune_images
+
     removed = prune_images()
     out.print(f"removed {len(removed)} old lab image(s)" + (f": {', '.join(removed)}" if removed else ""))
 
@@ -525,18 +657,26 @@ def images_prune():
 def images_ls(as_json):
     """List labgen's images."""
     from .engines.images import list_images
+
     rows = list_images()
     if as_json:
         from .results.contracts import ImagesDoc
+
         _print_json(ImagesDoc.model_validate({"images": rows}))
         return
     from rich.table import Table
+
     t = Table(title="labgen images")
     for col in ("tag", "id", "created", "size", "current"):
         t.add_column(col)
     for r in rows:
-        t.add_row(r["tag"] or "(untagged)", r["id"], r["created"][:19], f"{r['size'] / 1e6:.0f} MB",
-                  "✓" if r["current"] else "")
+        t.add_row(
+            r["tag"] or "(untagged)",
+            r["id"],
+            r["created"][:19],
+            f"{r['size'] / 1e6:.0f} MB",
+            "✓" if r["current"] else "",
+        )
     out.print(t)
 
 

@@ -38,8 +38,17 @@ def escape(text: object, limit: int | None = None) -> str:
     out: list[str] = []
     used = 0
     for i, ch in enumerate(s):
-        piece = ch if ch.isprintable() else (f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else
-                                             f"\\u{ord(ch):04x}" if ord(ch) < 0x10000 else f"\\U{ord(ch):08x}")
+        piece = (
+            ch
+            if ch.isprintable()
+            else (
+                f"\\x{ord(ch):02x}"
+                if ord(ch) < 0x100
+                else f"\\u{ord(ch):04x}"
+                if ord(ch) < 0x10000
+                else f"\\U{ord(ch):08x}"
+            )
+        )
         # Stop early on huge input; keep one character for the ellipsis unless this is the end.
         if limit is not None and used + len(piece) > limit - (0 if i == len(s) - 1 else 1):
             out.append("…")

@@ -8,19 +8,19 @@ import fcntl
 import os
 import shutil
 import time
+from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterable, Optional
 
-from .results import verdict
-from .results.collect import Collector
-from .results.contracts import AnyEvent, MessageResult, ResultDoc
 from .engines.base import Engine
 from .errors import InfraError, InputError
 from .lab.ledger import cannot_write, clear_fault
 from .lab.pki import make_pki
 from .model.plan import Plan, make_plan
 from .model.scenario import Scenario
+from .results import verdict
+from .results.collect import Collector
+from .results.contracts import AnyEvent, MessageResult, ResultDoc
 
 RESULT_SCHEMA = "labgen.result/v1"
 POLL_S = 0.05
@@ -40,14 +40,15 @@ def lab_dir(workdir: Path, lab: str) -> Path:
 
 def _is_lab_dir(labdir: Path) -> bool:
     """Marked by labgen, or a lab directory an earlier labgen wrote (plan and PKI stamp)."""
-    return any((labdir / rel).is_file() and not (labdir / rel).is_symlink()
-               for rel in (MARKER, "certs/spec.sha256"))
+    return any((labdir / rel).is_file() and not (labdir / rel).is_symlink() for rel in (MARKER, "certs/spec.sha256"))
 
 
 def _refuse_symlink(path: Path) -> None:
     if path.is_symlink():
-        raise InputError(f"{path} is a symbolic link; labgen does not follow links for lab directories: "
-                         "remove it or choose another directory (--workdir, -o)")
+        raise InputError(
+            f"{path} is a symbolic link; labgen does not follow links for lab directories: "
+            "remove it or choose another directory (--workdir, -o)"
+        )
 
 
 def make_lab_dir(labdir: Path, force: bool = False) -> None:
@@ -66,15 +67,20 @@ def make_lab_dir(labdir: Path, force: bool = False) -> None:
         if _is_lab_dir(labdir) or not any(labdir.iterdir()):
             labdir.chmod(0o700)
         elif not force:
-            raise InputError(f"{labdir} is not empty and labgen did not create it; pass --force to write the lab "
-                             "into it anyway, or choose another directory")
+            raise InputError(
+                f"{labdir} is not empty and labgen did not create it; pass --force to write the lab "
+                "into it anyway, or choose another directory"
+            )
         elif (labdir / "run").exists() or (labdir / "run").is_symlink():
-            raise InputError(f"{labdir / 'run'} exists and labgen did not write it (it replaces run/ on every "
-                             "run); move it away or choose another directory")
+            raise InputError(
+                f"{labdir / 'run'} exists and labgen did not write it (it replaces run/ on every "
+                "run); move it away or choose another directory"
+            )
         (labdir / MARKER).write_text("written by labgen: this lab directory's run/ is rewritten on every run\n")
     except OSError as e:
-        raise InfraError(f"cannot create or use the lab directory {labdir}: {e.strerror}; choose another with "
-                         "--workdir") from None
+        raise InfraError(
+            f"cannot create or use the lab directory {labdir}: {e.strerror}; choose another with --workdir"
+        ) from None
 
 
 @contextmanager
@@ -85,8 +91,10 @@ def lab_lock(labdir: Path, force: bool = False):
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise InfraError(f"lab directory {labdir} is in use by another labgen command; wait for it "
-                             "to finish or use another --workdir") from None
+            raise InfraError(
+                f"lab directory {labdir} is in use by another labgen command; wait for it "
+                "to finish or use another --workdir"
+            ) from None
         yield
 
 
@@ -99,8 +107,9 @@ def fresh_run_dir(labdir: Path) -> Path:
             shutil.rmtree(run_dir)
         run_dir.mkdir(mode=0o700)
     except OSError as e:
-        raise InfraError(f"cannot make the run directory {run_dir}: {e.strerror}; free space or choose another "
-                         "--workdir") from None
+        raise InfraError(
+            f"cannot make the run directory {run_dir}: {e.strerror}; free space or choose another --workdir"
+        ) from None
     clear_fault(run_dir)  # a new run: the last one's fault is history
     return run_dir
 
@@ -110,14 +119,17 @@ def check_space(run_dir: Path) -> None:
     try:
         st = os.statvfs(run_dir)
     except OSError as e:
-        raise InfraError(f"cannot check the lab's run directory {run_dir}: {e.strerror}; choose another "
-                         "--workdir") from None
+        raise InfraError(
+            f"cannot check the lab's run directory {run_dir}: {e.strerror}; choose another --workdir"
+        ) from None
     free = st.f_bavail * st.f_frsize
     if free < MIN_FREE_BYTES or (st.f_files and st.f_favail < MIN_FREE_INODES):
         what = f"{free // 1024} KiB free" if free < MIN_FREE_BYTES else f"{st.f_favail} inodes free"
-        raise InfraError(f"the lab's run directory {run_dir} is on a full file system ({what}, labgen needs "
-                         f"{MIN_FREE_BYTES >> 20} MiB): {os.strerror(errno.ENOSPC)}; free space there or choose "
-                         "another --workdir")
+        raise InfraError(
+            f"the lab's run directory {run_dir} is on a full file system ({what}, labgen needs "
+            f"{MIN_FREE_BYTES >> 20} MiB): {os.strerror(errno.ENOSPC)}; free space there or choose "
+            "another --workdir"
+        )
 
 
 def check_lab(engine: Engine, plan: Plan, labdir: Path) -> None:
@@ -127,8 +139,15 @@ def check_lab(engine: Engine, plan: Plan, labdir: Path) -> None:
     check_space(labdir / "run")
 
 
-def prepare_lab(s: Scenario, engine: Engine, workdir: Path, subnet: Optional[str] = None,
-                labdir: Optional[Path] = None, plan: Optional[Plan] = None, force: bool = False) -> tuple[Plan, Path]:
+def prepare_lab(
+    s: Scenario,
+    engine: Engine,
+    workdir: Path,
+    subnet: str | None = None,
+    labdir: Path | None = None,
+    plan: Plan | None = None,
+    force: bool = False,
+) -> tuple[Plan, Path]:
     """Plan (unless given), lab directory (0700), PKI, a fresh run directory and plan.json."""
     plan = plan or make_plan(s, engine, subnet)
     labdir = labdir or lab_dir(workdir, s.name)
@@ -143,8 +162,9 @@ def prepare_lab(s: Scenario, engine: Engine, workdir: Path, subnet: Optional[str
     return plan, labdir
 
 
-def wait_settled(plan: Plan, new_events: Callable[[], Iterable[AnyEvent]], deadline: float,
-                 check: Callable[[], None] = lambda: None) -> list[verdict.RcptResult]:
+def wait_settled(
+    plan: Plan, new_events: Callable[[], Iterable[AnyEvent]], deadline: float, check: Callable[[], None] = lambda: None
+) -> list[verdict.RcptResult]:
     """Poll until every message settled or the deadline; `new_events` returns the events that
     came since its last call (results.collect.Collector.poll), and only the recipients they
     concern are classified again, so a poll costs what is new, not the whole run. `check`
@@ -158,16 +178,23 @@ def wait_settled(plan: Plan, new_events: Callable[[], Iterable[AnyEvent]], deadl
         time.sleep(POLL_S)
 
 
-def run_lab(s: Scenario, engine: Engine, workdir: Path, subnet: Optional[str] = None,
-            on_phase: Callable[[str], None] = lambda _: None, force: bool = False) -> ResultDoc:
+def run_lab(
+    s: Scenario,
+    engine: Engine,
+    workdir: Path,
+    subnet: str | None = None,
+    on_phase: Callable[[str], None] = lambda _: None,
+    force: bool = False,
+) -> ResultDoc:
     t0 = time.monotonic()
     plan = make_plan(s, engine, subnet)  # bad input fails before anything is created
     with lab_lock(lab_dir(workdir, s.name), force):
         return _run_locked(s, engine, workdir, plan, t0, on_phase)
 
 
-def _run_locked(s: Scenario, engine: Engine, workdir: Path, plan: Plan, t0: float,
-                on_phase: Callable[[str], None]) -> ResultDoc:
+def _run_locked(
+    s: Scenario, engine: Engine, workdir: Path, plan: Plan, t0: float, on_phase: Callable[[str], None]
+) -> ResultDoc:
     on_phase("making certificates")
     plan, labdir = prepare_lab(s, engine, workdir, plan=plan)  # lab_lock has accepted (and marked) it
     run_dir = labdir / "run"
@@ -181,8 +208,7 @@ def _run_locked(s: Scenario, engine: Engine, workdir: Path, plan: Plan, t0: floa
         # The deadline counts from the traffic: start-up time is not the messages' time.
         deadline = time.monotonic() + s.deadline_s
         on_phase("waiting for every message to settle")
-        results = wait_settled(plan, Collector(labdir, plan).poll, deadline,
-                               lambda: check_lab(engine, plan, labdir))
+        results = wait_settled(plan, Collector(labdir, plan).poll, deadline, lambda: check_lab(engine, plan, labdir))
     except BaseException:
         engine.abort(plan, labdir)  # nothing half-started is left behind (Ctrl-C included)
         raise
@@ -192,14 +218,23 @@ def _run_locked(s: Scenario, engine: Engine, workdir: Path, plan: Plan, t0: floa
 
 
 def result_document(plan: Plan, labdir: Path, results: list[verdict.RcptResult], duration: float) -> ResultDoc:
-    return ResultDoc(scenario=plan.lab, description=plan.scenario.description, engine=plan.engine,
-                     duration_s=round(duration, 3), lab_dir=str(labdir), run_id=plan.run_id,
-                     messages=[r.as_model() for r in results], summary=verdict.summary(results))
+    return ResultDoc(
+        scenario=plan.lab,
+        description=plan.scenario.description,
+        engine=plan.engine,
+        duration_s=round(duration, 3),
+        lab_dir=str(labdir),
+        run_id=plan.run_id,
+        messages=[r.as_model() for r in results],
+        summary=verdict.summary(results),
+    )
 
 
 def check_accounted(doc: ResultDoc) -> None:
     missing: list[MessageResult] = [m for m in doc.messages if m.outcome == "unaccounted"]
     if missing:
         m = missing[0]
-        raise InfraError(f"{len(missing)} message(s) unaccounted for in lab {doc.scenario}: "
-                         f"{m.id} to {m.to}: {m.why}; see {doc.lab_dir}/run/")
+        raise InfraError(
+            f"{len(missing)} message(s) unaccounted for in lab {doc.scenario}: "
+            f"{m.id} to {m.to}: {m.why}; see {doc.lab_dir}/run/"
+        )

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Callable
+from collections.abc import Callable
 
 from .errors import InfraError
 
@@ -34,7 +34,7 @@ def one_line(value: object, limit: int = 200) -> str:
     text = "".join(ch if ch.isprintable() else " " for ch in str(value))
     text = re.sub(" {2,}", " ", text).strip()
     if len(text) > limit:
-        text = text[:max(limit - 1, 0)].rstrip() + ELLIPSIS
+        text = text[: max(limit - 1, 0)].rstrip() + ELLIPSIS
     return text
 
 
@@ -59,6 +59,7 @@ def md_inline(value: object, limit: int = 200) -> str:
 
 # ---------------------------------------------------------------- identifiers
 
+
 class Checked(str):
     """A string that matched the grammar of the place it is written to (see `checked`)."""
 
@@ -80,26 +81,36 @@ def _ipv4_network(value: str) -> bool:
 # Each grammar matches the whole string (fullmatch: no trailing newline slips through '$').
 GRAMMARS: dict[str, tuple[str, Callable[[str], object]]] = {
     # As scenario.check_domain accepts them after normalising: lower case, at least two labels.
-    "hostname": ("a lower-case DNS name", re.compile(
-        r"(?=.{1,253}$)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z][a-z0-9-]{0,62}").fullmatch),
+    "hostname": (
+        "a lower-case DNS name",
+        re.compile(r"(?=.{1,253}$)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z][a-z0-9-]{0,62}").fullmatch,
+    ),
     "ipv4": ("an IPv4 address", _ipv4),
     "ipv4 network": ("an IPv4 network in CIDR form", _ipv4_network),
     # plan._cert_files: one safe path component under certs/, never '.' or '..'.
-    "cert path": ("a certs/ file name", re.compile(r"certs/[a-z0-9][a-z0-9._-]{0,127}\.(?:crt|key|chain\.pem)").fullmatch),
+    "cert path": (
+        "a certs/ file name",
+        re.compile(r"certs/[a-z0-9][a-z0-9._-]{0,127}\.(?:crt|key|chain\.pem)").fullmatch,
+    ),
     "transport": ("a transport name connN", re.compile(r"conn[0-9]{1,4}").fullmatch),
     # smtp_tls_security_level's documented values.
-    "tls level": ("a Postfix TLS security level",
-                  frozenset({"none", "may", "encrypt", "dane", "dane-only", "fingerprint", "verify", "secure"}).__contains__),
+    "tls level": (
+        "a Postfix TLS security level",
+        frozenset({"none", "may", "encrypt", "dane", "dane-only", "fingerprint", "verify", "secure"}).__contains__,
+    ),
     # Compose project, container and network names are built from it.
     "lab name": ("a lab name (lower-case letters, digits, '-')", re.compile(r"[a-z0-9][a-z0-9-]{0,62}").fullmatch),
-    "image": ("a Docker image reference", re.compile(r"[a-z0-9][a-z0-9._/-]{0,127}(?::[A-Za-z0-9_.-]{1,128})?").fullmatch),
+    "image": (
+        "a Docker image reference",
+        re.compile(r"[a-z0-9][a-z0-9._/-]{0,127}(?::[A-Za-z0-9_.-]{1,128})?").fullmatch,
+    ),
 }
 
 
 def shown(value: object, limit: int = 80) -> str:
     """A value quoted for an error message: repr escapes every control character."""
     r = repr(str(value))
-    return r if len(r) <= limit else r[:limit - 1] + ELLIPSIS
+    return r if len(r) <= limit else r[: limit - 1] + ELLIPSIS
 
 
 def checked(kind: str, value: object, what: str, where: str) -> Checked:
@@ -107,5 +118,7 @@ def checked(kind: str, value: object, what: str, where: str) -> Checked:
     grammar, matches = GRAMMARS[kind]
     if isinstance(value, str) and matches(value):
         return Checked(value)
-    raise InfraError(f"refusing to write {what} {shown(value)} into {where}: it is not {grammar} "
-                     "(a labgen bug: scenario validation should have refused it)")
+    raise InfraError(
+        f"refusing to write {what} {shown(value)} into {where}: it is not {grammar} "
+        "(a labgen bug: scenario validation should have refused it)"
+    )

@@ -5,16 +5,25 @@ up at a deadline with a message that says what was awaited, and stop at once whe
 from __future__ import annotations
 
 import time
-from typing import Callable, Optional, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 from .errors import InfraError
 
 T = TypeVar("T")
 
 
-def poll(probe: Callable[[], Optional[T]], *, waiting_for: str, timeout: float | None = None,
-         until: float | None = None, interval: float = 0.1, abort: Callable[[], None] = lambda: None,
-         detail: Callable[[], str] = lambda: "", expire: Callable[[Optional[T]], T] | None = None) -> T:
+def poll(
+    probe: Callable[[], T | None],
+    *,
+    waiting_for: str,
+    timeout: float | None = None,
+    until: float | None = None,
+    interval: float = 0.1,
+    abort: Callable[[], None] = lambda: None,
+    detail: Callable[[], str] = lambda: "",
+    expire: Callable[[T | None], T] | None = None,
+) -> T:
     """probe() until it returns something truthy, which is returned.
 
     timeout (seconds from now) or until (a time.monotonic() deadline): without either, wait as
@@ -33,6 +42,7 @@ def poll(probe: Callable[[], Optional[T]], *, waiting_for: str, timeout: float |
             if expire is not None:
                 return expire(result)
             extra = detail()
-            raise InfraError(f"timed out after {now - start:.0f} s waiting for {waiting_for}" +
-                             (f"; {extra}" if extra else ""))
+            raise InfraError(
+                f"timed out after {now - start:.0f} s waiting for {waiting_for}" + (f"; {extra}" if extra else "")
+            )
         time.sleep(interval if end is None else max(0.0, min(interval, end - now)))

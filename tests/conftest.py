@@ -21,16 +21,24 @@ EXAMPLES = REPO / "examples"
 
 def labgen(*args, cwd, timeout=300, env=None):
     """Run `labgen ...` as a user would; returns CompletedProcess (text)."""
-    return subprocess.run([sys.executable, "-m", "labgen.cli", *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "labgen.cli", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def labgen_json(*args, cwd, **kw) -> tuple[int, dict]:
     p = labgen(*args, "--json", cwd=cwd, **kw)
     try:
         return p.returncode, json.loads(p.stdout)
-    except json.JSONDecodeError:
-        raise AssertionError(f"no JSON (exit {p.returncode}):\nstdout: {p.stdout[-2000:]}\nstderr: {p.stderr[-2000:]}")
+    except json.JSONDecodeError as e:
+        raise AssertionError(
+            f"no JSON (exit {p.returncode}):\nstdout: {p.stdout[-2000:]}\nstderr: {p.stderr[-2000:]}"
+        ) from e
 
 
 def by_id(doc: dict) -> dict:
@@ -39,6 +47,7 @@ def by_id(doc: dict) -> dict:
 
 def docker_available() -> tuple[bool, str]:
     from labgen.engines import docker_answers
+
     return docker_answers()
 
 
@@ -51,6 +60,7 @@ def docker_ready():
             pytest.fail(f"Docker tests must run here but {why}")
         pytest.skip(f"Docker tests need a Docker engine: {why}")
     from labgen.engines.images import ensure_image
+
     return ensure_image()
 
 
@@ -75,12 +85,16 @@ class OwnLab:
 
     def ip(self, address: str) -> str:
         """Where one of the scenario's addresses lands on the lab's subnet."""
-        return str(ipaddress.ip_network(self.subnet)[int(ipaddress.ip_address(address))
-                                                      - int(ipaddress.ip_network(self.original)[0])])
+        return str(
+            ipaddress.ip_network(self.subnet)[
+                int(ipaddress.ip_address(address)) - int(ipaddress.ip_network(self.original)[0])
+            ]
+        )
 
 
 def _docker_subnets() -> list:
     from labgen.engines.dockerapi import client
+
     nets = []
     for net in client().networks.list():
         for cfg in (net.attrs.get("IPAM") or {}).get("Config") or []:
@@ -115,6 +129,7 @@ class OwnLabs:
 
     def remove_all(self) -> None:
         from labgen.engines.docker import remove_lab
+
         for name in self.names:
             remove_lab(name)
 

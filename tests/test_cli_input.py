@@ -23,6 +23,7 @@ def _yaml(patch):
         patch(data)
         (tmp_path / name).write_text(yaml.safe_dump(data, sort_keys=False))
         return name
+
     return make
 
 
@@ -30,6 +31,7 @@ def _text(text):
     def make(tmp_path, name):
         (tmp_path / name).write_text(text)
         return name
+
     return make
 
 
@@ -43,28 +45,50 @@ def case(id, make, file, words, marks=()):
 
 
 CASES = [
-    case("malformed-yaml", _text("name: bad\ntenants: [\n  contoso: x\n gateway: {\n"), "lab.yaml",
-         ["line 4", "malformed YAML"]),
+    case(
+        "malformed-yaml",
+        _text("name: bad\ntenants: [\n  contoso: x\n gateway: {\n"),
+        "lab.yaml",
+        ["line 4", "malformed YAML"],
+    ),
     case("unknown-scenario-name", _name("nonesuch"), "nonesuch", ["unknown scenario"]),
     case("missing-scenario-file", _name("missing.yaml"), "missing.yaml", ["no such scenario file"]),
-    case("unknown-certificate", _yaml(lambda d: d["gateway"]["connectors"][0].update(certificate="gw-missing")),
-         "lab.yaml", ["gateway.connectors[0].certificate", "unknown certificate"]),
-    case("invalid-address", _yaml(lambda d: d["gateway"].update(address="10.0.0.5")), "lab.yaml",
-         ["gateway.address", "10.0.0.5"]),
-    case("invalid-email", _yaml(lambda d: d["traffic"][0].update({"from": "alice.contoso.example"})), "lab.yaml",
-         ["traffic[0].from", "not a valid e-mail address"]),
-    case("unknown-key", _yaml(lambda d: d["gateway"].update(colour="red")), "lab.yaml",
-         ["gateway.colour", "unknown key"]),
-    case("duplicate-host-address", _yaml(lambda d: d["gateway"].update(address="198.51.100.53")), "lab.yaml",
-         ["gateway.address", "duplicate host address"]),
+    case(
+        "unknown-certificate",
+        _yaml(lambda d: d["gateway"]["connectors"][0].update(certificate="gw-missing")),
+        "lab.yaml",
+        ["gateway.connectors[0].certificate", "unknown certificate"],
+    ),
+    case(
+        "invalid-address",
+        _yaml(lambda d: d["gateway"].update(address="10.0.0.5")),
+        "lab.yaml",
+        ["gateway.address", "10.0.0.5"],
+    ),
+    case(
+        "invalid-email",
+        _yaml(lambda d: d["traffic"][0].update({"from": "alice.contoso.example"})),
+        "lab.yaml",
+        ["traffic[0].from", "not a valid e-mail address"],
+    ),
+    case(
+        "unknown-key", _yaml(lambda d: d["gateway"].update(colour="red")), "lab.yaml", ["gateway.colour", "unknown key"]
+    ),
+    case(
+        "duplicate-host-address",
+        _yaml(lambda d: d["gateway"].update(address="198.51.100.53")),
+        "lab.yaml",
+        ["gateway.address", "duplicate host address"],
+    ),
 ]
 COMMANDS = [pytest.param(["validate"], id="validate"), pytest.param(["up", "--engine", "local"], id="up-local")]
 
 
 def run_cli(tmp_path, args):
     env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES", "LABGEN_DEBUG", "LABGEN_WORKDIR")}
-    return subprocess.run([sys.executable, "-m", "labgen.cli", *args], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "labgen.cli", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
 
 
 def assert_nothing_left(tmp_path):

@@ -11,12 +11,23 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
-
 from conftest import REPO, labgen, labgen_json
 
 SCHEMAS = REPO / "docs" / "schemas"
-NAMES = ["scenario", "result", "compare", "event", "scenarios", "examples", "validate", "certs", "trace", "status",
-         "down", "images"]
+NAMES = [
+    "scenario",
+    "result",
+    "compare",
+    "event",
+    "scenarios",
+    "examples",
+    "validate",
+    "certs",
+    "trace",
+    "status",
+    "down",
+    "images",
+]
 
 
 def schema(name: str) -> dict:
@@ -82,11 +93,23 @@ def test_up_json_is_a_result(broken_run):
 def test_every_ledger_line_of_a_run_is_an_event(broken_run):
     wd, doc = broken_run
     validator = jsonschema.Draft202012Validator(schema("event"))
-    lines = [line for f in sorted((Path(doc["lab_dir"]) / "run").glob("*.jsonl"))
-             for line in f.read_text().splitlines()]
-    assert {json.loads(line)["event"] for line in lines} >= {"start", "submitted", "received", "sent", "session",
-                                                             "rcpt", "accepted", "delivered", "discarded",
-                                                             "trace", "query", "injected"}
+    lines = [
+        line for f in sorted((Path(doc["lab_dir"]) / "run").glob("*.jsonl")) for line in f.read_text().splitlines()
+    ]
+    assert {json.loads(line)["event"] for line in lines} >= {
+        "start",
+        "submitted",
+        "received",
+        "sent",
+        "session",
+        "rcpt",
+        "accepted",
+        "delivered",
+        "discarded",
+        "trace",
+        "query",
+        "injected",
+    }
     for line in lines:
         validator.validate(json.loads(line))
 
@@ -97,6 +120,7 @@ def test_recorded_ledgers_and_postfix_events_are_events(run):
     alike: one vocabulary."""
     from labgen.engines import postfix
     from labgen.model.plan import Plan
+
     lab = REPO / "tests" / "data" / run
     validator = jsonschema.Draft202012Validator(schema("event"))
     for f in sorted((lab / "run").glob("*.jsonl")):
@@ -125,13 +149,17 @@ def test_trace_json_is_a_trace(broken_run):
     check("trace", doc)
 
 
-@pytest.mark.parametrize("argv, name", [
-    (["scenarios"], "scenarios"),
-    (["examples"], "examples"),
-    (["validate", "broken"], "validate"),
-    (["validate", str(REPO / "examples" / "strict-eop-reject.yaml")], "validate"),
-    (["certs", "broken"], "certs"),
-], ids=["scenarios", "examples", "validate-builtin", "validate-file", "certs"])
+@pytest.mark.parametrize(
+    "argv, name",
+    [
+        (["scenarios"], "scenarios"),
+        (["examples"], "examples"),
+        (["validate", "broken"], "validate"),
+        (["validate", str(REPO / "examples" / "strict-eop-reject.yaml")], "validate"),
+        (["certs", "broken"], "certs"),
+    ],
+    ids=["scenarios", "examples", "validate-builtin", "validate-file", "certs"],
+)
 def test_read_only_commands(tmp_path, argv, name):
     code, doc = labgen_json(*argv, cwd=tmp_path)
     assert code == 0, doc

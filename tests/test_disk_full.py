@@ -19,15 +19,14 @@ import tomllib
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, labgen
 
 from labgen.engines.local import LocalEngine
 from labgen.errors import InfraError
 from labgen.lab.ledger import Ledger, clear_fault, lab_fault, write_mailbox
+from labgen.model.scenario import load_scenario
 from labgen.results.contracts import Delivered, RcptDecision
 from labgen.run import MIN_FREE_BYTES, check_space, run_lab
-from labgen.model.scenario import load_scenario
 
 ENOSPC = os.strerror(errno.ENOSPC)  # "No space left on device"
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -52,13 +51,18 @@ def small_disk(tmp_path):
     def mount(size: int) -> Path:
         where = tmp_path / f"disk{len(mounted)}"
         where.mkdir()
-        p = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(where)],
-                           capture_output=True, text=True)
+        p = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(where)],
+            capture_output=True,
+            text=True,
+        )
         if p.returncode != 0:
-            pytest.fail(f"these tests mount a small tmpfs and need root (or CAP_SYS_ADMIN): mount said "
-                        f"{p.stderr.strip()!r}")
+            pytest.fail(
+                f"these tests mount a small tmpfs and need root (or CAP_SYS_ADMIN): mount said {p.stderr.strip()!r}"
+            )
         mounted.append(where)
         return where
+
     try:
         yield mount
     finally:
@@ -105,6 +109,7 @@ def one_line(p: subprocess.CompletedProcess, code: int) -> str:
 
 # ---------------------------------------------------------------- the ledger records, never raises
 
+
 class FailingFile:
     """A ledger file whose every write fails with `code`, as the kernel would report it."""
 
@@ -123,8 +128,13 @@ class FailingFile:
         raise OSError(self.code, os.strerror(self.code))
 
 
-DELIVERED = Delivered(event="delivered", msgid="m1", rcpt="dave@northwind.example", mailbox="dave@northwind.example",
-                      file="mailboxes/dave@northwind.example/000001-m1.eml")
+DELIVERED = Delivered(
+    event="delivered",
+    msgid="m1",
+    rcpt="dave@northwind.example",
+    mailbox="dave@northwind.example",
+    file="mailboxes/dave@northwind.example/000001-m1.eml",
+)
 
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EFBIG, errno.EACCES])
@@ -134,11 +144,14 @@ def test_a_ledger_write_error_becomes_the_labs_fault_not_the_services(tmp_path, 
     real = ledger._file
     ledger._file = FailingFile(code)
     try:
-        ledger.emit(RcptDecision(event="rcpt", rcpt="carol@fabrikam.example", action="deliver",
-                                 reply="250 2.1.5 Recipient OK"))  # does not raise into the service
+        ledger.emit(
+            RcptDecision(event="rcpt", rcpt="carol@fabrikam.example", action="deliver", reply="250 2.1.5 Recipient OK")
+        )  # does not raise into the service
         fault = lab_fault(run_dir)
-        assert fault == (f"cannot write the lab's ledger {run_dir / 'eop.jsonl'}: {os.strerror(code)}; "
-                         "free space there or choose another --workdir")
+        assert fault == (
+            f"cannot write the lab's ledger {run_dir / 'eop.jsonl'}: {os.strerror(code)}; "
+            "free space there or choose another --workdir"
+        )
         ledger.emit(DELIVERED)  # the ledger has a hole now: it writes nothing more
         assert ledger._file.writes == 1
         ledger.close()
@@ -156,8 +169,10 @@ def test_ledger_and_mailbox_on_a_really_full_disk(small_disk):
     try:
         ledger = Ledger(run_dir, "sink")  # an empty file needs no block
         ledger.emit(DELIVERED.model_copy(update={"file": "x" * 5000}))
-        assert lab_fault(run_dir) == (f"cannot write the lab's ledger {run_dir / 'sink.jsonl'}: {ENOSPC}; "
-                                      "free space there or choose another --workdir")
+        assert lab_fault(run_dir) == (
+            f"cannot write the lab's ledger {run_dir / 'sink.jsonl'}: {ENOSPC}; "
+            "free space there or choose another --workdir"
+        )
         ledger.close()  # what is left in its buffer cannot be written either: still no exception
     finally:
         clear_fault(run_dir)
@@ -167,8 +182,10 @@ def test_ledger_and_mailbox_on_a_really_full_disk(small_disk):
     clear_fault(run_dir)
 
 
-@pytest.mark.parametrize("keep, full", [(0, True), (MIN_FREE_BYTES - PAGE, True), (MIN_FREE_BYTES, False),
-                                        (MIN_FREE_BYTES + 64 * PAGE, False)])
+@pytest.mark.parametrize(
+    "keep, full",
+    [(0, True), (MIN_FREE_BYTES - PAGE, True), (MIN_FREE_BYTES, False), (MIN_FREE_BYTES + 64 * PAGE, False)],
+)
 def test_check_space_says_which_directory_is_full(small_disk, keep, full):
     disk = small_disk(MIN_FREE_BYTES + 128 * PAGE)
     fill(disk, keep)
@@ -182,6 +199,7 @@ def test_check_space_says_which_directory_is_full(small_disk, keep, full):
 
 
 # ---------------------------------------------------------------- whole runs, local engine
+
 
 def test_a_nearly_full_disk_stops_the_run_before_it_starts(small_disk):
     disk = small_disk(2 << 20)
@@ -206,11 +224,16 @@ def test_a_disk_that_fills_mid_run_stops_it_at_once_with_one_line(small_disk, tm
     # Room for plan.json and one page more: the lab's ledgers (a page per file) and mailboxes
     # need several, so some write fails whatever the order in which the services write.
     fill(disk, (plan_pages(tmp_path) + 1) * PAGE)
-    p = subprocess.run([sys.executable, "-c", NO_FLOOR, "up", "broken", "--engine", "local"], cwd=disk,
-                       capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [sys.executable, "-c", NO_FLOOR, "up", "broken", "--engine", "local"],
+        cwd=disk,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     line = one_line(p, 3)
     run_dir = disk / "labgen-broken" / "run"
-    assert line.startswith(f"labgen: cannot write ") and f" {run_dir}/" in line, line
+    assert line.startswith("labgen: cannot write ") and f" {run_dir}/" in line, line
     assert line.endswith(f": {ENOSPC}; free space there or choose another --workdir"), line
     assert "recipient(s)" not in p.stdout  # no verdict: the run stopped for the fault, not at its deadline
 
@@ -219,6 +242,7 @@ def test_a_full_disk_mid_run_leaves_no_thread_or_listener(small_disk, tmp_path, 
     """In process, as the local engine runs: after the failure nothing of the lab is left, nothing
     printed a traceback, and the next run works."""
     from labgen import run as run_module
+
     disk = small_disk(2 << 20)
     assert labgen("certs", "broken", cwd=disk).returncode == 0
     fill(disk, (plan_pages(tmp_path) + 1) * PAGE)
@@ -242,6 +266,7 @@ def test_a_full_disk_mid_run_leaves_no_thread_or_listener(small_disk, tmp_path, 
 
 # ---------------------------------------------------------------- Docker engine
 
+
 @pytest.mark.docker
 def test_docker_a_service_that_cannot_write_stops_and_the_run_says_so(small_disk, test_labs, tmp_path):
     lab = test_labs.new("broken", "disk")
@@ -252,12 +277,30 @@ def test_docker_a_service_that_cannot_write_stops_and_the_run_says_so(small_disk
     r = labgen("render", lab.scenario, "-o", labdir, "--subnet", lab.subnet, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     fill(disk, 2 * PAGE)
-    p = subprocess.run([sys.executable, "-c", NO_FLOOR, "up", lab.scenario, "--engine", "docker", "--subnet",
-                        lab.subnet, "--workdir", disk], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            NO_FLOOR,
+            "up",
+            lab.scenario,
+            "--engine",
+            "docker",
+            "--subnet",
+            lab.subnet,
+            "--workdir",
+            disk,
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     line = one_line(p, 3)
-    assert line.startswith(f"labgen: service ") and f" of lab {lab.name} stopped: " in line, line
+    assert line.startswith("labgen: service ") and f" of lab {lab.name} stopped: " in line, line
     assert f" {labdir}/run/" in line and ENOSPC in line, line
     from labgen.engines.docker import lab_containers
+
     assert not lab_containers(lab.name)  # the runner's abort removed the lab
 
 
@@ -282,8 +325,9 @@ LATE_CTRL_C = textwrap.dedent("""
 def test_ctrl_c_during_shutdown_after_the_result_is_130_and_one_line():
     script = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]["labgen"]
     assert script == "labgen.cli:entry"
-    p = subprocess.Popen([sys.executable, "-c", LATE_CTRL_C], cwd=REPO, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [sys.executable, "-c", LATE_CTRL_C], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         out = []
         for line in p.stdout:
@@ -298,4 +342,5 @@ def test_ctrl_c_during_shutdown_after_the_result_is_130_and_one_line():
             p.kill()
             p.wait()
     from labgen.cli import INTERRUPTED
+
     assert p.returncode == 130 and err == INTERRUPTED + "\n", (p.returncode, err)

@@ -14,7 +14,6 @@ import sys
 import time
 
 import pytest
-
 from conftest import EXAMPLES, by_id, labgen, labgen_json
 
 pytestmark = pytest.mark.docker
@@ -24,9 +23,11 @@ def labelled(lab: str) -> dict:
     """What Docker holds for a lab: containers, networks, volumes (by label)."""
     flt = f"label=io.labgen.lab={lab}"
     out = {}
-    for kind, cmd in (("containers", ["docker", "ps", "-aq", "--filter", flt]),
-                      ("networks", ["docker", "network", "ls", "-q", "--filter", flt]),
-                      ("volumes", ["docker", "volume", "ls", "-q", "--filter", flt])):
+    for kind, cmd in (
+        ("containers", ["docker", "ps", "-aq", "--filter", flt]),
+        ("networks", ["docker", "network", "ls", "-q", "--filter", flt]),
+        ("volumes", ["docker", "volume", "ls", "-q", "--filter", flt]),
+    ):
         out[kind] = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.split()
     return out
 
@@ -161,8 +162,11 @@ def test_lab_is_isolated_structurally(docker_broken):
     """No route beyond the lab: internal network, no default route, DNS answers lab names only.
     Nothing is sent to an outside address."""
     _, _, lab = docker_broken
-    net = json.loads(subprocess.run(["docker", "network", "inspect", f"labgen-{lab.name}-net"], capture_output=True,
-                                    text=True, check=True).stdout)[0]
+    net = json.loads(
+        subprocess.run(
+            ["docker", "network", "inspect", f"labgen-{lab.name}-net"], capture_output=True, text=True, check=True
+        ).stdout
+    )[0]
     assert net["Internal"] is True
     assert [c["Subnet"] for c in net["IPAM"]["Config"]] == [lab.subnet]
     for svc in ("dns", "eop", "sink", "gateway", "traffic"):
@@ -190,10 +194,23 @@ def test_status_and_logs(docker_broken):
 def test_swaks_inside_the_lab_against_eop(docker_broken):
     """swaks from the traffic container, presenting the gateway's certificate, over the lab network."""
     doc, _, lab = docker_broken
-    p = dexec(f"labgen-{lab.name}-traffic", "swaks", "--server", "contoso.mail.protection.outlook.test",
-              "--from", "alice@contoso.example", "--to", "bob@contoso.example", "--tls",
-              "--tls-cert", "/lab/certs/gw-selfsigned.chain.pem", "--tls-key", "/lab/certs/gw-selfsigned.key",
-              "--header", "X-Labgen-Id: swaks-docker")
+    p = dexec(
+        f"labgen-{lab.name}-traffic",
+        "swaks",
+        "--server",
+        "contoso.mail.protection.outlook.test",
+        "--from",
+        "alice@contoso.example",
+        "--to",
+        "bob@contoso.example",
+        "--tls",
+        "--tls-cert",
+        "/lab/certs/gw-selfsigned.chain.pem",
+        "--tls-key",
+        "/lab/certs/gw-selfsigned.key",
+        "--header",
+        "X-Labgen-Id: swaks-docker",
+    )
     assert p.returncode == 0, p.stdout + p.stderr
     assert "Microsoft ESMTP MAIL Service ready" in p.stdout and "250 2.6.0" in p.stdout
     events = [json.loads(x) for x in open(os.path.join(doc["lab_dir"], "run", "eop.jsonl"))]
@@ -204,6 +221,7 @@ def test_swaks_inside_the_lab_against_eop(docker_broken):
 def test_rendered_project_runs_by_hand(test_labs, tmp_path):
     """The same project, started with the machine's compose command, gives the same verdict."""
     from labgen.engines.docker import compose_command
+
     lab = test_labs.new("broken", "byhand")
     out = tmp_path / "by-hand"
     p = labgen("render", lab.scenario, "-o", out, "--subnet", lab.subnet, cwd=tmp_path)
@@ -221,13 +239,15 @@ def test_rendered_project_runs_by_hand(test_labs, tmp_path):
             ("to-fabrikam", "carol@fabrikam.example"): "silently_discarded",
             ("to-internet", "dave@northwind.example"): "delivered",
             ("from-internet", "bob@contoso.example"): "delivered",
-            ("internal-routing", "bob@contoso.mail.onmicrosoft.test"): "delivered"}
+            ("internal-routing", "bob@contoso.mail.onmicrosoft.test"): "delivered",
+        }
         assert "status=sent (250 2.6.0" in (out / "run" / "postfix.log").read_text()
         logs = subprocess.run(["docker", "logs", f"labgen-{lab.name}-traffic"], capture_output=True, text=True)
         assert "SILENT LOSS: to-fabrikam" in logs.stdout
     finally:
-        subprocess.run([*compose_command(), "-p", f"labgen-{lab.name}", "down"], cwd=out, capture_output=True,
-                       timeout=120)
+        subprocess.run(
+            [*compose_command(), "-p", f"labgen-{lab.name}", "down"], cwd=out, capture_output=True, timeout=120
+        )
     assert labelled(lab.name) == EMPTY
 
 
@@ -243,9 +263,13 @@ def test_down_leaves_nothing(test_labs, tmp_path):
 
 def test_ctrl_c_during_up_leaves_nothing(test_labs, tmp_path):
     lab = test_labs.new("broken", "ctrlc")  # a fresh name: every container seen below is this run's
-    proc = subprocess.Popen([sys.executable, "-m", "labgen.cli", "up", str(lab.scenario), "--engine", "docker",
-                             "--subnet", lab.subnet], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "labgen.cli", "up", str(lab.scenario), "--engine", "docker", "--subnet", lab.subnet],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while not labelled(lab.name)["containers"] and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -260,8 +284,21 @@ def test_ctrl_c_during_up_leaves_nothing(test_labs, tmp_path):
 def test_subnet_taken_exits_3_naming_the_network(test_labs, tmp_path):
     lab = test_labs.new("broken", "taken")
     name = f"labgen-{lab.name}-squatter"
-    subprocess.run(["docker", "network", "create", "--internal", "--subnet", lab.subnet,
-                    "--label", f"io.labgen.lab={lab.name}-squatter", name], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "docker",
+            "network",
+            "create",
+            "--internal",
+            "--subnet",
+            lab.subnet,
+            "--label",
+            f"io.labgen.lab={lab.name}-squatter",
+            name,
+        ],
+        check=True,
+        capture_output=True,
+    )
     try:
         p = labgen("up", lab.scenario, "--engine", "docker", "--subnet", lab.subnet, cwd=tmp_path)
         assert p.returncode == 3

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import EXAMPLES, by_id, labgen, labgen_json
 
 
@@ -39,6 +38,7 @@ def test_broken_reproduces_the_silent_loss(broken):
 
 def test_broken_mailboxes_and_ledger_on_disk(broken, tmp_path):
     from pathlib import Path
+
     run = Path(broken["lab_dir"]) / "run"
     assert not (run / "mailboxes" / "carol@fabrikam.example").exists()
     bob = list((run / "mailboxes" / "bob@contoso.example").glob("*.eml"))
@@ -84,13 +84,17 @@ def test_broken_human_output_says_where_the_loss_is(tmp_path):
     assert "All expectations held." in p.stdout
 
 
-@pytest.mark.parametrize("example,expected", [
-    ("shared-egress-ip.yaml", {"to-fabrikam": ("silently_discarded", "ip")}),
-    ("dedicated-egress-ip.yaml", {"to-fabrikam": ("delivered", "recipient")}),
-    ("wildcard-connector-name.yaml", {"to-fabrikam": ("silently_discarded", "certificate")}),
-    ("strict-eop-reject.yaml", {"to-fabrikam": ("rejected", "certificate")}),
-    ("partner-requires-tls.yaml", {"to-fabrikam": ("deferred", "recipient")}),
-], ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.parametrize(
+    "example,expected",
+    [
+        ("shared-egress-ip.yaml", {"to-fabrikam": ("silently_discarded", "ip")}),
+        ("dedicated-egress-ip.yaml", {"to-fabrikam": ("delivered", "recipient")}),
+        ("wildcard-connector-name.yaml", {"to-fabrikam": ("silently_discarded", "certificate")}),
+        ("strict-eop-reject.yaml", {"to-fabrikam": ("rejected", "certificate")}),
+        ("partner-requires-tls.yaml", {"to-fabrikam": ("deferred", "recipient")}),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
 def test_user_written_scenarios(tmp_path, example, expected):
     code, doc = labgen_json("up", EXAMPLES / example, "--engine", "local", cwd=tmp_path)
     assert code == 0, doc["summary"]
@@ -109,15 +113,15 @@ def test_strict_eop_rejection_reaches_the_gateway_as_550(tmp_path):
 
 
 def test_wrong_expectation_exits_1_and_says_which(tmp_path):
-    text = (EXAMPLES / "shared-egress-ip.yaml").read_text().replace(
-        "expect: silently_discarded", "expect: delivered")
+    text = (EXAMPLES / "shared-egress-ip.yaml").read_text().replace("expect: silently_discarded", "expect: delivered")
     f = tmp_path / "wrong.yaml"
     f.write_text(text)
     p = labgen("up", f, "--engine", "local", cwd=tmp_path)
     assert p.returncode == 1, p.stdout + p.stderr
-    assert "expectation failed in shared-ip: to-fabrikam → carol@fabrikam.example: expected delivered, " \
-           "got silently_discarded" \
-        in p.stdout
+    assert (
+        "expectation failed in shared-ip: to-fabrikam → carol@fabrikam.example: expected delivered, "
+        "got silently_discarded" in p.stdout
+    )
 
 
 def test_certs_lists_every_certificate(tmp_path):
@@ -140,6 +144,7 @@ def test_schema_and_scenarios(tmp_path):
 def _variant(tmp_path, name, edit):
     import yaml
     from conftest import REPO
+
     d = yaml.safe_load((REPO / "labgen" / "scenarios" / "broken.yaml").read_text())
     d["name"] = name
     edit(d)
@@ -150,8 +155,10 @@ def _variant(tmp_path, name, edit):
 
 def test_expired_certificate_is_accepted_at_tls_and_recorded(tmp_path):
     """A declared but expired certificate still reaches EOP's rules; EOP records it as expired."""
+
     def edit(d):
         d["certificates"]["gw-selfsigned"].update(issuer="public", not_before_days=-400, valid_days=30)
+
     code, doc = labgen_json("up", _variant(tmp_path, "expired", edit), "--engine", "local", cwd=tmp_path)
     lost = by_id(doc)[("to-fabrikam", "carol@fabrikam.example")]
     assert lost["outcome"] == "silently_discarded"
@@ -161,11 +168,16 @@ def test_expired_certificate_is_accepted_at_tls_and_recorded(tmp_path):
 
 def test_untrusted_certificate_rejected_by_a_strict_eop(tmp_path):
     """eop.require_trusted_certificate (KB 3212877): the self-signed certificate gets 550 5.7.64."""
+
     def edit(d):
         d["eop"]["require_trusted_certificate"] = True
         for m in d["traffic"]:
-            m["expect"] = "rejected" if m["to"][0].endswith(("contoso.example", "onmicrosoft.test", "fabrikam.example")) \
+            m["expect"] = (
+                "rejected"
+                if m["to"][0].endswith(("contoso.example", "onmicrosoft.test", "fabrikam.example"))
                 else "delivered"
+            )
+
     code, doc = labgen_json("up", _variant(tmp_path, "kb3212877", edit), "--engine", "local", cwd=tmp_path)
     assert code == 0, [(m["id"], m["outcome"], m["why"]) for m in doc["messages"]]
     m = by_id(doc)[("from-internet", "bob@contoso.example")]
@@ -175,14 +187,21 @@ def test_untrusted_certificate_rejected_by_a_strict_eop(tmp_path):
 def test_tls_required_but_not_used_is_deferred_until_the_deadline(tmp_path):
     """The Office 365 connector sends contoso's own mail without TLS to a RequireTls connector: 451,
     retried, deferred. (An internet sender's mail is attributed by recipient: no connector applies.)"""
+
     def edit(d):
         d["deadline_s"] = 2
         d["tenants"]["contoso"]["inbound_connectors"] = [
-            {"name": "Inbound from gateway (IP)", "type": "OnPremises", "sender_ip_addresses": ["198.51.100.10/32"],
-             "require_tls": True}]
+            {
+                "name": "Inbound from gateway (IP)",
+                "type": "OnPremises",
+                "sender_ip_addresses": ["198.51.100.10/32"],
+                "require_tls": True,
+            }
+        ]
         d["gateway"]["connectors"][1].update(tls="none")
         for m in d["traffic"]:
             m.pop("expect", None)
+
     code, doc = labgen_json("up", _variant(tmp_path, "notls", edit), "--engine", "local", cwd=tmp_path)
     assert code == 0
     m = by_id(doc)[("internal-routing", "bob@contoso.mail.onmicrosoft.test")]
@@ -195,12 +214,15 @@ def test_tls_required_but_not_used_is_deferred_until_the_deadline(tmp_path):
 
 def test_trace_shows_what_each_admin_sees(broken):
     from pathlib import Path
+
     wd = Path(broken["lab_dir"]).parent
     code, doc = labgen_json("trace", "fabrikam", "--lab", "broken", cwd=wd)
     assert code == 0 and doc["entries"] == []  # fabrikam's admin finds nothing
     code, doc = labgen_json("trace", "contoso", "--lab", "broken", cwd=wd)
-    assert {(e["msgid"], e["status"]) for e in doc["entries"]} == {("from-internet", "Delivered"),
-                                                                   ("internal-routing", "Delivered")}
+    assert {(e["msgid"], e["status"]) for e in doc["entries"]} == {
+        ("from-internet", "Delivered"),
+        ("internal-routing", "Delivered"),
+    }
 
 
 def test_rejected_message_brings_an_ndr_to_the_sender(tmp_path):

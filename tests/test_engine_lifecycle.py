@@ -19,8 +19,8 @@ import dns.message
 import dns.query
 import pytest
 import yaml
-
 from conftest import REPO, labgen, labgen_json
+
 from labgen.errors import InfraError
 from labgen.wait import poll
 
@@ -55,8 +55,9 @@ def labelled(lab: str) -> list[str]:
     """Containers (running or not) and networks labelled for `lab`."""
     out = []
     for cmd in (["docker", "ps", "-a"], ["docker", "network", "ls"]):
-        out += subprocess.run([*cmd, "-q", "--filter", f"label=io.labgen.lab={lab}"], capture_output=True, text=True,
-                              check=True).stdout.split()
+        out += subprocess.run(
+            [*cmd, "-q", "--filter", f"label=io.labgen.lab={lab}"], capture_output=True, text=True, check=True
+        ).stdout.split()
     return out
 
 
@@ -68,8 +69,22 @@ def smtp_probe(engine: str, lab: str, address: str) -> str:
         cmd = ["swaks", "--server", host, "--port", port]
     else:
         cmd = ["docker", "exec", f"labgen-{lab}-traffic", "swaks", "--server", address]
-    p = subprocess.run([*cmd, "--from", "erin@northwind.example", "--to", "bob@contoso.example", "--quit-after",
-                        "EHLO", "--timeout", "20"], capture_output=True, text=True, timeout=60)
+    p = subprocess.run(
+        [
+            *cmd,
+            "--from",
+            "erin@northwind.example",
+            "--to",
+            "bob@contoso.example",
+            "--quit-after",
+            "EHLO",
+            "--timeout",
+            "20",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     return p.stdout + p.stderr
 
 
@@ -97,16 +112,18 @@ def test_same_lifecycle_on_every_engine(engine, tmp_path, registry, request):
 
         p = labgen("logs", "eop", "--lab", lab, cwd=elsewhere, env=registry)
         assert p.returncode == 0, p.stderr
-        assert any(json.loads(line).get("event") == "accepted" for line in p.stdout.splitlines()
-                   if line.startswith("{"))
+        assert any(
+            json.loads(line).get("event") == "accepted" for line in p.stdout.splitlines() if line.startswith("{")
+        )
 
         answer = smtp_probe(engine, lab, services["eop"]["addresses"][0])
         assert "Microsoft ESMTP MAIL Service ready" in answer and "250" in answer, answer
         if engine == "local":  # and the lab DNS answers with the gateway's address
             host, port = services["dns"]["addresses"][0].rsplit(":", 1)
             reply = dns.query.udp(dns.message.make_query("gw.contoso.example", "A"), host, port=int(port), timeout=5)
-            assert [r.to_text() for rr in reply.answer for r in rr] == [services["gateway"]["addresses"][0]
-                                                                        .rsplit(":", 1)[0]]
+            assert [r.to_text() for rr in reply.answer for r in rr] == [
+                services["gateway"]["addresses"][0].rsplit(":", 1)[0]
+            ]
 
         p = labgen("down", lab, cwd=elsewhere, env=registry)
         assert p.returncode == 0 and lab in p.stdout, p.stderr
@@ -163,17 +180,23 @@ def test_a_kept_lab_that_died_shows_as_exited_and_down_cleans_up(tmp_path, regis
 
 # ---------------------------------------------------------------- down never signals a stranger
 
+
 def _stranger(argv_tail: list[str]) -> subprocess.Popen:
     """A process that is not a kept lab's (it only looks like one to a careless check)."""
     return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", *argv_tail])
 
 
-@pytest.mark.parametrize("argv_tail", [
-    [],  # any process of the user's
-    ["-m", "labgen.engines.local", "--token", "0123456789abcdef"],  # looks like one, another token
-], ids=["foreign", "other-token"])
+@pytest.mark.parametrize(
+    "argv_tail",
+    [
+        [],  # any process of the user's
+        ["-m", "labgen.engines.local", "--token", "0123456789abcdef"],  # looks like one, another token
+    ],
+    ids=["foreign", "other-token"],
+)
 def test_down_signals_only_its_own_process(tmp_path, registry, argv_tail):
     from labgen.engines import labels
+
     lab = f"g-stranger-{secrets.token_hex(3)}"
     labdir = tmp_path / f"labgen-{lab}"
     labdir.mkdir()
@@ -182,8 +205,9 @@ def test_down_signals_only_its_own_process(tmp_path, registry, argv_tail):
         token = "fedcba9876543210"
         reg = labels.registry_dir()
         reg.mkdir(parents=True)
-        (reg / f"{lab}.json").write_text(json.dumps({"lab": lab, "lab_dir": str(labdir), "pid": stranger.pid,
-                                                     "token": token}))
+        (reg / f"{lab}.json").write_text(
+            json.dumps({"lab": lab, "lab_dir": str(labdir), "pid": stranger.pid, "token": token})
+        )
         (labdir / labels.STATE_FILE).write_text(json.dumps({"token": token, "port": 1, "hosts": {}}))
         _, st = labgen_json("status", lab, cwd=tmp_path, env=registry)
         assert st["labs"][0]["state"] == "exited"  # not ours, whatever its pid runs
@@ -196,9 +220,17 @@ def test_down_signals_only_its_own_process(tmp_path, registry, argv_tail):
         stranger.wait()
 
 
-@pytest.mark.parametrize("args", [
-    ["down", "../etc"], ["down", "Upper"], ["down", "a/b"], ["status", "x" * 40], ["logs", "eop", "--lab", ".."],
-], ids=["dotdot", "upper", "slash", "long", "logs-dotdot"])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["down", "../etc"],
+        ["down", "Upper"],
+        ["down", "a/b"],
+        ["status", "x" * 40],
+        ["logs", "eop", "--lab", ".."],
+    ],
+    ids=["dotdot", "upper", "slash", "long", "logs-dotdot"],
+)
 def test_lab_names_from_the_command_line_are_checked(tmp_path, registry, args):
     p = labgen(*args, cwd=tmp_path, env=registry)
     lines = p.stderr.strip().splitlines()
@@ -207,12 +239,18 @@ def test_lab_names_from_the_command_line_are_checked(tmp_path, registry, args):
 
 # ---------------------------------------------------------------- the seams, and the one wait
 
+
 def test_cli_and_planner_never_name_an_engine():
     """A guard only (the proof is the lifecycle above): no engine module imported by name, no
     branch on an engine's name, in the CLI, the planner and the pipeline."""
     for rel in ("labgen/cli.py", "labgen/model/plan.py", "labgen/run.py"):
         text = (REPO / rel).read_text()
-        for pattern in (r"engines\.(docker|local)\b", r"==\s*[\"'](local|docker)[\"']", r"engine\s*==", r"!=\s*[\"'](local|docker)[\"']"):
+        for pattern in (
+            r"engines\.(docker|local)\b",
+            r"==\s*[\"'](local|docker)[\"']",
+            r"engine\s*==",
+            r"!=\s*[\"'](local|docker)[\"']",
+        ):
             assert not re.search(pattern, text), (rel, pattern)
 
 
@@ -227,6 +265,7 @@ def test_poll_stops_when_abort_raises():
     def abort() -> None:
         calls.append(1)
         raise InfraError("the service stopped")
+
     with pytest.raises(InfraError, match="the service stopped"):
         poll(lambda: None, waiting_for="x", timeout=60, abort=abort)
     assert calls == [1]
@@ -234,8 +273,12 @@ def test_poll_stops_when_abort_raises():
 
 def test_poll_says_what_it_waited_for():
     with pytest.raises(InfraError) as e:
-        poll(lambda: None, waiting_for="the lab's services to answer", until=time.monotonic(),
-             detail=lambda: "not answering: eop")
+        poll(
+            lambda: None,
+            waiting_for="the lab's services to answer",
+            until=time.monotonic(),
+            detail=lambda: "not answering: eop",
+        )
     assert "waiting for the lab's services to answer" in e.value.message and "not answering: eop" in e.value.message
 
 

@@ -11,8 +11,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import EXAMPLES, REPO, labgen, labgen_json
+
 from labgen import resources
 from labgen.errors import InputError
 from labgen.model.scenario import example_names, scenario_path
@@ -31,37 +31,45 @@ def one_line_error(p: subprocess.CompletedProcess, code: int, *words: str) -> st
 
 # ---------------------------------------------------------------- resolution
 
+
 def test_every_example_file_is_listed_and_git_tracks_it():
     assert SHIPPED and example_names() == SHIPPED
-    tracked = subprocess.run(["git", "ls-files", "examples"], cwd=REPO, capture_output=True, text=True,
-                             check=True).stdout.split()
+    tracked = subprocess.run(
+        ["git", "ls-files", "examples"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split()
     # untracked examples would be missing from the wheel test's copy of the tree, and from users' wheels
     assert sorted(Path(t).stem for t in tracked if t.endswith(".yaml")) == SHIPPED
 
 
-@pytest.mark.parametrize("ref, expected", [
-    *[(f"example:{n}", EXAMPLES / f"{n}.yaml") for n in SHIPPED],
-    ("broken", REPO / "labgen" / "scenarios" / "broken.yaml"),
-    ("fixed", REPO / "labgen" / "scenarios" / "fixed.yaml"),
-    (str(EXAMPLES / "shared-egress-ip.yaml"), EXAMPLES / "shared-egress-ip.yaml"),
-])
+@pytest.mark.parametrize(
+    "ref, expected",
+    [
+        *[(f"example:{n}", EXAMPLES / f"{n}.yaml") for n in SHIPPED],
+        ("broken", REPO / "labgen" / "scenarios" / "broken.yaml"),
+        ("fixed", REPO / "labgen" / "scenarios" / "fixed.yaml"),
+        (str(EXAMPLES / "shared-egress-ip.yaml"), EXAMPLES / "shared-egress-ip.yaml"),
+    ],
+)
 def test_scenario_path_resolves(ref, expected):
     assert scenario_path(ref).resolve() == expected.resolve()
 
 
-@pytest.mark.parametrize("ref, words", [
-    ("example:nope", ["example:nope", "unknown example", "dedicated-egress-ip", "labgen examples"]),
-    ("example:", ["unknown example"]),
-    ("example:dedicated-egress-ip.yaml", ["unknown example"]),  # a name, not a file name
-    ("example:../labgen/scenarios/broken", ["unknown example"]),  # never joined onto a path
-    ("example:/etc/passwd", ["unknown example"]),
-    ("example:DEDICATED-EGRESS-IP", ["unknown example"]),
-    ("example:broken", ["unknown example"]),  # built-ins are not examples
-    ("example:x\x1b[31mred", ["\\x1b"]),  # escaped, not interpreted
-    ("dedicated-egress-ip", ["unknown scenario", "did you mean example:dedicated-egress-ip?"]),
-    ("nope", ["unknown scenario", "broken, fixed", "example:NAME"]),
-    ("..", ["unknown scenario"]),
-])
+@pytest.mark.parametrize(
+    "ref, words",
+    [
+        ("example:nope", ["example:nope", "unknown example", "dedicated-egress-ip", "labgen examples"]),
+        ("example:", ["unknown example"]),
+        ("example:dedicated-egress-ip.yaml", ["unknown example"]),  # a name, not a file name
+        ("example:../labgen/scenarios/broken", ["unknown example"]),  # never joined onto a path
+        ("example:/etc/passwd", ["unknown example"]),
+        ("example:DEDICATED-EGRESS-IP", ["unknown example"]),
+        ("example:broken", ["unknown example"]),  # built-ins are not examples
+        ("example:x\x1b[31mred", ["\\x1b"]),  # escaped, not interpreted
+        ("dedicated-egress-ip", ["unknown scenario", "did you mean example:dedicated-egress-ip?"]),
+        ("nope", ["unknown scenario", "broken, fixed", "example:NAME"]),
+        ("..", ["unknown scenario"]),
+    ],
+)
 def test_unknown_references_are_one_line_bad_input(ref, words, tmp_path):
     with pytest.raises(InputError) as exc:
         scenario_path(ref)
@@ -83,15 +91,26 @@ def test_a_file_whose_name_starts_with_example_is_given_as_a_path(tmp_path, monk
 
 # ---------------------------------------------------------------- every command that takes a scenario
 
-@pytest.mark.parametrize("args, check", [
-    (["validate", "example:wildcard-connector-name", "--json"], lambda d: d["scenario"] == "wildcard"),
-    (["certs", "example:wildcard-connector-name", "--json"],
-     lambda d: "gw-public" in {c["name"] for c in d["certificates"]}),
-    (["up", "example:dedicated-egress-ip", "--engine", "local", "--json"],
-     lambda d: d["summary"]["expectations_failed"] == 0 and d["summary"]["delivered"] == d["summary"]["total"]),
-    (["compare", "example:shared-egress-ip", "example:dedicated-egress-ip", "--engine", "local", "--json"],
-     lambda d: any(c["a"] == "silently_discarded" and c["b"] == "delivered" for c in d["changes"])),
-], ids=["validate", "certs", "up", "compare"])
+
+@pytest.mark.parametrize(
+    "args, check",
+    [
+        (["validate", "example:wildcard-connector-name", "--json"], lambda d: d["scenario"] == "wildcard"),
+        (
+            ["certs", "example:wildcard-connector-name", "--json"],
+            lambda d: "gw-public" in {c["name"] for c in d["certificates"]},
+        ),
+        (
+            ["up", "example:dedicated-egress-ip", "--engine", "local", "--json"],
+            lambda d: d["summary"]["expectations_failed"] == 0 and d["summary"]["delivered"] == d["summary"]["total"],
+        ),
+        (
+            ["compare", "example:shared-egress-ip", "example:dedicated-egress-ip", "--engine", "local", "--json"],
+            lambda d: any(c["a"] == "silently_discarded" and c["b"] == "delivered" for c in d["changes"]),
+        ),
+    ],
+    ids=["validate", "certs", "up", "compare"],
+)
 def test_commands_take_example_refs(args, check, tmp_path):
     code, doc = labgen_json(*args[:-1], cwd=tmp_path)
     assert code == 0, doc
@@ -105,6 +124,7 @@ def test_render_takes_an_example_ref(tmp_path):
 
 
 # ---------------------------------------------------------------- labgen examples
+
 
 def test_examples_json_lists_every_example_with_what_it_shows(tmp_path):
     code, doc = labgen_json("examples", cwd=tmp_path)
@@ -140,10 +160,16 @@ def test_examples_text_names_each_ref(tmp_path):
 
 # ---------------------------------------------------------------- data packages
 
-@pytest.mark.parametrize("name, marker", [
-    ("scenarios", "broken.yaml"), ("templates", "postfix"), ("compose", "lab-image"),
-    ("examples", "dedicated-egress-ip.yaml"),
-])
+
+@pytest.mark.parametrize(
+    "name, marker",
+    [
+        ("scenarios", "broken.yaml"),
+        ("templates", "postfix"),
+        ("compose", "lab-image"),
+        ("examples", "dedicated-egress-ip.yaml"),
+    ],
+)
 def test_resource_dirs(name, marker):
     assert (resources.resource_dir(name) / marker).exists()
 
@@ -152,6 +178,7 @@ def test_resource_dir_falls_back_to_the_checkout_when_the_package_is_unknown(mon
     # An editable install made before a data package was mapped in does not know it.
     def unknown(package: str):
         raise ModuleNotFoundError(package)
+
     monkeypatch.setattr(resources.importlib.resources, "files", unknown)
     assert resources.resource_dir("examples") == REPO / "examples"
 

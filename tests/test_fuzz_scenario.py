@@ -32,11 +32,38 @@ SEED_TEXT = {p.name: p.read_text() for p in SEEDS}
 SEED_DATA = {name: yaml.safe_load(text) for name, text in SEED_TEXT.items()}
 
 HOSTILE_STRINGS = [
-    "", " ", "x" * 5000, "a\x00b", "line1\nline2", "carol@fabrikam.example\r\nRCPT TO:<x@y>",
-    "\x1b[31mred\x1b[0m", "[/]", "[bold]x[/bold]", "../../escape/pwned", "/etc/passwd", "..",
-    "\u202egnp.exe", "caf\u00e9", "\ud800", "*", "*.", "-", "gw-selfsigned\n", "broken\n",
-    "alice@contoso.example\n", "198.51.100.10\n", "0.0.0.0", "127.0.0.1", "10.0.0.1/8",
-    "198.51.100.0/24", "::1", "%s%n{}", "$(touch /tmp/pwned)", "'; DROP", "null", "~",
+    "",
+    " ",
+    "x" * 5000,
+    "a\x00b",
+    "line1\nline2",
+    "carol@fabrikam.example\r\nRCPT TO:<x@y>",
+    "\x1b[31mred\x1b[0m",
+    "[/]",
+    "[bold]x[/bold]",
+    "../../escape/pwned",
+    "/etc/passwd",
+    "..",
+    "\u202egnp.exe",
+    "caf\u00e9",
+    "\ud800",
+    "*",
+    "*.",
+    "-",
+    "gw-selfsigned\n",
+    "broken\n",
+    "alice@contoso.example\n",
+    "198.51.100.10\n",
+    "0.0.0.0",
+    "127.0.0.1",
+    "10.0.0.1/8",
+    "198.51.100.0/24",
+    "::1",
+    "%s%n{}",
+    "$(touch /tmp/pwned)",
+    "'; DROP",
+    "null",
+    "~",
 ]
 HOSTILE_SCALARS = [0, -1, 1, 10**30, -(10**30), 2**63, 1.5, float("inf"), float("nan"), True, False, None]
 
@@ -95,10 +122,14 @@ def nested(depth: int) -> Raw:
 
 
 values = st.one_of(
-    st.sampled_from(HOSTILE_STRINGS), st.sampled_from(HOSTILE_SCALARS),
-    st.text(max_size=30), st.integers(min_value=-(10**6), max_value=10**6),
+    st.sampled_from(HOSTILE_STRINGS),
+    st.sampled_from(HOSTILE_SCALARS),
+    st.text(max_size=30),
+    st.integers(min_value=-(10**6), max_value=10**6),
     st.builds(nested, st.sampled_from([1, 3, 49, 60])),
-    st.just([]), st.just({}), st.lists(st.sampled_from(HOSTILE_STRINGS), max_size=3),
+    st.just([]),
+    st.just({}),
+    st.lists(st.sampled_from(HOSTILE_STRINGS), max_size=3),
     st.dictionaries(st.sampled_from(HOSTILE_STRINGS), st.sampled_from(HOSTILE_STRINGS), max_size=2),
 )
 
@@ -109,7 +140,7 @@ def mutated_files(draw) -> str:
     kind = draw(st.sampled_from(["drop", "replace", "hostile", "deep", "duplicate", "rename", "truncate", "combo"]))
     if kind == "truncate":
         text = SEED_TEXT[seed]
-        return text[:draw(st.integers(min_value=0, max_value=len(text)))]
+        return text[: draw(st.integers(min_value=0, max_value=len(text)))]
     data = json.loads(json.dumps(SEED_DATA[seed]))  # a deep copy
     for _ in range(draw(st.integers(min_value=2, max_value=4)) if kind == "combo" else 1):
         step = kind if kind != "combo" else draw(st.sampled_from(["drop", "replace", "hostile", "duplicate", "rename"]))
@@ -157,9 +188,13 @@ def test_fuzz_validate_then_up(tmp_path):
     accepted: list[str] = []
     counter = iter(range(10**6))
 
-    @settings(max_examples=300, deadline=None, derandomize=True, database=None,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                     HealthCheck.function_scoped_fixture])
+    @settings(
+        max_examples=300,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
+    )
     @given(mutated_files())
     def validate_mutant(text):
         path = tmp_path / f"mutant-{next(counter)}.yaml"
@@ -189,9 +224,25 @@ def run_up_on(texts: list[str], tmp_path: Path) -> int:
         work = tmp_path / f"up-{i}"
         work.mkdir()
         (work / "lab.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
-        res = subprocess.run([sys.executable, "-m", "labgen.cli", "up", "lab.yaml", "--engine", "local",
-                              "--workdir", str(work), "--json"], cwd=work, env=env, capture_output=True,
-                             text=True, timeout=180)
+        res = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "labgen.cli",
+                "up",
+                "lab.yaml",
+                "--engine",
+                "local",
+                "--workdir",
+                str(work),
+                "--json",
+            ],
+            cwd=work,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
         return text, res
 
     ran = 0

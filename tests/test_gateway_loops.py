@@ -24,15 +24,15 @@ from pathlib import Path
 import dns.resolver
 import pytest
 import yaml
-
 from conftest import by_id, labgen
-from labgen.lab import nexthop
+
 from labgen.engines.local import LocalEngine
+from labgen.lab import nexthop
 from labgen.lab.gateway import HOPCOUNT_LIMIT, TOO_MANY_HOPS, GatewayHandler, hop_count, printable
 from labgen.lab.ledger import read_events
-from labgen.run import prepare_lab
-from labgen.model.scenario import load_scenario
 from labgen.lab.traffic import run_traffic
+from labgen.model.scenario import load_scenario
+from labgen.run import prepare_lab
 
 LOOPS = Path(__file__).resolve().parent / "data" / "loops"
 SCENARIOS = sorted(LOOPS.glob("e-*.yaml"))
@@ -89,6 +89,7 @@ def verdicts(doc: dict) -> dict[tuple[str, str], tuple[str, str | None]]:
 
 # ---------------------------------------------------------------- next hop: Postfix's smtp_addr.c
 
+
 class FakeResolver:
     """dnspython's resolve() over a dict: name -> MX [(pref, host)] and host -> A [ip]."""
 
@@ -98,6 +99,7 @@ class FakeResolver:
     def resolve(self, name: str, rdtype: str):
         class R:
             pass
+
         if rdtype == "MX":
             if name not in self.mx:
                 raise dns.resolver.NoAnswer()
@@ -121,35 +123,65 @@ SELF, EGRESS, OTHER, OTHER2 = "198.51.100.10", "198.51.100.11", "198.51.100.25",
 OWN = {SELF, EGRESS}
 
 
-@pytest.mark.parametrize("name, mx, records, expected", [
-    # smarthost ([host], no MX lookup): any of its addresses being ours is a loop
-    ("gw.example", False, {"a": {"gw.example": [SELF]}}, "5.4.6 mail for gw.example loops back to myself"),
-    ("gw.example", False, {"a": {"gw.example": [OTHER, EGRESS]}}, "5.4.6 mail for gw.example loops back to myself"),
-    ("eop.example", False, {"a": {"eop.example": [OTHER]}}, [("eop.example", OTHER)]),
-    # the domain's only MX is us
-    ("t.example", True, {"mx": {"t.example": [(10, "gw.example")]}, "a": {"gw.example": [SELF]}},
-     "5.4.6 mail for t.example loops back to myself"),
-    # no MX: the implicit MX is the name's own address, and it is ours
-    ("t.example", True, {"a": {"t.example": [EGRESS]}}, "5.4.6 mail for t.example loops back to myself"),
-    # we are a backup MX: only the better MX remains
-    ("t.example", True, {"mx": {"t.example": [(10, "mx1.example"), (20, "gw.example"), (30, "mx3.example")]},
-                         "a": {"mx1.example": [OTHER], "gw.example": [SELF], "mx3.example": [OTHER2]}},
-     [("mx1.example", OTHER)]),
-    # an equally preferred host goes with us (smtp_truncate_self cuts at our preference)
-    ("t.example", True, {"mx": {"t.example": [(10, "gw.example"), (10, "mx1.example")]},
-                         "a": {"gw.example": [SELF], "mx1.example": [OTHER]}},
-     "5.4.6 mail for t.example loops back to myself"),
-    # the better MX has no address: Postfix defers rather than claim a loop
-    ("t.example", True, {"mx": {"t.example": [(5, "gone.example"), (10, "gw.example")]},
-                         "a": {"gw.example": [SELF]}},
-     "4.4.4 unable to find primary relay for t.example"),
-    # an MX host without an address is skipped while another has one
-    ("t.example", True, {"mx": {"t.example": [(5, "gone.example"), (10, "mx1.example")]},
-                         "a": {"mx1.example": [OTHER]}}, [("mx1.example", OTHER)]),
-    # not ours at all
-    ("t.example", True, {"mx": {"t.example": [(10, "mx1.example")]}, "a": {"mx1.example": [OTHER, OTHER2]}},
-     [("mx1.example", OTHER), ("mx1.example", OTHER2)]),
-])
+@pytest.mark.parametrize(
+    "name, mx, records, expected",
+    [
+        # smarthost ([host], no MX lookup): any of its addresses being ours is a loop
+        ("gw.example", False, {"a": {"gw.example": [SELF]}}, "5.4.6 mail for gw.example loops back to myself"),
+        ("gw.example", False, {"a": {"gw.example": [OTHER, EGRESS]}}, "5.4.6 mail for gw.example loops back to myself"),
+        ("eop.example", False, {"a": {"eop.example": [OTHER]}}, [("eop.example", OTHER)]),
+        # the domain's only MX is us
+        (
+            "t.example",
+            True,
+            {"mx": {"t.example": [(10, "gw.example")]}, "a": {"gw.example": [SELF]}},
+            "5.4.6 mail for t.example loops back to myself",
+        ),
+        # no MX: the implicit MX is the name's own address, and it is ours
+        ("t.example", True, {"a": {"t.example": [EGRESS]}}, "5.4.6 mail for t.example loops back to myself"),
+        # we are a backup MX: only the better MX remains
+        (
+            "t.example",
+            True,
+            {
+                "mx": {"t.example": [(10, "mx1.example"), (20, "gw.example"), (30, "mx3.example")]},
+                "a": {"mx1.example": [OTHER], "gw.example": [SELF], "mx3.example": [OTHER2]},
+            },
+            [("mx1.example", OTHER)],
+        ),
+        # an equally preferred host goes with us (smtp_truncate_self cuts at our preference)
+        (
+            "t.example",
+            True,
+            {
+                "mx": {"t.example": [(10, "gw.example"), (10, "mx1.example")]},
+                "a": {"gw.example": [SELF], "mx1.example": [OTHER]},
+            },
+            "5.4.6 mail for t.example loops back to myself",
+        ),
+        # the better MX has no address: Postfix defers rather than claim a loop
+        (
+            "t.example",
+            True,
+            {"mx": {"t.example": [(5, "gone.example"), (10, "gw.example")]}, "a": {"gw.example": [SELF]}},
+            "4.4.4 unable to find primary relay for t.example",
+        ),
+        # an MX host without an address is skipped while another has one
+        (
+            "t.example",
+            True,
+            {"mx": {"t.example": [(5, "gone.example"), (10, "mx1.example")]}, "a": {"mx1.example": [OTHER]}},
+            [("mx1.example", OTHER)],
+        ),
+        # not ours at all
+        (
+            "t.example",
+            True,
+            {"mx": {"t.example": [(10, "mx1.example")]}, "a": {"mx1.example": [OTHER, OTHER2]}},
+            [("mx1.example", OTHER), ("mx1.example", OTHER2)],
+        ),
+    ],
+)
 def test_next_hops_refuse_the_gateway_itself(name, mx, records, expected):
     r = FakeResolver(records.get("mx", {}), records.get("a", {}))
     if isinstance(expected, str):
@@ -169,45 +201,60 @@ def test_without_own_addresses_nothing_is_a_loop():
 
 # ---------------------------------------------------------------- hop count: Postfix's cleanup
 
+
 def received(n: int) -> bytes:
-    return b"".join(b"Received: from r%d.example ([192.0.2.%d])\r\n\tby h%d.example; Thu, 1 Jan 2026 00:00:00 +0000\r\n"
-                    % (i, i % 250 + 1, i) for i in range(n))
+    return b"".join(
+        b"Received: from r%d.example ([192.0.2.%d])\r\n\tby h%d.example; Thu, 1 Jan 2026 00:00:00 +0000\r\n"
+        % (i, i % 250 + 1, i)
+        for i in range(n)
+    )
 
 
 BODY = b"From: erin@northwind.example\r\nSubject: hops\r\n\r\nbody\r\nReceived: in the body\r\n"
 
 
-@pytest.mark.parametrize("message, count", [
-    (BODY, 0),
-    (received(3) + BODY, 3),
-    (b"received: lower\r\nRECEIVED: upper\r\n" + BODY, 2),
-    (b"Received : blank before the colon (RFC 822)\r\n" + BODY, 1),
-    (b"X-Received: not a trace header\r\nReceived-SPF: pass\r\n" + BODY, 0),
-    (b"Received: folded\r\n\tover\r\n two lines\r\n" + BODY, 1),
-    (b"Received: a\nReceived: bare LF\n\nReceived: body\n", 2),
-    # the header block ends at the first line that is not a header
-    (b"Received: a\r\nnot a header line\r\nReceived: b\r\n\r\n", 1),
-    (b"\r\n" + received(5), 0),
-    # a message/rfc822 attachment's headers are not the message's
-    (b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: message/rfc822\r\n\r\n"
-     + received(60) + b"\r\n--b--\r\n", 0),
-])
+@pytest.mark.parametrize(
+    "message, count",
+    [
+        (BODY, 0),
+        (received(3) + BODY, 3),
+        (b"received: lower\r\nRECEIVED: upper\r\n" + BODY, 2),
+        (b"Received : blank before the colon (RFC 822)\r\n" + BODY, 1),
+        (b"X-Received: not a trace header\r\nReceived-SPF: pass\r\n" + BODY, 0),
+        (b"Received: folded\r\n\tover\r\n two lines\r\n" + BODY, 1),
+        (b"Received: a\nReceived: bare LF\n\nReceived: body\n", 2),
+        # the header block ends at the first line that is not a header
+        (b"Received: a\r\nnot a header line\r\nReceived: b\r\n\r\n", 1),
+        (b"\r\n" + received(5), 0),
+        # a message/rfc822 attachment's headers are not the message's
+        (
+            b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: message/rfc822\r\n\r\n"
+            + received(60)
+            + b"\r\n--b--\r\n",
+            0,
+        ),
+    ],
+)
 def test_hop_count_counts_the_primary_received_headers(message, count):
     assert hop_count(message) == count
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("mail.example", "mail.example"),
-    ("evil\rX-Injected: yes", "evil?X-Injected: yes"),
-    ("a\nb\x00c\x7fd", "a?b?c?d"),
-    ("höst.example", "h?st.example"),
-    ("x" * 300, "x" * 255),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("mail.example", "mail.example"),
+        ("evil\rX-Injected: yes", "evil?X-Injected: yes"),
+        ("a\nb\x00c\x7fd", "a?b?c?d"),
+        ("höst.example", "h?st.example"),
+        ("x" * 300, "x" * 255),
+    ],
+)
 def test_client_text_in_a_header_is_one_printable_line(text, expected):
     assert printable(text) == expected
 
 
 # ---------------------------------------------------------------- the loop scenarios, local engine
+
 
 @pytest.mark.parametrize("path", SCENARIOS, ids=lambda p: p.stem)
 def test_local_engine_bounces_each_loop_as_postfix(path, tmp_path):
@@ -218,7 +265,7 @@ def test_local_engine_bounces_each_loop_as_postfix(path, tmp_path):
     msgs = by_id(doc)
     assert {k: m["outcome"] for k, m in msgs.items()} == expectations(path)
     looped = 0
-    for (mid, rcpt), m in msgs.items():
+    for (_mid, rcpt), m in msgs.items():
         if m["outcome"] != "rejected":
             continue
         looped += 1
@@ -231,8 +278,9 @@ def test_local_engine_bounces_each_loop_as_postfix(path, tmp_path):
         assert b"Status: 5.4.6" in ndr and LOOP_REPLY[(doc["scenario"], rcpt)].encode()[6:] in ndr
     assert looped == sum(o == "rejected" for o in expectations(path).values()) > 0
     # Each message went round at most once: the gateway received it once.
-    received_events = [e for e in read_events(Path(doc["lab_dir"]) / "run")
-                       if e["service"] == "gateway" and e["event"] == "received"]
+    received_events = [
+        e for e in read_events(Path(doc["lab_dir"]) / "run") if e["service"] == "gateway" and e["event"] == "received"
+    ]
     assert len(received_events) == len(load_scenario(str(path)).traffic)
 
 
@@ -249,6 +297,7 @@ def test_exit_code_follows_the_expectations(tmp_path):
 
 
 # ---------------------------------------------------------------- hop count on a running lab
+
 
 @pytest.fixture
 def local_lab(tmp_path):
@@ -272,6 +321,7 @@ def smtp_session(ip: str, port: int, source_ip: str, commands: list[bytes], data
                 line = f.readline().decode()
                 if line[3:4] != "-":
                     return line.strip()
+
         reply()  # banner
         for cmd in commands:
             s.sendall(cmd + b"\r\n")
@@ -284,15 +334,25 @@ def smtp_session(ip: str, port: int, source_ip: str, commands: list[bytes], data
 
 def submit(plan, headers: bytes, *, helo: bytes = b"sender.internet.test", msgid: str) -> list[str]:
     data = headers + f"X-Labgen-Id: {msgid}\r\n".encode() + BODY
-    return smtp_session(plan.ip("gateway"), plan.smtp_port, plan.hosts["traffic"][0],
-                        [b"EHLO " + helo, b"MAIL FROM:<erin@northwind.example>", b"RCPT TO:<alice@contoso.example>",
-                         b"DATA"], data)
+    return smtp_session(
+        plan.ip("gateway"),
+        plan.smtp_port,
+        plan.hosts["traffic"][0],
+        [b"EHLO " + helo, b"MAIL FROM:<erin@northwind.example>", b"RCPT TO:<alice@contoso.example>", b"DATA"],
+        data,
+    )
 
 
-@pytest.mark.parametrize("n, accepted", [
-    (0, True), (HOPCOUNT_LIMIT - 2, True),  # 48 + the gateway's own = 49
-    (HOPCOUNT_LIMIT - 1, False), (HOPCOUNT_LIMIT, False), (200, False),
-])
+@pytest.mark.parametrize(
+    "n, accepted",
+    [
+        (0, True),
+        (HOPCOUNT_LIMIT - 2, True),  # 48 + the gateway's own = 49
+        (HOPCOUNT_LIMIT - 1, False),
+        (HOPCOUNT_LIMIT, False),
+        (200, False),
+    ],
+)
 def test_gateway_refuses_a_message_at_the_hop_limit(local_lab, n, accepted):
     plan, labdir, _ = local_lab
     replies = submit(plan, received(n), msgid=f"hops-{n}")
@@ -320,12 +380,15 @@ def test_the_gateway_adds_a_postfix_like_received_header(local_lab):
     plan, labdir, _ = local_lab
     replies = submit(plan, b"", helo=b"mail.northwind.example", msgid="trace-1")
     qid = replies[-1].rsplit(" ", 1)[1]
-    events = wait_for(labdir, lambda ev: any(e["event"] == "delivered" and e.get("msgid") == "trace-1" for e in ev),
-                      "delivery of trace-1")
+    events = wait_for(
+        labdir,
+        lambda ev: any(e["event"] == "delivered" and e.get("msgid") == "trace-1" for e in ev),
+        "delivery of trace-1",
+    )
     delivered = next(e for e in events if e["event"] == "delivered" and e.get("msgid") == "trace-1")
     eml = (labdir / "run" / delivered["file"]).read_bytes()
     head = eml.split(b"\r\n\r\n", 1)[0].decode()
-    ours = head[head.index("Received: from mail.northwind.example"):].split("\r\nX-Labgen-Id", 1)[0]
+    ours = head[head.index("Received: from mail.northwind.example") :].split("\r\nX-Labgen-Id", 1)[0]
     assert ours.startswith(f"Received: from mail.northwind.example (unknown [{plan.hosts['traffic'][0]}])\r\n")
     assert f"\tby {plan.scenario.gateway.hostname} (labgen) with ESMTP id {qid}\r\n" in ours
     assert "\tfor <alice@contoso.example>; " in ours and ours.endswith("+0000 (UTC)")
@@ -337,23 +400,40 @@ class FakeTransport:
         return None  # no TLS
 
 
-@pytest.mark.parametrize("helo, rcpts, first_line, for_line", [
-    ("mail.example", ["a@contoso.example"], "Received: from mail.example (unknown [192.0.2.7])",
-     "\tfor <a@contoso.example>; "),
-    # whatever the SMTP layer lets through, nothing but printable ASCII reaches the header
-    ("evil\r\nX-Injected: yes", ["a@contoso.example"], "Received: from evil??X-Injected: yes (unknown [192.0.2.7])",
-     "\tfor <a@contoso.example>; "),
-    ("t\u00e9st\x1b[2J\u2028", ["x\ny@contoso.example"], "Received: from t?st?[2J? (unknown [192.0.2.7])",
-     "\tfor <x?y@contoso.example>; "),
-    (None, ["a@contoso.example", "b@contoso.example"], "Received: from unknown (unknown [192.0.2.7])", None),
-])
+@pytest.mark.parametrize(
+    "helo, rcpts, first_line, for_line",
+    [
+        (
+            "mail.example",
+            ["a@contoso.example"],
+            "Received: from mail.example (unknown [192.0.2.7])",
+            "\tfor <a@contoso.example>; ",
+        ),
+        # whatever the SMTP layer lets through, nothing but printable ASCII reaches the header
+        (
+            "evil\r\nX-Injected: yes",
+            ["a@contoso.example"],
+            "Received: from evil??X-Injected: yes (unknown [192.0.2.7])",
+            "\tfor <a@contoso.example>; ",
+        ),
+        (
+            "t\u00e9st\x1b[2J\u2028",
+            ["x\ny@contoso.example"],
+            "Received: from t?st?[2J? (unknown [192.0.2.7])",
+            "\tfor <x?y@contoso.example>; ",
+        ),
+        (None, ["a@contoso.example", "b@contoso.example"], "Received: from unknown (unknown [192.0.2.7])", None),
+    ],
+)
 def test_received_header_from_client_text_is_safe(tmp_path, helo, rcpts, first_line, for_line):
     from types import SimpleNamespace
+
     plan, labdir = prepare_lab(load_scenario(str(LOOPS / "e-loop-mx.yaml")), LocalEngine(), tmp_path)
     handler = GatewayHandler(plan, labdir, labdir / "run", time.monotonic() + 10)
     session = SimpleNamespace(peer=("192.0.2.7", 1025), host_name=helo, extended_smtp=True)
-    header = handler._received_header(SimpleNamespace(transport=FakeTransport()), session,
-                                      SimpleNamespace(rcpt_tos=rcpts), "ABCDE12345").decode("ascii")
+    header = handler._received_header(
+        SimpleNamespace(transport=FakeTransport()), session, SimpleNamespace(rcpt_tos=rcpts), "ABCDE12345"
+    ).decode("ascii")
     handler.ledger.close()
     lines = header.split("\r\n")
     assert header.endswith("\r\n") and lines[-1] == ""
@@ -372,8 +452,11 @@ def test_a_loop_the_gateway_cannot_see_ends_by_hop_count(local_lab):
     engine.gateway.own_ips = frozenset()
     plan.scenario.traffic = [m for m in plan.scenario.traffic if m.id == "erin-to-tailspin"]
     run_traffic(plan, labdir / "run")
-    events = wait_for(labdir, lambda ev: any(e["event"] == "ndr" and e.get("msgid") == "erin-to-tailspin" for e in ev),
-                      "NDR for erin-to-tailspin")
+    events = wait_for(
+        labdir,
+        lambda ev: any(e["event"] == "ndr" and e.get("msgid") == "erin-to-tailspin" for e in ev),
+        "NDR for erin-to-tailspin",
+    )
     mine = [e for e in events if e["service"] == "gateway" and e.get("msgid") == "erin-to-tailspin"]
     # accepted by the gateway HOPCOUNT_LIMIT - 1 times, the last pass refused
     assert sum(e["event"] == "received" for e in mine) == HOPCOUNT_LIMIT - 1
@@ -399,15 +482,18 @@ def test_a_failed_delivery_task_is_one_ledger_event_not_a_traceback(tmp_path):
         while handler.tasks:
             await asyncio.sleep(0)
         gc.collect()  # an unretrieved task exception is reported when the task is collected
+
     asyncio.run(main())
     handler.ledger.close()
     assert reported == []
     errors = [e for e in read_events(labdir / "run") if e["event"] == "delivery_error"]
-    assert [(e["queue_id"], e["msgid"], e["error"]) for e in errors] == \
-        [("Q1", "m1", "RuntimeError: Executor shutdown has been called")]
+    assert [(e["queue_id"], e["msgid"], e["error"]) for e in errors] == [
+        ("Q1", "m1", "RuntimeError: Executor shutdown has been called")
+    ]
 
 
 # ---------------------------------------------------------------- parity with Postfix (Docker)
+
 
 @pytest.fixture(scope="module")
 def docker_runs(docker_ready, tmp_path_factory):
@@ -418,8 +504,11 @@ def docker_runs(docker_ready, tmp_path_factory):
         for path in SCENARIOS:
             name = load_scenario(str(path)).name
             wd = tmp_path_factory.mktemp(f"docker-{name}")
-            runs[name] = {"path": path, "docker": up(path, wd, "--engine", "docker", "--subnet", DOCKER_SUBNET[name]),
-                          "local": up(path, tmp_path_factory.mktemp(f"local-{name}"), "--engine", "local")}
+            runs[name] = {
+                "path": path,
+                "docker": up(path, wd, "--engine", "docker", "--subnet", DOCKER_SUBNET[name]),
+                "local": up(path, tmp_path_factory.mktemp(f"local-{name}"), "--engine", "local"),
+            }
         yield runs
     finally:
         cwd = tmp_path_factory.mktemp("down")
@@ -438,7 +527,7 @@ def test_docker_postfix_gives_the_same_verdict(docker_runs, name):
     # the SAME outcome and enhanced status code per message and recipient
     assert verdicts(doc) == verdicts(ldoc)
     assert {k: v[0] for k, v in verdicts(doc).items()} == expectations(docker_runs[name]["path"])
-    for (mid, rcpt), m in by_id(doc).items():
+    for (_mid, rcpt), m in by_id(doc).items():
         if m["outcome"] == "rejected":
             # Postfix's own words, as its log has them, equal the built-in gateway's
             assert gateway_bounce(m)["reply"] == LOOP_REPLY[(name, rcpt)]
@@ -453,15 +542,36 @@ def test_docker_postfix_hop_limit_matches_the_builtin_gateway(docker_runs, local
     built-in gateway: the same reply at end of DATA."""
     plan = json.loads((Path(docker_runs["e-loop-mx"]["docker"][1]["lab_dir"]) / "plan.json").read_text())
     data = received(n) + f"X-Labgen-Id: swaks-hops-{n}\r\n".encode() + BODY
-    p = subprocess.run(["docker", "exec", "-i", "labgen-e-loop-mx-traffic", "swaks", "--server", plan["hosts"]["gateway"][0],
-                        "--from", "erin@northwind.example", "--to", "alice@contoso.example", "--data", "-",
-                        "--timeout", "20"], input=data, capture_output=True, timeout=60)
+    p = subprocess.run(
+        [
+            "docker",
+            "exec",
+            "-i",
+            "labgen-e-loop-mx-traffic",
+            "swaks",
+            "--server",
+            plan["hosts"]["gateway"][0],
+            "--from",
+            "erin@northwind.example",
+            "--to",
+            "alice@contoso.example",
+            "--data",
+            "-",
+            "--timeout",
+            "20",
+        ],
+        input=data,
+        capture_output=True,
+        timeout=60,
+    )
     postfix_reply = [line[4:].strip() for line in p.stdout.decode().splitlines() if line.startswith(("<- ", "<**"))][-2]
     builtin_reply = submit(local_lab[0], received(n), msgid=f"hops-{n}")[-1]
     if n + 1 >= HOPCOUNT_LIMIT:
         assert postfix_reply == builtin_reply == TOO_MANY_HOPS
     else:
-        assert postfix_reply.startswith("250 2.0.0 Ok: queued as ") and builtin_reply.startswith("250 2.0.0 Ok: queued as ")
+        assert postfix_reply.startswith("250 2.0.0 Ok: queued as ") and builtin_reply.startswith(
+            "250 2.0.0 Ok: queued as "
+        )
 
 
 def test_a_full_queue_defers_new_mail_as_postfix_does(local_lab, monkeypatch):
@@ -469,13 +579,13 @@ def test_a_full_queue_defers_new_mail_as_postfix_does(local_lab, monkeypatch):
     flood gets Postfix's 452 4.3.1 instead of the machine's memory, and the queue takes mail
     again once it has room."""
     from labgen.lab import gateway as gw
+
     plan, labdir, engine = local_lab
     # Room for exactly nothing more than what is already held: any message is over the limit.
     monkeypatch.setattr(gw, "QUEUE_MAX_BYTES", engine.gateway.queued_bytes)
     replies = submit(plan, b"", msgid="queue-full")
     assert replies[-1] == gw.INSUFFICIENT_STORAGE
     events = [e for e in read_events(labdir / "run") if e.get("msgid") == "queue-full"]
-    assert [(e["event"], e["action"], e["reply"]) for e in events] == [
-        ("rcpt", "defer", gw.INSUFFICIENT_STORAGE)]
+    assert [(e["event"], e["action"], e["reply"]) for e in events] == [("rcpt", "defer", gw.INSUFFICIENT_STORAGE)]
     monkeypatch.setattr(gw, "QUEUE_MAX_BYTES", 1 << 20)
     assert submit(plan, b"", msgid="queue-room")[-1].startswith("250 2.0.0 Ok: queued as ")

@@ -21,10 +21,11 @@ import dns.rdatatype
 import dns.update
 import pytest
 
-from labgen.lab import dns_server as labdns, smtpd
 from labgen.engines.local import LocalEngine
-from labgen.run import prepare_lab
+from labgen.lab import dns_server as labdns
+from labgen.lab import smtpd
 from labgen.model.scenario import load_scenario
+from labgen.run import prepare_lab
 
 
 @pytest.fixture
@@ -130,26 +131,30 @@ def test_raw_packets_get_the_careful_answer(lab, transport, name, packet, rcode)
         bad = dns_events(labdir, "bad_query")
         assert len(bad) == 1 and len(bad[0]["why"]) <= 200
     # The server still answers a good query.
-    good = dns.query.udp(dns.message.make_query("fabrikam.example", "MX"), plan.ip("dns"), port=plan.dns_port,
-                         timeout=60)
+    good = dns.query.udp(
+        dns.message.make_query("fabrikam.example", "MX"), plan.ip("dns"), port=plan.dns_port, timeout=60
+    )
     assert good.rcode() == dns.rcode.NOERROR and good.answer
 
 
 def test_binary_label_is_logged_escaped(lab):
     plan, labdir = lab
-    assert udp_exchange(plan, header(1, RD) + question(wire(b"\x1b[31m\x00", b"example"))).rcode() == \
-        dns.rcode.NXDOMAIN
+    assert udp_exchange(plan, header(1, RD) + question(wire(b"\x1b[31m\x00", b"example"))).rcode() == dns.rcode.NXDOMAIN
     logged = dns_events(labdir, "query")[-1]["qname"]
     assert "\x1b" not in logged and "\x00" not in logged and logged.endswith(".example")
 
 
-@pytest.mark.parametrize("make, rcode", [
-    (lambda: dns.message.make_query("fabrikam.example", "AXFR"), dns.rcode.REFUSED),
-    (lambda: dns.message.make_query("fabrikam.example", "IXFR"), dns.rcode.REFUSED),
-    (lambda: dns.update.UpdateMessage("fabrikam.example"), dns.rcode.NOTIMP),
-    (lambda: _notify(), dns.rcode.NOTIMP),
-    (lambda: dns.message.make_query("version.bind", "TXT", "CH"), dns.rcode.REFUSED),
-], ids=["axfr", "ixfr", "update", "notify", "chaos"])
+@pytest.mark.parametrize(
+    "make, rcode",
+    [
+        (lambda: dns.message.make_query("fabrikam.example", "AXFR"), dns.rcode.REFUSED),
+        (lambda: dns.message.make_query("fabrikam.example", "IXFR"), dns.rcode.REFUSED),
+        (lambda: dns.update.UpdateMessage("fabrikam.example"), dns.rcode.NOTIMP),
+        (lambda: _notify(), dns.rcode.NOTIMP),
+        (lambda: dns.message.make_query("version.bind", "TXT", "CH"), dns.rcode.REFUSED),
+    ],
+    ids=["axfr", "ixfr", "update", "notify", "chaos"],
+)
 def test_dnspython_messages(lab, make, rcode):
     plan, labdir = lab
     for send in (dns.query.udp, dns.query.tcp):
@@ -165,8 +170,9 @@ def _notify() -> dns.message.Message:
 
 def test_any_answers_every_rrset_of_the_name(lab):
     plan, labdir = lab
-    reply = dns.query.udp(dns.message.make_query("fabrikam.example", "ANY"), plan.ip("dns"),
-                          port=plan.dns_port, timeout=60)
+    reply = dns.query.udp(
+        dns.message.make_query("fabrikam.example", "ANY"), plan.ip("dns"), port=plan.dns_port, timeout=60
+    )
     assert reply.rcode() == dns.rcode.NOERROR and reply.flags & dns.flags.AA
     assert {dns.rdatatype.to_text(r.rdtype) for r in reply.answer} == {"MX"}
 
@@ -202,8 +208,9 @@ def test_tcp_connection_cap_closes_the_surplus_and_recovers(lab, monkeypatch, ca
     while True:
         reply = None
         try:
-            reply = dns.query.tcp(dns.message.make_query("fabrikam.example", "MX"), plan.ip("dns"),
-                                  port=plan.dns_port, timeout=60)
+            reply = dns.query.tcp(
+                dns.message.make_query("fabrikam.example", "MX"), plan.ip("dns"), port=plan.dns_port, timeout=60
+            )
         except (ConnectionError, EOFError):
             pass
         if reply is not None or time.monotonic() > deadline:

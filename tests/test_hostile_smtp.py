@@ -23,12 +23,12 @@ from pathlib import Path
 
 import pytest
 
-from labgen.lab import smtpd
 from labgen.engines.local import LocalEngine
-from labgen.run import prepare_lab
-from labgen.model.scenario import load_scenario
+from labgen.lab import smtpd
 from labgen.lab.sink import SinkHandler
 from labgen.lab.smtpd import LabSMTP, serve
+from labgen.model.scenario import load_scenario
+from labgen.run import prepare_lab
 
 REPO = Path(__file__).resolve().parent.parent
 SIZE_EXCEEDED = "552 5.3.4 Message size exceeds fixed maximum message size"
@@ -68,8 +68,7 @@ class Raw:
 
     def __init__(self, ip: str, port: int, source: str | None = None):
         # The timeout is only an upper bound for a reply that never comes.
-        self.sock = socket.create_connection((ip, port), timeout=60,
-                                             source_address=(source, 0) if source else None)
+        self.sock = socket.create_connection((ip, port), timeout=60, source_address=(source, 0) if source else None)
         self.file = self.sock.makefile("rb")
         self.banner = self.reply()
 
@@ -262,10 +261,16 @@ CONTROL = [
     ("HELO a\x00b", None, "501 5.5.2 Syntax: HELO hostname"),
     (b"MAIL FROM:<a\rb@northwind.example>", None, "501 5.1.7 Bad sender address syntax"),
     ("MAIL FROM:<erin@northwind.example> ENVID=a\x01", None, "501 5.1.7 Bad sender address syntax"),
-    ("RCPT TO:<\"a\x00b\"@northwind.example>", "MAIL FROM:<erin@northwind.example>",
-     "501 5.1.3 Bad recipient address syntax"),
-    ("RCPT TO:<a\u202eb@northwind.example>", "MAIL FROM:<erin@northwind.example>",
-     "501 5.1.3 Bad recipient address syntax"),
+    (
+        'RCPT TO:<"a\x00b"@northwind.example>',
+        "MAIL FROM:<erin@northwind.example>",
+        "501 5.1.3 Bad recipient address syntax",
+    ),
+    (
+        "RCPT TO:<a\u202eb@northwind.example>",
+        "MAIL FROM:<erin@northwind.example>",
+        "501 5.1.3 Bad recipient address syntax",
+    ),
 ]
 
 
@@ -316,8 +321,17 @@ def test_mail_size_parameter(lab, service, params, expected):
     c.close()
 
 
-BDAT_SYNTAX = ["BDAT ١٢ LAST", "BDAT ١٢", "BDAT 12 LAST extra", "BDAT 1234567890123456", "BDAT -1",
-               "BDAT 12 NOTLAST", "BDAT", "BDAT 0x10", "BDAT 1e3 LAST"]
+BDAT_SYNTAX = [
+    "BDAT ١٢ LAST",
+    "BDAT ١٢",
+    "BDAT 12 LAST extra",
+    "BDAT 1234567890123456",
+    "BDAT -1",
+    "BDAT 12 NOTLAST",
+    "BDAT",
+    "BDAT 0x10",
+    "BDAT 1e3 LAST",
+]
 
 
 @pytest.mark.parametrize("command", BDAT_SYNTAX)
@@ -364,8 +378,10 @@ def small(lab):
     handler = SinkHandler(plan, labdir / "run")
 
     async def start():
-        return await serve(lambda: LabSMTP(handler, banner_host="small.test", data_size_limit=65536),
-                           plan.ip("sink"), 0)
+        return await serve(
+            lambda: LabSMTP(handler, banner_host="small.test", data_size_limit=65536), plan.ip("sink"), 0
+        )
+
     server = asyncio.run_coroutine_threadsafe(start(), engine.loop).result(30)
     engine.servers.append(server)  # closed with the lab
     return plan.ip("sink"), server.sockets[0].getsockname()[1], labdir
@@ -376,10 +392,14 @@ def test_bdat_chunks_over_the_limit_fail_the_transaction(small):
     c = Raw(ip, port)
     ehlo_mail_rcpt(c, "dave@northwind.example")
     # Pipelined, as RFC 3030 allows: the chunk after the failed one finds no transaction.
-    c.sock.sendall(b"BDAT 40000\r\n" + b"a" * 40000 + b"BDAT 40000\r\n" + b"b" * 40000
-                   + b"BDAT 10 LAST\r\n" + b"c" * 10)
-    assert [c.reply() for _ in range(3)] == ["250 2.0.0 40000 octets received", SIZE_EXCEEDED,
-                                             "503 5.5.1 Error: need RCPT command"]
+    c.sock.sendall(
+        b"BDAT 40000\r\n" + b"a" * 40000 + b"BDAT 40000\r\n" + b"b" * 40000 + b"BDAT 10 LAST\r\n" + b"c" * 10
+    )
+    assert [c.reply() for _ in range(3)] == [
+        "250 2.0.0 40000 octets received",
+        SIZE_EXCEEDED,
+        "503 5.5.1 Error: need RCPT command",
+    ]
     ehlo_mail_rcpt(c, "dave@northwind.example")
     assert c.bdat(message("small-ok"), last=True) == "250 2.0.0 Ok: queued"
     c.close()
@@ -411,6 +431,7 @@ def test_data_over_the_limit_gets_552_with_enhanced_code(small):
 
 # --- STARTTLS ----------------------------------------------------------------------------------
 
+
 def _no_verify() -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
@@ -434,14 +455,19 @@ def test_second_starttls_is_refused_and_the_session_goes_on(lab, service):
 def test_second_starttls_with_openssl_s_client(lab):
     engine, plan, labdir, canary = lab
     ip, port = server_addr(plan, "sink")
-    p = subprocess.run(["openssl", "s_client", "-connect", f"{ip}:{port}", "-starttls", "smtp", "-quiet",
-                        "-crlf", "-ign_eof"], input="EHLO client.test\nSTARTTLS\nNOOP\nQUIT\n",
-                       capture_output=True, text=True, timeout=60)
+    p = subprocess.run(
+        ["openssl", "s_client", "-connect", f"{ip}:{port}", "-starttls", "smtp", "-quiet", "-crlf", "-ign_eof"],
+        input="EHLO client.test\nSTARTTLS\nNOOP\nQUIT\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert "503 5.5.1 Already in TLS" in p.stdout, p.stdout + p.stderr
     assert "221 2.0.0 Service closing transmission channel" in p.stdout
 
 
 # --- connection cap, idle timeout, descriptors -------------------------------------------------
+
 
 def test_connection_cap_answers_421_logs_once_and_recovers(lab, monkeypatch, caplog):
     """More idle clients than the cap: the surplus is told 421 and disconnected, the condition is
@@ -473,17 +499,42 @@ def test_connection_cap_answers_421_logs_once_and_recovers(lab, monkeypatch, cap
             break
     assert c.banner.startswith("220 ")
     files = plan.certs["gw-selfsigned"]
-    p = subprocess.run(["swaks", "--server", ip, "--port", str(port), "--local-interface", plan.ip("gateway"),
-                        "--from", "alice@contoso.example", "--to", "bob@contoso.example", "--ehlo",
-                        "gw.contoso.example", "--tls", "--tls-cert", str(labdir / files.chain), "--tls-key",
-                        str(labdir / files.key), "--header", "X-Labgen-Id: after-flood", "--timeout", "30"],
-                       capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [
+            "swaks",
+            "--server",
+            ip,
+            "--port",
+            str(port),
+            "--local-interface",
+            plan.ip("gateway"),
+            "--from",
+            "alice@contoso.example",
+            "--to",
+            "bob@contoso.example",
+            "--ehlo",
+            "gw.contoso.example",
+            "--tls",
+            "--tls-cert",
+            str(labdir / files.chain),
+            "--tls-key",
+            str(labdir / files.key),
+            "--header",
+            "X-Labgen-Id: after-flood",
+            "--timeout",
+            "30",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode == 0 and "250 2.6.0" in p.stdout, p.stdout + p.stderr
     assert len([r for r in caplog.records if "connections open" in r.getMessage()]) == 1
 
 
 def test_connection_cap_is_well_below_the_descriptor_limit():
     import resource
+
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     assert 8 <= smtpd.connection_cap() <= min(256, max(8, soft // 8))
 
@@ -538,9 +589,16 @@ def test_accept_failing_for_want_of_descriptors_is_logged_once(tmp_path):
 
     def low_limit():
         resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
-    child = subprocess.Popen([sys.executable, "-c", EMFILE_CHILD, str(tmp_path)], cwd=REPO, text=True,
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             preexec_fn=low_limit)
+
+    child = subprocess.Popen(
+        [sys.executable, "-c", EMFILE_CHILD, str(tmp_path)],
+        cwd=REPO,
+        text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=low_limit,
+    )
     try:
         _, ip, port = child.stdout.readline().split()
         assert child.stdout.readline().strip() == "FULL"
@@ -583,6 +641,7 @@ MAILBOX_NAMES = [
 @pytest.mark.parametrize("address, name", MAILBOX_NAMES)
 def test_mailbox_names(address, name):
     from labgen.lab.ledger import mailbox_dir
+
     assert mailbox_dir(address) == name
     local, at, domain = address.rpartition("@")
     assert urllib.parse.unquote(name, errors="surrogateescape") == (local + at + domain.lower() if at else address)
@@ -590,12 +649,14 @@ def test_mailbox_names(address, name):
 
 def test_long_mailbox_names_are_cut_and_stay_distinct():
     from labgen.lab.ledger import mailbox_dir
+
     a, b = mailbox_dir("x" * 300 + "a@northwind.example"), mailbox_dir("x" * 300 + "b@northwind.example")
     assert a != b and len(a) <= 200 and len(b) <= 200 and "/" not in a + b
 
 
 def test_empty_address_has_no_mailbox(tmp_path):
     from labgen.lab.ledger import write_mailbox
+
     with pytest.raises(ValueError):
         write_mailbox(tmp_path, "", None, b"x")
     assert tree(tmp_path) == set()

@@ -109,20 +109,25 @@ def _run_in(image: str, command: str) -> str:
     import docker
 
     client = docker.from_env()
-    out = client.containers.run(image, ["sh", "-c", command], network_mode="none", remove=True,
-                                stderr=True)
+    out = client.containers.run(image, ["sh", "-c", command], network_mode="none", remove=True, stderr=True)
     return out.decode()
 
 
 @pytest.mark.docker
-@pytest.mark.parametrize("command, expect", [
-    ("postconf -d mail_version", r"mail_version = 3\."),
-    ("python3 -c 'import labgen.lab.entrypoints, labgen.lab.eop.server, labgen.lab.dns_server; print(labgen.__file__)'",
-     r"^/opt/labgen/labgen/__init__\.py"),
-    ("swaks --version", r"swaks version"),
-    ("ip addr", r"\blo\b.*LOOPBACK"),
-    ("pwd; command -v python3; command -v pip pip3 || echo no-pip", r"^/lab\n/usr/bin/python3\nno-pip"),
-])
+@pytest.mark.parametrize(
+    "command, expect",
+    [
+        ("postconf -d mail_version", r"mail_version = 3\."),
+        (
+            "python3 -c 'import labgen.lab.entrypoints, labgen.lab.eop.server, labgen.lab.dns_server; "
+            "print(labgen.__file__)'",
+            r"^/opt/labgen/labgen/__init__\.py",
+        ),
+        ("swaks --version", r"swaks version"),
+        ("ip addr", r"\blo\b.*LOOPBACK"),
+        ("pwd; command -v python3; command -v pip pip3 || echo no-pip", r"^/lab\n/usr/bin/python3\nno-pip"),
+    ],
+)
 def test_image_has_tools(lab_image, command, expect):
     assert re.search(expect, _run_in(lab_image, command))
 
@@ -145,11 +150,16 @@ def test_image_libraries_satisfy_pyproject(lab_image):
     if not pyproject.is_file():
         pytest.skip("not a source checkout")
     reqs = [Requirement(d) for d in tomllib.loads(pyproject.read_text())["project"]["dependencies"]]
-    script = ("import importlib.metadata as m\n"
-              f"for name in {[r.name for r in reqs]!r}:\n"
-              "    try: print(name, m.version(name))\n"
-              "    except m.PackageNotFoundError: print(name, 'missing')\n")
-    found = dict(line.split() for line in _run_in(lab_image, f"python3 -c \"{script}\"").splitlines())
-    bad = {r.name: found.get(r.name) for r in reqs if found.get(r.name) in (None, "missing")
-           or not r.specifier.contains(found[r.name], prereleases=True)}
+    script = (
+        "import importlib.metadata as m\n"
+        f"for name in {[r.name for r in reqs]!r}:\n"
+        "    try: print(name, m.version(name))\n"
+        "    except m.PackageNotFoundError: print(name, 'missing')\n"
+    )
+    found = dict(line.split() for line in _run_in(lab_image, f'python3 -c "{script}"').splitlines())
+    bad = {
+        r.name: found.get(r.name)
+        for r in reqs
+        if found.get(r.name) in (None, "missing") or not r.specifier.contains(found[r.name], prereleases=True)
+    }
     assert not bad, f"image packages that do not satisfy pyproject.toml: {bad}"

@@ -14,7 +14,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, labgen
 
 BROKEN = REPO / "labgen" / "scenarios" / "broken.yaml"
@@ -35,6 +34,7 @@ def tree(path: Path) -> dict[str, bytes]:
 
 # ---------------------------------------------------------------- directories
 
+
 def foreign_dir(tmp_path: Path) -> Path:
     """A user's directory with their own data, including a run/ of their own."""
     d = tmp_path / "mine"
@@ -45,10 +45,14 @@ def foreign_dir(tmp_path: Path) -> Path:
     return d
 
 
-@pytest.mark.parametrize("command", [
-    ["render", "broken", "-o", "{dir}"],
-    ["render", "broken", "-o", "{dir}", "--subnet", "198.18.30.0/24"],
-], ids=["render", "render-subnet"])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["render", "broken", "-o", "{dir}"],
+        ["render", "broken", "-o", "{dir}", "--subnet", "198.18.30.0/24"],
+    ],
+    ids=["render", "render-subnet"],
+)
 def test_render_refuses_a_non_empty_directory_it_did_not_create(tmp_path, command):
     d = foreign_dir(tmp_path)
     before = tree(d)
@@ -93,11 +97,15 @@ def test_render_creates_or_adopts_an_empty_directory_0700(tmp_path, make):
     assert not (d / "run" / "old").exists()  # labgen's own run/ is replaced
 
 
-@pytest.mark.parametrize("command", [
-    lambda link: ["render", "broken", "-o", link],
-    lambda link: ["up", "broken", "--engine", "local", "--workdir", link.parent],
-    lambda link: ["certs", "broken", "--workdir", link.parent],
-], ids=["render", "up", "certs"])
+@pytest.mark.parametrize(
+    "command",
+    [
+        lambda link: ["render", "broken", "-o", link],
+        lambda link: ["up", "broken", "--engine", "local", "--workdir", link.parent],
+        lambda link: ["certs", "broken", "--workdir", link.parent],
+    ],
+    ids=["render", "up", "certs"],
+)
 def test_a_symlinked_lab_directory_is_refused_not_followed(tmp_path, command):
     target = tmp_path / "elsewhere"
     target.mkdir(mode=0o755)
@@ -139,6 +147,7 @@ def test_up_refuses_a_foreign_lab_directory_unless_forced(tmp_path):
 
 # ---------------------------------------------------------------- torn PKI
 
+
 def test_a_replaced_key_is_regenerated_not_an_opaque_tls_error(tmp_path):
     assert labgen("certs", "broken", cwd=tmp_path).returncode == 0
     certs = tmp_path / "labgen-broken" / "certs"
@@ -162,6 +171,7 @@ def test_an_unchanged_pki_is_reused(tmp_path):
 
 
 # ---------------------------------------------------------------- read-only places, full disks
+
 
 @contextmanager
 def tmpfs(path: Path, options: str):
@@ -193,26 +203,39 @@ def test_certs_in_a_read_only_lab_directory_exits_3_naming_it(tmp_path):
 
 # ---------------------------------------------------------------- down --all
 
+
 def test_down_all_without_a_terminal_refuses_before_touching_anything(tmp_path):
     # DOCKER_HOST points nowhere: had it tried to list or remove labs, it would say so (exit 3).
-    p = subprocess.run([sys.executable, "-m", "labgen.cli", "down", "--all"], cwd=tmp_path, capture_output=True,
-                       text=True, stdin=subprocess.DEVNULL,
-                       env={**os.environ, "DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock"})
+    p = subprocess.run(
+        [sys.executable, "-m", "labgen.cli", "down", "--all"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, "DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock"},
+    )
     one_line_error(p, 2, "--yes")
 
 
 def test_down_all_and_a_lab_name_is_bad_usage(tmp_path):
-    p = labgen("down", "broken", "--all", "--yes", cwd=tmp_path,
-               env={"DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock"})
+    p = labgen(
+        "down", "broken", "--all", "--yes", cwd=tmp_path, env={"DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock"}
+    )
     one_line_error(p, 2, "--all")
 
 
 # ---------------------------------------------------------------- Ctrl-C
 
+
 def interrupt(tmp_path: Path, when) -> subprocess.CompletedProcess:
     """Start `labgen up broken --engine local`, SIGINT it once `when()` holds, collect it."""
-    proc = subprocess.Popen([sys.executable, "-m", "labgen.cli", "up", "broken", "--engine", "local"], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "labgen.cli", "up", "broken", "--engine", "local"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 60  # an upper bound only
     while not when() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
@@ -237,8 +260,9 @@ labgen.cli.main()
 
 
 def test_ctrl_c_while_loading_is_one_line_and_exit_130(tmp_path):
-    p = subprocess.run([sys.executable, "-c", INTERRUPT_WHILE_IMPORTING], cwd=tmp_path, capture_output=True, text=True,
-                       timeout=60)
+    p = subprocess.run(
+        [sys.executable, "-c", INTERRUPT_WHILE_IMPORTING], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
     assert p.returncode == 130, p.stderr
     assert p.stderr.strip().splitlines() == ["labgen: interrupted; nothing this command started is left running"]
     assert not (tmp_path / "labgen-broken").exists()

@@ -7,14 +7,15 @@ import copy
 
 import pytest
 
-from labgen.model.plan import make_plan
 from labgen.engines import postfix
+from labgen.model.plan import make_plan
 from labgen.model.scenario import load_scenario
 
 
 def parse_log(lines, plan):
     """The typed gateway events as plain dicts, every field present (None when unset)."""
     return [e.model_dump() for e in postfix.parse_log(lines, plan)]
+
 
 RUN = "4992cfd1"
 GW = "198.51.100.10"
@@ -62,38 +63,46 @@ QID = "4C98AE2BA7"
 
 
 def received(qid=QID, msgid="to-fabrikam", run=RUN, client="198.51.100.40", pid=183):
-    return [f"Nov 27 02:54:01 gw postfix/smtpd[177]: {qid}: client=unknown[{client}]",
-            f"Nov 27 02:54:01 gw postfix/cleanup[{pid}]: {qid}: message-id=<{msgid}.{run}@traffic.labgen.test>"]
+    return [
+        f"Nov 27 02:54:01 gw postfix/smtpd[177]: {qid}: client=unknown[{client}]",
+        f"Nov 27 02:54:01 gw postfix/cleanup[{pid}]: {qid}: message-id=<{msgid}.{run}@traffic.labgen.test>",
+    ]
 
 
 BOUNCED_EOP = (
     f"Nov 27 02:54:01 gw postfix/conn0/smtp[123]: {QID}: to=<carol@fabrikam.example>, "
     "relay=fabrikam.mail.protection.outlook.test[198.51.100.25]:25, delay=0.1, delays=0/0/0/0, dsn=5.7.64, "
     "status=bounced (host fabrikam.mail.protection.outlook.test[198.51.100.25] said: 550 5.7.64 "
-    "TenantAttribution; Relay Access Denied (in reply to RCPT TO command))")
+    "TenantAttribution; Relay Access Denied (in reply to RCPT TO command))"
+)
 BOUNCED_DBEB = (
     f"Nov 27 02:54:01 gw postfix/conn0/smtp[123]: {QID}: to=<carol@fabrikam.example>, "
     "relay=fabrikam.mail.protection.outlook.test[198.51.100.25]:25, delay=0.1, delays=0/0/0/0, dsn=5.4.1, "
     "status=bounced (host fabrikam.mail.protection.outlook.test[198.51.100.25] said: 550 5.4.1 Recipient "
-    "address rejected: Access denied. AS(201806281) (in reply to RCPT TO command))")
+    "address rejected: Access denied. AS(201806281) (in reply to RCPT TO command))"
+)
 BOUNCED_DATA = (
     f"Nov 27 02:54:01 gw postfix/conn0/smtp[123]: {QID}: to=<carol@fabrikam.example>, "
     "relay=fabrikam.mail.protection.outlook.test[198.51.100.25]:25, delay=0.1, delays=0/0/0/0, dsn=5.6.0, "
     "status=bounced (host fabrikam.mail.protection.outlook.test[198.51.100.25] said: 554 5.6.0 Message "
-    "rejected (in reply to end of DATA command))")
+    "rejected (in reply to end of DATA command))"
+)
 DEFERRED_TLS_REQUIRED = (
     f"Nov 27 02:54:01 gw postfix/conn1/smtp[124]: {QID}: to=<bob@contoso.example>, "
     "relay=contoso.mail.protection.outlook.test[198.51.100.25]:25, delay=0.2, delays=0/0/0.1/0, dsn=4.7.3, "
     "status=deferred (host contoso.mail.protection.outlook.test[198.51.100.25] said: 451 5.7.3 STARTTLS is "
-    "required to send mail (in reply to RCPT TO command))")
+    "required to send mail (in reply to RCPT TO command))"
+)
 DEFERRED_REFUSED = (
     f"Nov 27 02:54:01 gw postfix/conn0/smtp[125]: {QID}: to=<carol@fabrikam.example>, relay=none, delay=30, "
     "delays=0.01/0/30/0, dsn=4.4.1, status=deferred (connect to "
-    "fabrikam.mail.protection.outlook.test[198.51.100.25]:25: Connection refused)")
+    "fabrikam.mail.protection.outlook.test[198.51.100.25]:25: Connection refused)"
+)
 BOUNCED_DNS = (
     f"Nov 27 02:54:01 gw postfix/conn0/smtp[126]: {QID}: to=<carol@fabrikam.example>, relay=none, delay=0.02, "
     "delays=0.01/0/0.01/0, dsn=5.4.4, status=bounced (Host or domain name not found. Name service error for "
-    "name=fabrikam.example type=MX: Host not found)")
+    "name=fabrikam.example type=MX: Host not found)"
+)
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +117,7 @@ def only(events, **match):
 
 
 # ---------------------------------------------------------------- the real log
+
 
 def test_real_log_event_sequence(plan):
     events = parse_log(REAL_LOG, plan)
@@ -127,12 +137,15 @@ def test_real_log_event_sequence(plan):
     assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps)  # file order is kept
 
 
-@pytest.mark.parametrize("msgid, queue_id, client_ip", [
-    ("to-fabrikam", "1F123E2CCC", "198.51.100.40"),
-    ("to-internet", "20339E2CCD", "198.51.100.40"),
-    ("internal-routing", "22D39E2CCE", "198.51.100.40"),
-    ("from-internet", "242E3E2CCF", "198.51.100.100"),
-])
+@pytest.mark.parametrize(
+    "msgid, queue_id, client_ip",
+    [
+        ("to-fabrikam", "1F123E2CCC", "198.51.100.40"),
+        ("to-internet", "20339E2CCD", "198.51.100.40"),
+        ("internal-routing", "22D39E2CCE", "198.51.100.40"),
+        ("from-internet", "242E3E2CCF", "198.51.100.100"),
+    ],
+)
 def test_real_log_received(plan, msgid, queue_id, client_ip):
     e = only(parse_log(REAL_LOG, plan), event="received", msgid=msgid)
     assert (e["queue_id"], e["client_ip"]) == (queue_id, client_ip)
@@ -140,25 +153,59 @@ def test_real_log_received(plan, msgid, queue_id, client_ip):
 
 SENT_CASES = [
     # msgid, rcpt, connector, relay host, relay ip, reply, dsn, TLS details
-    ("to-fabrikam", "carol@fabrikam.example", "Internet", "fabrikam.mail.protection.outlook.test", "198.51.100.25",
-     "250 2.6.0 <to-fabrikam.4992cfd1@traffic.labgen.test> [InternalId=0000000000001, "
-     "Hostname=dm6nam12ft011.mail.protection.outlook.test] Queued mail for delivery", "2.6.0",
-     {"version": "TLSv1.3", "trust": "Untrusted", "client_certificate": "gw-selfsigned",
-      "client_certificate_cn": "gw.contoso.example"}),
-    ("internal-routing", "bob@contoso.mail.onmicrosoft.test", "Office 365", "contoso.mail.protection.outlook.test",
-     "198.51.100.25", "250 2.6.0 <internal-routing.4992cfd1@traffic.labgen.test> [InternalId=0000000000002, "
-     "Hostname=dm6nam12ft011.mail.protection.outlook.test] Queued mail for delivery", "2.6.0",
-     {"version": "TLSv1.3", "trust": "Untrusted", "client_certificate": "gw-selfsigned",
-      "client_certificate_cn": "gw.contoso.example"}),
-    ("to-internet", "dave@northwind.example", "Internet", "mx.northwind.example", "198.51.100.80",
-     "250 2.0.0 Ok: queued", "2.0.0",
-     {"version": "TLSv1.3", "trust": "Untrusted", "client_certificate": "gw-selfsigned",
-      "client_certificate_cn": "gw.contoso.example"}),
+    (
+        "to-fabrikam",
+        "carol@fabrikam.example",
+        "Internet",
+        "fabrikam.mail.protection.outlook.test",
+        "198.51.100.25",
+        "250 2.6.0 <to-fabrikam.4992cfd1@traffic.labgen.test> [InternalId=0000000000001, "
+        "Hostname=dm6nam12ft011.mail.protection.outlook.test] Queued mail for delivery",
+        "2.6.0",
+        {
+            "version": "TLSv1.3",
+            "trust": "Untrusted",
+            "client_certificate": "gw-selfsigned",
+            "client_certificate_cn": "gw.contoso.example",
+        },
+    ),
+    (
+        "internal-routing",
+        "bob@contoso.mail.onmicrosoft.test",
+        "Office 365",
+        "contoso.mail.protection.outlook.test",
+        "198.51.100.25",
+        "250 2.6.0 <internal-routing.4992cfd1@traffic.labgen.test> [InternalId=0000000000002, "
+        "Hostname=dm6nam12ft011.mail.protection.outlook.test] Queued mail for delivery",
+        "2.6.0",
+        {
+            "version": "TLSv1.3",
+            "trust": "Untrusted",
+            "client_certificate": "gw-selfsigned",
+            "client_certificate_cn": "gw.contoso.example",
+        },
+    ),
+    (
+        "to-internet",
+        "dave@northwind.example",
+        "Internet",
+        "mx.northwind.example",
+        "198.51.100.80",
+        "250 2.0.0 Ok: queued",
+        "2.0.0",
+        {
+            "version": "TLSv1.3",
+            "trust": "Untrusted",
+            "client_certificate": "gw-selfsigned",
+            "client_certificate_cn": "gw.contoso.example",
+        },
+    ),
 ]
 
 
-@pytest.mark.parametrize("msgid, rcpt, connector, host, ip, reply, dsn, tls", SENT_CASES,
-                         ids=[c[0] for c in SENT_CASES])
+@pytest.mark.parametrize(
+    "msgid, rcpt, connector, host, ip, reply, dsn, tls", SENT_CASES, ids=[c[0] for c in SENT_CASES]
+)
 def test_real_log_sent(plan, msgid, rcpt, connector, host, ip, reply, dsn, tls):
     e = only(parse_log(REAL_LOG, plan), event="sent", msgid=msgid)
     assert e["rcpt"] == rcpt
@@ -181,11 +228,15 @@ def test_lines_from_another_run_are_ignored(plan, other):
     assert len([e for e in events if e["event"] == "sent"]) == 4
 
 
-@pytest.mark.parametrize("line", [
-    f"Nov 27 02:54:01 gw postfix/cleanup[183]: {QID}: message-id=<20241127025401.ABC@gw.contoso.example>",
-    f"Nov 27 02:54:01 gw postfix/cleanup[183]: {QID}: message-id=<to-fabrikam.{RUN}@elsewhere.test>",
-    f"Nov 27 02:54:01 gw postfix/cleanup[183]: {QID}: message-id=<to-fabrikam@traffic.labgen.test>",
-], ids=["foreign-message-id", "foreign-domain", "no-run-id"])
+@pytest.mark.parametrize(
+    "line",
+    [
+        f"Nov 27 02:54:01 gw postfix/cleanup[183]: {QID}: message-id=<20241127025401.ABC@gw.contoso.example>",
+        f"Nov 27 02:54:01 gw postfix/cleanup[183]: {QID}: message-id=<to-fabrikam.{RUN}@elsewhere.test>",
+        f"Nov 27 02:54:01 gw postfix/cleanup[183]: {QID}: message-id=<to-fabrikam@traffic.labgen.test>",
+    ],
+    ids=["foreign-message-id", "foreign-domain", "no-run-id"],
+)
 def test_messages_not_from_the_traffic_generator_are_ignored(plan, line):
     assert parse_log([line, BOUNCED_EOP], plan) == []
 
@@ -203,25 +254,66 @@ def test_trailing_newlines_as_read_from_a_file(plan):
 
 STATUS_CASES = [
     # id, line, event, connector, relay host, reply, dsn
-    ("bounced-eop-5.7.64", BOUNCED_EOP, "bounced", "Internet", "fabrikam.mail.protection.outlook.test",
-     "550 5.7.64 TenantAttribution; Relay Access Denied", "5.7.64"),
-    ("bounced-dbeb-reply-with-parentheses", BOUNCED_DBEB, "bounced", "Internet",
-     "fabrikam.mail.protection.outlook.test",
-     "550 5.4.1 Recipient address rejected: Access denied. AS(201806281)", "5.4.1"),
-    ("bounced-after-data", BOUNCED_DATA, "bounced", "Internet", "fabrikam.mail.protection.outlook.test",
-     "554 5.6.0 Message rejected", "5.6.0"),
-    ("deferred-by-server", DEFERRED_TLS_REQUIRED, "deferred", "Office 365", "contoso.mail.protection.outlook.test",
-     "451 5.7.3 STARTTLS is required to send mail", "4.7.3"),
-    ("deferred-connection-refused", DEFERRED_REFUSED, "deferred", "Internet", None,
-     "4.4.1 connect to fabrikam.mail.protection.outlook.test[198.51.100.25]:25: Connection refused", "4.4.1"),
-    ("bounced-by-postfix-dns", BOUNCED_DNS, "bounced", "Internet", None,
-     "5.4.4 Host or domain name not found. Name service error for name=fabrikam.example type=MX: Host not found",
-     "5.4.4"),
+    (
+        "bounced-eop-5.7.64",
+        BOUNCED_EOP,
+        "bounced",
+        "Internet",
+        "fabrikam.mail.protection.outlook.test",
+        "550 5.7.64 TenantAttribution; Relay Access Denied",
+        "5.7.64",
+    ),
+    (
+        "bounced-dbeb-reply-with-parentheses",
+        BOUNCED_DBEB,
+        "bounced",
+        "Internet",
+        "fabrikam.mail.protection.outlook.test",
+        "550 5.4.1 Recipient address rejected: Access denied. AS(201806281)",
+        "5.4.1",
+    ),
+    (
+        "bounced-after-data",
+        BOUNCED_DATA,
+        "bounced",
+        "Internet",
+        "fabrikam.mail.protection.outlook.test",
+        "554 5.6.0 Message rejected",
+        "5.6.0",
+    ),
+    (
+        "deferred-by-server",
+        DEFERRED_TLS_REQUIRED,
+        "deferred",
+        "Office 365",
+        "contoso.mail.protection.outlook.test",
+        "451 5.7.3 STARTTLS is required to send mail",
+        "4.7.3",
+    ),
+    (
+        "deferred-connection-refused",
+        DEFERRED_REFUSED,
+        "deferred",
+        "Internet",
+        None,
+        "4.4.1 connect to fabrikam.mail.protection.outlook.test[198.51.100.25]:25: Connection refused",
+        "4.4.1",
+    ),
+    (
+        "bounced-by-postfix-dns",
+        BOUNCED_DNS,
+        "bounced",
+        "Internet",
+        None,
+        "5.4.4 Host or domain name not found. Name service error for name=fabrikam.example type=MX: Host not found",
+        "5.4.4",
+    ),
 ]
 
 
-@pytest.mark.parametrize("line, event, connector, host, reply, dsn", [c[1:] for c in STATUS_CASES],
-                         ids=[c[0] for c in STATUS_CASES])
+@pytest.mark.parametrize(
+    "line, event, connector, host, reply, dsn", [c[1:] for c in STATUS_CASES], ids=[c[0] for c in STATUS_CASES]
+)
 def test_deferred_and_bounced(plan, line, event, connector, host, reply, dsn):
     events = parse_log(received() + [line], plan)
     assert [e["event"] for e in events] == ["received", event]
@@ -239,18 +331,21 @@ def test_deferred_and_bounced(plan, line, event, connector, host, reply, dsn):
 
 
 def test_retries_of_one_message_are_separate_events(plan):
-    sent = BOUNCED_EOP.replace("dsn=5.7.64, status=bounced (host fabrikam.mail.protection.outlook.test"
-                               "[198.51.100.25] said: 550 5.7.64 TenantAttribution; Relay Access Denied "
-                               "(in reply to RCPT TO command))",
-                               "dsn=2.6.0, status=sent (250 2.6.0 <x> Queued mail for delivery)")
+    sent = BOUNCED_EOP.replace(
+        "dsn=5.7.64, status=bounced (host fabrikam.mail.protection.outlook.test"
+        "[198.51.100.25] said: 550 5.7.64 TenantAttribution; Relay Access Denied "
+        "(in reply to RCPT TO command))",
+        "dsn=2.6.0, status=sent (250 2.6.0 <x> Queued mail for delivery)",
+    )
     events = parse_log(received() + [DEFERRED_REFUSED, DEFERRED_REFUSED, sent], plan)
     assert [e["event"] for e in events] == ["received", "deferred", "deferred", "sent"]
     assert events[-1]["reply"] == "250 2.6.0 <x> Queued mail for delivery"
 
 
 def test_orig_to_is_accepted(plan):
-    line = BOUNCED_EOP.replace("to=<carol@fabrikam.example>,",
-                               "to=<carol@fabrikam.example>, orig_to=<Carol@Fabrikam.example>,")
+    line = BOUNCED_EOP.replace(
+        "to=<carol@fabrikam.example>,", "to=<carol@fabrikam.example>, orig_to=<Carol@Fabrikam.example>,"
+    )
     e = parse_log(received() + [line], plan)[1]
     assert (e["event"], e["rcpt"]) == ("bounced", "carol@fabrikam.example")
 
@@ -266,18 +361,33 @@ def test_status_for_an_unknown_queue_id_is_ignored(plan):
 
 # ---------------------------------------------------------------- TLS details, by smtp process id
 
-def tls_line(pid, transport="conn0", peer="fabrikam.mail.protection.outlook.test[198.51.100.25]:25",
-             trust="Untrusted", version="TLSv1.2"):
-    return (f"Nov 27 02:54:01 gw postfix/{transport}/smtp[{pid}]: {trust} TLS connection established to "
-            f"{peer}: {version} with cipher ECDHE-RSA-AES256-GCM-SHA384 (256/256 bits)")
+
+def tls_line(
+    pid,
+    transport="conn0",
+    peer="fabrikam.mail.protection.outlook.test[198.51.100.25]:25",
+    trust="Untrusted",
+    version="TLSv1.2",
+):
+    return (
+        f"Nov 27 02:54:01 gw postfix/{transport}/smtp[{pid}]: {trust} TLS connection established to "
+        f"{peer}: {version} with cipher ECDHE-RSA-AES256-GCM-SHA384 (256/256 bits)"
+    )
 
 
 def test_tls_details_come_from_the_same_process(plan):
-    lines = received() + [tls_line(123, version="TLSv1.2"), tls_line(999, version="TLSv1.3", trust="Trusted"),
-                          BOUNCED_EOP]
+    lines = received() + [
+        tls_line(123, version="TLSv1.2"),
+        tls_line(999, version="TLSv1.3", trust="Trusted"),
+        BOUNCED_EOP,
+    ]
     e = parse_log(lines, plan)[1]
-    assert e["tls"] == {"version": "TLSv1.2", "trust": "Untrusted", "client_certificate": "gw-selfsigned",
-                        "client_certificate_cn": "gw.contoso.example"}
+    assert e["tls"] == {
+        "version": "TLSv1.2",
+        "trust": "Untrusted",
+        "client_certificate": "gw-selfsigned",
+        "client_certificate_cn": "gw.contoso.example",
+    }
 
 
 def test_tls_details_from_another_process_are_not_used(plan):
@@ -286,8 +396,10 @@ def test_tls_details_from_another_process_are_not_used(plan):
 
 
 def test_server_side_tls_lines_are_not_client_tls(plan):
-    smtpd_tls = ("Nov 27 02:54:01 gw postfix/smtpd[123]: Anonymous TLS connection established from "
-                 "unknown[198.51.100.40]: TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits)")
+    smtpd_tls = (
+        "Nov 27 02:54:01 gw postfix/smtpd[123]: Anonymous TLS connection established from "
+        "unknown[198.51.100.40]: TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits)"
+    )
     e = parse_log(received() + [smtpd_tls, BOUNCED_EOP], plan)[1]
     assert e["tls"] is None
 
@@ -297,15 +409,20 @@ def test_tls_details_without_client_certificate(plan):
     s.gateway.connectors[0].certificate = None
     bare = plan.model_copy(update={"scenario": s})
     e = parse_log(received() + [tls_line(123), BOUNCED_EOP], bare)[1]
-    assert e["tls"] == {"version": "TLSv1.2", "trust": "Untrusted", "client_certificate": None,
-                        "client_certificate_cn": None}
+    assert e["tls"] == {
+        "version": "TLSv1.2",
+        "trust": "Untrusted",
+        "client_certificate": None,
+        "client_certificate_cn": None,
+    }
 
 
 def test_tls_details_of_an_earlier_connection_are_not_reused(plan):
     plaintext_sent = (
         f"Nov 27 02:54:02 gw postfix/conn0/smtp[186]: {QID}: to=<carol@fabrikam.example>, "
         "relay=fabrikam.mail.protection.outlook.test[198.51.100.25]:25, delay=0.1, delays=0/0/0/0, dsn=2.6.0, "
-        "status=sent (250 2.6.0 <to-fabrikam.4992cfd1@traffic.labgen.test> Queued mail for delivery)")
+        "status=sent (250 2.6.0 <to-fabrikam.4992cfd1@traffic.labgen.test> Queued mail for delivery)"
+    )
     lines = REAL_LOG + received() + [plaintext_sent]  # pid 186 last used TLS to mx.northwind.example
     e = only(parse_log(lines, plan), event="sent", queue_id=QID)
     assert e["tls"] is None

@@ -20,12 +20,12 @@ import pytest
 import yaml
 
 from labgen.engines import postfix
+from labgen.engines.compose import compose_data, render_project
 from labgen.errors import InfraError, InputError
 from labgen.lab.pki import make_pki
 from labgen.model.plan import CERT_STEM, Plan, _cert_stems, make_plan
-from labgen.engines.compose import compose_data, render_project
-from labgen.resources import resource_dir
 from labgen.model.scenario import load_scenario
+from labgen.resources import resource_dir
 from labgen.textsafe import md_inline, one_line
 
 IMAGE = "labgen-lab:0123456789ab"
@@ -58,15 +58,51 @@ RENDERED = ("description", "connector name", "cert key")
 REFUSED = ("gateway hostname", "lab name")
 
 SERVICES = ["dns", "eop", "sink", "gateway", "traffic"]
-SERVICE_KEYS = {"image", "init", "cap_add", "volumes", "container_name", "hostname", "command", "healthcheck",
-                "labels", "networks"}
-CONNECTOR_OPTIONS = {"syslog_name", "smtp_bind_address", "smtp_helo_name", "smtp_tls_security_level",
-                     "smtp_tls_cert_file", "smtp_tls_key_file"}
+SERVICE_KEYS = {
+    "image",
+    "init",
+    "cap_add",
+    "volumes",
+    "container_name",
+    "hostname",
+    "command",
+    "healthcheck",
+    "labels",
+    "networks",
+}
+CONNECTOR_OPTIONS = {
+    "syslog_name",
+    "smtp_bind_address",
+    "smtp_helo_name",
+    "smtp_tls_security_level",
+    "smtp_tls_cert_file",
+    "smtp_tls_key_file",
+}
 # The services Postfix's stock master.cf has, as the lab's template keeps them.
-BUILTIN_SERVICES = ["smtp/inet", "pickup/unix", "cleanup/unix", "qmgr/unix", "tlsmgr/unix", "rewrite/unix",
-                    "bounce/unix", "defer/unix", "trace/unix", "verify/unix", "flush/unix", "proxymap/unix",
-                    "proxywrite/unix", "smtp/unix", "relay/unix", "showq/unix", "error/unix", "retry/unix",
-                    "discard/unix", "anvil/unix", "scache/unix", "postlog/unix-dgram"]
+BUILTIN_SERVICES = [
+    "smtp/inet",
+    "pickup/unix",
+    "cleanup/unix",
+    "qmgr/unix",
+    "tlsmgr/unix",
+    "rewrite/unix",
+    "bounce/unix",
+    "defer/unix",
+    "trace/unix",
+    "verify/unix",
+    "flush/unix",
+    "proxymap/unix",
+    "proxywrite/unix",
+    "smtp/unix",
+    "relay/unix",
+    "showq/unix",
+    "error/unix",
+    "retry/unix",
+    "discard/unix",
+    "anvil/unix",
+    "scache/unix",
+    "postlog/unix-dgram",
+]
 UNESCAPED_PIPE = re.compile(r"(?<!\\)\|")
 CERT_OPTION = re.compile(r"/lab/certs/[a-z0-9][a-z0-9._-]*\.(chain\.pem|key)")
 
@@ -93,6 +129,7 @@ def plan_with(place: str | None = None, value: str = "") -> Plan:
 
 
 # ---------------------------------------------------------------- reading the files back
+
 
 def postfix_lines(text: str) -> list[str]:
     """Postfix's logical lines (main.cf(5), master.cf(5)): only '\\n' ends a line; a line that
@@ -161,9 +198,16 @@ def md_markup(text: str) -> dict[str, int]:
 
 def render(plan: Plan, labdir: Path) -> dict[str, str]:
     render_project(plan, labdir, IMAGE)
-    return {rel: (labdir / rel).read_text() for rel in
-            ("compose.yaml", "README.md", "gateway/postfix/main.cf", "gateway/postfix/master.cf",
-             "gateway/postfix/transport")}
+    return {
+        rel: (labdir / rel).read_text()
+        for rel in (
+            "compose.yaml",
+            "README.md",
+            "gateway/postfix/main.cf",
+            "gateway/postfix/master.cf",
+            "gateway/postfix/transport",
+        )
+    }
 
 
 @pytest.fixture(scope="module")
@@ -179,8 +223,10 @@ def assert_safe_render(files: dict[str, str], benign: dict[str, str], plan: Plan
         assert set(block) == SERVICE_KEYS | ({"depends_on"} if name == "traffic" else set()), name
     assert list(compose["networks"]) == ["lab"]
     assert compose == yaml.safe_load(benign["compose.yaml"])
-    assert all(line.startswith("#") or not line or line[0] in " -" or re.match(r"[a-z]+:", line)
-               for line in files["compose.yaml"].split("\n"))
+    assert all(
+        line.startswith("#") or not line or line[0] in " -" or re.match(r"[a-z]+:", line)
+        for line in files["compose.yaml"].split("\n")
+    )
 
     assert main_cf(files["gateway/postfix/main.cf"]) == main_cf(benign["gateway/postfix/main.cf"])
     assert files["gateway/postfix/transport"] == benign["gateway/postfix/transport"]
@@ -192,7 +238,9 @@ def assert_safe_render(files: dict[str, str], benign: dict[str, str], plan: Plan
             opts = master[conn]["options"]
             assert opts["smtp_tls_cert_file"] == f"/lab/{files_of.chain}"
             assert opts["smtp_tls_key_file"] == f"/lab/{files_of.key}"
-            assert CERT_OPTION.fullmatch(opts["smtp_tls_cert_file"]) and CERT_OPTION.fullmatch(opts["smtp_tls_key_file"])
+            assert CERT_OPTION.fullmatch(opts["smtp_tls_cert_file"]) and CERT_OPTION.fullmatch(
+                opts["smtp_tls_key_file"]
+            )
             for k in ("smtp_tls_cert_file", "smtp_tls_key_file"):
                 opts[k] = expected[conn]["options"][k]
     assert master == expected
@@ -204,6 +252,7 @@ def assert_safe_render(files: dict[str, str], benign: dict[str, str], plan: Plan
 
 
 # ---------------------------------------------------------------- the table
+
 
 @pytest.mark.parametrize("place", RENDERED)
 @pytest.mark.parametrize("case", HOSTILE)
@@ -258,6 +307,7 @@ def test_hostile_scenario_file_is_refused_or_rendered_safely(place, case, benign
 
 # ---------------------------------------------------------------- certificate file names
 
+
 @pytest.mark.parametrize("case", HOSTILE)
 def test_hostile_certificate_key_writes_only_inside_certs(case, tmp_path):
     labdir = tmp_path / "a" / "b" / "lab"
@@ -270,21 +320,31 @@ def test_hostile_certificate_key_writes_only_inside_certs(case, tmp_path):
     assert (labdir / files.chain).is_file() and (labdir / files.key).is_file()
 
 
-@pytest.mark.parametrize("keys, expected", [
-    (["gw-selfsigned", "gw-public", "eop-server"], ["gw-selfsigned", "gw-public", "eop-server"]),
-    (["a.b_c-1", "x" * 64], ["a.b_c-1", "x" * 64]),
-    (["../../x"], [r"x-[0-9a-f]{10}"]),
-    ([".", "..", "...", ""], [r"cert-[0-9a-f]{10}"] * 4),
-    (["GW-Public", "gw-public"], [r"gw-public-[0-9a-f]{10}", "gw-public"]),
-    (["ca-root", "ca-intermediate", "eop-accept", "spec"],  # the PKI's own files in certs/
-     [r"ca-root-[0-9a-f]{10}", r"ca-intermediate-[0-9a-f]{10}", r"eop-accept-[0-9a-f]{10}", r"spec-[0-9a-f]{10}"]),
-    (["x" * 65], [r"x{40}-[0-9a-f]{10}"]),
-    (["a/b", "a\nb", "a b"], [r"a-b-[0-9a-f]{10}"] * 3),
-])
+@pytest.mark.parametrize(
+    "keys, expected",
+    [
+        (["gw-selfsigned", "gw-public", "eop-server"], ["gw-selfsigned", "gw-public", "eop-server"]),
+        (["a.b_c-1", "x" * 64], ["a.b_c-1", "x" * 64]),
+        (["../../x"], [r"x-[0-9a-f]{10}"]),
+        ([".", "..", "...", ""], [r"cert-[0-9a-f]{10}"] * 4),
+        (["GW-Public", "gw-public"], [r"gw-public-[0-9a-f]{10}", "gw-public"]),
+        (
+            ["ca-root", "ca-intermediate", "eop-accept", "spec"],  # the PKI's own files in certs/
+            [
+                r"ca-root-[0-9a-f]{10}",
+                r"ca-intermediate-[0-9a-f]{10}",
+                r"eop-accept-[0-9a-f]{10}",
+                r"spec-[0-9a-f]{10}",
+            ],
+        ),
+        (["x" * 65], [r"x{40}-[0-9a-f]{10}"]),
+        (["a/b", "a\nb", "a b"], [r"a-b-[0-9a-f]{10}"] * 3),
+    ],
+)
 def test_certificate_stems(keys, expected):
     stems = _cert_stems(keys)
     assert list(stems) == keys
-    for key, pattern in zip(keys, expected):
+    for key, pattern in zip(keys, expected, strict=False):
         assert re.fullmatch(pattern, stems[key]), (key, stems[key])
         assert CERT_STEM.fullmatch(stems[key])
     assert len(set(stems.values())) == len(keys)
@@ -292,6 +352,7 @@ def test_certificate_stems(keys, expected):
 
 def test_certificate_stems_stay_distinct_when_a_key_names_another_keys_stem():
     import hashlib
+
     taken = "a-" + hashlib.sha256(b"A").hexdigest()[:10]  # what 'A' would become
     stems = _cert_stems(["A", taken])
     assert stems[taken] == taken and stems["A"].startswith(taken) and stems["A"] != taken
@@ -299,19 +360,23 @@ def test_certificate_stems_stay_distinct_when_a_key_names_another_keys_stem():
 
 # ---------------------------------------------------------------- the renderer's own checks
 
-@pytest.mark.parametrize("mutate, named", [
-    (lambda p: setattr(p.scenario.gateway.connectors[0], "tls", "may -o smtpd_x=1"), "tls"),
-    (lambda p: setattr(p.scenario.gateway.connectors[0], "source_ip", "198.51.100.10\nx = y"), "source_ip"),
-    (lambda p: setattr(p.scenario.gateway.connectors[1].route, "smarthost", "a.example]\n* pwn:"), "smarthost"),
-    (lambda p: p.scenario.gateway.connectors[0].address_space.append("evil.example x:y"), "address space"),
-    (lambda p: p.scenario.gateway.connectors[0].address_space.append("*.\nevil"), "address space"),
-    (lambda p: setattr(p.certs["gw-selfsigned"], "chain", "certs/../../etc/x.chain.pem"), "certificate"),
-    (lambda p: setattr(p.certs["gw-selfsigned"], "key", "certs/k.key -o a=b"), "key"),
-    (lambda p: setattr(p.certs["gateway-server"], "chain", "certs/x.chain.pem\nmynetworks = 0/0"), "server chain"),
-    (lambda p: p.hosts["traffic"].__setitem__(1, "0.0.0.0/0"), "address '0.0.0.0/0'"),
-    (lambda p: p.hosts["dns"].__setitem__(0, "198.51.100.53\nnameserver 8.8.8.8"), "address"),
-    (lambda p: setattr(p, "subnet", "198.51.100.0/24\nx: y"), "subnet"),
-])
+
+@pytest.mark.parametrize(
+    "mutate, named",
+    [
+        (lambda p: setattr(p.scenario.gateway.connectors[0], "tls", "may -o smtpd_x=1"), "tls"),
+        (lambda p: setattr(p.scenario.gateway.connectors[0], "source_ip", "198.51.100.10\nx = y"), "source_ip"),
+        (lambda p: setattr(p.scenario.gateway.connectors[1].route, "smarthost", "a.example]\n* pwn:"), "smarthost"),
+        (lambda p: p.scenario.gateway.connectors[0].address_space.append("evil.example x:y"), "address space"),
+        (lambda p: p.scenario.gateway.connectors[0].address_space.append("*.\nevil"), "address space"),
+        (lambda p: setattr(p.certs["gw-selfsigned"], "chain", "certs/../../etc/x.chain.pem"), "certificate"),
+        (lambda p: setattr(p.certs["gw-selfsigned"], "key", "certs/k.key -o a=b"), "key"),
+        (lambda p: setattr(p.certs["gateway-server"], "chain", "certs/x.chain.pem\nmynetworks = 0/0"), "server chain"),
+        (lambda p: p.hosts["traffic"].__setitem__(1, "0.0.0.0/0"), "address '0.0.0.0/0'"),
+        (lambda p: p.hosts["dns"].__setitem__(0, "198.51.100.53\nnameserver 8.8.8.8"), "address"),
+        (lambda p: setattr(p, "subnet", "198.51.100.0/24\nx: y"), "subnet"),
+    ],
+)
 def test_unvalidated_plan_values_are_refused(mutate, named, tmp_path):
     plan = plan_with()
     mutate(plan)
@@ -321,15 +386,26 @@ def test_unvalidated_plan_values_are_refused(mutate, named, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("mailbox", ["a`id`@contoso.example", "a$(id)|b@contoso.example", "o'neil;x&@contoso.example",
-                                     "-a@contoso.example"])
+@pytest.mark.parametrize(
+    "mailbox", ["a`id`@contoso.example", "a$(id)|b@contoso.example", "o'neil;x&@contoso.example", "-a@contoso.example"]
+)
 def test_readme_shell_commands_quote_every_argument(mailbox, tmp_path):
     plan = plan_with()
     plan.scenario.tenants["contoso"].mailboxes[0] = mailbox
     files = render(plan, tmp_path)
     line = next(ln for ln in files["README.md"].split("\n") if " swaks " in ln)
-    assert shlex.split(line) == ["docker", "exec", "-it", "labgen-broken-traffic", "swaks", "--server",
-                                 plan.hosts["eop"][0], "--to", mailbox, "--tls"]
+    assert shlex.split(line) == [
+        "docker",
+        "exec",
+        "-it",
+        "labgen-broken-traffic",
+        "swaks",
+        "--server",
+        plan.hosts["eop"][0],
+        "--to",
+        mailbox,
+        "--tls",
+    ]
 
 
 def test_readme_shell_command_never_spans_lines(tmp_path):
@@ -345,15 +421,18 @@ def test_image_reference_is_checked():
         compose_data(plan_with(), "labgen-lab:x\nservices: {}")
 
 
-@pytest.mark.parametrize("check, name, bad", [
-    (postfix.check_master_cf, "master.cf", "pwn unix - n n - - pipe flags=F user=nobody argv=/bin/sh -c id"),
-    (postfix.check_master_cf, "master.cf", "  -o smtpd_client_restrictions=permit"),  # after the last conn
-    (postfix.check_master_cf, "master.cf", "conn0 unix -       -       n       -       -       smtp"),  # twice
-    (postfix.check_main_cf, "main.cf", "mynetworks = 0.0.0.0/0"),  # a second setting overrides the first
-    (postfix.check_main_cf, "main.cf", "content_filter = pipe:x"),  # a parameter labgen never writes
-    (postfix.check_main_cf, "main.cf", "  continued"),
-    (postfix.check_main_cf, "main.cf", "# comment\r"),
-])
+@pytest.mark.parametrize(
+    "check, name, bad",
+    [
+        (postfix.check_master_cf, "master.cf", "pwn unix - n n - - pipe flags=F user=nobody argv=/bin/sh -c id"),
+        (postfix.check_master_cf, "master.cf", "  -o smtpd_client_restrictions=permit"),  # after the last conn
+        (postfix.check_master_cf, "master.cf", "conn0 unix -       -       n       -       -       smtp"),  # twice
+        (postfix.check_main_cf, "main.cf", "mynetworks = 0.0.0.0/0"),  # a second setting overrides the first
+        (postfix.check_main_cf, "main.cf", "content_filter = pipe:x"),  # a parameter labgen never writes
+        (postfix.check_main_cf, "main.cf", "  continued"),
+        (postfix.check_main_cf, "main.cf", "# comment\r"),
+    ],
+)
 def test_final_guard_refuses_lines_labgen_does_not_write(check, name, bad, benign):
     template = (resource_dir("templates") / "postfix" / f"{name}.j2").read_text()
     good = benign[f"gateway/postfix/{name}"]
@@ -388,12 +467,19 @@ def test_one_line_and_md_inline(case):
 
 # ---------------------------------------------------------------- the real Postfix reads them back
 
+
 def _postconf(image: str, root: Path) -> dict[str, dict[str, list[str]]]:
     """One container for every case directory under root: postconf -M, -P and -n of each."""
-    script = ('for d in /cfg/*/; do n=$(basename "$d"); '
-              'for o in M P n; do echo "@@@ $n $o"; postconf -c "$d" -$o 2>&1 || echo "@@@ FAILED"; done; done')
-    p = subprocess.run(["docker", "run", "--rm", "--network", "none", "-v", f"{root}:/cfg:ro", image,
-                        "sh", "-c", script], capture_output=True, text=True, timeout=300)
+    script = (
+        'for d in /cfg/*/; do n=$(basename "$d"); '
+        'for o in M P n; do echo "@@@ $n $o"; postconf -c "$d" -$o 2>&1 || echo "@@@ FAILED"; done; done'
+    )
+    p = subprocess.run(
+        ["docker", "run", "--rm", "--network", "none", "-v", f"{root}:/cfg:ro", image, "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr
     out: dict[str, dict[str, list[str]]] = {}
     current: list[str] = []
@@ -426,7 +512,8 @@ def test_real_postconf_sees_only_labgen_services_and_parameters(docker_ready, tm
     services = [" ".join(line.split()[:2]).replace(" ", "/") for line in base["M"]]
     assert services == BUILTIN_SERVICES + ["conn0/unix", "conn1/unix"]
     assert {line.split(" = ")[0] for line in base["P"]} == {
-        f"{conn}/unix/{o}" for conn in ("conn0", "conn1") for o in CONNECTOR_OPTIONS}
+        f"{conn}/unix/{o}" for conn in ("conn0", "conn1") for o in CONNECTOR_OPTIONS
+    }
     template = (resource_dir("templates") / "postfix" / "main.cf.j2").read_text()
     assert {line.split(" =")[0] for line in base["n"]} == set(re.findall(r"^([a-z_0-9]+) =", template, re.M))
     assert not any("warning" in line for lines in base.values() for line in lines)

@@ -8,18 +8,17 @@ import copy
 import pytest
 import yaml
 
-from labgen.model.plan import make_plan
 from labgen.engines.postfix import transport_map, transports
-from labgen.resources import resource_dir
 from labgen.lab.routing import may_relay, pick_connector
+from labgen.model.plan import make_plan
 from labgen.model.scenario import SendConnector, parse_scenario
+from labgen.resources import resource_dir
 
 BROKEN = yaml.safe_load((resource_dir("scenarios") / "broken.yaml").read_text())
 
 
 def conn(name, *spaces, smarthost=None):
-    return SendConnector(name=name, address_space=list(spaces),
-                         route={"smarthost": smarthost} if smarthost else "mx")
+    return SendConnector(name=name, address_space=list(spaces), route={"smarthost": smarthost} if smarthost else "mx")
 
 
 def scenario_with(connectors=None, **gateway):
@@ -41,33 +40,49 @@ FAB_WILD = conn("Fabrikam wildcard", "*.fabrikam.example")
 MULTI = conn("Multi", "fabrikam.example", "contoso.mail.onmicrosoft.test")
 
 
-@pytest.mark.parametrize("domain, connectors, expected", [
-    ("gw.contoso.example", [ANY, PARENT, EXACT], "Exact"),
-    ("gw.contoso.example", [EXACT, PARENT, ANY], "Exact"),
-    ("mail.contoso.example", [ANY, PARENT, EXACT], "Parent"),
-    ("contoso.example", [ANY, PARENT, EXACT], "Parent"),
-    ("a.b.contoso.example", [ANY, PARENT, EXACT], "Parent"),
-    ("evilcontoso.example", [ANY, PARENT, EXACT], "Any"),
-    ("fabrikam.example", [ANY, PARENT, EXACT], "Any"),
-    ("a.eu.contoso.example", [PARENT, DEEP], "Deep"),
-    ("a.eu.contoso.example", [DEEP, PARENT], "Deep"),
-    ("y.x.eu.contoso.example", [PARENT, DEEPEST, DEEP, ANY], "Deepest"),
-    ("eu.contoso.example", [DEEP, PARENT], "Deep"),
-    ("us.contoso.example", [DEEP, PARENT], "Parent"),
-    ("contoso.mail.onmicrosoft.test", [ANY, PARENT, MULTI], "Multi"),
-    ("fabrikam.example", [FAB_WILD, MULTI], "Multi"),
-    ("a.fabrikam.example", [FAB_WILD, MULTI], "Fabrikam wildcard"),
-    ("GW.Contoso.EXAMPLE", [ANY, PARENT, EXACT], "Exact"),
-    ("Mail.CONTOSO.example", [ANY, PARENT], "Parent"),
-    ("northwind.test", [PARENT, EXACT, DEEP], None),
-], ids=[
-    "exact-beats-parent-and-star", "exact-beats-regardless-of-order", "parent-wildcard-subdomain",
-    "parent-wildcard-covers-domain-itself", "parent-wildcard-deep-subdomain", "lookalike-falls-to-star",
-    "other-domain-falls-to-star", "longer-wildcard-beats-shorter", "longer-wildcard-beats-shorter-reversed",
-    "longest-of-three-wildcards", "deep-wildcard-covers-its-apex", "sibling-of-deep-takes-parent",
-    "second-space-of-a-connector", "exact-in-multi-beats-wildcard-apex", "wildcard-subdomain-beats-nothing",
-    "case-insensitive-exact", "case-insensitive-wildcard", "no-match-without-star",
-])
+@pytest.mark.parametrize(
+    "domain, connectors, expected",
+    [
+        ("gw.contoso.example", [ANY, PARENT, EXACT], "Exact"),
+        ("gw.contoso.example", [EXACT, PARENT, ANY], "Exact"),
+        ("mail.contoso.example", [ANY, PARENT, EXACT], "Parent"),
+        ("contoso.example", [ANY, PARENT, EXACT], "Parent"),
+        ("a.b.contoso.example", [ANY, PARENT, EXACT], "Parent"),
+        ("evilcontoso.example", [ANY, PARENT, EXACT], "Any"),
+        ("fabrikam.example", [ANY, PARENT, EXACT], "Any"),
+        ("a.eu.contoso.example", [PARENT, DEEP], "Deep"),
+        ("a.eu.contoso.example", [DEEP, PARENT], "Deep"),
+        ("y.x.eu.contoso.example", [PARENT, DEEPEST, DEEP, ANY], "Deepest"),
+        ("eu.contoso.example", [DEEP, PARENT], "Deep"),
+        ("us.contoso.example", [DEEP, PARENT], "Parent"),
+        ("contoso.mail.onmicrosoft.test", [ANY, PARENT, MULTI], "Multi"),
+        ("fabrikam.example", [FAB_WILD, MULTI], "Multi"),
+        ("a.fabrikam.example", [FAB_WILD, MULTI], "Fabrikam wildcard"),
+        ("GW.Contoso.EXAMPLE", [ANY, PARENT, EXACT], "Exact"),
+        ("Mail.CONTOSO.example", [ANY, PARENT], "Parent"),
+        ("northwind.test", [PARENT, EXACT, DEEP], None),
+    ],
+    ids=[
+        "exact-beats-parent-and-star",
+        "exact-beats-regardless-of-order",
+        "parent-wildcard-subdomain",
+        "parent-wildcard-covers-domain-itself",
+        "parent-wildcard-deep-subdomain",
+        "lookalike-falls-to-star",
+        "other-domain-falls-to-star",
+        "longer-wildcard-beats-shorter",
+        "longer-wildcard-beats-shorter-reversed",
+        "longest-of-three-wildcards",
+        "deep-wildcard-covers-its-apex",
+        "sibling-of-deep-takes-parent",
+        "second-space-of-a-connector",
+        "exact-in-multi-beats-wildcard-apex",
+        "wildcard-subdomain-beats-nothing",
+        "case-insensitive-exact",
+        "case-insensitive-wildcard",
+        "no-match-without-star",
+    ],
+)
 def test_pick_connector(domain, connectors, expected):
     picked = pick_connector(domain, connectors)
     assert (picked.name if picked else None) == expected
@@ -75,31 +90,50 @@ def test_pick_connector(domain, connectors, expected):
 
 def test_pick_connector_broken_scenario():
     s = scenario_with()
-    names = {d: pick_connector(d, s.gateway.connectors).name
-             for d in ("fabrikam.example", "northwind.example", "contoso.example", "contoso.mail.onmicrosoft.test")}
-    assert names == {"fabrikam.example": "Internet", "northwind.example": "Internet",
-                     "contoso.example": "Office 365", "contoso.mail.onmicrosoft.test": "Office 365"}
+    names = {
+        d: pick_connector(d, s.gateway.connectors).name
+        for d in ("fabrikam.example", "northwind.example", "contoso.example", "contoso.mail.onmicrosoft.test")
+    }
+    assert names == {
+        "fabrikam.example": "Internet",
+        "northwind.example": "Internet",
+        "contoso.example": "Office 365",
+        "contoso.mail.onmicrosoft.test": "Office 365",
+    }
 
 
 # ---------------------------------------------------------------- may_relay
 
-@pytest.mark.parametrize("trusted, rcpt, expected", [
-    (True, "carol@fabrikam.example", True),
-    (True, "dave@northwind.example", True),
-    (False, "bob@contoso.example", True),
-    (False, "Bob@CONTOSO.Example", True),
-    (False, "carol@fabrikam.example", False),
-    (False, "dave@northwind.example", False),
-    (False, "bob@contoso.mail.onmicrosoft.test", False),
-    (False, "x@sub.contoso.example", False),
-], ids=["trusted-to-other-tenant", "trusted-to-internet", "untrusted-to-gateway-mx-domain",
-        "untrusted-case-insensitive", "untrusted-to-eop-mx-domain", "untrusted-to-internet",
-        "untrusted-to-routing-domain", "untrusted-to-subdomain"])
+
+@pytest.mark.parametrize(
+    "trusted, rcpt, expected",
+    [
+        (True, "carol@fabrikam.example", True),
+        (True, "dave@northwind.example", True),
+        (False, "bob@contoso.example", True),
+        (False, "Bob@CONTOSO.Example", True),
+        (False, "carol@fabrikam.example", False),
+        (False, "dave@northwind.example", False),
+        (False, "bob@contoso.mail.onmicrosoft.test", False),
+        (False, "x@sub.contoso.example", False),
+    ],
+    ids=[
+        "trusted-to-other-tenant",
+        "trusted-to-internet",
+        "untrusted-to-gateway-mx-domain",
+        "untrusted-case-insensitive",
+        "untrusted-to-eop-mx-domain",
+        "untrusted-to-internet",
+        "untrusted-to-routing-domain",
+        "untrusted-to-subdomain",
+    ],
+)
 def test_may_relay(trusted, rcpt, expected):
     assert may_relay(scenario_with(), trusted, rcpt) is expected
 
 
 # ---------------------------------------------------------------- transport_map
+
 
 def parse_map(text: str) -> list[tuple[str, str]]:
     rows = []
@@ -127,15 +161,21 @@ def test_transport_map_broken_scenario():
     plan = make_plan(parse_scenario(copy.deepcopy(BROKEN), "broken.yaml"), "docker")
     text = transport_map(plan)
     assert text.endswith("\n") and text.startswith("#")
-    assert sorted(parse_map(text)) == sorted([
-        ("*", "conn0:"),
-        ("contoso.example", "conn1:[contoso.mail.protection.outlook.test]"),
-        ("contoso.mail.onmicrosoft.test", "conn1:[contoso.mail.protection.outlook.test]"),
-    ])
+    assert sorted(parse_map(text)) == sorted(
+        [
+            ("*", "conn0:"),
+            ("contoso.example", "conn1:[contoso.mail.protection.outlook.test]"),
+            ("contoso.mail.onmicrosoft.test", "conn1:[contoso.mail.protection.outlook.test]"),
+        ]
+    )
 
 
-PARTNERS = {"name": "Partners", "address_space": ["*.fabrikam.example"],
-            "route": {"smarthost": "relay.fabrikam.example"}, "certificate": "gw-selfsigned"}
+PARTNERS = {
+    "name": "Partners",
+    "address_space": ["*.fabrikam.example"],
+    "route": {"smarthost": "relay.fabrikam.example"},
+    "certificate": "gw-selfsigned",
+}
 SUBS = {"name": "Subsidiaries", "address_space": ["*.eu.fabrikam.example", "tailspin.example"]}
 
 
@@ -146,23 +186,35 @@ def _plan(connectors):
 def test_transport_map_wildcards_exact_star_and_smarthost():
     plan = _plan(BROKEN["gateway"]["connectors"] + [PARTNERS, SUBS])
     assert [t.name for t in transports(plan)] == ["conn0", "conn1", "conn2", "conn3"]
-    assert sorted(parse_map(transport_map(plan))) == sorted([
-        ("*", "conn0:"),
-        ("contoso.example", "conn1:[contoso.mail.protection.outlook.test]"),
-        ("contoso.mail.onmicrosoft.test", "conn1:[contoso.mail.protection.outlook.test]"),
-        ("fabrikam.example", "conn2:[relay.fabrikam.example]"),
-        (".fabrikam.example", "conn2:[relay.fabrikam.example]"),
-        ("eu.fabrikam.example", "conn3:"),
-        (".eu.fabrikam.example", "conn3:"),
-        ("tailspin.example", "conn3:"),
-    ])
+    assert sorted(parse_map(transport_map(plan))) == sorted(
+        [
+            ("*", "conn0:"),
+            ("contoso.example", "conn1:[contoso.mail.protection.outlook.test]"),
+            ("contoso.mail.onmicrosoft.test", "conn1:[contoso.mail.protection.outlook.test]"),
+            ("fabrikam.example", "conn2:[relay.fabrikam.example]"),
+            (".fabrikam.example", "conn2:[relay.fabrikam.example]"),
+            ("eu.fabrikam.example", "conn3:"),
+            (".eu.fabrikam.example", "conn3:"),
+            ("tailspin.example", "conn3:"),
+        ]
+    )
 
 
-@pytest.mark.parametrize("domain", [
-    "fabrikam.example", "a.fabrikam.example", "eu.fabrikam.example", "x.eu.fabrikam.example",
-    "evilfabrikam.example", "tailspin.example", "sub.tailspin.example", "contoso.example",
-    "contoso.mail.onmicrosoft.test", "northwind.example",
-])
+@pytest.mark.parametrize(
+    "domain",
+    [
+        "fabrikam.example",
+        "a.fabrikam.example",
+        "eu.fabrikam.example",
+        "x.eu.fabrikam.example",
+        "evilfabrikam.example",
+        "tailspin.example",
+        "sub.tailspin.example",
+        "contoso.example",
+        "contoso.mail.onmicrosoft.test",
+        "northwind.example",
+    ],
+)
 def test_transport_map_routes_like_pick_connector(domain):
     plan = _plan(BROKEN["gateway"]["connectors"] + [PARTNERS, SUBS])
     by_name = {t.connector.name: t.name for t in transports(plan)}

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO, labgen_json
+
 from labgen.engines import postfix
 from labgen.errors import InputError
 from labgen.model.plan import Plan
@@ -35,7 +35,7 @@ def scenario_file(tmp_path: Path, data: dict) -> Path:
 def with_counts(*counts: int | None, name: str = "r-scale-test") -> dict:
     data = copy.deepcopy(BROKEN)
     data["name"] = name
-    for m, n in zip(data["traffic"], counts):
+    for m, n in zip(data["traffic"], counts, strict=False):
         if n is not None:
             m["count"] = n
     return data
@@ -43,10 +43,18 @@ def with_counts(*counts: int | None, name: str = "r-scale-test") -> dict:
 
 # ---------------------------------------------------------------- count: copies
 
+
 def test_count_makes_separate_messages_with_their_own_ids(tmp_path):
     s = load_scenario(str(scenario_file(tmp_path, with_counts(3, None, 2, 1))))
-    assert [m.id for m in s.traffic] == ["to-fabrikam-1", "to-fabrikam-2", "to-fabrikam-3", "to-internet",
-                                         "from-internet-1", "from-internet-2", "internal-routing"]
+    assert [m.id for m in s.traffic] == [
+        "to-fabrikam-1",
+        "to-fabrikam-2",
+        "to-fabrikam-3",
+        "to-internet",
+        "from-internet-1",
+        "from-internet-2",
+        "internal-routing",
+    ]
     first, second = s.traffic[0], s.traffic[1]
     assert first is not second and first.to == second.to and first.expect == second.expect == "silently_discarded"
     assert all(m.count == 1 for m in s.traffic)  # a saved plan reloads without copying again
@@ -70,8 +78,13 @@ BAD_COUNTS = [
     # id, counts, patch, YAML path, words
     ("zero", (0,), None, "traffic[0].count", "greater than or equal to 1"),
     ("not-a-number", ("many",), None, "traffic[0].count", "valid integer"),
-    ("copies-count-against-the-limit", (12_501, 12_500, 12_500, 12_500), None, "traffic",
-     "50001 message × recipient pairs (copies counted); labgen sends at most 50000"),
+    (
+        "copies-count-against-the-limit",
+        (12_501, 12_500, 12_500, 12_500),
+        None,
+        "traffic",
+        "50001 message × recipient pairs (copies counted); labgen sends at most 50000",
+    ),
     ("id-too-long-for-its-copies", (10,), _long_id, "traffic", "too long for count 10"),
     ("copy-id-used-by-another-message", (2,), _clash, "traffic[1].id", "'to-fabrikam-2' is used twice"),
 ]
@@ -103,12 +116,20 @@ def test_count_500_on_the_local_engine_accounts_for_every_message(tmp_path):
     code, doc = labgen_json("up", file, "--engine", "local", cwd=tmp_path)
     ResultDoc.model_validate(doc)
     assert code == 0, doc["summary"]
-    assert doc["summary"] == {"total": 500, "delivered": 375, "silently_discarded": 125, "rejected": 0,
-                              "deferred": 0, "unaccounted": 0, "expectations_failed": 0}
+    assert doc["summary"] == {
+        "total": 500,
+        "delivered": 375,
+        "silently_discarded": 125,
+        "rejected": 0,
+        "deferred": 0,
+        "unaccounted": 0,
+        "expectations_failed": 0,
+    }
     assert len({(m["id"], m["to"]) for m in doc["messages"]}) == 500
 
 
 # ---------------------------------------------------------------- incremental == from scratch
+
 
 def recorded_streams(run: str) -> tuple[Plan, list[list[AnyEvent]]]:
     """The run's plan and its events, one list per log file in file order."""
@@ -123,6 +144,7 @@ def recorded_streams(run: str) -> tuple[Plan, list[list[AnyEvent]]]:
 
 def collect_events_of(path: Path, plan: Plan) -> list[AnyEvent]:
     from labgen.results.contracts import parse_event
+
     return [parse_event(line) for line in path.read_text().splitlines() if line.strip()]
 
 
@@ -140,7 +162,7 @@ def interleave(rng: random.Random, streams: list[list[AnyEvent]]) -> list[AnyEve
 
 def chunks(rng: random.Random, events: list[AnyEvent]) -> list[list[AnyEvent]]:
     cuts = sorted(rng.sample(range(1, len(events)), k=min(len(events) - 1, rng.randint(1, 8))))
-    return [events[a:b] for a, b in zip([0, *cuts], [*cuts, len(events)])]
+    return [events[a:b] for a, b in zip([0, *cuts], [*cuts, len(events)], strict=False)]
 
 
 @pytest.mark.parametrize("run", RECORDED)
@@ -165,7 +187,7 @@ def test_the_incremental_verdict_equals_the_verdict_from_scratch(run, seed):
 def in_pieces(rng: random.Random, src: Path) -> list[bytes]:
     data = src.read_bytes()
     cuts = sorted(rng.sample(range(1, len(data)), k=6))  # anywhere, mid-line included
-    return [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)])]
+    return [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=False)]
 
 
 @pytest.mark.parametrize("run", RECORDED)
@@ -178,8 +200,9 @@ def test_the_collector_reads_appended_pieces_as_the_whole(tmp_path, run, seed):
     (lab / "run").mkdir(parents=True)
     (lab / "plan.json").write_bytes((src / "plan.json").read_bytes())
     rng = random.Random(seed)
-    files = sorted((src / "run").glob("*.jsonl")) + ([src / postfix.LOG_FILE] if (src / postfix.LOG_FILE).is_file()
-                                                      else [])
+    files = sorted((src / "run").glob("*.jsonl")) + (
+        [src / postfix.LOG_FILE] if (src / postfix.LOG_FILE).is_file() else []
+    )
     pieces = {f: in_pieces(rng, f) for f in files}
     collector = Collector(lab)
     got: list[AnyEvent] = []
@@ -198,6 +221,7 @@ def test_the_collector_reads_appended_pieces_as_the_whole(tmp_path, run, seed):
         for e in events:
             out.setdefault(e.service or "", []).append(e.model_dump())
         return out
+
     assert per_file(got) == per_file(whole) and len(got) == len(whole) > 0
 
 
@@ -209,13 +233,14 @@ def test_postfix_log_read_in_pieces_keeps_its_state(seed):
     rng = random.Random(seed)
     cuts = sorted(rng.sample(range(1, len(lines)), k=5))
     reader = postfix.LogReader(plan)
-    events = [e for a, b in zip([0, *cuts], [*cuts, len(lines)]) for e in reader.feed(lines[a:b])]
+    events = [e for a, b in zip([0, *cuts], [*cuts, len(lines)], strict=False) for e in reader.feed(lines[a:b])]
     assert events == postfix.parse_log(lines, plan)
     assert any(e.event == "ndr_queued" for e in events)  # the state that spans pieces: queue id -> message
 
 
 def test_a_line_that_is_no_event_is_an_infra_error_naming_the_file(tmp_path):
     from labgen.errors import InfraError
+
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "eop.jsonl").write_text('{"ts": 1, "service": "eop", "event": "warp"}\n')
     with pytest.raises(InfraError, match=r"eop.jsonl line 1 is not a labgen ledger event"):

@@ -10,8 +10,8 @@ import yaml
 
 from labgen.errors import InputError
 from labgen.model.plan import make_plan
-from labgen.resources import resource_dir
 from labgen.model.scenario import Scenario, load_scenario, parse_scenario
+from labgen.resources import resource_dir
 
 BROKEN = yaml.safe_load((resource_dir("scenarios") / "broken.yaml").read_text())
 
@@ -27,6 +27,7 @@ def broken_patches(*patches):
     def patch(d):
         for p in patches:
             p(d)
+
     return patch
 
 
@@ -41,6 +42,7 @@ def input_error(data, source="x.yaml") -> str:
 
 
 # ---------------------------------------------------------------- the built-ins
+
 
 @pytest.mark.parametrize("name, to_fabrikam", [("broken", "silently_discarded"), ("fixed", "delivered")])
 def test_builtin_scenarios_load(name, to_fabrikam):
@@ -66,9 +68,12 @@ def test_parse_scenario_name_defaults_to_file_stem():
 
 
 def test_values_are_normalised():
-    data = broken(lambda d: d["traffic"][0].update({"to": ["Carol@FABRIKAM.Example"]}),
-                  lambda d: d["tenants"]["contoso"]["inbound_connectors"][0].update(
-                      {"tls_sender_certificate_name": "*.Contoso.Example"}))
+    data = broken(
+        lambda d: d["traffic"][0].update({"to": ["Carol@FABRIKAM.Example"]}),
+        lambda d: d["tenants"]["contoso"]["inbound_connectors"][0].update(
+            {"tls_sender_certificate_name": "*.Contoso.Example"}
+        ),
+    )
     s = parse_scenario(data, "x.yaml")
     assert s.traffic[0].to == ["Carol@fabrikam.example"]
     assert s.tenants["contoso"].inbound_connectors[0].tls_sender_certificate_name == "*.contoso.example"
@@ -81,86 +86,168 @@ def test_message_ids_default_to_position():
 
 # ---------------------------------------------------------------- bad input -> one line, file and YAML path
 
+
 def _set(path, value):
     """A patch that sets d[...path] = value; path is a list of keys and indexes."""
+
     def patch(d):
         target = d
         for key in path[:-1]:
             target = target[key]
         target[path[-1]] = value
+
     return patch
 
 
 BAD = [
     # id, patch, YAML path, words in the message
-    ("unknown-certificate", _set(["gateway", "connectors", 0, "certificate"], "gw-missing"),
-     "gateway.connectors[0].certificate", ["unknown certificate", "gw-missing", "gw-selfsigned"]),
-    ("unknown-certificate-second-connector", _set(["gateway", "connectors", 1, "certificate"], "nope"),
-     "gateway.connectors[1].certificate", ["unknown certificate"]),
-    ("unknown-server-certificate", _set(["gateway", "server_certificate"], "nope"),
-     "gateway.server_certificate", ["unknown certificate"]),
-    ("embedded-wildcard-cert-name",
-     _set(["tenants", "contoso", "inbound_connectors", 0, "tls_sender_certificate_name"], "mail*.contoso.example"),
-     "tenants.contoso.inbound_connectors[0].tls_sender_certificate_name", ["mail*.contoso.example", "wildcard"]),
-    ("double-wildcard-cert-name",
-     _set(["tenants", "contoso", "inbound_connectors", 0, "tls_sender_certificate_name"], "*.*.contoso.example"),
-     "tenants.contoso.inbound_connectors[0].tls_sender_certificate_name", ["wildcard"]),
-    ("gateway-address-private", _set(["gateway", "address"], "10.0.0.5"),
-     "gateway.address", ["10.0.0.5", "documentation ranges"]),
-    ("gateway-address-192.168", _set(["gateway", "address"], "192.168.1.10"),
-     "gateway.address", ["192.168.1.10", "documentation ranges"]),
-    ("gateway-address-not-ip", _set(["gateway", "address"], "gw.contoso.example"),
-     "gateway.address", ["not an IPv4 address"]),
-    ("eop-address-172.16", _set(["eop", "address"], "172.16.0.9"),
-     "eop.address", ["172.16.0.9", "documentation ranges"]),
-    ("connector-source-ip-private", _set(["gateway", "connectors", 0, "source_ip"], "10.1.2.3"),
-     "gateway.connectors[0].source_ip", ["10.1.2.3"]),
-    ("lab-address-private", _set(["lab", "addresses"], {"dns": "10.0.0.53"}),
-     "lab.addresses.dns", ["10.0.0.53"]),
-    ("subnet-private", _set(["lab", "subnet"], "10.0.0.0/24"),
-     "lab.subnet", ["10.0.0.0/24", "documentation ranges"]),
-    ("sender-ip-range-private",
-     _set(["tenants", "contoso", "inbound_connectors", 0, "sender_ip_addresses"], ["10.0.0.0/8"]),
-     "tenants.contoso.inbound_connectors[0].sender_ip_addresses[0]", ["10.0.0.0/8"]),
-    ("traffic-from-invalid", _set(["traffic", 0, "from"], "alice.contoso.example"),
-     "traffic[0].from", ["alice.contoso.example", "not a valid e-mail address"]),
-    ("traffic-to-invalid", _set(["traffic", 1, "to"], ["dave@@northwind.example"]),
-     "traffic[1].to[0]", ["dave@@northwind.example", "not a valid e-mail address"]),
-    ("traffic-to-bad-domain", _set(["traffic", 1, "to"], ["dave@north_wind.example"]),
-     "traffic[1].to[0]", ["north_wind.example"]),
-    ("traffic-to-unknown-domain", _set(["traffic", 1, "to"], ["dave@elsewhere.example"]),
-     "traffic[1].to[0]", ["in no lab domain"]),
-    ("mailbox-invalid", _set(["tenants", "fabrikam", "mailboxes"], ["carol@fabrikam.example", "carol"]),
-     "tenants.fabrikam.mailboxes[1]", ["not a valid e-mail address"]),
-    ("mailbox-other-tenants-domain", _set(["tenants", "fabrikam", "mailboxes"], ["carol@contoso.example"]),
-     "tenants.fabrikam.mailboxes[0]", ["not in one of tenant fabrikam's domains"]),
-    ("unknown-top-level-key", _set(["gatway"], {}),
-     "gatway", ["unknown key"]),
-    ("unknown-nested-key", _set(["gateway", "connectors", 0, "adress_space"], ["*"]),
-     "gateway.connectors[0].adress_space", ["unknown key"]),
-    ("unknown-tenant-key", _set(["tenants", "contoso", "mailbox"], []),
-     "tenants.contoso.mailbox", ["unknown key"]),
-    ("missing-key", lambda d: d["gateway"].pop("connectors"),
-     "gateway.connectors", ["required key is missing"]),
-    ("bad-literal", _set(["eop", "misattribution"], "drop"),
-     "eop.misattribution", ["discard", "reject"]),
-    ("bad-expectation", _set(["traffic", 0, "expect"], "vanished"),
-     "traffic[0].expect", []),
-    ("duplicate-message-id", _set(["traffic", 1, "id"], "to-fabrikam"),
-     "traffic[1].id", ["used twice"]),
-    ("duplicate-address-space", _set(["gateway", "connectors", 1, "address_space"], ["*"]),
-     "gateway.connectors[1].address_space[0]", ["already in connector"]),
-    ("duplicate-connector-name", _set(["gateway", "connectors", 1, "name"], "Internet"),
-     "gateway.connectors[1].name", ["used twice"]),
-    ("onpremises-connector-without-criteria",
-     _set(["tenants", "contoso", "inbound_connectors", 0, "tls_sender_certificate_name"], None),
-     "tenants.contoso.inbound_connectors[0]", ["tls_sender_certificate_name or sender_ip_addresses"]),
-    ("internet-domain-is-tenant-domain", _set(["internet", "domains"], ["northwind.example", "fabrikam.example"]),
-     "internet.domains[1]", ["already a tenant's domain"]),
-    ("smarthost-invalid", _set(["gateway", "connectors", 1, "route"], {"smarthost": "bad host"}),
-     "gateway.connectors[1].route.smarthost", ["not a valid domain name"]),
-    ("no-tenants", _set(["tenants"], {}),
-     "tenants", []),
+    (
+        "unknown-certificate",
+        _set(["gateway", "connectors", 0, "certificate"], "gw-missing"),
+        "gateway.connectors[0].certificate",
+        ["unknown certificate", "gw-missing", "gw-selfsigned"],
+    ),
+    (
+        "unknown-certificate-second-connector",
+        _set(["gateway", "connectors", 1, "certificate"], "nope"),
+        "gateway.connectors[1].certificate",
+        ["unknown certificate"],
+    ),
+    (
+        "unknown-server-certificate",
+        _set(["gateway", "server_certificate"], "nope"),
+        "gateway.server_certificate",
+        ["unknown certificate"],
+    ),
+    (
+        "embedded-wildcard-cert-name",
+        _set(["tenants", "contoso", "inbound_connectors", 0, "tls_sender_certificate_name"], "mail*.contoso.example"),
+        "tenants.contoso.inbound_connectors[0].tls_sender_certificate_name",
+        ["mail*.contoso.example", "wildcard"],
+    ),
+    (
+        "double-wildcard-cert-name",
+        _set(["tenants", "contoso", "inbound_connectors", 0, "tls_sender_certificate_name"], "*.*.contoso.example"),
+        "tenants.contoso.inbound_connectors[0].tls_sender_certificate_name",
+        ["wildcard"],
+    ),
+    (
+        "gateway-address-private",
+        _set(["gateway", "address"], "10.0.0.5"),
+        "gateway.address",
+        ["10.0.0.5", "documentation ranges"],
+    ),
+    (
+        "gateway-address-192.168",
+        _set(["gateway", "address"], "192.168.1.10"),
+        "gateway.address",
+        ["192.168.1.10", "documentation ranges"],
+    ),
+    (
+        "gateway-address-not-ip",
+        _set(["gateway", "address"], "gw.contoso.example"),
+        "gateway.address",
+        ["not an IPv4 address"],
+    ),
+    (
+        "eop-address-172.16",
+        _set(["eop", "address"], "172.16.0.9"),
+        "eop.address",
+        ["172.16.0.9", "documentation ranges"],
+    ),
+    (
+        "connector-source-ip-private",
+        _set(["gateway", "connectors", 0, "source_ip"], "10.1.2.3"),
+        "gateway.connectors[0].source_ip",
+        ["10.1.2.3"],
+    ),
+    ("lab-address-private", _set(["lab", "addresses"], {"dns": "10.0.0.53"}), "lab.addresses.dns", ["10.0.0.53"]),
+    ("subnet-private", _set(["lab", "subnet"], "10.0.0.0/24"), "lab.subnet", ["10.0.0.0/24", "documentation ranges"]),
+    (
+        "sender-ip-range-private",
+        _set(["tenants", "contoso", "inbound_connectors", 0, "sender_ip_addresses"], ["10.0.0.0/8"]),
+        "tenants.contoso.inbound_connectors[0].sender_ip_addresses[0]",
+        ["10.0.0.0/8"],
+    ),
+    (
+        "traffic-from-invalid",
+        _set(["traffic", 0, "from"], "alice.contoso.example"),
+        "traffic[0].from",
+        ["alice.contoso.example", "not a valid e-mail address"],
+    ),
+    (
+        "traffic-to-invalid",
+        _set(["traffic", 1, "to"], ["dave@@northwind.example"]),
+        "traffic[1].to[0]",
+        ["dave@@northwind.example", "not a valid e-mail address"],
+    ),
+    (
+        "traffic-to-bad-domain",
+        _set(["traffic", 1, "to"], ["dave@north_wind.example"]),
+        "traffic[1].to[0]",
+        ["north_wind.example"],
+    ),
+    (
+        "traffic-to-unknown-domain",
+        _set(["traffic", 1, "to"], ["dave@elsewhere.example"]),
+        "traffic[1].to[0]",
+        ["in no lab domain"],
+    ),
+    (
+        "mailbox-invalid",
+        _set(["tenants", "fabrikam", "mailboxes"], ["carol@fabrikam.example", "carol"]),
+        "tenants.fabrikam.mailboxes[1]",
+        ["not a valid e-mail address"],
+    ),
+    (
+        "mailbox-other-tenants-domain",
+        _set(["tenants", "fabrikam", "mailboxes"], ["carol@contoso.example"]),
+        "tenants.fabrikam.mailboxes[0]",
+        ["not in one of tenant fabrikam's domains"],
+    ),
+    ("unknown-top-level-key", _set(["gatway"], {}), "gatway", ["unknown key"]),
+    (
+        "unknown-nested-key",
+        _set(["gateway", "connectors", 0, "adress_space"], ["*"]),
+        "gateway.connectors[0].adress_space",
+        ["unknown key"],
+    ),
+    ("unknown-tenant-key", _set(["tenants", "contoso", "mailbox"], []), "tenants.contoso.mailbox", ["unknown key"]),
+    ("missing-key", lambda d: d["gateway"].pop("connectors"), "gateway.connectors", ["required key is missing"]),
+    ("bad-literal", _set(["eop", "misattribution"], "drop"), "eop.misattribution", ["discard", "reject"]),
+    ("bad-expectation", _set(["traffic", 0, "expect"], "vanished"), "traffic[0].expect", []),
+    ("duplicate-message-id", _set(["traffic", 1, "id"], "to-fabrikam"), "traffic[1].id", ["used twice"]),
+    (
+        "duplicate-address-space",
+        _set(["gateway", "connectors", 1, "address_space"], ["*"]),
+        "gateway.connectors[1].address_space[0]",
+        ["already in connector"],
+    ),
+    (
+        "duplicate-connector-name",
+        _set(["gateway", "connectors", 1, "name"], "Internet"),
+        "gateway.connectors[1].name",
+        ["used twice"],
+    ),
+    (
+        "onpremises-connector-without-criteria",
+        _set(["tenants", "contoso", "inbound_connectors", 0, "tls_sender_certificate_name"], None),
+        "tenants.contoso.inbound_connectors[0]",
+        ["tls_sender_certificate_name or sender_ip_addresses"],
+    ),
+    (
+        "internet-domain-is-tenant-domain",
+        _set(["internet", "domains"], ["northwind.example", "fabrikam.example"]),
+        "internet.domains[1]",
+        ["already a tenant's domain"],
+    ),
+    (
+        "smarthost-invalid",
+        _set(["gateway", "connectors", 1, "route"], {"smarthost": "bad host"}),
+        "gateway.connectors[1].route.smarthost",
+        ["not a valid domain name"],
+    ),
+    ("no-tenants", _set(["tenants"], {}), "tenants", []),
 ]
 
 
@@ -172,8 +259,9 @@ def test_bad_input_names_file_and_path(patch, path, words):
         assert word in message, message
 
 
-@pytest.mark.parametrize("data", [None, [], ["a", "b"], "just a string", 42], ids=["empty", "empty-list", "list",
-                                                                                     "string", "number"])
+@pytest.mark.parametrize(
+    "data", [None, [], ["a", "b"], "just a string", 42], ids=["empty", "empty-list", "list", "string", "number"]
+)
 def test_top_level_must_be_a_mapping(data):
     message = input_error(data, "top.yaml")
     assert message.startswith("top.yaml: (top level): ")
@@ -215,11 +303,15 @@ def test_good_file_loads(tmp_path):
     assert load_scenario(str(path)).name == "copy"
 
 
-@pytest.mark.parametrize("ref, words", [
-    ("no-such-file.yaml", ["no-such-file.yaml", "no such scenario file"]),
-    ("dir/lab.yml", ["dir/lab.yml", "no such scenario file"]),
-    ("nonesuch", ["nonesuch", "unknown scenario", "broken", "fixed"]),
-], ids=["missing-file", "missing-file-in-dir", "unknown-builtin"])
+@pytest.mark.parametrize(
+    "ref, words",
+    [
+        ("no-such-file.yaml", ["no-such-file.yaml", "no such scenario file"]),
+        ("dir/lab.yml", ["dir/lab.yml", "no such scenario file"]),
+        ("nonesuch", ["nonesuch", "unknown scenario", "broken", "fixed"]),
+    ],
+    ids=["missing-file", "missing-file-in-dir", "unknown-builtin"],
+)
 def test_unknown_scenario_reference(tmp_path, monkeypatch, ref, words):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(InputError) as exc:
@@ -239,26 +331,42 @@ def test_undecodable_file(tmp_path):
 
 # ---------------------------------------------------------------- address checks in the planner
 
-_BLAMES_DEFAULT = pytest.mark.xfail(strict=True, reason=(
-    "BUG: plan._host_addresses checks hosts in a fixed order (dns, eop, sink, traffic, exo, gateway), so when "
-    "the file sets one host's address to another host's *default* address the error can name the other "
-    "host's key (e.g. gateway.address), a key the file does not contain"))
+_BLAMES_DEFAULT = pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "BUG: plan._host_addresses checks hosts in a fixed order (dns, eop, sink, traffic, exo, gateway), so when "
+        "the file sets one host's address to another host's *default* address the error can name the other "
+        "host's key (e.g. gateway.address), a key the file does not contain"
+    ),
+)
 
 DUPLICATES = [
     # patch, YAML path the error names, the host already holding the address
-    pytest.param(_set(["gateway", "address"], "198.51.100.53"), "gateway.address", "dns",
-                 id="gateway-set-to-dns-default"),
-    pytest.param(broken_patches(_set(["gateway", "address"], "198.51.100.30"),
-                                _set(["eop", "address"], "198.51.100.30")), "gateway.address", "eop",
-                 id="gateway-and-eop-both-set"),
-    pytest.param(_set(["lab", "addresses"], {"sink": "198.51.100.111", "traffic": "198.51.100.111"}),
-                 "lab.addresses.traffic", "sink", id="sink-and-traffic-both-set"),
-    pytest.param(_set(["gateway", "connectors", 0, "source_ip"], "198.51.100.25"),
-                 "gateway.connectors[0].source_ip", "eop", id="connector-source-set-to-eop-default"),
-    pytest.param(_set(["eop", "address"], "198.51.100.10"), "eop.address", "gateway",
-                 id="eop-set-to-gateway-default"),
-    pytest.param(_set(["lab", "addresses"], {"dns": "198.51.100.25"}), "lab.addresses.dns", "eop",
-                 id="dns-set-to-eop-default"),
+    pytest.param(
+        _set(["gateway", "address"], "198.51.100.53"), "gateway.address", "dns", id="gateway-set-to-dns-default"
+    ),
+    pytest.param(
+        broken_patches(_set(["gateway", "address"], "198.51.100.30"), _set(["eop", "address"], "198.51.100.30")),
+        "gateway.address",
+        "eop",
+        id="gateway-and-eop-both-set",
+    ),
+    pytest.param(
+        _set(["lab", "addresses"], {"sink": "198.51.100.111", "traffic": "198.51.100.111"}),
+        "lab.addresses.traffic",
+        "sink",
+        id="sink-and-traffic-both-set",
+    ),
+    pytest.param(
+        _set(["gateway", "connectors", 0, "source_ip"], "198.51.100.25"),
+        "gateway.connectors[0].source_ip",
+        "eop",
+        id="connector-source-set-to-eop-default",
+    ),
+    pytest.param(_set(["eop", "address"], "198.51.100.10"), "eop.address", "gateway", id="eop-set-to-gateway-default"),
+    pytest.param(
+        _set(["lab", "addresses"], {"dns": "198.51.100.25"}), "lab.addresses.dns", "eop", id="dns-set-to-eop-default"
+    ),
 ]
 
 

@@ -94,13 +94,18 @@ def test_seeded_random_interleavings(recorded):
 def test_the_bounce_alone_is_not_settled(recorded):
     """The race that gave `ndr: null`: EOP's rejection is logged, the gateway's bounce is not."""
     plan, data, _ = recorded
-    events = [e for s in data for e in s
-              if not (e.service == "gateway" and (e.event in ("bounced", "ndr_queued") or getattr(e, "msgid", 0) is None))]
+    events = [
+        e
+        for s in data
+        for e in s
+        if not (e.service == "gateway" and (e.event in ("bounced", "ndr_queued") or getattr(e, "msgid", 0) is None))
+    ]
     events = [e for e in events if e.event != "ndr"]
     assert not settled(classify(plan, events))
 
 
 # ---------------------------------------------------------------- the NDR's own fate
+
 
 def _strict_run(data: list[list[AnyEvent]]) -> list[AnyEvent]:
     return [e for s in data for e in s]
@@ -113,31 +118,61 @@ def _ndr_qid(events: list[AnyEvent]) -> str:
 def _drop_ndr_delivery(events: list[AnyEvent]) -> list[AnyEvent]:
     """As if the NDR never reached a mailbox: no EOP record of it, no gateway status for it."""
     qid = _ndr_qid(events)
-    return [e for e in events if e.event != "ndr" and not (e.service == "gateway" and getattr(e, "queue_id", None) == qid
-                                                           and e.event != "ndr_queued")]
+    return [
+        e
+        for e in events
+        if e.event != "ndr"
+        and not (e.service == "gateway" and getattr(e, "queue_id", None) == qid and e.event != "ndr_queued")
+    ]
 
 
 def _ndr_status(events: list[AnyEvent], event: str, reply: str) -> list[AnyEvent]:
     qid = _ndr_qid(events)
     q = next(e for e in events if e.event == "ndr_queued")
-    return events + [parse_event({"ts": q.ts + 1, "service": "gateway", "event": event, "msgid": None, "queue_id": qid,
-                                  "rcpt": "alice@contoso.example", "connector": "Office 365",
-                                  "relay": "contoso.mail.protection.outlook.test[198.19.201.25]:25", "reply": reply})]
+    return events + [
+        parse_event(
+            {
+                "ts": q.ts + 1,
+                "service": "gateway",
+                "event": event,
+                "msgid": None,
+                "queue_id": qid,
+                "rcpt": "alice@contoso.example",
+                "connector": "Office 365",
+                "relay": "contoso.mail.protection.outlook.test[198.19.201.25]:25",
+                "reply": reply,
+            }
+        )
+    ]
 
 
 NDR_FATES = [
     # id, what becomes of the NDR, settled, words in ndr_lost
-    ("bounced-by-the-next-hop",
-     lambda ev: _ndr_status(_drop_ndr_delivery(ev), "bounced", "550 5.7.1 Relay access denied"),
-     True, "bounced the non-delivery report"),
-    ("deferred", lambda ev: _ndr_status(_drop_ndr_delivery(ev), "deferred", "451 4.7.0 try later"),
-     False, "deferred the non-delivery report"),
-    ("handed-on-but-in-no-mailbox",
-     lambda ev: _ndr_status(_drop_ndr_delivery(ev), "sent", "250 2.6.0 Queued mail for delivery"),
-     False, "no mailbox has it"),
+    (
+        "bounced-by-the-next-hop",
+        lambda ev: _ndr_status(_drop_ndr_delivery(ev), "bounced", "550 5.7.1 Relay access denied"),
+        True,
+        "bounced the non-delivery report",
+    ),
+    (
+        "deferred",
+        lambda ev: _ndr_status(_drop_ndr_delivery(ev), "deferred", "451 4.7.0 try later"),
+        False,
+        "deferred the non-delivery report",
+    ),
+    (
+        "handed-on-but-in-no-mailbox",
+        lambda ev: _ndr_status(_drop_ndr_delivery(ev), "sent", "250 2.6.0 Queued mail for delivery"),
+        False,
+        "no mailbox has it",
+    ),
     ("still-queued", _drop_ndr_delivery, False, "still queued"),
-    ("never-queued", lambda ev: [e for e in _drop_ndr_delivery(ev) if e.event != "ndr_queued"],
-     False, "logged no non-delivery report"),
+    (
+        "never-queued",
+        lambda ev: [e for e in _drop_ndr_delivery(ev) if e.event != "ndr_queued"],
+        False,
+        "logged no non-delivery report",
+    ),
 ]
 
 

@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from labgen.engines.local import LocalEngine
-from labgen.run import prepare_lab
 from labgen.model.scenario import load_scenario
+from labgen.run import prepare_lab
 
 pytestmark = pytest.mark.skipif(shutil.which("swaks") is None, reason="swaks is not installed (apt-get install swaks)")
 
@@ -35,9 +35,26 @@ def lab(tmp_path):
 
 
 def swaks(plan, labdir, *, to, source_ip, cert=None, key=None, header_id="swaks-1"):
-    cmd = ["swaks", "--server", plan.ip("eop"), "--port", str(plan.smtp_port), "--local-interface", source_ip,
-           "--from", "alice@contoso.example", "--to", to, "--ehlo", "gw.contoso.example",
-           "--tls", "--header", f"X-Labgen-Id: {header_id}", "--timeout", "10"]
+    cmd = [
+        "swaks",
+        "--server",
+        plan.ip("eop"),
+        "--port",
+        str(plan.smtp_port),
+        "--local-interface",
+        source_ip,
+        "--from",
+        "alice@contoso.example",
+        "--to",
+        to,
+        "--ehlo",
+        "gw.contoso.example",
+        "--tls",
+        "--header",
+        f"X-Labgen-Id: {header_id}",
+        "--timeout",
+        "10",
+    ]
     if cert:
         cmd += ["--tls-cert", str(cert), "--tls-key", str(key)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=30)
@@ -51,12 +68,27 @@ def eop_events(labdir, event):
 def test_swaks_with_the_gateway_certificate_is_attributed_by_certificate(lab):
     plan, labdir = lab
     files = plan.certs["gw-selfsigned"]
-    p = swaks(plan, labdir, to="bob@contoso.example", source_ip=plan.ip("gateway"),
-              cert=labdir / files.chain, key=labdir / files.key)
+    p = swaks(
+        plan,
+        labdir,
+        to="bob@contoso.example",
+        source_ip=plan.ip("gateway"),
+        cert=labdir / files.chain,
+        key=labdir / files.key,
+    )
     assert p.returncode == 0, p.stdout + p.stderr
     assert "220 dm6nam12ft011.mail.protection.outlook.test Microsoft ESMTP MAIL Service ready at" in p.stdout
-    for kw in ("SIZE 157286400", "PIPELINING", "DSN", "ENHANCEDSTATUSCODES", "STARTTLS", "8BITMIME",
-               "BINARYMIME", "CHUNKING", "SMTPUTF8"):
+    for kw in (
+        "SIZE 157286400",
+        "PIPELINING",
+        "DSN",
+        "ENHANCEDSTATUSCODES",
+        "STARTTLS",
+        "8BITMIME",
+        "BINARYMIME",
+        "CHUNKING",
+        "SMTPUTF8",
+    ):
         assert kw in p.stdout
     assert "250 2.6.0" in p.stdout and "Queued mail for delivery" in p.stdout
     rcpt = eop_events(labdir, "rcpt")[-1]
@@ -68,8 +100,15 @@ def test_swaks_with_the_gateway_certificate_is_attributed_by_certificate(lab):
 def test_swaks_to_another_tenant_with_that_certificate_is_discarded(lab):
     plan, labdir = lab
     files = plan.certs["gw-selfsigned"]
-    p = swaks(plan, labdir, to="carol@fabrikam.example", source_ip=plan.ip("gateway"),
-              cert=labdir / files.chain, key=labdir / files.key, header_id="swaks-2")
+    p = swaks(
+        plan,
+        labdir,
+        to="carol@fabrikam.example",
+        source_ip=plan.ip("gateway"),
+        cert=labdir / files.chain,
+        key=labdir / files.key,
+        header_id="swaks-2",
+    )
     assert p.returncode == 0 and "250 2.6.0" in p.stdout  # the client sees success...
     discarded = eop_events(labdir, "discarded")
     assert discarded and discarded[-1]["rcpt"] == "carol@fabrikam.example"  # ...and it is gone
@@ -81,22 +120,34 @@ def test_swaks_without_client_certificate_is_attributed_by_recipient(lab):
     p = swaks(plan, labdir, to="carol@fabrikam.example", source_ip=plan.ip("sink"), header_id="swaks-3")
     assert p.returncode == 0, p.stdout
     rcpt = eop_events(labdir, "rcpt")[-1]
-    assert rcpt["attribution"] == {"tenant": "fabrikam", "by": "recipient", "connector": None,
-                                   "detail": rcpt["attribution"]["detail"]}
+    assert rcpt["attribution"] == {
+        "tenant": "fabrikam",
+        "by": "recipient",
+        "connector": None,
+        "detail": rcpt["attribution"]["detail"],
+    }
     assert rcpt["certificate"] is None
 
 
 def _undeclared_cert(tmp_path):
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gw.contoso.example")])
-    now = dt.datetime.now(dt.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(1).not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=9))
-            .sign(key, hashes.SHA256()))
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=9))
+        .sign(key, hashes.SHA256())
+    )
     c, k = tmp_path / "stranger.crt", tmp_path / "stranger.key"
     c.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    k.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption()))
+    k.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return c, k
 
 
@@ -111,8 +162,14 @@ def test_undeclared_certificate_fails_the_handshake_and_eop_keeps_serving(lab, t
     assert failed and failed[0]["client_ip"] == plan.ip("gateway") and "certificate" in failed[0]["reason"]
     assert not eop_events(labdir, "rcpt")
     files = plan.certs["gw-selfsigned"]
-    again = swaks(plan, labdir, to="bob@contoso.example", source_ip=plan.ip("gateway"),
-                  cert=labdir / files.chain, key=labdir / files.key)
+    again = swaks(
+        plan,
+        labdir,
+        to="bob@contoso.example",
+        source_ip=plan.ip("gateway"),
+        cert=labdir / files.chain,
+        key=labdir / files.key,
+    )
     assert again.returncode == 0, again.stdout
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 import logging
-from typing import Any, Optional
+from typing import Any
 
 from ..errors import InfraError, InputError
 from .base import Engine, LabStatus, Removed
@@ -17,8 +17,7 @@ from .labels import LAB_NAME
 log = logging.getLogger(__name__)
 
 # name -> "module:Class", in the order `--engine auto` prefers them.
-ENGINES: dict[str, str] = {"docker": "labgen.engines.docker:DockerEngine",
-                           "local": "labgen.engines.local:LocalEngine"}
+ENGINES: dict[str, str] = {"docker": "labgen.engines.docker:DockerEngine", "local": "labgen.engines.local:LocalEngine"}
 
 
 def _cls(name: str) -> Any:
@@ -66,12 +65,14 @@ def _answering() -> list[Engine]:
 def check_lab_name(lab: str) -> str:
     """A lab name from the command line names files and containers: only what a scenario allows."""
     if not LAB_NAME.fullmatch(lab):
-        raise InputError(f"{lab!r} is not a lab name (lower-case letters, digits and '-', at most 31); "
-                         "run `labgen status` to see the labs")
+        raise InputError(
+            f"{lab!r} is not a lab name (lower-case letters, digits and '-', at most 31); "
+            "run `labgen status` to see the labs"
+        )
     return lab
 
 
-def status(lab: Optional[str] = None) -> list[LabStatus]:
+def status(lab: str | None = None) -> list[LabStatus]:
     if lab is not None:
         check_lab_name(lab)
     return sorted((row for e in _answering() for row in e.status(lab)), key=lambda r: (r.lab, r.engine))
@@ -83,7 +84,7 @@ def down(lab: str) -> list[Removed]:
     return [r for e in _answering() if (r := e.down(lab)) is not None]
 
 
-def logs(service: str, lab: Optional[str], tail: int) -> str:
+def logs(service: str, lab: str | None, tail: int) -> str:
     """A service's log in the one lab that is up (or `lab`)."""
     rows = status(lab)
     labs = sorted({(r.lab, r.engine) for r in rows})

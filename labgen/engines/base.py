@@ -6,9 +6,10 @@ Engine plus one line in engines/__init__.py's ENGINES."""
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Protocol
+from typing import Protocol
 
 from ..model.plan import Plan
 
@@ -21,9 +22,9 @@ class ServiceStatus:
     service: str
     state: str  # the engine's own word: "running", "exited", ...
     addresses: list[str]
-    container: Optional[str] = None  # docker
-    health: Optional[str] = None  # docker healthcheck
-    image: Optional[str] = None
+    container: str | None = None  # docker
+    health: str | None = None  # docker healthcheck
+    image: str | None = None
 
 
 @dataclass(frozen=True)
@@ -33,8 +34,8 @@ class LabStatus:
     state: str  # "running" when every service runs, else what is wrong ("exited", "degraded")
     services: list[ServiceStatus]
     addresses: list[str]  # ip or ip:port where the lab's services answer
-    lab_dir: Optional[str]
-    pid: Optional[int] = None  # local engine: the process that serves the lab
+    lab_dir: str | None
+    pid: int | None = None  # local engine: the process that serves the lab
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -53,7 +54,7 @@ class Removed:
 class Engine(Protocol):
     name: str  # "local" | "docker"
 
-    def place(self, net: ipaddress.IPv4Network, subnet: Optional[str]) -> Optional[Mover]:
+    def place(self, net: ipaddress.IPv4Network, subnet: str | None) -> Mover | None:
         """How this engine places the scenario's subnet `net` (moved to `subnet` when the user
         asked): a function from a scenario address to the lab's, or None to keep them. Bad
         `subnet` raises InputError."""
@@ -85,14 +86,14 @@ class Engine(Protocol):
         """On failure or Ctrl-C: remove everything the engine started."""
         ...
 
-    def status(self, lab: Optional[str] = None) -> list[LabStatus]:
+    def status(self, lab: str | None = None) -> list[LabStatus]:
         """The labs this engine runs (one, when named)."""
         ...
 
-    def logs(self, lab: str, service: str, tail: int) -> Optional[str]:
+    def logs(self, lab: str, service: str, tail: int) -> str | None:
         """The last `tail` lines of a service's log, or None when this engine does not run `lab`."""
         ...
 
-    def down(self, lab: str) -> Optional[Removed]:
+    def down(self, lab: str) -> Removed | None:
         """Stop and remove what this engine started for `lab` (only that); None if nothing."""
         ...

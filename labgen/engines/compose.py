@@ -10,18 +10,19 @@ by line before anything is written (labgen.engines.postfix)."""
 from __future__ import annotations
 
 import shlex
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from .. import __version__
-from . import postfix
 from ..errors import InfraError
 from ..model.plan import EOP_POOL_HOST, Plan
 from ..resources import resource_dir
 from ..textsafe import checked, md_inline, one_line, shown
+from . import postfix
 
 SERVICES = ("dns", "eop", "sink", "gateway", "traffic")
 HOSTNAMES = {"dns": "ns.lab.test", "sink": "mx-sink.lab.test", "traffic": "traffic.lab.test"}
@@ -32,8 +33,13 @@ def project_name(lab: str) -> str:
 
 
 def _env(finalize: Callable[[Any], Any]) -> Environment:
-    return Environment(loader=FileSystemLoader(str(resource_dir("templates"))), undefined=StrictUndefined,
-                       keep_trailing_newline=True, trim_blocks=False, finalize=finalize)
+    return Environment(
+        loader=FileSystemLoader(str(resource_dir("templates"))),
+        undefined=StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=False,
+        finalize=finalize,
+    )
 
 
 def _ok(kind: str, value: object, what: str, where: str = "compose.yaml") -> str:
@@ -42,16 +48,23 @@ def _ok(kind: str, value: object, what: str, where: str = "compose.yaml") -> str
 
 # ---------------------------------------------------------------- compose.yaml
 
+
 def _services(plan: Plan) -> list[dict]:
     names = {**HOSTNAMES, "eop": EOP_POOL_HOST, "gateway": plan.scenario.gateway.hostname}
     out = []
     for svc in SERVICES:
         ips = [_ok("ipv4", ip, f"{svc}'s address") for ip in plan.hosts[svc]]
-        out.append({"name": svc, "ip": ips[0], "extra_ips": ips[1:],
-                    "hostname": _ok("hostname", names[svc], f"{svc}'s hostname"),
-                    # One start-up wave for the services (none needs another to start; Compose v1
-                    # waits a wave per level), then traffic, which waits until every one answers.
-                    "depends_on": [s for s in SERVICES if s != "traffic"] if svc == "traffic" else []})
+        out.append(
+            {
+                "name": svc,
+                "ip": ips[0],
+                "extra_ips": ips[1:],
+                "hostname": _ok("hostname", names[svc], f"{svc}'s hostname"),
+                # One start-up wave for the services (none needs another to start; Compose v1
+                # waits a wave per level), then traffic, which waits until every one answers.
+                "depends_on": [s for s in SERVICES if s != "traffic"] if svc == "traffic" else [],
+            }
+        )
     return out
 
 
@@ -71,8 +84,13 @@ def compose_data(plan: Plan, image: str) -> dict:
             "container_name": f"{project}-{name}",
             "hostname": svc["hostname"],
             "command": ["python3", "-m", "labgen.lab.entrypoints", name],
-            "healthcheck": {"test": ["CMD", "python3", "-m", "labgen.lab.entrypoints", name, "--probe"],
-                            "interval": "10s", "timeout": "5s", "retries": 3, "start_period": "5s"},
+            "healthcheck": {
+                "test": ["CMD", "python3", "-m", "labgen.lab.entrypoints", name, "--probe"],
+                "interval": "10s",
+                "timeout": "5s",
+                "retries": 3,
+                "start_period": "5s",
+            },
         }
         if svc["depends_on"]:
             block["depends_on"] = svc["depends_on"]
@@ -82,14 +100,16 @@ def compose_data(plan: Plan, image: str) -> dict:
     return {
         "version": "3.8",
         "services": services,
-        "networks": {"lab": {
-            "name": f"{project}-net",
-            "driver": "bridge",
-            "internal": True,
-            "driver_opts": {"com.docker.network.bridge.inhibit_ipv4": "true"},
-            "labels": {"io.labgen.lab": lab},
-            "ipam": {"config": [{"subnet": _ok("ipv4 network", plan.subnet, "the lab subnet")}]},
-        }},
+        "networks": {
+            "lab": {
+                "name": f"{project}-net",
+                "driver": "bridge",
+                "internal": True,
+                "driver_opts": {"com.docker.network.bridge.inhibit_ipv4": "true"},
+                "labels": {"io.labgen.lab": lab},
+                "ipam": {"config": [{"subnet": _ok("ipv4 network", plan.subnet, "the lab subnet")}]},
+            }
+        },
     }
 
 
@@ -120,6 +140,7 @@ def _compose_text(plan: Plan, image: str) -> str:
 
 # ---------------------------------------------------------------- README.md
 
+
 class Verbatim(str):
     """README text labgen composed itself (shell commands, quoted with shlex): printed as is."""
 
@@ -142,12 +163,23 @@ def _commands(plan: Plan) -> dict[str, Verbatim]:
 
     def cmd(*argv: str) -> Verbatim:
         return Verbatim(shlex.join(argv))
+
     return {
         "up": cmd("docker", "compose", "-p", project, "up", "-d"),
         "up_v1": cmd("docker-compose", "-p", project, "up", "-d"),
         "logs": cmd("docker", "logs", "-f", f"{project}-traffic"),
-        "swaks": cmd("docker", "exec", "-it", f"{project}-traffic", "swaks", "--server", plan.hosts["eop"][0],
-                     "--to", mailbox, "--tls"),
+        "swaks": cmd(
+            "docker",
+            "exec",
+            "-it",
+            f"{project}-traffic",
+            "swaks",
+            "--server",
+            plan.hosts["eop"][0],
+            "--to",
+            mailbox,
+            "--tls",
+        ),
         "down": cmd("docker", "compose", "-p", project, "down"),
         "down_labgen": cmd("labgen", "down", plan.lab),
     }
@@ -156,12 +188,20 @@ def _commands(plan: Plan) -> dict[str, Verbatim]:
 def _readme(plan: Plan, image: str) -> str:
     env = _env(_markdown)
     project = project_name(_ok("lab name", plan.lab, "the lab name", "README.md"))
-    ctx = {"plan": plan, "s": plan.scenario, "project": project, "image": _ok("image", image, "the image", "README.md"),
-           "version": __version__, "services": _services(plan), "cmd": _commands(plan)}
+    ctx = {
+        "plan": plan,
+        "s": plan.scenario,
+        "project": project,
+        "image": _ok("image", image, "the image", "README.md"),
+        "version": __version__,
+        "services": _services(plan),
+        "cmd": _commands(plan),
+    }
     return env.get_template("compose/README.md.j2").render(ctx)
 
 
 # ---------------------------------------------------------------- Postfix
+
 
 def _postfix_files(plan: Plan) -> dict[str, str]:
     """main.cf and master.cf from templates that print only checked values, each file then
@@ -184,8 +224,8 @@ def render_project(plan: Plan, labdir: Path, image: str) -> list[Path]:
         "compose.yaml": _compose_text(plan, image),
         "README.md": _readme(plan, image),
         "resolv.conf": f"# The lab DNS only: no recursion, no internet.\n"
-                       f"nameserver {_ok('ipv4', plan.ip('dns'), 'the DNS address', 'resolv.conf')}\n"
-                       "options timeout:1 attempts:2\n",
+        f"nameserver {_ok('ipv4', plan.ip('dns'), 'the DNS address', 'resolv.conf')}\n"
+        "options timeout:1 attempts:2\n",
         **_postfix_files(plan),
     }
     written = []

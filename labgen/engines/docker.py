@@ -15,7 +15,7 @@ import shutil
 import subprocess
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from ..errors import InfraError
 from ..lab.ledger import read_events
@@ -45,8 +45,10 @@ def compose_command() -> tuple[str, ...]:
             return ("docker", "compose")
     if shutil.which("docker-compose"):
         return ("docker-compose",)
-    raise InfraError("neither `docker compose` nor `docker-compose` is installed; install one "
-                     "(Debian: apt-get install docker-compose)")
+    raise InfraError(
+        "neither `docker compose` nor `docker-compose` is installed; install one "
+        "(Debian: apt-get install docker-compose)"
+    )
 
 
 def check_subnet(plan: Plan) -> None:
@@ -62,9 +64,11 @@ def check_subnet(plan: Plan) -> None:
             except ValueError:
                 continue
             if other.version == 4 and other.overlaps(mine):
-                raise InfraError(f"subnet {plan.subnet} of lab {plan.lab} overlaps Docker network "
-                                 f"'{net.name}' ({other}); remove that network or choose another "
-                                 "subnet with --subnet (e.g. one from 198.18.0.0/15)")
+                raise InfraError(
+                    f"subnet {plan.subnet} of lab {plan.lab} overlaps Docker network "
+                    f"'{net.name}' ({other}); remove that network or choose another "
+                    "subnet with --subnet (e.g. one from 198.18.0.0/15)"
+                )
 
 
 def remove_lab(lab: str, linger: bool = True) -> dict[str, list[str]]:
@@ -73,6 +77,7 @@ def remove_lab(lab: str, linger: bool = True) -> dict[str, list[str]]:
     container it was asked for. Without `linger` (clearing the way before a start, when nothing
     of this command is in flight) a first pass that finds nothing ends it."""
     import docker.errors
+
     c = client()
     flt = {"label": f"{LABEL}={lab}"}
     gone: dict[str, list[str]] = {"containers": [], "networks": [], "volumes": []}
@@ -103,12 +108,12 @@ def remove_lab(lab: str, linger: bool = True) -> dict[str, list[str]]:
     return gone
 
 
-def lab_containers(lab: Optional[str] = None) -> list[Any]:
+def lab_containers(lab: str | None = None) -> list[Any]:
     flt = {"label": f"{LABEL}={lab}" if lab else LABEL}
     return client().containers.list(all=True, filters=flt)
 
 
-def lab_dir_of(container: Any) -> Optional[Path]:
+def lab_dir_of(container: Any) -> Path | None:
     for m in container.attrs.get("Mounts", []):
         if m.get("Destination") == "/lab":
             return Path(m["Source"])
@@ -122,7 +127,7 @@ def container_log_tail(name: str, lines: int = 30) -> str:
         return f"(no log: {e})"
 
 
-def stopped_service(plan: Plan) -> Optional[tuple[str, str]]:
+def stopped_service(plan: Plan) -> tuple[str, str] | None:
     """(service, last line of its log) of a lab container that has stopped, else None. A lab
     service runs until `labgen down`: one that stopped (e.g. it could not write its ledger to
     run/) will answer nothing more, so waiting for it is pointless."""
@@ -134,7 +139,7 @@ def stopped_service(plan: Plan) -> Optional[tuple[str, str]]:
         last = lines[-1] if lines else "(its log is empty)"
         # Its paths are the container's: /lab is the lab directory on this host.
         host = next((m["Source"] for m in ctr.attrs.get("Mounts") or [] if m.get("Destination") == "/lab"), None)
-        return svc, (_CONTAINER_LAB.sub(lambda _: host, last) if host else last)
+        return svc, (_CONTAINER_LAB.sub(lambda _, host=host: host, last) if host else last)
     return None
 
 
@@ -147,16 +152,17 @@ def raise_if_stopped(plan: Plan) -> None:
 
 class DockerEngine:
     """Docker labs always stay up after their verdict, for exploration, until `labgen down`."""
+
     name = "docker"
 
     def __init__(self, keep: bool = True):  # keep: what `up --keep` asks is this engine's default
-        self.image: Optional[str] = None
+        self.image: str | None = None
 
     @classmethod
     def available(cls) -> tuple[bool, str]:
         return answers()
 
-    def place(self, net: ipaddress.IPv4Network, subnet: Optional[str]) -> Optional[Mover]:
+    def place(self, net: ipaddress.IPv4Network, subnet: str | None) -> Mover | None:
         return subnet_mover(net, subnet)
 
     def prepare(self, plan: Plan, labdir: Path) -> Plan:
@@ -164,6 +170,7 @@ class DockerEngine:
 
     def start(self, plan: Plan, labdir: Path, deadline: float) -> None:
         from .images import ensure_image
+
         client()
         remove_lab(plan.lab, linger=False)  # `up` on an existing lab replaces it
         check_subnet(plan)
@@ -189,16 +196,27 @@ class DockerEngine:
 
         def log_tail() -> str:
             svc = sorted(waiting)[0]
-            return f"service {svc} is not ready; last lines of its log:\n{container_log_tail(labels.container(plan.lab, svc))}"
-        poll(ready, waiting_for=f"lab {plan.lab}'s services to become ready", timeout=READY_S, interval=0.2,
-             abort=lambda: raise_if_stopped(plan), detail=log_tail)
+            tail = container_log_tail(labels.container(plan.lab, svc))
+            return f"service {svc} is not ready; last lines of its log:\n{tail}"
+
+        poll(
+            ready,
+            waiting_for=f"lab {plan.lab}'s services to become ready",
+            timeout=READY_S,
+            interval=0.2,
+            abort=lambda: raise_if_stopped(plan),
+            detail=log_tail,
+        )
 
     def inject(self, plan: Plan, labdir: Path) -> None:
         """The traffic container sends by itself once everything answers; wait until it has."""
-        poll(lambda: any(e.get("event") == "injected" for e in read_events(labdir / "run")),
-             waiting_for=f"lab {plan.lab}'s traffic generator to finish sending", timeout=READY_S,
-             abort=lambda: raise_if_stopped(plan),
-             detail=lambda: f"last lines of its log:\n{container_log_tail(labels.container(plan.lab, 'traffic'))}")
+        poll(
+            lambda: any(e.get("event") == "injected" for e in read_events(labdir / "run")),
+            waiting_for=f"lab {plan.lab}'s traffic generator to finish sending",
+            timeout=READY_S,
+            abort=lambda: raise_if_stopped(plan),
+            detail=lambda: f"last lines of its log:\n{container_log_tail(labels.container(plan.lab, 'traffic'))}",
+        )
 
     def check(self, plan: Plan, labdir: Path) -> None:
         raise_if_stopped(plan)  # e.g. a service that could not write its ledger: no more events come
@@ -212,12 +230,13 @@ class DockerEngine:
     def render(self, plan: Plan, labdir: Path) -> str:
         """Write the compose project alone (`labgen render`); returns how to run it by hand."""
         from .images import image_tag
+
         render_project(plan, labdir, image_tag())
         return f"cd {labdir} && docker compose -p {project_name(plan.lab)} up -d   (the image: labgen images build)"
 
     # ----- inspection
 
-    def status(self, lab: Optional[str] = None) -> list[LabStatus]:
+    def status(self, lab: str | None = None) -> list[LabStatus]:
         by_lab: dict[str, list[Any]] = {}
         for c in sorted(lab_containers(lab), key=lambda c: c.name):
             by_lab.setdefault(c.labels.get(LABEL) or "", []).append(c)
@@ -227,19 +246,31 @@ class DockerEngine:
             for c in ctrs:
                 nets = c.attrs.get("NetworkSettings", {}).get("Networks", {}) or {}
                 ips = [n.get("IPAddress") or (n.get("IPAMConfig") or {}).get("IPv4Address") for n in nets.values()]
-                services.append(ServiceStatus(
-                    service=c.labels.get(labels.SERVICE) or c.name, state=c.status, addresses=[i for i in ips if i],
-                    container=c.name, health=(c.attrs.get("State", {}).get("Health") or {}).get("Status"),
-                    image=(c.image.tags or [c.image.short_id])[0] if c.image else None))
+                services.append(
+                    ServiceStatus(
+                        service=c.labels.get(labels.SERVICE) or c.name,
+                        state=c.status,
+                        addresses=[i for i in ips if i],
+                        container=c.name,
+                        health=(c.attrs.get("State", {}).get("Health") or {}).get("Status"),
+                        image=(c.image.tags or [c.image.short_id])[0] if c.image else None,
+                    )
+                )
             states = {s.state for s in services}
             labdir = next((d for c in ctrs if (d := lab_dir_of(c))), None)
-            rows.append(LabStatus(lab=name, engine=self.name,
-                                  state=states.pop() if len(states) == 1 else "degraded", services=services,
-                                  addresses=[a for s in services for a in s.addresses],
-                                  lab_dir=str(labdir) if labdir else None))
+            rows.append(
+                LabStatus(
+                    lab=name,
+                    engine=self.name,
+                    state=states.pop() if len(states) == 1 else "degraded",
+                    services=services,
+                    addresses=[a for s in services for a in s.addresses],
+                    lab_dir=str(labdir) if labdir else None,
+                )
+            )
         return rows
 
-    def logs(self, lab: str, service: str, tail: int) -> Optional[str]:
+    def logs(self, lab: str, service: str, tail: int) -> str | None:
         """The container's own log, then the service's ledger (the gateway's: Postfix's maillog)."""
         ctrs = [c for c in lab_containers(lab) if c.labels.get(labels.SERVICE) == service]
         if not ctrs:
@@ -248,15 +279,18 @@ class DockerEngine:
         text = c.logs(tail=tail).decode("utf-8", "replace")
         labdir = lab_dir_of(c)
         if labdir:
-            for path in (labdir / LOG_FILE, labdir / "run" / f"{service}.jsonl") if service == "gateway" else \
-                    (labdir / "run" / f"{service}.jsonl",):
+            for path in (
+                (labdir / LOG_FILE, labdir / "run" / f"{service}.jsonl")
+                if service == "gateway"
+                else (labdir / "run" / f"{service}.jsonl",)
+            ):
                 if path.is_file():
                     lines = path.read_text(errors="replace").splitlines()
                     text += "\n".join(lines[-tail:]) + "\n"
                     break
         return text
 
-    def down(self, lab: str) -> Optional[Removed]:
+    def down(self, lab: str) -> Removed | None:
         if not lab_containers(lab) and not client().networks.list(filters={"label": f"{LABEL}={lab}"}):
             return None
         return Removed(lab=lab, engine=self.name, parts=remove_lab(lab))

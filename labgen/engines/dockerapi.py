@@ -16,6 +16,7 @@ def _first_line(e: Exception) -> str:
 def client():
     """A connected client, or InfraError (exit 3) saying why there is none."""
     import docker
+
     try:
         c = docker.from_env(timeout=60)
         c.ping()

@@ -20,14 +20,13 @@ import re
 import shlex
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Optional
 
 import labgen
 from labgen.engines import labels
@@ -109,7 +108,7 @@ class _Steps:
     """Each step is logged as it starts and when done (INFO, with its duration); its output lines
     go to DEBUG and to `progress` (e.g. the CLI's status line)."""
 
-    def __init__(self, progress: Optional[Progress] = None):
+    def __init__(self, progress: Progress | None = None):
         self.progress = progress
         self._title = ""
 
@@ -145,8 +144,9 @@ def _run(cmd: list[str], step: str, steps: _Steps) -> None:
     """Run a command, feeding its output to the progress line; fail with its last lines."""
     tail: deque[str] = deque(maxlen=50)
     try:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, text=True, errors="replace")
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, errors="replace"
+        )
     except OSError as e:
         raise _fail(step, f"cannot run {cmd[0]}: {e}") from None
     for line in proc.stdout:
@@ -215,8 +215,10 @@ def base_tag() -> str:
 
 
 # Debian's release names: a host entry for any of them points at a mirror of the whole archive.
-_DEBIAN_SUITE = re.compile(r"^(buster|bullseye|bookworm|trixie|forky|duke|sid|oldstable|stable|testing|unstable)"
-                           r"(-updates|-security)?$")
+_DEBIAN_SUITE = re.compile(
+    r"^(buster|bullseye|bookworm|trixie|forky|duke|sid|oldstable|stable|testing|unstable)"
+    r"(-updates|-security)?$"
+)
 
 
 def _apt_stanzas(apt_dir: Path) -> list[dict[str, str]]:
@@ -245,8 +247,15 @@ def _apt_stanzas(apt_dir: Path) -> list[dict[str, str]]:
                 m = re.match(r"\s*(deb)\s+(?:\[([^\]]*)\]\s+)?(\S+)\s+(\S+)\s*(.*)", line)
                 if m:
                     opts = dict(o.split("=", 1) for o in (m[2] or "").split() if "=" in o)
-                    stanzas.append({"types": m[1], "uris": m[3], "suites": m[4],
-                                    "components": m[5], "signed-by": opts.get("signed-by", "")})
+                    stanzas.append(
+                        {
+                            "types": m[1],
+                            "uris": m[3],
+                            "suites": m[4],
+                            "components": m[5],
+                            "signed-by": opts.get("signed-by", ""),
+                        }
+                    )
     return stanzas
 
 
@@ -257,8 +266,11 @@ def debian_sources(suite: str = SUITE, apt_dir: Path = Path("/etc/apt")) -> list
     exact: list[str] = []
     renamed: list[str] = []
     for s in _apt_stanzas(apt_dir):
-        if ("deb" not in s.get("types", "").split() or s.get("enabled", "yes") == "no"
-                or "main" not in s.get("components", "").split()):
+        if (
+            "deb" not in s.get("types", "").split()
+            or s.get("enabled", "yes") == "no"
+            or "main" not in s.get("components", "").split()
+        ):
             continue
         signed = s.get("signed-by", "")
         opt = f"[signed-by={signed}] " if signed and "\n" not in signed else ""
@@ -286,20 +298,32 @@ def _build_offline_base(client, steps: _Steps, force: bool) -> str:
     # With no Debian entry on the host at all, mmdebstrap falls back to its own default mirror.
     mirrors = debian_sources()
     preseed = _lab_dir() / "debconf.txt"
-    with steps.step(f"base rootfs {tag} (mmdebstrap {SUITE})"), \
-            tempfile.TemporaryDirectory(prefix="labgen-base-") as tmp:
+    with (
+        steps.step(f"base rootfs {tag} (mmdebstrap {SUITE})"),
+        tempfile.TemporaryDirectory(prefix="labgen-base-") as tmp,
+    ):
         rootfs = Path(tmp) / "rootfs.tar"
-        _run([
-            "mmdebstrap", "--variant=apt", "--include=" + ",".join(_packages()),
-            # postfix asks debconf questions in its postinst: answer them before it installs.
-            f"--essential-hook=chroot \"$1\" debconf-set-selections < {shlex.quote(str(preseed))}",
-            SUITE, str(rootfs), *mirrors,
-        ], "mmdebstrap (base rootfs)", steps)
+        _run(
+            [
+                "mmdebstrap",
+                "--variant=apt",
+                "--include=" + ",".join(_packages()),
+                # postfix asks debconf questions in its postinst: answer them before it installs.
+                f'--essential-hook=chroot "$1" debconf-set-selections < {shlex.quote(str(preseed))}',
+                SUITE,
+                str(rootfs),
+                *mirrors,
+            ],
+            "mmdebstrap (base rootfs)",
+            steps,
+        )
         steps.note("docker import")
         repo, _, version = tag.partition(":")
         try:
             client.api.import_image_from_file(
-                str(rootfs), repository=repo, tag=version,
+                str(rootfs),
+                repository=repo,
+                tag=version,
                 changes=[f"LABEL {LABEL}=base", f"LABEL {HASH_LABEL}={version}"],
             )
         except Exception as e:
@@ -335,8 +359,7 @@ def _cache_home() -> Path:
 
 def _build_lab(client, steps: _Steps, snapshot: dict[str, bytes], base: str, force: bool) -> str:
     tag = _tag_of(snapshot)
-    with steps.step(f"docker build {tag}"), \
-            tempfile.TemporaryDirectory(prefix="labgen-image-") as tmp:
+    with steps.step(f"docker build {tag}"), tempfile.TemporaryDirectory(prefix="labgen-image-") as tmp:
         ctx = Path(tmp)
         for rel, data in snapshot.items():
             (ctx / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -346,8 +369,14 @@ def _build_lab(client, steps: _Steps, snapshot: dict[str, bytes], base: str, for
         try:
             # The SDK speaks to the engine's classic builder: no buildx/BuildKit needed.
             for event in client.api.build(
-                path=str(ctx), tag=tag, buildargs={"BASE": base}, pull=False, rm=True,
-                forcerm=True, nocache=force, decode=True,
+                path=str(ctx),
+                tag=tag,
+                buildargs={"BASE": base},
+                pull=False,
+                rm=True,
+                forcerm=True,
+                nocache=force,
+                decode=True,
                 labels={LABEL: "lab", HASH_LABEL: tag.partition(":")[2]},
             ):
                 if "stream" in event:
@@ -365,8 +394,7 @@ def _build_lab(client, steps: _Steps, snapshot: dict[str, bytes], base: str, for
     return tag
 
 
-def ensure_image(force: bool = False, from_registry: bool | None = None,
-                 progress: Optional[Progress] = None) -> str:
+def ensure_image(force: bool = False, from_registry: bool | None = None, progress: Progress | None = None) -> str:
     """Return the current lab image's tag, building it first if the engine lacks it.
 
     from_registry: None picks the base by itself (a local registry base, else an offline base
@@ -386,16 +414,22 @@ def ensure_image(force: bool = False, from_registry: bool | None = None,
     lock_path = _cache_home() / "build.lock"
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "w") as lock:
+
         def locked() -> bool:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 return True
             except BlockingIOError:
                 return False
+
         if not locked():
             with steps.step("waiting for another labgen build to finish"):
-                poll(locked, waiting_for=f"another labgen image build to finish (lock {lock_path})",
-                     timeout=BUILD_LOCK_WAIT_S, interval=0.5)
+                poll(
+                    locked,
+                    waiting_for=f"another labgen image build to finish (lock {lock_path})",
+                    timeout=BUILD_LOCK_WAIT_S,
+                    interval=0.5,
+                )
         if not force and _has_image(client, tag):
             return tag
         base = _base_image(client, steps, from_registry, force)
@@ -409,13 +443,15 @@ def list_images() -> list[dict]:
     rows = []
     for image in client.images.list(filters={"label": f"{LABEL}=lab"}):
         tags = [t for t in image.tags if t.startswith(LAB_REPO + ":")]
-        rows.append({
-            "tag": tags[0] if tags else None,  # None: replaced by a forced rebuild
-            "id": image.short_id.removeprefix("sha256:"),
-            "created": image.attrs.get("Created", ""),
-            "size": image.attrs.get("Size", 0),
-            "current": current in tags,
-        })
+        rows.append(
+            {
+                "tag": tags[0] if tags else None,  # None: replaced by a forced rebuild
+                "id": image.short_id.removeprefix("sha256:"),
+                "created": image.attrs.get("Created", ""),
+                "size": image.attrs.get("Size", 0),
+                "current": current in tags,
+            }
+        )
     return sorted(rows, key=lambda r: r["created"], reverse=True)
 
 

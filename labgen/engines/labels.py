@@ -43,6 +43,9 @@ def registry_dir() -> Path:
     """Per user: $XDG_RUNTIME_DIR/labgen/local (gone at logout, like the processes), else the
     user's cache directory."""
     runtime = os.environ.get("XDG_RUNTIME_DIR")
-    base = Path(runtime) if runtime and Path(runtime).is_dir() else \
-        Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    base = (
+        Path(runtime)
+        if runtime and Path(runtime).is_dir()
+        else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    )
     return base / "labgen" / "local"

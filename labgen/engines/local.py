@@ -25,9 +25,8 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from ..errors import InfraError, InputError, LabgenError, one_line
 from ..lab.dns_server import serve_dns
@@ -76,8 +75,10 @@ def pick_port(ips: list[str], tries: int = 50) -> int:
         port = random.randint(20000, 60999)
         if _port_free_everywhere(port, ips):
             return port
-    raise InfraError(f"no port is free on all of the lab's loopback addresses ({', '.join(ips)}); "
-                     "free some ports or use --engine docker")
+    raise InfraError(
+        f"no port is free on all of the lab's loopback addresses ({', '.join(ips)}); "
+        "free some ports or use --engine docker"
+    )
 
 
 class _FaultEchoes(logging.Filter):
@@ -109,10 +110,12 @@ class LocalEngine:
     def available(cls) -> tuple[bool, str]:
         return True, "the local engine serves the lab on loopback addresses"
 
-    def place(self, net: ipaddress.IPv4Network, subnet: Optional[str]) -> Optional[Mover]:
+    def place(self, net: ipaddress.IPv4Network, subnet: str | None) -> Mover | None:
         if subnet:
-            raise InputError(f"--subnet {subnet}: applies to the docker engine only; the local engine "
-                             "maps the lab onto loopback addresses")
+            raise InputError(
+                f"--subnet {subnet}: applies to the docker engine only; the local engine "
+                "maps the lab onto loopback addresses"
+            )
         return loopback_ip
 
     def prepare(self, plan: Plan, labdir: Path) -> Plan:
@@ -136,11 +139,15 @@ class LocalEngine:
         self.thread = threading.Thread(target=self.loop.run_forever, name="labgen-local", daemon=True)
         self.thread.start()
         gw_factory, self.gateway = gateway_factory(plan, labdir, run_dir, deadline)
-        services = [("eop", eop_factory(plan, labdir, run_dir)), ("sink", sink_factory(plan, labdir, run_dir)),
-                    ("gateway", gw_factory)]
+        services = [
+            ("eop", eop_factory(plan, labdir, run_dir)),
+            ("sink", sink_factory(plan, labdir, run_dir)),
+            ("gateway", gw_factory),
+        ]
 
         async def listen() -> None:
             from ..lab.smtpd import serve
+
             try:
                 self.servers += await serve_dns(plan, plan.ip("dns"), plan.dns_port, run_dir)
             except OSError as e:
@@ -150,6 +157,7 @@ class LocalEngine:
                     self.servers.append(await serve(factory, plan.ip(host), plan.smtp_port))
                 except OSError as e:
                     raise InfraError(f"{host} cannot listen on {plan.ip(host)}:{plan.smtp_port}: {e}") from None
+
         try:
             asyncio.run_coroutine_threadsafe(listen(), self.loop).result(timeout=10)
         except BaseException:
@@ -168,15 +176,24 @@ class LocalEngine:
             with open(labdir / labels.LOCAL_LOG, "ab") as out:
                 self.child = subprocess.Popen(
                     [sys.executable, "-m", labels.LOCAL_MODULE, "--lab", str(labdir), "--token", token],
-                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=labdir, env=env,
-                    start_new_session=True)  # a Ctrl-C at the terminal is for the CLI, not for the lab
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    cwd=labdir,
+                    env=env,
+                    start_new_session=True,
+                )  # a Ctrl-C at the terminal is for the CLI, not for the lab
         except OSError as e:
             raise InfraError(f"cannot start the local lab {plan.lab}'s process: {e}") from None
         _register(plan.lab, labdir, self.child.pid, token)
         try:
-            poll(lambda: (_read_json(labdir / labels.STATE_FILE) or {}).get("token") == token,
-                 waiting_for=f"the local lab {plan.lab}'s services to listen", timeout=CHILD_READY_S,
-                 interval=0.02, abort=lambda: self._raise_if_child_exited(plan, labdir))
+            poll(
+                lambda: (_read_json(labdir / labels.STATE_FILE) or {}).get("token") == token,
+                waiting_for=f"the local lab {plan.lab}'s services to listen",
+                timeout=CHILD_READY_S,
+                interval=0.02,
+                abort=lambda: self._raise_if_child_exited(plan, labdir),
+            )
         except BaseException:
             self.abort(plan, labdir)
             raise
@@ -193,7 +210,6 @@ class LocalEngine:
         if fault:
             raise InfraError(fault)
         self._raise_if_child_exited(plan, labdir)  # it stops on its own faults, saying why
-
 
     def finish(self, plan: Plan, labdir: Path) -> bool:
         if self.child is None:
@@ -243,6 +259,7 @@ class LocalEngine:
                     await s.wait_closed()
             # A delivery attempt already in its thread finishes (bounded by its SMTP timeout).
             await loop.shutdown_default_executor()
+
         try:
             asyncio.run_coroutine_threadsafe(close(), loop).result(timeout=15)
         except Exception:
@@ -259,7 +276,7 @@ class LocalEngine:
 
     # ----- inspection: the kept labs of this user
 
-    def status(self, lab: Optional[str] = None) -> list[LabStatus]:
+    def status(self, lab: str | None = None) -> list[LabStatus]:
         rows = []
         for entry in _entries(lab):
             labdir = Path(entry["lab_dir"])
@@ -267,15 +284,28 @@ class LocalEngine:
             ours = state.get("token") == entry["token"] and _is_ours(entry["pid"], entry["token"])
             port = state.get("port")
             hosts: dict[str, list[str]] = state.get("hosts") or {}
-            services = [ServiceStatus(service=svc, state="running" if ours else "exited",
-                                      addresses=[f"{ip}:{port}" for ip in hosts.get(svc, [])])
-                        for svc in LAB_SERVICES]
-            rows.append(LabStatus(lab=entry["lab"], engine=self.name, state="running" if ours else "exited",
-                                  services=services, addresses=[a for s in services for a in s.addresses],
-                                  lab_dir=str(labdir), pid=entry["pid"]))
+            services = [
+                ServiceStatus(
+                    service=svc,
+                    state="running" if ours else "exited",
+                    addresses=[f"{ip}:{port}" for ip in hosts.get(svc, [])],
+                )
+                for svc in LAB_SERVICES
+            ]
+            rows.append(
+                LabStatus(
+                    lab=entry["lab"],
+                    engine=self.name,
+                    state="running" if ours else "exited",
+                    services=services,
+                    addresses=[a for s in services for a in s.addresses],
+                    lab_dir=str(labdir),
+                    pid=entry["pid"],
+                )
+            )
         return rows
 
-    def logs(self, lab: str, service: str, tail: int) -> Optional[str]:
+    def logs(self, lab: str, service: str, tail: int) -> str | None:
         """The service's ledger (its log), or the lab process's own log when it has none."""
         entry = next(iter(_entries(lab)), None)
         if entry is None:
@@ -287,7 +317,7 @@ class LocalEngine:
                 return "\n".join(lines[-tail:]) + "\n"
         return ""
 
-    def down(self, lab: str) -> Optional[Removed]:
+    def down(self, lab: str) -> Removed | None:
         entry = next(iter(_entries(lab)), None)
         if entry is None:
             return None
@@ -299,8 +329,13 @@ class LocalEngine:
                     os.kill(pid, sig)
                 except ProcessLookupError:
                     break
-                gone = poll(lambda: not _is_ours(pid, token), waiting_for=f"lab {lab}'s process {pid} to stop",
-                            timeout=wait, interval=0.05, expire=lambda _: False)
+                gone = poll(
+                    lambda: not _is_ours(pid, token),
+                    waiting_for=f"lab {lab}'s process {pid} to stop",
+                    timeout=wait,
+                    interval=0.05,
+                    expire=lambda _: False,
+                )
                 if gone:
                     break
             stopped.append(f"pid {pid}")
@@ -310,7 +345,8 @@ class LocalEngine:
 
 # ---------------------------------------------------------------- state and registry
 
-def _read_json(path: Path) -> Optional[dict]:
+
+def _read_json(path: Path) -> dict | None:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -348,15 +384,20 @@ def _forget(lab: str, labdir: Path) -> None:
             pass
 
 
-def _entries(lab: Optional[str] = None) -> list[dict]:
+def _entries(lab: str | None = None) -> list[dict]:
     """Registry entries (well-formed ones only; the registry is the user's own, 0700)."""
     reg = labels.registry_dir()
     paths = [_entry_path(lab)] if lab else sorted(reg.glob("*.json")) if reg.is_dir() else []
     entries = []
     for path in paths:
         e = _read_json(path)
-        if e and isinstance(e.get("pid"), int) and isinstance(e.get("token"), str) and \
-                isinstance(e.get("lab_dir"), str) and labels.LAB_NAME.fullmatch(str(e.get("lab"))):
+        if (
+            e
+            and isinstance(e.get("pid"), int)
+            and isinstance(e.get("token"), str)
+            and isinstance(e.get("lab_dir"), str)
+            and labels.LAB_NAME.fullmatch(str(e.get("lab")))
+        ):
             entries.append(e)
     return entries
 
@@ -380,7 +421,8 @@ def _last_line(labdir: Path) -> str:
 
 # ---------------------------------------------------------------- the kept lab's process
 
-def main(argv: Optional[list[str]] = None) -> int:
+
+def main(argv: list[str] | None = None) -> int:
     """Serve a prepared lab directory until SIGTERM (or a lab fault: then exit 1, saying why)."""
     p = argparse.ArgumentParser(prog=f"python -m {labels.LOCAL_MODULE}")
     p.add_argument("--lab", required=True, help="the prepared lab directory")
@@ -397,9 +439,17 @@ def main(argv: Optional[list[str]] = None) -> int:
         plan = Plan.load(labdir / "plan.json")
         # A kept lab's gateway retries as long as it runs, as Postfix does.
         engine.start(plan, labdir, float("inf"))
-        _write_json(labdir / labels.STATE_FILE, {
-            "lab": plan.lab, "engine": engine.name, "pid": os.getpid(), "token": a.token,
-            "port": plan.smtp_port, "hosts": {svc: plan.hosts[svc] for svc in LAB_SERVICES}})
+        _write_json(
+            labdir / labels.STATE_FILE,
+            {
+                "lab": plan.lab,
+                "engine": engine.name,
+                "pid": os.getpid(),
+                "token": a.token,
+                "port": plan.smtp_port,
+                "hosts": {svc: plan.hosts[svc] for svc in LAB_SERVICES},
+            },
+        )
         while not stop.is_set():
             stop.wait(1.0)  # wakes for signals on every platform
     except (LabgenError, OSError) as e:

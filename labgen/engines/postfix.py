@@ -9,18 +9,19 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable, Literal, Optional, Union, cast
+from typing import Literal, cast
 
 from ..errors import InfraError
-from ..results.contracts import GatewayStatus, GatewayTls, NdrQueued, Ready, Received
-from ..model.plan import CertFiles, Plan, gateway_server_cert
 from ..lab.routing import inbound_domains
+from ..model.plan import CertFiles, Plan, gateway_server_cert
 from ..model.scenario import SendConnector
+from ..results.contracts import GatewayStatus, GatewayTls, NdrQueued, Ready, Received
 from ..textsafe import Checked, checked, one_line, shown
 
 LOG_FILE = "run/postfix.log"
-GatewayEvent = Union[Ready, Received, NdrQueued, GatewayStatus]
+GatewayEvent = Ready | Received | NdrQueued | GatewayStatus
 
 
 @dataclass
@@ -28,14 +29,20 @@ class Transport:
     name: str
     connector: SendConnector
     source_ip: str
-    cert: Optional[CertFiles]
+    cert: CertFiles | None
 
 
 def transports(plan: Plan) -> list[Transport]:
     s = plan.scenario
-    return [Transport(name=f"conn{i}", connector=c, source_ip=c.source_ip or plan.ip("gateway"),
-                      cert=plan.certs[c.certificate] if c.certificate else None)
-            for i, c in enumerate(s.gateway.connectors)]
+    return [
+        Transport(
+            name=f"conn{i}",
+            connector=c,
+            source_ip=c.source_ip or plan.ip("gateway"),
+            cert=plan.certs[c.certificate] if c.certificate else None,
+        )
+        for i, c in enumerate(s.gateway.connectors)
+    ]
 
 
 def transport_map(plan: Plan) -> str:
@@ -73,22 +80,29 @@ def render_context(plan: Plan) -> dict:
         "lab": comment(plan.lab, 64),
         "gateway_hostname": _ok("hostname", s.gateway.hostname, "gateway.hostname"),
         "exo_ip": _ok("ipv4", plan.hosts["traffic"][1], "Exchange Online's address"),
-        "relay_domains": Checked(", ".join(_ok("hostname", d, "relay domain") for d in relay) if relay else "$mydestination"),
+        "relay_domains": Checked(
+            ", ".join(_ok("hostname", d, "relay domain") for d in relay) if relay else "$mydestination"
+        ),
         "server_key": _ok("cert path", server_cert.key, "the gateway's server key"),
         "server_chain": _ok("cert path", server_cert.chain, "the gateway's server chain"),
-        "transports": [{
-            "name": _ok("transport", t.name, "transport name"),
-            "about": comment(f'Send connector "{t.connector.name}": address space '
-                             f'{", ".join(t.connector.address_space)}', 160),
-            "source_ip": _ok("ipv4", t.source_ip, f"connector {t.name}'s source_ip"),
-            "tls": _ok("tls level", t.connector.tls, f"connector {t.name}'s tls"),
-            "cert_file": _ok("cert path", t.cert.chain, f"connector {t.name}'s certificate") if t.cert else None,
-            "key_file": _ok("cert path", t.cert.key, f"connector {t.name}'s key") if t.cert else None,
-        } for t in transports(plan)],
+        "transports": [
+            {
+                "name": _ok("transport", t.name, "transport name"),
+                "about": comment(
+                    f'Send connector "{t.connector.name}": address space {", ".join(t.connector.address_space)}', 160
+                ),
+                "source_ip": _ok("ipv4", t.source_ip, f"connector {t.name}'s source_ip"),
+                "tls": _ok("tls level", t.connector.tls, f"connector {t.name}'s tls"),
+                "cert_file": _ok("cert path", t.cert.chain, f"connector {t.name}'s certificate") if t.cert else None,
+                "key_file": _ok("cert path", t.cert.key, f"connector {t.name}'s key") if t.cert else None,
+            }
+            for t in transports(plan)
+        ],
     }
 
 
 # ---------------------------------------------------------------- grammar of config values
+
 
 def _ok(kind: str, value: object, what: str) -> Checked:
     return checked(kind, value, what, "the gateway's Postfix configuration")
@@ -177,11 +191,15 @@ def check_transport_map(text: str) -> str:
 
 # ---------------------------------------------------------------- log -> events
 
-_LINE = re.compile(r"^(?P<ts>\w{3}\s+\d+\s+[\d:.]+|\S+)\s+\S+\s+postfix/(?P<proc>[\w/.-]+)\[(?P<pid>\d+)\]:\s+(?P<msg>.*)$")
+_LINE = re.compile(
+    r"^(?P<ts>\w{3}\s+\d+\s+[\d:.]+|\S+)\s+\S+\s+postfix/(?P<proc>[\w/.-]+)\[(?P<pid>\d+)\]:\s+(?P<msg>.*)$"
+)
 _QID = re.compile(r"^(?P<qid>[0-9A-F]{6,}|[0-9B-Zb-z]{10,}):\s+(?P<rest>.*)$")
 _MSGID = re.compile(r"^message-id=<(?P<id>.+)\.(?P<run>[0-9a-f]{8})@traffic\.labgen\.test>")
-_STATUS = re.compile(r"^to=<(?P<rcpt>[^>]*)>,(?: orig_to=<[^>]*>,)? relay=(?P<relay>[^,]+), .*?"
-                     r"dsn=(?P<dsn>[\d.]+), status=(?P<status>sent|deferred|bounced|expired) \((?P<text>.*)\)$")
+_STATUS = re.compile(
+    r"^to=<(?P<rcpt>[^>]*)>,(?: orig_to=<[^>]*>,)? relay=(?P<relay>[^,]+), .*?"
+    r"dsn=(?P<dsn>[\d.]+), status=(?P<status>sent|deferred|bounced|expired) \((?P<text>.*)\)$"
+)
 _SAID = re.compile(r"^host \S+ said: (?P<reply>.*?)(?: \(in reply to [^)]*\))?$")
 _TLS = re.compile(r"^(?P<trust>\w+) TLS connection established to (?P<peer>\S+): (?P<version>TLSv[\d.]+)")
 _CLIENT = re.compile(r"^client=(?P<name>[^\[]*)\[(?P<ip>[\d.]+)\]")
@@ -192,10 +210,10 @@ _RELAY = re.compile(r"^(?P<host>[^\[]+)\[(?P<ip>[\d.]+)\]:(?P<port>\d+)$")
 
 def _epoch(stamp: str) -> float:
     """maillog_file stamps: 'Nov 27 02:55:01' (syslog style, no year, the container's UTC) or ISO 8601."""
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     for fmt in ("%Y %b %d %H:%M:%S", "%Y %b %d %H:%M:%S.%f"):
         try:
-            t = dt.datetime.strptime(f"{now.year} {' '.join(stamp.split())}", fmt).replace(tzinfo=dt.timezone.utc)
+            t = dt.datetime.strptime(f"{now.year} {' '.join(stamp.split())}", fmt).replace(tzinfo=dt.UTC)
         except ValueError:
             continue
         # A stamp "in the future" is from last year (a run across New Year's Eve).
@@ -253,8 +271,11 @@ class LogReader:
         tls = _TLS.match(msg)
         if tls and proc.endswith("/smtp"):
             # Valid for this process's deliveries to that peer until it connects anew.
-            self.tls_by_pid[pid] = {"peer": tls.group("peer").rstrip(":"), "version": tls.group("version"),
-                                    "trust": tls.group("trust")}
+            self.tls_by_pid[pid] = {
+                "peer": tls.group("peer").rstrip(":"),
+                "version": tls.group("version"),
+                "trust": tls.group("trust"),
+            }
             return None
         if proc.endswith("/smtp") and ("Cannot start TLS" in msg or "SSL_connect error" in msg):
             self.tls_by_pid.pop(pid, None)
@@ -269,16 +290,30 @@ class LogReader:
             if mid.group("run") != plan.run_id:
                 return None  # an earlier run's message still in the queue
             self.qid_msgid[qid] = mid.group("id")
-            return Received(ts=ts, service="gateway", event="received", msgid=mid.group("id"), queue_id=qid,
-                            client_ip=self.qid_client.get(qid), time=m.group("ts"))
+            return Received(
+                ts=ts,
+                service="gateway",
+                event="received",
+                msgid=mid.group("id"),
+                queue_id=qid,
+                client_ip=self.qid_client.get(qid),
+                time=m.group("ts"),
+            )
         elif proc.endswith("qmgr") and (fr := _FROM.match(rest)):
             self.qid_from[qid] = fr.group("sender")
         elif proc.endswith("bounce") and (ndr := _NDR.match(rest)) and qid in self.qid_msgid:
             # The same event the built-in gateway writes; the NDR's own status lines follow.
             self.ndr_qids.add(ndr.group("ndr"))
-            return NdrQueued(ts=ts, service="gateway", event="ndr_queued", queue_id=ndr.group("ndr"),
-                             original_queue_id=qid, to=self.qid_from.get(qid), original_msgid=self.qid_msgid[qid],
-                             time=m.group("ts"))
+            return NdrQueued(
+                ts=ts,
+                service="gateway",
+                event="ndr_queued",
+                queue_id=ndr.group("ndr"),
+                original_queue_id=qid,
+                to=self.qid_from.get(qid),
+                original_msgid=self.qid_msgid[qid],
+                time=m.group("ts"),
+            )
         elif (st := _STATUS.match(rest)) and (qid in self.qid_msgid or qid in self.ndr_qids):
             transport = proc.split("/")[0]
             t = self.names.get(transport)
@@ -289,16 +324,30 @@ class LogReader:
             gw_tls = None
             if t_info and t_info["peer"] == relay and t:
                 cert = t.connector.certificate
-                gw_tls = GatewayTls(version=t_info["version"], trust=t_info["trust"], client_certificate=cert,
-                                    client_certificate_cn=plan.scenario.certificates[cert].cn if cert else None)
+                gw_tls = GatewayTls(
+                    version=t_info["version"],
+                    trust=t_info["trust"],
+                    client_certificate=cert,
+                    client_certificate_cn=plan.scenario.certificates[cert].cn if cert else None,
+                )
             return GatewayStatus(
-                ts=ts, service="gateway", event=cast(Literal["sent", "deferred", "bounced"], status),
-                msgid=self.qid_msgid.get(qid), queue_id=qid,
-                rcpt=st.group("rcpt").lower(), connector=t.connector.name if t else transport,
+                ts=ts,
+                service="gateway",
+                event=cast(Literal["sent", "deferred", "bounced"], status),
+                msgid=self.qid_msgid.get(qid),
+                queue_id=qid,
+                rcpt=st.group("rcpt").lower(),
+                connector=t.connector.name if t else transport,
                 relay=relay if relay != "none" else None,
-                relay_host=r.group("host") if r else None, relay_ip=r.group("ip") if r else None,
-                reply=_reply(status, st.group("dsn"), st.group("text")), dsn=st.group("dsn"),
-                source_ip=t.source_ip if t else None, tls=gw_tls, time=m.group("ts"), postfix=raw.strip()[:400])
+                relay_host=r.group("host") if r else None,
+                relay_ip=r.group("ip") if r else None,
+                reply=_reply(status, st.group("dsn"), st.group("text")),
+                dsn=st.group("dsn"),
+                source_ip=t.source_ip if t else None,
+                tls=gw_tls,
+                time=m.group("ts"),
+                postfix=raw.strip()[:400],
+            )
         return None
 
 

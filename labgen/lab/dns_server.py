@@ -13,11 +13,11 @@ import asyncio
 import struct
 from pathlib import Path
 
-from dnslib import CLASS, OPCODE, QTYPE, RCODE, RR, SOA, A, MX, DNSBuffer, DNSHeader, DNSLabel, DNSRecord
+from dnslib import CLASS, MX, OPCODE, QTYPE, RCODE, RR, SOA, A, DNSBuffer, DNSHeader, DNSLabel, DNSRecord
 
+from ..model.plan import Plan
 from ..results.contracts import BadQuery, Query
 from .ledger import Ledger, clip
-from ..model.plan import Plan
 from .smtpd import Guard
 
 TTL = 60
@@ -54,8 +54,10 @@ class LabResolver:
                 return None
             packed = reply.pack()
             if udp and len(packed) > 512:
-                reply = DNSRecord(DNSHeader(id=head.id, qr=1, aa=reply.header.aa, tc=1, rd=head.rd,
-                                            rcode=reply.header.rcode), q=reply.q)
+                reply = DNSRecord(
+                    DNSHeader(id=head.id, qr=1, aa=reply.header.aa, tc=1, rd=head.rd, rcode=reply.header.rcode),
+                    q=reply.q,
+                )
                 packed = reply.pack()  # the client retries over TCP
             return packed
         except Exception as e:
@@ -110,8 +112,14 @@ class LabResolver:
         reply.header.aa = int(zone is not None)  # authoritative for its own zones only
         if zone is not None:
             if not answers:
-                reply.add_auth(RR(zone, QTYPE.SOA, ttl=TTL, rdata=SOA(
-                    f"ns.{zone}", f"hostmaster.{zone}", (1, 3600, 600, 86400, TTL))))
+                reply.add_auth(
+                    RR(
+                        zone,
+                        QTYPE.SOA,
+                        ttl=TTL,
+                        rdata=SOA(f"ns.{zone}", f"hostmaster.{zone}", (1, 3600, 600, 86400, TTL)),
+                    )
+                )
         if not answers and not exists:
             reply.header.rcode = RCODE.NXDOMAIN
         self._log_query(request, reply, client_ip)
@@ -119,14 +127,24 @@ class LabResolver:
 
     def _log_query(self, request, reply, client_ip: str) -> None:
         if self.ledger and client_ip != self.own_ip:  # not the container's own health checks
-            self.ledger.emit(Query(event="query", qname=clip(str(request.q.qname).lower().rstrip(".")),
-                                   qtype=QTYPE[request.q.qtype], client_ip=client_ip,
-                                   rcode=RCODE[reply.header.rcode], answers=[str(a.rdata) for a in reply.rr]))
+            self.ledger.emit(
+                Query(
+                    event="query",
+                    qname=clip(str(request.q.qname).lower().rstrip(".")),
+                    qtype=QTYPE[request.q.qtype],
+                    client_ip=client_ip,
+                    rcode=RCODE[reply.header.rcode],
+                    answers=[str(a.rdata) for a in reply.rr],
+                )
+            )
 
     def _bad(self, client_ip: str, why: str, data: bytes) -> None:
         if self.ledger:
-            self.ledger.emit(BadQuery(event="bad_query", client_ip=client_ip, why=clip(why, 200), size=len(data),
-                                      head=data[:32].hex()))
+            self.ledger.emit(
+                BadQuery(
+                    event="bad_query", client_ip=client_ip, why=clip(why, 200), size=len(data), head=data[:32].hex()
+                )
+            )
 
 
 def _error(head: DNSHeader, rcode: int) -> DNSRecord:
@@ -147,8 +165,7 @@ class _Udp(asyncio.DatagramProtocol):
             self.transport.sendto(reply, addr)
 
 
-async def serve_dns(plan: Plan, host: str, port: int, run_dir: Path | None,
-                    limit: int | None = None) -> list:
+async def serve_dns(plan: Plan, host: str, port: int, run_dir: Path | None, limit: int | None = None) -> list:
     """UDP and TCP listeners on the running loop; returns what to close. TCP holds at most
     `limit` (default smtpd.connection_cap()) connections at once: one more is closed at once."""
     resolver = LabResolver(plan, Ledger(run_dir, "dns") if run_dir else None)
@@ -170,7 +187,7 @@ async def serve_dns(plan: Plan, host: str, port: int, run_dir: Path | None,
                     break
                 writer.write(struct.pack("!H", len(reply)) + reply)
                 await writer.drain()
-        except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
             guard.release()

@@ -30,25 +30,29 @@ def note_ndr(ledger: Ledger, message: bytes, mailbox: str, path: Path, mailroot:
     """A mailbox service that just delivered an NDR says which message it reports on."""
     original = original_envid(message)
     if original:
-        ledger.emit(Ndr(event="ndr", msgid=original, to=mailbox, mailbox=mailbox,
-                        file=str(path.relative_to(mailroot.parent))))
+        ledger.emit(
+            Ndr(event="ndr", msgid=original, to=mailbox, mailbox=mailbox, file=str(path.relative_to(mailroot.parent)))
+        )
 
 
-def build_ndr(reporting_mta: str, queue_id: str, sender: str, envid: str | None,
-              failures: list[tuple[str, str]], original: bytes) -> bytes:
+def build_ndr(
+    reporting_mta: str, queue_id: str, sender: str, envid: str | None, failures: list[tuple[str, str]], original: bytes
+) -> bytes:
     """A bounce like Postfix's: text part, message/delivery-status, the original's headers."""
     boundary = f"{queue_id}.ndr/{reporting_mta}"
     head = original.split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace")
     reasons = "\r\n".join(f"<{rcpt}>: {reply}" for rcpt, reply in failures)
     per_rcpt = "\r\n\r\n".join(
         f"Final-Recipient: rfc822; {rcpt}\r\nAction: failed\r\nStatus: {_status(reply)}\r\n"
-        f"Diagnostic-Code: smtp; {reply}" for rcpt, reply in failures)
+        f"Diagnostic-Code: smtp; {reply}"
+        for rcpt, reply in failures
+    )
     envid_line = f"Original-Envelope-Id: {envid}\r\n" if envid else ""
     text = (
         f"From: MAILER-DAEMON@{reporting_mta} (Mail Delivery System)\r\n"
         f"To: {sender}\r\n"
         "Subject: Undelivered Mail Returned to Sender\r\n"
-        f"Date: {format_datetime(dt.datetime.now(dt.timezone.utc))}\r\n"
+        f"Date: {format_datetime(dt.datetime.now(dt.UTC))}\r\n"
         f"Message-ID: <{queue_id}.ndr@{reporting_mta}>\r\n"
         "Auto-Submitted: auto-replied\r\n"
         "MIME-Version: 1.0\r\n"
@@ -63,7 +67,8 @@ def build_ndr(reporting_mta: str, queue_id: str, sender: str, envid: str | None,
         f"Reporting-MTA: dns; {reporting_mta}\r\nX-Postfix-Queue-ID: {queue_id}\r\n{envid_line}\r\n"
         f"{per_rcpt}\r\n\r\n"
         f"--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n{head}\r\n\r\n"
-        f"--{boundary}--\r\n")
+        f"--{boundary}--\r\n"
+    )
     return text.encode("utf-8")
 
 

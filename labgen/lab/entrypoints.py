@@ -17,7 +17,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from ..errors import InfraError, LabgenError, one_line
@@ -63,6 +62,7 @@ def _forever_async(start, run_dir: Path) -> None:
         on_fault(lambda _run_dir, _message: loop.call_soon_threadsafe(stop.set))
         await start()
         await stop.wait()
+
     asyncio.run(main())
     fault = lab_fault(run_dir)
     if fault:
@@ -71,26 +71,29 @@ def _forever_async(start, run_dir: Path) -> None:
 
 def run_smtp_service(name: str, plan: Plan, lab: Path) -> None:
     from ..results.contracts import Ready
-    from .ledger import Ledger
     from .eop.server import eop_factory
+    from .ledger import Ledger
     from .sink import sink_factory
     from .smtpd import serve
+
     factory = {"eop": eop_factory, "sink": sink_factory}[name](plan, lab, lab / "run")
 
     async def start():
         await serve(factory, plan.ip(name), plan.smtp_port)
         Ledger(lab / "run", name).emit(Ready(event="ready", ip=plan.ip(name), port=plan.smtp_port))
+
     _forever_async(start, lab / "run")
 
 
 def run_dns(plan: Plan, lab: Path) -> None:
     from ..results.contracts import Ready
-    from .ledger import Ledger
     from .dns_server import serve_dns
+    from .ledger import Ledger
 
     async def start():
         await serve_dns(plan, plan.ip("dns"), plan.dns_port, lab / "run")
         Ledger(lab / "run", "dns").emit(Ready(event="ready", ip=plan.ip("dns"), port=plan.dns_port))
+
     _forever_async(start, lab / "run")
 
 
@@ -113,6 +116,7 @@ def answers(plan: Plan, name: str) -> bool:
     """Does a lab service answer as it should: the DNS with the gateway's address, an SMTP
     service with a 220 greeting."""
     from . import nexthop
+
     try:
         if name == "dns":
             nexthop.next_hops(nexthop.resolver(plan.ip("dns"), plan.dns_port), plan.scenario.gateway.hostname, mx=False)
@@ -134,20 +138,27 @@ def wait_for_services(plan: Plan, deadline: float) -> None:
     def all_answer() -> bool:
         pending[:] = [name for name in pending if not answers(plan, name)]
         return not pending
+
     try:
-        poll(all_answer, waiting_for="the lab's services to answer", until=deadline, interval=0.2,
-             detail=lambda: f"not answering: {', '.join(pending)}")
+        poll(
+            all_answer,
+            waiting_for="the lab's services to answer",
+            until=deadline,
+            interval=0.2,
+            detail=lambda: f"not answering: {', '.join(pending)}",
+        )
     except InfraError as e:
         raise SystemExit(f"traffic: {e.message}") from None
 
 
 def run_traffic_service(plan: Plan, lab: Path, stay: bool) -> None:
+    from rich.console import Console
+
     from ..results.collect import Collector
     from ..results.report import print_result
     from ..run import result_document, wait_settled
     from .ledger import cannot_write, lab_fault
     from .traffic import run_traffic
-    from rich.console import Console
 
     _add_addresses(plan.hosts["traffic"], int(plan.subnet.split("/")[1]))
     t0 = time.monotonic()
@@ -159,6 +170,7 @@ def run_traffic_service(plan: Plan, lab: Path, stay: bool) -> None:
         fault = lab_fault(lab / "run")
         if fault:
             raise InfraError(fault)
+
     results = wait_settled(plan, Collector(lab, plan).poll, deadline, check)
     doc = result_document(plan, lab, results, time.monotonic() - t0)
     try:
@@ -180,7 +192,6 @@ def probe(plan: Plan, lab: Path, name: str) -> int:
     return 0 if answers(plan, name) else 1
 
 
-
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m labgen.lab.entrypoints")
     p.add_argument("service", choices=["eop", "sink", "dns", "gateway", "traffic"])
@@ -193,6 +204,7 @@ def main(argv=None) -> None:
         _drop_default_route()
         return run_postfix(lab)
     from ..model.plan import Plan
+
     plan = Plan.load(lab / "plan.json")
     if a.probe:
         return probe(plan, lab, a.service)

@@ -16,18 +16,17 @@ import re
 import secrets
 import threading
 import time
-from typing import Optional
 from email.utils import format_datetime
 from pathlib import Path
 
 import dns.resolver
 
-from . import nexthop, routing
-from ..results.contracts import DeliveryError, GatewayStatus, GatewayTls, NdrQueued, RcptDecision, Received
-from .dsn import build_ndr
-from .ledger import Ledger, labgen_id
 from ..model.plan import Plan, gateway_server_cert
 from ..model.scenario import SendConnector
+from ..results.contracts import DeliveryError, GatewayStatus, GatewayTls, NdrQueued, RcptDecision, Received
+from . import nexthop, routing
+from .dsn import build_ndr
+from .ledger import Ledger, labgen_id
 from .smtp_client import Result, Session, client_tls_context
 from .smtpd import LabSMTP, server_tls_context
 
@@ -74,7 +73,7 @@ def hop_count(message: bytes) -> int:
 
 def trace_date() -> str:
     """The date of a Received: header as Postfix's mail_date() writes it (the lab runs in UTC)."""
-    return format_datetime(dt.datetime.now(dt.timezone.utc)) + " (UTC)"
+    return format_datetime(dt.datetime.now(dt.UTC)) + " (UTC)"
 
 
 def printable(text: str, limit: int = 255) -> str:
@@ -109,7 +108,7 @@ class GatewayHandler:
 
     async def handle_RCPT(self, server, session, envelope, address, options):
         if not routing.may_relay(self.s, session.peer[0] in self.trusted_clients, address):
-            return "554 5.7.1 <%s>: Relay access denied" % address
+            return f"554 5.7.1 <{address}>: Relay access denied"
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 Ok"
 
@@ -120,20 +119,43 @@ class GatewayHandler:
         if hop_count(data) + 1 >= HOPCOUNT_LIMIT:  # + 1: the Received: header this hop adds
             # Nothing is queued; the client (or the MTA before it) bounces, as with Postfix.
             for r in envelope.rcpt_tos:
-                self.ledger.emit(RcptDecision(event="rcpt", msgid=msgid, rcpt=r.lower(), action="reject",
-                                              reply=TOO_MANY_HOPS, reason=f"hop count exceeded (limit {HOPCOUNT_LIMIT})",
-                                              client_ip=session.peer[0]))
+                self.ledger.emit(
+                    RcptDecision(
+                        event="rcpt",
+                        msgid=msgid,
+                        rcpt=r.lower(),
+                        action="reject",
+                        reply=TOO_MANY_HOPS,
+                        reason=f"hop count exceeded (limit {HOPCOUNT_LIMIT})",
+                        client_ip=session.peer[0],
+                    )
+                )
             return TOO_MANY_HOPS
         if self.queued_bytes + len(data) > QUEUE_MAX_BYTES:
             for r in envelope.rcpt_tos:
-                self.ledger.emit(RcptDecision(event="rcpt", msgid=msgid, rcpt=r.lower(), action="defer",
-                                              reply=INSUFFICIENT_STORAGE,
-                                              reason=f"queue full ({QUEUE_MAX_BYTES} bytes held)",
-                                              client_ip=session.peer[0]))
+                self.ledger.emit(
+                    RcptDecision(
+                        event="rcpt",
+                        msgid=msgid,
+                        rcpt=r.lower(),
+                        action="defer",
+                        reply=INSUFFICIENT_STORAGE,
+                        reason=f"queue full ({QUEUE_MAX_BYTES} bytes held)",
+                        client_ip=session.peer[0],
+                    )
+                )
             return INSUFFICIENT_STORAGE
-        self.ledger.emit(Received(event="received", msgid=msgid, queue_id=qid, mail_from=envelope.mail_from,
-                                  rcpts=[r.lower() for r in envelope.rcpt_tos], client_ip=session.peer[0],
-                                  tls=server.tls_version()))
+        self.ledger.emit(
+            Received(
+                event="received",
+                msgid=msgid,
+                queue_id=qid,
+                mail_from=envelope.mail_from,
+                rcpts=[r.lower() for r in envelope.rcpt_tos],
+                client_ip=session.peer[0],
+                tls=server.tls_version(),
+            )
+        )
         data = self._received_header(server, session, envelope, qid) + data
         self._enqueue(qid, msgid, envelope.mail_from, list(envelope.rcpt_tos), data, getattr(envelope, "envid", None))
         return f"250 2.0.0 Ok: queued as {qid}"
@@ -146,8 +168,10 @@ class GatewayHandler:
         ssl_object = server.transport.get_extra_info("ssl_object") if server.transport else None
         if ssl_object is not None:
             cipher, protocol, bits = ssl_object.cipher()
-            lines += [f"\t(using {protocol} with cipher {cipher} ({bits}/{bits} bits))",
-                      "\t(No client certificate requested)"]
+            lines += [
+                f"\t(using {protocol} with cipher {cipher} ({bits}/{bits} bits))",
+                "\t(No client certificate requested)",
+            ]
         proto = ("ESMTP" if session.extended_smtp else "SMTP") + ("S" if ssl_object is not None else "")
         lines.append(f"\tby {self.s.gateway.hostname} (labgen) with {proto} id {qid}")
         when = trace_date()
@@ -177,8 +201,14 @@ class GatewayHandler:
             return
         exc = task.exception()
         if exc is not None:
-            self.ledger.emit(DeliveryError(event="delivery_error", msgid=msgid, queue_id=qid,
-                                           error=printable(f"{type(exc).__name__}: {exc}", 300)))
+            self.ledger.emit(
+                DeliveryError(
+                    event="delivery_error",
+                    msgid=msgid,
+                    queue_id=qid,
+                    error=printable(f"{type(exc).__name__}: {exc}", 300),
+                )
+            )
 
     def _bounce(self, qid, mail_from, envid, failures, data):
         """Tell the sender, as Postfix does: an NDR from MAILER-DAEMON with the null sender."""
@@ -186,10 +216,12 @@ class GatewayHandler:
             return  # never bounce a bounce
         ndr_qid = secrets.token_hex(5).upper()
         # As Postfix's bounce daemon posts it: with the one Received: header of local mail.
-        ndr = (f"Received: by {self.s.gateway.hostname} (labgen)\r\n\tid {ndr_qid}; {trace_date()}\r\n".encode("ascii")
-               + build_ndr(self.s.gateway.hostname, qid, mail_from, envid, failures, data))
-        self.ledger.emit(NdrQueued(event="ndr_queued", queue_id=ndr_qid, original_queue_id=qid, to=mail_from,
-                                   original_msgid=envid))
+        ndr = f"Received: by {self.s.gateway.hostname} (labgen)\r\n\tid {ndr_qid}; {trace_date()}\r\n".encode(
+            "ascii"
+        ) + build_ndr(self.s.gateway.hostname, qid, mail_from, envid, failures, data)
+        self.ledger.emit(
+            NdrQueued(event="ndr_queued", queue_id=ndr_qid, original_queue_id=qid, to=mail_from, original_msgid=envid)
+        )
         self._enqueue(ndr_qid, None, "", [mail_from], ndr, None)
 
     async def _deliver(self, qid, msgid, mail_from, rcpts, data, envid):
@@ -205,15 +237,25 @@ class GatewayHandler:
                 domain = r.rpartition("@")[2].lower()
                 c = routing.pick_connector(domain, self.s.gateway.connectors)
                 if c is None:  # as Postfix's default_transport = error:5.4.4 ...
-                    self.ledger.emit(GatewayStatus(event="bounced", msgid=msgid, queue_id=qid, rcpt=r.lower(),
-                                                   connector=None, relay=None, reply=NO_CONNECTOR))
+                    self.ledger.emit(
+                        GatewayStatus(
+                            event="bounced",
+                            msgid=msgid,
+                            queue_id=qid,
+                            rcpt=r.lower(),
+                            connector=None,
+                            relay=None,
+                            reply=NO_CONNECTOR,
+                        )
+                    )
                     failures.append((r, NO_CONNECTOR))
                     continue
                 groups.setdefault((c.name, c.smarthost or domain, c.smarthost is None), []).append(r)
             still = []
             for (cname, target, by_mx), group in groups.items():
-                retry, bounced = await asyncio.to_thread(self._attempt, qid, msgid, mail_from, group, data, envid,
-                                                         cname, target, by_mx)
+                retry, bounced = await asyncio.to_thread(
+                    self._attempt, qid, msgid, mail_from, group, data, envid, cname, target, by_mx
+                )
                 still += retry
                 failures += bounced
             self._bounce(qid, mail_from, envid or msgid, failures, data)
@@ -228,8 +270,18 @@ class GatewayHandler:
         except nexthop.DnsFailure as e:  # no next hop: DNS, or it would be the gateway itself
             kind = "bounced" if e.permanent else "deferred"
             for r in rcpts:
-                self.ledger.emit(GatewayStatus(event=kind, msgid=msgid, queue_id=qid, connector=cname, rcpt=r.lower(),
-                                               relay=None, reply=e.reply, dsn=e.status))
+                self.ledger.emit(
+                    GatewayStatus(
+                        event=kind,
+                        msgid=msgid,
+                        queue_id=qid,
+                        connector=cname,
+                        rcpt=r.lower(),
+                        relay=None,
+                        reply=e.reply,
+                        dsn=e.status,
+                    )
+                )
             return ([], [(r, e.reply) for r in rcpts]) if e.permanent else (rcpts, [])
         result = None
         for hop in hops:
@@ -241,40 +293,71 @@ class GatewayHandler:
             # now, before this attempt's result is logged (and the lab may be stopped).
             self.close_idle()
         cert = self.plan.scenario.certificates.get(c.certificate) if c.certificate else None
-        tls = GatewayTls(version=result.tls_version, client_certificate=c.certificate,
-                         client_certificate_cn=cert.cn if cert else None) if result.tls_version else None
+        tls = (
+            GatewayTls(
+                version=result.tls_version,
+                client_certificate=c.certificate,
+                client_certificate_cn=cert.cn if cert else None,
+            )
+            if result.tls_version
+            else None
+        )
         retry, bounced = [], []
         for r in rcpts:
             code, reply = result.replies.get(r, (0, result.error or "no answer"))
             kind = "sent" if 200 <= code < 300 else "bounced" if code >= 500 else "deferred"
-            self.ledger.emit(GatewayStatus(event=kind, msgid=msgid, queue_id=qid, connector=cname, rcpt=r.lower(),
-                                           relay=result.relay, relay_host=result.host, relay_ip=result.ip,
-                                           reply=reply, source_ip=c.source_ip or self.plan.ip("gateway"), tls=tls))
+            self.ledger.emit(
+                GatewayStatus(
+                    event=kind,
+                    msgid=msgid,
+                    queue_id=qid,
+                    connector=cname,
+                    rcpt=r.lower(),
+                    relay=result.relay,
+                    relay_host=result.host,
+                    relay_ip=result.ip,
+                    reply=reply,
+                    source_ip=c.source_ip or self.plan.ip("gateway"),
+                    tls=tls,
+                )
+            )
             if kind == "deferred":
                 retry.append(r)
             elif kind == "bounced":
                 bounced.append((r, f"host {result.relay} said: {reply}"))
         return retry, bounced
 
-
     # ---- the connection cache (Postfix's smtp_connection_cache_on_demand): a session that just
     # delivered waits up to CACHE_TIME_S for the next message to the same next hop.
 
-    def _send(self, c: SendConnector, hop: nexthop.Hop, data: bytes, mail_from: str, rcpts: list[str],
-              envid: Optional[str]) -> Result:
+    def _send(
+        self, c: SendConnector, hop: nexthop.Hop, data: bytes, mail_from: str, rcpts: list[str], envid: str | None
+    ) -> Result:
         key = (c.name, hop.ip)
         source = c.source_ip or self.plan.ip("gateway")
         for attempt in (1, 2):
             session = self._take(key)
             fresh = session is None
             if session is None:
-                session = Session(host=hop.host, ip=hop.ip, port=self.plan.smtp_port, helo=self.s.gateway.hostname,
-                                  source_ip=source, tls=c.tls, tls_context=self._tls[c.name])
+                session = Session(
+                    host=hop.host,
+                    ip=hop.ip,
+                    port=self.plan.smtp_port,
+                    helo=self.s.gateway.hostname,
+                    source_ip=source,
+                    tls=c.tls,
+                    tls_context=self._tls[c.name],
+                )
                 failed = session.open()
                 if failed is not None:
                     code, text = failed
-                    return Result(host=hop.host, ip=hop.ip, port=self.plan.smtp_port,
-                                  replies={r: (code, text) for r in rcpts}, error=text if code == 0 else None)
+                    return Result(
+                        host=hop.host,
+                        ip=hop.ip,
+                        port=self.plan.smtp_port,
+                        replies={r: (code, text) for r in rcpts},
+                        error=text if code == 0 else None,
+                    )
             res = session.transact(data, mail_from, rcpts, envid)
             if session.smtp is not None:
                 self._put(key, session)
@@ -284,7 +367,7 @@ class GatewayHandler:
                 break
         return res
 
-    def _take(self, key: tuple[str, str]) -> Optional[Session]:
+    def _take(self, key: tuple[str, str]) -> Session | None:
         now = time.monotonic()
         with self._cache_lock:
             idle = self._idle.get(key, [])
@@ -325,4 +408,5 @@ def gateway_factory(plan: Plan, labdir: Path, run_dir: Path, deadline: float):
 
     def factory():
         return LabSMTP(handler, banner_host=plan.scenario.gateway.hostname, banner_text="ESMTP", tls_context=tls)
+
     return factory, handler

@@ -9,12 +9,12 @@ import hashlib
 import itertools
 import json
 import os
-import re
 import threading
 import time
 import weakref
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Concatenate, Iterator, ParamSpec, TypeVar, cast
+from typing import Concatenate, ParamSpec, TypeVar, cast
 
 from ..errors import InfraError, escape
 from ..results.contracts import AnyEvent, Service, dump_event
@@ -23,7 +23,7 @@ from ..textsafe import MESSAGE_ID
 MSGID_HEADER = "X-Labgen-Id"
 
 
-_OPEN: "weakref.WeakSet[Ledger]" = weakref.WeakSet()
+_OPEN: weakref.WeakSet[Ledger] = weakref.WeakSet()
 
 # Lab faults: a ledger that cannot be written (disk full, quota, I/O error, read-only file system)
 # leaves the run without its ground truth. Raising into the service would only become 451 replies
@@ -128,6 +128,7 @@ R = TypeVar("R")
 def _faults_noted(write: Callable[Concatenate[Path, P], R]) -> Callable[Concatenate[Path, P], R]:
     """For writers into <run dir>/mailboxes: an OSError (disk full...) is also the lab's fault,
     so that the runner stops at once instead of waiting for mail that can no longer arrive."""
+
     @functools.wraps(write)
     def wrapper(root: Path, *args: P.args, **kwargs: P.kwargs) -> R:
         try:
@@ -135,6 +136,7 @@ def _faults_noted(write: Callable[Concatenate[Path, P], R]) -> Callable[Concaten
         except OSError as e:
             note_fault(Path(root).parent, cannot_write("a mailbox file in", Path(root), e))
             raise
+
     return wrapper
 
 
@@ -177,11 +179,11 @@ def header(message: bytes, name: str) -> str | None:
     attachment is a different message). Raw client text: callers validate or clip it. Only the
     first MiB is searched, so that a 150 MB message without a blank line is not copied whole to
     find one header (Postfix's header_size_limit is 100 kB per header)."""
-    head = message[:1 << 20].split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
+    head = message[: 1 << 20].split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
     head = head.replace(b"\r\n", b"\n").replace(b"\n ", b" ").replace(b"\n\t", b" ")  # unfold
     prefix = (name + ":").lower().encode()
     for line in head.split(b"\n"):
-        if line[:len(prefix)].lower() == prefix:
+        if line[: len(prefix)].lower() == prefix:
             return line.split(b":", 1)[1].strip().decode("ascii", "replace")
     return None
 
@@ -216,12 +218,13 @@ def mailbox_dir(address: str) -> str:
     def enc(part: str) -> str:
         out = "".join(c if c in _MAILBOX_SAFE else "".join(f"%{b:02X}" for b in _utf8(c)) for c in part)
         return "%2E" + out[1:] if out.startswith(".") else out
+
     name = enc(local) + (at and "@" + enc(domain.lower()))
     if not name:
         raise ValueError("no mailbox for an empty address")  # its name would be the root itself
     if len(name) > _MAILBOX_NAME_MAX:
         digest = hashlib.sha256(_utf8(address)).hexdigest()[:16]
-        name = f"{name[:_MAILBOX_NAME_MAX - 18]}~{digest}"
+        name = f"{name[: _MAILBOX_NAME_MAX - 18]}~{digest}"
     return name
 
 

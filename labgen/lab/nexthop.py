@@ -49,11 +49,15 @@ def _a(r: dns.resolver.Resolver, host: str) -> list[str]:
     try:
         return [a.address for a in r.resolve(host, "A")]
     except dns.resolver.NXDOMAIN:
-        raise DnsFailure(f"Host or domain name not found. Name service error for name={host} type=A: "
-                         "Host not found", permanent=True) from None
+        raise DnsFailure(
+            f"Host or domain name not found. Name service error for name={host} type=A: Host not found", permanent=True
+        ) from None
     except dns.resolver.NoAnswer:
-        raise DnsFailure(f"Host or domain name not found. Name service error for name={host} type=A: "
-                         "No address associated with hostname", permanent=True) from None
+        raise DnsFailure(
+            f"Host or domain name not found. Name service error for name={host} type=A: "
+            "No address associated with hostname",
+            permanent=True,
+        ) from None
     except dns.exception.DNSException as e:
         raise DnsFailure(f"Host or domain name lookup failed for {host}: {e}", permanent=False) from None
 
@@ -73,8 +77,9 @@ def next_hops(r: dns.resolver.Resolver, name: str, mx: bool, own: Collection[str
     try:
         answer = sorted(r.resolve(name, "MX"), key=lambda m: m.preference)
     except dns.resolver.NXDOMAIN:
-        raise DnsFailure(f"Host or domain name not found. Name service error for name={name} type=MX: "
-                         "Host not found", permanent=True) from None
+        raise DnsFailure(
+            f"Host or domain name not found. Name service error for name={name} type=MX: Host not found", permanent=True
+        ) from None
     except dns.resolver.NoAnswer:
         return _host(r, name, own)
     except dns.exception.DNSException as e:
@@ -100,7 +105,7 @@ def without_self(hops: list[Hop], domain: str, best_pref: int, own: Collection[s
     self_hop = next((h for h in hops if h.ip in own), None)
     if self_hop is None:
         return hops
-    kept = hops[:next(i for i, h in enumerate(hops) if h.pref == self_hop.pref)]
+    kept = hops[: next(i for i, h in enumerate(hops) if h.pref == self_hop.pref)]
     if kept:
         return kept
     if hops[0].pref != best_pref:

@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Optional
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -34,7 +33,7 @@ def _key(kind: str):
     return rsa.generate_private_key(public_exponent=65537, key_size=3072 if kind == "rsa3072" else 2048)
 
 
-def _name(cn: str, org: Optional[str] = None) -> x509.Name:
+def _name(cn: str, org: str | None = None) -> x509.Name:
     attrs = [x509.NameAttribute(NameOID.COMMON_NAME, cn)]
     if org:
         attrs.insert(0, x509.NameAttribute(NameOID.ORGANIZATION_NAME, org))
@@ -46,17 +45,33 @@ def _ski(key) -> x509.SubjectKeyIdentifier:
 
 
 def _ca(cn: str, key, issuer_cert=None, issuer_key=None, now=None) -> x509.Certificate:
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     subject = _name(cn, "Labgen Lab Trust Services")
-    b = (x509.CertificateBuilder().subject_name(subject)
-         .issuer_name(issuer_cert.subject if issuer_cert else subject)
-         .public_key(key.public_key()).serial_number(x509.random_serial_number())
-         .not_valid_before(now - dt.timedelta(days=30)).not_valid_after(now + dt.timedelta(days=3650))
-         .add_extension(x509.BasicConstraints(ca=True, path_length=None if issuer_cert is None else 0), critical=True)
-         .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                      content_commitment=False, key_encipherment=False, data_encipherment=False,
-                                      key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
-         .add_extension(_ski(key), critical=False))
+    b = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer_cert.subject if issuer_cert else subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=30))
+        .not_valid_after(now + dt.timedelta(days=3650))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None if issuer_cert is None else 0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(_ski(key), critical=False)
+    )
     if issuer_cert is not None:
         b = b.add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False)
     return b.sign(issuer_key or key, hashes.SHA256())
@@ -67,16 +82,22 @@ def _leaf(spec: Certificate, key, issuer_cert, issuer_key, now) -> x509.Certific
     sans = list(dict.fromkeys(spec.sans or [spec.cn]))
     self_signed = issuer_cert is None
     start = now + dt.timedelta(days=spec.not_before_days)
-    b = (x509.CertificateBuilder().subject_name(subject)
-         .issuer_name(subject if self_signed else issuer_cert.subject)
-         .public_key(key.public_key()).serial_number(x509.random_serial_number())
-         .not_valid_before(start).not_valid_after(start + dt.timedelta(days=spec.valid_days))
-         .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in sans]), critical=False)
-         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-         # Both usages: a gateway's certificate serves it as SMTP server and as SMTP client.
-         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
-                        critical=False)
-         .add_extension(_ski(key), critical=False))
+    b = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject if self_signed else issuer_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(start + dt.timedelta(days=spec.valid_days))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in sans]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        # Both usages: a gateway's certificate serves it as SMTP server and as SMTP client.
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+        )
+        .add_extension(_ski(key), critical=False)
+    )
     if not self_signed:
         b = b.add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False)
     return b.sign(key if self_signed else issuer_key, hashes.SHA256())
@@ -87,8 +108,9 @@ def _pem(cert: x509.Certificate) -> bytes:
 
 
 def _write_key(path: Path, key) -> None:
-    data = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    data = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
@@ -98,12 +120,14 @@ def _write_key(path: Path, key) -> None:
 def service_cert_specs(plan: Plan) -> dict[str, Certificate]:
     s = plan.scenario
     specs = {
-        "eop-server": Certificate(cn=f"mail.{PROTECTION_SUFFIX}",
-                                  sans=[f"mail.{PROTECTION_SUFFIX}", f"*.{PROTECTION_SUFFIX}", EOP_POOL_HOST],
-                                  key="ec256"),
-        "sink-server": Certificate(cn=sink_host(s),
-                                   sans=[f"mx.{d}" for d in s.internet.domains] or ["mx.internet.example"],
-                                   key="ec256"),
+        "eop-server": Certificate(
+            cn=f"mail.{PROTECTION_SUFFIX}",
+            sans=[f"mail.{PROTECTION_SUFFIX}", f"*.{PROTECTION_SUFFIX}", EOP_POOL_HOST],
+            key="ec256",
+        ),
+        "sink-server": Certificate(
+            cn=sink_host(s), sans=[f"mx.{d}" for d in s.internet.domains] or ["mx.internet.example"], key="ec256"
+        ),
     }
     if "gateway-server" in plan.certs:
         specs["gateway-server"] = Certificate(cn=s.gateway.hostname, key="ec256")
@@ -113,12 +137,12 @@ def service_cert_specs(plan: Plan) -> dict[str, Certificate]:
 def _spec_digest(specs: dict[str, Certificate]) -> str:
     # Validity is relative to the day the PKI is made: a new day makes it anew, so "expires in
     # 1 day" or "not yet valid" mean the same on every run.
-    today = dt.datetime.now(dt.timezone.utc).date().isoformat()
+    today = dt.datetime.now(dt.UTC).date().isoformat()
     blob = today + json.dumps({k: v.model_dump() for k, v in sorted(specs.items())}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _matches(key_path: Path, cert_path: Path, chain_path: Optional[Path] = None) -> bool:
+def _matches(key_path: Path, cert_path: Path, chain_path: Path | None = None) -> bool:
     """The key is the certificate's, and the chain file starts with that certificate."""
     try:
         key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
@@ -134,10 +158,13 @@ def _reusable(plan: Plan, labdir: Path, stamp: Path, digest: str) -> bool:
     """Same definitions, same day, and every key still matches its certificate: a replaced key
     would otherwise fail each later run with an opaque KEY_VALUES_MISMATCH."""
     certs = labdir / "certs"
-    return (stamp.is_file() and stamp.read_text() == digest
-            and _matches(certs / "ca-root.key", labdir / plan.ca_root)
-            and _matches(certs / "ca-intermediate.key", labdir / plan.ca_intermediate)
-            and all(_matches(labdir / f.key, labdir / f.cert, labdir / f.chain) for f in plan.certs.values()))
+    return (
+        stamp.is_file()
+        and stamp.read_text() == digest
+        and _matches(certs / "ca-root.key", labdir / plan.ca_root)
+        and _matches(certs / "ca-intermediate.key", labdir / plan.ca_intermediate)
+        and all(_matches(labdir / f.key, labdir / f.cert, labdir / f.chain) for f in plan.certs.values())
+    )
 
 
 def make_pki(plan: Plan, labdir: Path) -> None:
@@ -146,13 +173,16 @@ def make_pki(plan: Plan, labdir: Path) -> None:
     labdir = Path(labdir)
     certs = labdir / "certs"
     if certs.is_symlink():
-        raise InputError(f"{certs} is a symbolic link; labgen does not follow links in lab directories: "
-                         "remove it or choose another directory")
+        raise InputError(
+            f"{certs} is a symbolic link; labgen does not follow links in lab directories: "
+            "remove it or choose another directory"
+        )
     try:
         _make_pki(plan, labdir, certs)
     except OSError as e:
-        raise InfraError(f"cannot write the lab's certificates in {certs}: {e.strerror}; "
-                         "choose a writable directory with --workdir") from None
+        raise InfraError(
+            f"cannot write the lab's certificates in {certs}: {e.strerror}; choose a writable directory with --workdir"
+        ) from None
 
 
 def _make_pki(plan: Plan, labdir: Path, certs: Path) -> None:
@@ -164,7 +194,7 @@ def _make_pki(plan: Plan, labdir: Path, certs: Path) -> None:
     if _reusable(plan, labdir, stamp, digest):
         return
     stamp.unlink(missing_ok=True)  # a run interrupted below regenerates everything next time
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     root_key, int_key = ec.generate_private_key(ec.SECP384R1()), ec.generate_private_key(ec.SECP256R1())
     root = _ca(ROOT_CN, root_key, now=now)
     inter = _ca(INTERMEDIATE_CN, int_key, root, root_key, now=now)
@@ -191,6 +221,7 @@ def _make_pki(plan: Plan, labdir: Path, certs: Path) -> None:
 
 
 # ---------------------------------------------------------------- facts about a certificate
+
 
 def _sans(cert: x509.Certificate) -> list[str]:
     try:
@@ -223,10 +254,10 @@ def _facts(cert: x509.Certificate) -> dict:
     }
 
 
-def cert_info(der: bytes, trust: "TrustStore") -> dict:
+def cert_info(der: bytes, trust: TrustStore) -> dict:
     """What EOP records about a client certificate: its facts, the names it compares, and trust."""
     cert = x509.load_der_x509_certificate(der)
-    trusted, why = trust.check(cert, dt.datetime.now(dt.timezone.utc))
+    trusted, why = trust.check(cert, dt.datetime.now(dt.UTC))
     return {**_facts(cert), "names": cert_names(cert), "trusted": trusted, "trust_detail": why}
 
 
@@ -238,7 +269,7 @@ class TrustStore:
         self.intermediates = [x509.load_pem_x509_certificate(p) for p in intermediate_pems]
 
     @classmethod
-    def from_plan(cls, plan: Plan, labdir: Path) -> "TrustStore":
+    def from_plan(cls, plan: Plan, labdir: Path) -> TrustStore:
         return cls((labdir / plan.ca_root).read_bytes(), [(labdir / plan.ca_intermediate).read_bytes()])
 
     def check(self, cert: x509.Certificate, now: dt.datetime) -> tuple[bool, str]:

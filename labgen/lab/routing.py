@@ -4,8 +4,6 @@ gateway may relay at all."""
 
 from __future__ import annotations
 
-from typing import Optional
-
 from ..model.scenario import Scenario, SendConnector, domain_of
 
 
@@ -19,7 +17,7 @@ def specificity(space: str, domain: str) -> int:
     return 1000 + len(space) if domain == space else -1
 
 
-def pick_connector(domain: str, connectors: list[SendConnector]) -> Optional[SendConnector]:
+def pick_connector(domain: str, connectors: list[SendConnector]) -> SendConnector | None:
     best, best_score = None, -1
     for c in connectors:
         for space in c.address_space:

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .dsn import note_ndr
-from ..results.contracts import Delivered, RcptDecision
-from .ledger import Ledger, clip, write_mailbox
 from ..model.plan import Plan, sink_host
 from ..model.scenario import domain_of
+from ..results.contracts import Delivered, RcptDecision
+from .dsn import note_ndr
+from .ledger import Ledger, clip, write_mailbox
 from .smtpd import LabSMTP, message_id, server_tls_context
 
 
@@ -23,9 +23,15 @@ class SinkHandler:
     # write_mailbox's encoding of the address and ledger fields show it clipped.
     async def handle_RCPT(self, server, session, envelope, address, options):
         if domain_of(address) not in self.domains:
-            self.ledger.emit(RcptDecision(event="rcpt", msgid=getattr(envelope, "envid", None),
-                                          rcpt=clip(address.lower()), action="reject",
-                                          reply="554 5.7.1 Relay access denied"))
+            self.ledger.emit(
+                RcptDecision(
+                    event="rcpt",
+                    msgid=getattr(envelope, "envid", None),
+                    rcpt=clip(address.lower()),
+                    action="reject",
+                    reply="554 5.7.1 Relay access denied",
+                )
+            )
             return "554 5.7.1 Relay access denied"
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 Ok"
@@ -35,10 +41,18 @@ class SinkHandler:
         msgid, refused = message_id(envelope, data)
         for rcpt in envelope.rcpt_tos:
             path = write_mailbox(self.mailroot, rcpt.lower(), msgid, data)
-            self.ledger.emit(Delivered(event="delivered", msgid=msgid, rcpt=clip(rcpt.lower()),
-                                       mailbox=clip(rcpt.lower()), client_ip=session.peer[0],
-                                       tls=server.tls_version(), file=str(path.relative_to(self.mailroot.parent)),
-                                       **refused))
+            self.ledger.emit(
+                Delivered(
+                    event="delivered",
+                    msgid=msgid,
+                    rcpt=clip(rcpt.lower()),
+                    mailbox=clip(rcpt.lower()),
+                    client_ip=session.peer[0],
+                    tls=server.tls_version(),
+                    file=str(path.relative_to(self.mailroot.parent)),
+                    **refused,
+                )
+            )
             note_ndr(self.ledger, data, clip(rcpt.lower()), path, self.mailroot)
         return "250 2.0.0 Ok: queued"
 
@@ -51,4 +65,5 @@ def sink_factory(plan: Plan, labdir: Path, run_dir: Path):
 
     def factory():
         return LabSMTP(handler, banner_host=host, banner_text="ESMTP", tls_context=tls)
+
     return factory

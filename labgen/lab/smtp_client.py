@@ -7,7 +7,6 @@ from __future__ import annotations
 import smtplib
 import ssl
 from dataclasses import dataclass, field
-from typing import Optional
 
 
 @dataclass
@@ -15,10 +14,10 @@ class Result:
     host: str
     ip: str
     port: int
-    tls_version: Optional[str] = None
+    tls_version: str | None = None
     # rcpt -> (code, reply); code 0 = no answer (connection failed)
     replies: dict[str, tuple[int, str]] = field(default_factory=dict)
-    error: Optional[str] = None
+    error: str | None = None
 
     @property
     def relay(self) -> str:
@@ -30,7 +29,7 @@ def _reply(code: int, msg: bytes | str) -> str:
     return f"{code} {' '.join(text.split())}"
 
 
-def client_tls_context(chain: Optional[str], key: Optional[str]) -> ssl.SSLContext:
+def client_tls_context(chain: str | None, key: str | None) -> ssl.SSLContext:
     # Like an MTA's opportunistic TLS: encrypt, but do not authenticate the server.
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
@@ -46,12 +45,22 @@ class Session:
     cache does (Postfix's smtp_connection_cache_*): connect, EHLO, STARTTLS per the TLS level
     once, then MAIL/RCPT/DATA per message. Blocking: callers run it in a thread."""
 
-    def __init__(self, *, host: str, ip: str, port: int, helo: str, source_ip: Optional[str] = None,
-                 tls: str = "may", tls_context: Optional[ssl.SSLContext] = None, timeout: float = 10.0):
+    def __init__(
+        self,
+        *,
+        host: str,
+        ip: str,
+        port: int,
+        helo: str,
+        source_ip: str | None = None,
+        tls: str = "may",
+        tls_context: ssl.SSLContext | None = None,
+        timeout: float = 10.0,
+    ):
         self.host, self.ip, self.port = host, ip, port
         self.helo, self.source_ip, self.tls, self.tls_context, self.timeout = helo, source_ip, tls, tls_context, timeout
-        self.smtp: Optional[smtplib.SMTP] = None
-        self.tls_version: Optional[str] = None
+        self.smtp: smtplib.SMTP | None = None
+        self.tls_version: str | None = None
         self.dsn = False
         self.used = 0  # transactions sent
 
@@ -59,12 +68,15 @@ class Session:
     def relay(self) -> str:
         return f"{self.host}[{self.ip}]:{self.port}"
 
-    def open(self) -> Optional[tuple[int, str]]:
+    def open(self) -> tuple[int, str] | None:
         """Connect and greet; None when ready for MAIL, else what every recipient is told
         (code 0: no SMTP answer). A failed session is closed."""
         try:
-            smtp = smtplib.SMTP(timeout=self.timeout, local_hostname=self.helo,
-                                source_address=(self.source_ip, 0) if self.source_ip else None)
+            smtp = smtplib.SMTP(
+                timeout=self.timeout,
+                local_hostname=self.helo,
+                source_address=(self.source_ip, 0) if self.source_ip else None,
+            )
             code, msg = smtp.connect(self.ip, self.port)
             smtp._host = self.host  # type: ignore[attr-defined]  # the SNI name (connect() by IP leaves it empty)
         except (OSError, smtplib.SMTPException) as e:
@@ -90,7 +102,7 @@ class Session:
             return 0, f"conversation with {self.relay} failed: {e}"
         return None
 
-    def transact(self, data: bytes, mail_from: str, rcpts: list[str], envid: Optional[str] = None) -> Result:
+    def transact(self, data: bytes, mail_from: str, rcpts: list[str], envid: str | None = None) -> Result:
         """One message on the open session; afterwards the session is ready for the next one,
         or closed (self.smtp is None) when the conversation failed."""
         res = Result(host=self.host, ip=self.ip, port=self.port, tls_version=self.tls_version)
@@ -149,13 +161,25 @@ class Session:
             self.smtp = None
 
 
-def send(data: bytes, mail_from: str, rcpts: list[str], *, host: str, ip: str, port: int,
-         helo: str, source_ip: Optional[str] = None, tls: str = "may",
-         tls_context: Optional[ssl.SSLContext] = None, envid: Optional[str] = None,
-         timeout: float = 10.0) -> Result:
+def send(
+    data: bytes,
+    mail_from: str,
+    rcpts: list[str],
+    *,
+    host: str,
+    ip: str,
+    port: int,
+    helo: str,
+    source_ip: str | None = None,
+    tls: str = "may",
+    tls_context: ssl.SSLContext | None = None,
+    envid: str | None = None,
+    timeout: float = 10.0,
+) -> Result:
     """One message on a connection of its own."""
-    session = Session(host=host, ip=ip, port=port, helo=helo, source_ip=source_ip, tls=tls,
-                      tls_context=tls_context, timeout=timeout)
+    session = Session(
+        host=host, ip=ip, port=port, helo=helo, source_ip=source_ip, tls=tls, tls_context=tls_context, timeout=timeout
+    )
     failed = session.open()
     if failed is not None:
         code, text = failed

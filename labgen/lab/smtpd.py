@@ -6,11 +6,11 @@ than just advertised. Policy stays in the handlers (aiosmtpd's handle_* hooks)."
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import re
 import resource
 import ssl
-import datetime as dt
 from email.utils import format_datetime
 
 from aiosmtpd.smtp import SMTP, TLSSetupException
@@ -39,8 +39,10 @@ BDAT_PIECE = 1 << 16  # BDAT chunks are read in pieces this large, never whole
 SIZE_EXCEEDED = "552 5.3.4 Message size exceeds fixed maximum message size"
 TOO_MANY_CONNECTIONS = "421 4.3.2 Too many connections, try again later"
 # aiosmtpd's own replies that lack the enhanced status code ENHANCEDSTATUSCODES promises.
-_STOCK_REPLIES = {"552 Error: Too much mail data": SIZE_EXCEEDED,
-                  "552 Error: message size exceeds fixed maximum message size": SIZE_EXCEEDED}
+_STOCK_REPLIES = {
+    "552 Error: Too much mail data": SIZE_EXCEEDED,
+    "552 Error: message size exceeds fixed maximum message size": SIZE_EXCEEDED,
+}
 
 
 def connection_cap() -> int:
@@ -80,8 +82,11 @@ class _AcceptErrors:
         if self.failing[key] == 1:
             exc = context.get("exception")
             why = getattr(exc, "strerror", None) or type(exc).__name__
-            log.warning("%s: cannot accept connections (%s); retrying each second, logged once until "
-                        "it accepts again", ":".join(map(str, key)), why)
+            log.warning(
+                "%s: cannot accept connections (%s); retrying each second, logged once until it accepts again",
+                ":".join(map(str, key)),
+                why,
+            )
 
     def accepted(self, key: tuple) -> None:
         self.failing.pop(key, None)
@@ -112,8 +117,12 @@ class Guard:
         if self.active >= self.limit:
             if not self.refusing:
                 self.refusing = True
-                log.warning("%s %s:%s: %d connections open, refusing more until some close (logged once)",
-                            self.what, *self.key, self.active)
+                log.warning(
+                    "%s %s:%s: %d connections open, refusing more until some close (logged once)",
+                    self.what,
+                    *self.key,
+                    self.active,
+                )
             return False
         self.active += 1
         return True
@@ -175,7 +184,7 @@ class LabSMTP(SMTP):
                 self._admitted = True
             if self._banner_text is not None:
                 # EOP's banner carries the date of the connection.
-                self.__ident__ = self._banner_text.format(date=format_datetime(dt.datetime.now(dt.timezone.utc)))
+                self.__ident__ = self._banner_text.format(date=format_datetime(dt.datetime.now(dt.UTC)))
         super().connection_made(transport)
 
     def connection_lost(self, error):
@@ -202,8 +211,12 @@ class LabSMTP(SMTP):
 
     async def handle_exception(self, error: Exception) -> str:
         # aiosmtpd's default answers "500 Error: (Type) text", which can carry a server path.
-        log.error("SMTP %s: internal error serving %s: %s", self.hostname, self.session.peer if self.session else "?",
-                  clip(repr(error), 300))
+        log.error(
+            "SMTP %s: internal error serving %s: %s",
+            self.hostname,
+            self.session.peer if self.session else "?",
+            clip(repr(error), 300),
+        )
         return "451 4.3.0 Local error in processing, try again later"
 
     async def smtp_EHLO(self, hostname: str):
@@ -351,7 +364,6 @@ async def serve(factory, host: str, port: int, limit: int | None = None) -> asyn
         protocol = factory()
         protocol.guard = guard
         return protocol
+
     loop = asyncio.get_running_loop()
     return await loop.create_server(guarded, host=host, port=port, reuse_address=True)
-
-

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import dns.resolver
 
-from . import nexthop
-from ..results.contracts import Injected, PlannedMessage, Submitted, TrafficStart
-from .ledger import MSGID_HEADER, Ledger
 from ..model.plan import Plan, message_entry
 from ..model.scenario import Message
+from ..results.contracts import Injected, PlannedMessage, Submitted, TrafficStart
+from . import nexthop
+from .ledger import MSGID_HEADER, Ledger
 from .smtp_client import Result, Session
 
 TRAFFIC_HELO = {"gateway": "outbound.protection.outlook.test", "mx": "sender.internet.test"}
@@ -57,8 +57,7 @@ class _Sender:
         self.plan, self.ledger, self.resolver = plan, ledger, resolver
         self.sessions: dict[tuple[str, str, str], Session] = {}
 
-    def _send(self, hop: nexthop.Hop, source: str, helo: str, data: bytes, m: Message,
-              rcpts: list[str]) -> Result:
+    def _send(self, hop: nexthop.Hop, source: str, helo: str, data: bytes, m: Message, rcpts: list[str]) -> Result:
         key = (hop.ip, source, helo)
         for attempt in (1, 2):
             session = self.sessions.get(key)
@@ -67,13 +66,19 @@ class _Sender:
                 session = None
             fresh = session is None
             if session is None:
-                session = Session(host=hop.host, ip=hop.ip, port=self.plan.smtp_port, helo=helo, source_ip=source,
-                                  tls="may")
+                session = Session(
+                    host=hop.host, ip=hop.ip, port=self.plan.smtp_port, helo=helo, source_ip=source, tls="may"
+                )
                 failed = session.open()
                 if failed is not None:
                     code, text = failed
-                    return Result(host=hop.host, ip=hop.ip, port=self.plan.smtp_port,
-                                  replies={r: (code, text) for r in rcpts}, error=text if code == 0 else None)
+                    return Result(
+                        host=hop.host,
+                        ip=hop.ip,
+                        port=self.plan.smtp_port,
+                        replies={r: (code, text) for r in rcpts},
+                        error=text if code == 0 else None,
+                    )
                 self.sessions[key] = session
             res = session.transact(data, m.sender, rcpts, envid=m.id)
             # A reused connection the server has meanwhile closed (idle timeout) is no answer
@@ -91,14 +96,28 @@ class _Sender:
                 hop = nexthop.next_hops(self.resolver, name, mx=by_mx)[0]
             except nexthop.DnsFailure as e:
                 for rcpt in rcpts:
-                    ledger.emit(Submitted(event="submitted", msgid=m.id, rcpt=rcpt, entry=entry, relay=None, code=0,
-                                          reply=str(e)))
+                    ledger.emit(
+                        Submitted(
+                            event="submitted", msgid=m.id, rcpt=rcpt, entry=entry, relay=None, code=0, reply=str(e)
+                        )
+                    )
                 continue
             res = self._send(hop, source, TRAFFIC_HELO[entry], data, m, rcpts)
             for rcpt in rcpts:
                 code, reply = res.replies.get(rcpt, (0, res.error or "no answer"))
-                ledger.emit(Submitted(event="submitted", msgid=m.id, rcpt=rcpt, entry=entry, relay=res.relay,
-                                      relay_host=hop.host, code=code, reply=reply, tls=res.tls_version))
+                ledger.emit(
+                    Submitted(
+                        event="submitted",
+                        msgid=m.id,
+                        rcpt=rcpt,
+                        entry=entry,
+                        relay=res.relay,
+                        relay_host=hop.host,
+                        code=code,
+                        reply=reply,
+                        tls=res.tls_version,
+                    )
+                )
 
     def close(self) -> None:
         for session in self.sessions.values():
@@ -108,8 +127,13 @@ class _Sender:
 def run_traffic(plan: Plan, run_dir: Path) -> None:
     ledger = Ledger(run_dir, "traffic")
     messages = plan.scenario.traffic
-    ledger.emit(TrafficStart(event="start", run_id=plan.run_id,
-                             messages=[PlannedMessage(msgid=m.id, sender=m.sender, to=m.to) for m in messages]))
+    ledger.emit(
+        TrafficStart(
+            event="start",
+            run_id=plan.run_id,
+            messages=[PlannedMessage(msgid=m.id, sender=m.sender, to=m.to) for m in messages],
+        )
+    )
     resolver = nexthop.resolver(plan.ip("dns"), plan.dns_port)
     resolver.cache = dns.resolver.Cache()  # the lab's records carry a TTL: one lookup per name, not per message
     pending = iter(messages)
@@ -126,6 +150,7 @@ def run_traffic(plan: Plan, run_dir: Path) -> None:
                 sender.submit(m)
         finally:
             sender.close()
+
     try:
         with ThreadPoolExecutor(max_workers=min(WORKERS, len(messages))) as pool:
             for f in [pool.submit(work) for _ in range(min(WORKERS, len(messages)))]:

@@ -13,14 +13,14 @@ import ipaddress
 import json
 import re
 import secrets
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional, Protocol
+from typing import Protocol
 
 from pydantic import BaseModel
 
 from ..errors import InputError
-from .scenario import (PROTECTION_SUFFIX, Scenario, domain_of, planned_addresses, protection_host,
-                       routing_domain)
+from .scenario import PROTECTION_SUFFIX, Scenario, domain_of, planned_addresses, protection_host, routing_domain
 
 HOSTS = ("dns", "eop", "gateway", "sink", "traffic")
 # Mnemonic host offsets inside the lab subnet (a /25 or larger); smaller subnets count up from .2.
@@ -69,30 +69,33 @@ class Plan(BaseModel):
         path.write_text(self.model_dump_json(indent=2, by_alias=True))
 
     @classmethod
-    def load(cls, path: Path) -> "Plan":
+    def load(cls, path: Path) -> Plan:
         with planned_addresses():
             return cls.model_validate(json.loads(Path(path).read_text()))
 
 
 # ---------------------------------------------------------------- addresses
 
+
 class Placement(Protocol):
     """What the planner needs from an engine: its name (saved in the plan) and where it puts the
     scenario's subnet `net`, moved to `subnet` when the user asked (engines.base.Engine.place)."""
+
     name: str
 
-    def place(self, net: ipaddress.IPv4Network, subnet: Optional[str]) -> Optional[Callable[[str], str]]: ...
+    def place(self, net: ipaddress.IPv4Network, subnet: str | None) -> Callable[[str], str] | None: ...
 
 
 class AsWritten:
     """The scenario's own addresses, no engine involved (validate, certs)."""
+
     name = "none"
 
-    def place(self, net: ipaddress.IPv4Network, subnet: Optional[str]) -> Optional[Callable[[str], str]]:
+    def place(self, net: ipaddress.IPv4Network, subnet: str | None) -> Callable[[str], str] | None:
         return None
 
 
-def subnet_mover(net: ipaddress.IPv4Network, subnet: Optional[str]) -> Optional[Callable[[str], str]]:
+def subnet_mover(net: ipaddress.IPv4Network, subnet: str | None) -> Callable[[str], str] | None:
     """`--subnet`: every address keeps its offset inside a documentation-range subnet of the same
     size (None when there is nothing to move). Bad input raises InputError naming the option."""
     if not subnet:
@@ -108,6 +111,7 @@ def _mover(src: ipaddress.IPv4Network, dst: ipaddress.IPv4Network) -> Callable[[
     def move(ip: str) -> str:
         offset = int(ipaddress.ip_address(ip)) - int(src.network_address)
         return str(dst.network_address + offset)
+
     return move
 
 
@@ -122,8 +126,11 @@ def _host_addresses(s: Scenario, net: ipaddress.IPv4Network) -> dict[str, list[s
         defaults = {h: str(net.network_address + off) for h, off in _OFFSETS.items()}
     else:
         defaults = {h: str(usable[i]) for i, h in enumerate(("gateway", "eop", "dns", "sink", "traffic", "exo"))}
-    given = {**s.lab.addresses, **({"gateway": s.gateway.address} if s.gateway.address else {}),
-             **({"eop": s.eop.address} if s.eop.address else {})}
+    given = {
+        **s.lab.addresses,
+        **({"gateway": s.gateway.address} if s.gateway.address else {}),
+        **({"eop": s.eop.address} if s.eop.address else {}),
+    }
     chosen = {h: given.get(h, defaults[h]) for h in ("dns", "eop", "sink", "traffic", "exo", "gateway")}
     where = {"gateway": "gateway.address", "eop": "eop.address"}
     owner: dict[str, str] = {}
@@ -133,8 +140,9 @@ def _host_addresses(s: Scenario, net: ipaddress.IPv4Network) -> dict[str, list[s
         path = where.get(host, f"lab.addresses.{host}")
         _check_in_subnet(ip, net, path)
         if ip in owner:
-            raise InputError(f"{path}: duplicate host address {ip} (already used by {owner[ip]}); "
-                             "give each lab host its own address")
+            raise InputError(
+                f"{path}: duplicate host address {ip} (already used by {owner[ip]}); give each lab host its own address"
+            )
         owner[ip] = host
     hosts = {h: [chosen[h]] for h in HOSTS}
     # The traffic host speaks for two parties: internet senders (its own address) and Exchange
@@ -146,8 +154,10 @@ def _host_addresses(s: Scenario, net: ipaddress.IPv4Network) -> dict[str, list[s
         path = f"gateway.connectors[{i}].source_ip"
         _check_in_subnet(c.source_ip, net, path)
         if owner.get(c.source_ip, "gateway") != "gateway":
-            raise InputError(f"{path}: duplicate host address {c.source_ip} (already used by "
-                             f"{owner[c.source_ip]}); use an address of the gateway's own")
+            raise InputError(
+                f"{path}: duplicate host address {c.source_ip} (already used by "
+                f"{owner[c.source_ip]}); use an address of the gateway's own"
+            )
         owner[c.source_ip] = "gateway"
         if c.source_ip not in hosts["gateway"]:
             hosts["gateway"].append(c.source_ip)
@@ -157,16 +167,21 @@ def _host_addresses(s: Scenario, net: ipaddress.IPv4Network) -> dict[str, list[s
 def _check_in_subnet(ip: str, net: ipaddress.IPv4Network, path: str) -> None:
     addr = ipaddress.ip_address(ip)
     if addr not in net or addr in (net.network_address, net.broadcast_address, net.network_address + 1):
-        raise InputError(f"{path}: {ip} is not a usable host address in the lab subnet {net} "
-                         "(.1 belongs to the network itself); pick one inside it or change lab.subnet")
+        raise InputError(
+            f"{path}: {ip} is not a usable host address in the lab subnet {net} "
+            "(.1 belongs to the network itself); pick one inside it or change lab.subnet"
+        )
 
 
 # ---------------------------------------------------------------- DNS
 
+
 def _records(s: Scenario, hosts: dict[str, list[str]]) -> tuple[list[str], list[Record]]:
     eop, sink, gw = hosts["eop"][0], hosts["sink"][0], hosts["gateway"][0]
-    rec: list[Record] = [Record(name=EOP_POOL_HOST, type="A", value=eop),
-                         Record(name=s.gateway.hostname, type="A", value=gw)]
+    rec: list[Record] = [
+        Record(name=EOP_POOL_HOST, type="A", value=eop),
+        Record(name=s.gateway.hostname, type="A", value=gw),
+    ]
     zones = {PROTECTION_SUFFIX}
     for tname, tenant in s.tenants.items():
         rec.append(Record(name=protection_host(tname), type="A", value=eop))
@@ -206,8 +221,9 @@ def _cert_stems(keys: list[str]) -> dict[str, str]:
             continue
         base = re.sub(r"[^a-z0-9._-]+", "-", key.lower()).strip("._-")[:40] or "cert"
         digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
-        stem = next(c for n in range(10, len(digest) + 1, 6)
-                    if (c := f"{base}-{digest[:n]}") not in used)  # 64 hex digits: distinct keys never clash
+        stem = next(
+            c for n in range(10, len(digest) + 1, 6) if (c := f"{base}-{digest[:n]}") not in used
+        )  # 64 hex digits: distinct keys never clash
         stems[key] = stem
         used.add(stem)
     return {k: stems[k] for k in keys}
@@ -215,11 +231,21 @@ def _cert_stems(keys: list[str]) -> dict[str, str]:
 
 def _cert_files(s: Scenario) -> dict[str, CertFiles]:
     """File names under certs/ for the scenario's certificates and the services' own ones."""
-    names = list(dict.fromkeys([*s.certificates, "eop-server", "sink-server",
-                                *([] if s.gateway.server_certificate else ["gateway-server"])]))
+    names = list(
+        dict.fromkeys(
+            [
+                *s.certificates,
+                "eop-server",
+                "sink-server",
+                *([] if s.gateway.server_certificate else ["gateway-server"]),
+            ]
+        )
+    )
     stems = _cert_stems(names)
-    return {n: CertFiles(cert=f"certs/{stems[n]}.crt", key=f"certs/{stems[n]}.key",
-                         chain=f"certs/{stems[n]}.chain.pem") for n in names}
+    return {
+        n: CertFiles(cert=f"certs/{stems[n]}.crt", key=f"certs/{stems[n]}.key", chain=f"certs/{stems[n]}.chain.pem")
+        for n in names
+    }
 
 
 def sink_host(s: Scenario) -> str:
@@ -233,11 +259,13 @@ def gateway_server_cert(plan: Plan) -> str:
 
 # ---------------------------------------------------------------- the plan
 
-def make_plan(s: Scenario, engine: Placement | str, subnet: Optional[str] = None) -> Plan:
+
+def make_plan(s: Scenario, engine: Placement | str, subnet: str | None = None) -> Plan:
     """Addresses are checked in the scenario's own subnet, then placed where the engine says
     (engine.place). An engine given by name is looked up in the engines facade."""
     if isinstance(engine, str):
         from ..engines import named
+
         engine = named(engine)
     net = ipaddress.ip_network(s.lab.subnet)
     try:
@@ -251,16 +279,27 @@ def make_plan(s: Scenario, engine: Placement | str, subnet: Optional[str] = None
         s = _translated_scenario(s, move)
         hosts = {h: [move(ip) for ip in ips] for h, ips in hosts.items()}
     zones, records = _records(s, hosts)
-    return Plan(lab=s.name, engine=engine.name, run_id=secrets.token_hex(4), subnet=lab_subnet,
-                hosts=hosts, zones=zones, records=records, certs=_cert_files(s),
-                ca_root="certs/ca-root.crt", ca_intermediate="certs/ca-intermediate.crt",
-                eop_accept_bundle="certs/eop-accept.pem", scenario=s)
+    return Plan(
+        lab=s.name,
+        engine=engine.name,
+        run_id=secrets.token_hex(4),
+        subnet=lab_subnet,
+        hosts=hosts,
+        zones=zones,
+        records=records,
+        certs=_cert_files(s),
+        ca_root="certs/ca-root.crt",
+        ca_intermediate="certs/ca-intermediate.crt",
+        eop_accept_bundle="certs/eop-accept.pem",
+        scenario=s,
+    )
 
 
 def _check_subnet_option(subnet: str) -> None:
     from pydantic import ValidationError
 
     from .scenario import LabNet
+
     try:
         LabNet(subnet=subnet)
     except ValidationError as e:
@@ -285,7 +324,7 @@ def _translated_scenario(s: Scenario, move: Callable[[str], str]) -> Scenario:
     return s
 
 
-def message_entry(s: Scenario, sender: str, via: Optional[str]) -> str:
+def message_entry(s: Scenario, sender: str, via: str | None) -> str:
     """Where a traffic message enters the lab: 'gateway' (centralized outbound) or 'mx'."""
     tenant = s.tenant_of_domain(domain_of(sender))
     if via is None:

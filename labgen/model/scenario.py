@@ -15,14 +15,22 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+from collections.abc import Callable
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Callable, Literal, Optional, Union
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
-                      field_validator, model_validator)
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+)
 
 from ..errors import InputError, escape, one_line, quote
 from ..resources import resource_dir
@@ -33,8 +41,9 @@ PROTECTION_SUFFIX = "mail.protection.outlook.test"  # real: mail.protection.outl
 ROUTING_SUFFIX = "mail.onmicrosoft.test"  # real: mail.onmicrosoft.com
 
 # Documentation and benchmarking ranges only: realistic "public" addresses that route nowhere.
-ALLOWED_RANGES = [ipaddress.ip_network(n) for n in
-                  ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "198.18.0.0/15")]
+ALLOWED_RANGES = [
+    ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "198.18.0.0/15")
+]
 
 Outcome = Literal["delivered", "silently_discarded", "rejected", "deferred"]
 OUTCOMES = ("delivered", "silently_discarded", "rejected", "deferred")
@@ -128,8 +137,10 @@ def check_lab_ip(value: str) -> str:
     except ValueError:
         raise ValueError(f"{quote(value)} is not an IPv4 address") from None
     if ip.version != 4 or not _in_lab_ranges(ipaddress.ip_network(f"{ip}/32")):
-        raise ValueError(f"{quote(value)} is outside the lab's documentation ranges "
-                         "(192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24, 198.18.0.0/15)")
+        raise ValueError(
+            f"{quote(value)} is outside the lab's documentation ranges "
+            "(192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24, 198.18.0.0/15)"
+        )
     return str(ip)
 
 
@@ -161,23 +172,27 @@ def check_domain_pattern(value: str) -> str:
 
 def check_cert_key(value: str) -> str:
     if not _CERT_KEY_RE.fullmatch(value) or ".." in value:
-        raise ValueError(f"certificate name {quote(value)} must be lower-case letters, digits, '.', '_' or '-' "
-                         "(at most 63, no '..'); it names the certificate's files")
+        raise ValueError(
+            f"certificate name {quote(value)} must be lower-case letters, digits, '.', '_' or '-' "
+            "(at most 63, no '..'); it names the certificate's files"
+        )
     if value in RESERVED_CERT_KEYS:
-        raise ValueError(f"certificate name {quote(value)} is taken by the lab's own certificates "
-                         f"({', '.join(RESERVED_CERT_KEYS)}); pick another")
+        raise ValueError(
+            f"certificate name {quote(value)} is taken by the lab's own certificates "
+            f"({', '.join(RESERVED_CERT_KEYS)}); pick another"
+        )
     return value
 
 
 def check_tenant_name(value: str) -> str:
     if not _TENANT_RE.fullmatch(value):
-        raise ValueError(f"tenant name {quote(value)} must be lower-case letters, digits and inner '-' "
-                         "(at most 41)")
+        raise ValueError(f"tenant name {quote(value)} must be lower-case letters, digits and inner '-' (at most 41)")
     return value
 
 
 def text_line(what: str, max_len: int, min_len: int = 0) -> Callable[[str], str]:
     """Free text shown in terminals and written to files: printable, one line, bounded."""
+
     def check(value: str) -> str:
         value = value.strip()
         if len(value) < min_len:
@@ -187,6 +202,7 @@ def text_line(what: str, max_len: int, min_len: int = 0) -> Callable[[str], str]
         if not value.isprintable():
             raise ValueError(f"{what} {quote(value)} must be printable text on one line (no control characters)")
         return value
+
     return check
 
 
@@ -212,9 +228,13 @@ class _Model(BaseModel):
 
 class Domain(_Model):
     name: DomainName
-    mx: Literal["eop", "gateway"] = Field("eop", description=(
-        "Where the domain's public MX points: straight at EOP, or at the customer's gateway "
-        "(centralized mail flow, inbound)."))
+    mx: Literal["eop", "gateway"] = Field(
+        "eop",
+        description=(
+            "Where the domain's public MX points: straight at EOP, or at the customer's gateway "
+            "(centralized mail flow, inbound)."
+        ),
+    )
 
 
 class InboundConnector(_Model):
@@ -223,13 +243,21 @@ class InboundConnector(_Model):
     name: ConnectorName = Field(description=f"Printable, one line, at most {MAX_NAME} characters.")
     type: Literal["OnPremises", "Partner"] = "OnPremises"
     # Microsoft: '*.contoso.com' is allowed; embedded wildcards ('mail*.contoso.com') are not.
-    tls_sender_certificate_name: Optional[CertName] = Field(None, description=(
-        "TlsSenderCertificateName: compared with the client certificate's CN and SANs; "
-        "'*.contoso.com' covers the domain and every subdomain."))
-    sender_ip_addresses: list[LabCidr] = Field([], max_length=MAX_ITEMS, description=(
-        "SenderIPAddresses: addresses or CIDR ranges."))
-    sender_domains: list[DomainPattern] = Field(["*"], max_length=MAX_ITEMS, description=(
-        "Partner connectors: the sender domains they apply to ('*', '*.contoso.com' or a domain)."))
+    tls_sender_certificate_name: CertName | None = Field(
+        None,
+        description=(
+            "TlsSenderCertificateName: compared with the client certificate's CN and SANs; "
+            "'*.contoso.com' covers the domain and every subdomain."
+        ),
+    )
+    sender_ip_addresses: list[LabCidr] = Field(
+        [], max_length=MAX_ITEMS, description=("SenderIPAddresses: addresses or CIDR ranges.")
+    )
+    sender_domains: list[DomainPattern] = Field(
+        ["*"],
+        max_length=MAX_ITEMS,
+        description=("Partner connectors: the sender domains they apply to ('*', '*.contoso.com' or a domain)."),
+    )
     require_tls: bool = Field(False, description="RequireTls: mail without STARTTLS gets 451 5.7.3.")
 
 
@@ -239,20 +267,33 @@ class Tenant(_Model):
     domains: list[Domain] = Field(min_length=1, max_length=MAX_DOMAINS)
     mailboxes: list[Address] = Field([], max_length=MAX_MAILBOXES)
     inbound_connectors: list[InboundConnector] = Field([], max_length=MAX_CONNECTORS)
-    outbound_via_gateway: bool = Field(False, description=(
-        "Centralized mail flow: Exchange Online hands all outbound mail to the customer's gateway."))
+    outbound_via_gateway: bool = Field(
+        False, description=("Centralized mail flow: Exchange Online hands all outbound mail to the customer's gateway.")
+    )
 
 
 class Certificate(_Model):
     cn: str = Field(min_length=1, max_length=64)  # X.509's upper bound for a CN
     sans: list[CertName] = Field([], max_length=MAX_ITEMS, description="DNS names; the CN when empty.")
-    issuer: Literal["self", "public"] = Field("public", description=(
-        "'self' = self-signed; 'public' = issued by the lab's stand-in for a public CA (root + intermediate)."))
+    issuer: Literal["self", "public"] = Field(
+        "public",
+        description=(
+            "'self' = self-signed; 'public' = issued by the lab's stand-in for a public CA (root + intermediate)."
+        ),
+    )
     key: Literal["rsa2048", "rsa3072", "ec256"] = "rsa2048"
-    not_before_days: int = Field(-1, ge=-MAX_NOT_BEFORE_DAYS, le=MAX_NOT_BEFORE_DAYS, description=(
-        "Start of validity in days from the day the lab's PKI is made (negative = in the past)."))
-    valid_days: int = Field(365, ge=1, le=MAX_VALID_DAYS, description=(
-        "Length of validity in days (expired: not_before_days + valid_days < 0)."))
+    not_before_days: int = Field(
+        -1,
+        ge=-MAX_NOT_BEFORE_DAYS,
+        le=MAX_NOT_BEFORE_DAYS,
+        description=("Start of validity in days from the day the lab's PKI is made (negative = in the past)."),
+    )
+    valid_days: int = Field(
+        365,
+        ge=1,
+        le=MAX_VALID_DAYS,
+        description=("Length of validity in days (expired: not_before_days + valid_days < 0)."),
+    )
 
     @field_validator("cn")
     @classmethod
@@ -270,15 +311,20 @@ class SendConnector(_Model):
     """One of the gateway's send connectors (one Postfix smtp transport in the Docker lab)."""
 
     name: ConnectorName = Field(description=f"Printable, one line, at most {MAX_NAME} characters.")
-    address_space: list[DomainPattern] = Field(min_length=1, max_length=MAX_ITEMS, description=(
-        "Domains this connector takes: 'contoso.com', '*.contoso.com' (and subdomains) or '*'; most specific wins."))
-    route: Union[Literal["mx"], Smarthost] = Field("mx", description="'mx' (the recipient domain's MX) or {smarthost: name}.")
+    address_space: list[DomainPattern] = Field(
+        min_length=1,
+        max_length=MAX_ITEMS,
+        description=(
+            "Domains this connector takes: 'contoso.com', '*.contoso.com' (and subdomains) or '*'; most specific wins."
+        ),
+    )
+    route: Literal["mx"] | Smarthost = Field("mx", description="'mx' (the recipient domain's MX) or {smarthost: name}.")
     tls: Literal["none", "may", "encrypt"] = Field("may", description="Postfix's smtp_tls_security_level.")
-    certificate: Optional[CertKey] = Field(None, description="The client certificate it presents (a key of certificates).")
-    source_ip: Optional[LabIp] = Field(None, description="Egress address (smtp_bind_address); default: the gateway's.")
+    certificate: CertKey | None = Field(None, description="The client certificate it presents (a key of certificates).")
+    source_ip: LabIp | None = Field(None, description="Egress address (smtp_bind_address); default: the gateway's.")
 
     @property
-    def smarthost(self) -> Optional[str]:
+    def smarthost(self) -> str | None:
         return self.route.smarthost if isinstance(self.route, Smarthost) else None
 
 
@@ -292,26 +338,36 @@ def _gateway_hostname(value: str) -> str:
 def _internet_domain(value: str) -> str:
     value = check_domain(value)
     if len(value) > 61:  # its sink is mx.<domain>, the CN of the sink's certificate
-        raise ValueError(f"{quote(value)} is longer than 61 characters; its MX host mx.<domain> names a "
-                         "certificate, whose CN holds at most 64")
+        raise ValueError(
+            f"{quote(value)} is longer than 61 characters; its MX host mx.<domain> names a "
+            "certificate, whose CN holds at most 64"
+        )
     return value
 
 
 class Gateway(_Model):
     hostname: Annotated[str, AfterValidator(_gateway_hostname)] = "gw.contoso.example"
-    address: Optional[LabIp] = None
+    address: LabIp | None = None
     # The certificate the gateway presents when it *receives* mail (STARTTLS server side).
-    server_certificate: Optional[CertKey] = None
+    server_certificate: CertKey | None = None
     connectors: list[SendConnector] = Field(min_length=1, max_length=MAX_CONNECTORS)
 
 
 class Eop(_Model):
-    misattribution: Literal["discard", "reject"] = Field("discard", description=(
-        "Mail attributed to tenant A by an OnPremises connector but addressed to tenant B: 'discard' "
-        "(accepted with 250, dropped: the field report) or 'reject' (550 5.7.64, a stricter EOP)."))
-    require_trusted_certificate: bool = Field(False, description=(
-        "KB 3212877: reject certificate-attributed mail whose chain is not publicly trusted (550 5.7.64)."))
-    address: Optional[LabIp] = None
+    misattribution: Literal["discard", "reject"] = Field(
+        "discard",
+        description=(
+            "Mail attributed to tenant A by an OnPremises connector but addressed to tenant B: 'discard' "
+            "(accepted with 250, dropped: the field report) or 'reject' (550 5.7.64, a stricter EOP)."
+        ),
+    )
+    require_trusted_certificate: bool = Field(
+        False,
+        description=(
+            "KB 3212877: reject certificate-attributed mail whose chain is not publicly trusted (550 5.7.64)."
+        ),
+    )
+    address: LabIp | None = None
 
 
 class Internet(_Model):
@@ -341,21 +397,36 @@ class LabNet(_Model):
 
 
 class Message(_Model):
-    id: Optional[str] = None
+    id: str | None = None
     sender: Address = Field(alias="from")
-    to: list[Address] = Field(min_length=1, max_length=MAX_RCPTS_PER_MESSAGE, description=(
-        f"At most {MAX_RCPTS_PER_MESSAGE} recipients (RFC 5321's minimum a server must take)."))
-    subject: Optional[Annotated[str, AfterValidator(text_line("a subject", MAX_TEXT))]] = Field(None, description=(
-        f"Printable, one line, at most {MAX_TEXT} characters."))
-    via: Optional[Literal["exchange-online", "internet"]] = Field(None, description=(
-        "'exchange-online': a tenant user's mail leaving through Exchange Online (to the gateway with "
-        "centralized mail flow); 'internet': an outside sender delivering by MX. Default: by the sender."))
+    to: list[Address] = Field(
+        min_length=1,
+        max_length=MAX_RCPTS_PER_MESSAGE,
+        description=(f"At most {MAX_RCPTS_PER_MESSAGE} recipients (RFC 5321's minimum a server must take)."),
+    )
+    subject: Annotated[str, AfterValidator(text_line("a subject", MAX_TEXT))] | None = Field(
+        None, description=(f"Printable, one line, at most {MAX_TEXT} characters.")
+    )
+    via: Literal["exchange-online", "internet"] | None = Field(
+        None,
+        description=(
+            "'exchange-online': a tenant user's mail leaving through Exchange Online (to the gateway with "
+            "centralized mail flow); 'internet': an outside sender delivering by MX. Default: by the sender."
+        ),
+    )
     # Keys normalised like recipients, so that an expectation can never be silently skipped.
-    expect: Union[Outcome, dict[Address, Outcome], None] = Field(None, description=(
-        "The expected outcome for every recipient, or a map recipient -> outcome."))
-    count: int = Field(1, ge=1, le=MAX_COUNT, description=(
-        "Send this many copies, each a separate message to the same recipients with the id <id>-<n> "
-        "(n = 1..count); every copy counts against the scenario's message × recipient limit."))
+    expect: Outcome | dict[Address, Outcome] | None = Field(
+        None, description=("The expected outcome for every recipient, or a map recipient -> outcome.")
+    )
+    count: int = Field(
+        1,
+        ge=1,
+        le=MAX_COUNT,
+        description=(
+            "Send this many copies, each a separate message to the same recipients with the id <id>-<n> "
+            "(n = 1..count); every copy counts against the scenario's message × recipient limit."
+        ),
+    )
 
     @field_validator("id")
     @classmethod
@@ -367,7 +438,7 @@ class Message(_Model):
     # Where the message is in the scenario's traffic list, for error paths (set by Scenario).
     _origin: int = PrivateAttr(default=0)
 
-    def expected_for(self, rcpt: str) -> Optional[str]:
+    def expected_for(self, rcpt: str) -> str | None:
         if isinstance(self.expect, dict):
             return {k.lower(): o for k, o in self.expect.items()}.get(rcpt.lower())
         return self.expect
@@ -375,19 +446,29 @@ class Message(_Model):
 
 class Scenario(_Model):
     name: str
-    description: Annotated[str, AfterValidator(text_line("a description", MAX_TEXT))] = Field("", description=(
-        f"One line of printable text, at most {MAX_TEXT} characters (shown in terminals and reports)."))
+    description: Annotated[str, AfterValidator(text_line("a description", MAX_TEXT))] = Field(
+        "", description=(f"One line of printable text, at most {MAX_TEXT} characters (shown in terminals and reports).")
+    )
     lab: LabNet = LabNet()
     eop: Eop = Eop()
     tenants: dict[TenantName, Tenant] = Field(min_length=1, max_length=MAX_TENANTS)
     internet: Internet = Internet()
-    certificates: dict[CertKey, Certificate] = Field({}, max_length=MAX_CERTIFICATES, description=(
-        "Keys: lower-case letters, digits, '.', '_', '-' (they name files)."))
+    certificates: dict[CertKey, Certificate] = Field(
+        {},
+        max_length=MAX_CERTIFICATES,
+        description=("Keys: lower-case letters, digits, '.', '_', '-' (they name files)."),
+    )
     gateway: Gateway
-    traffic: list[Message] = Field(min_length=1, description=(
-        f"At most {MAX_RECIPIENTS} message × recipient pairs in all (LABGEN_MAX_RECIPIENTS raises it)."))
-    deadline_s: float = Field(default=15.0, gt=0, le=600, description=(
-        "Seconds the traffic may take to settle; what is still queued then counts as deferred."))
+    traffic: list[Message] = Field(
+        min_length=1,
+        description=(f"At most {MAX_RECIPIENTS} message × recipient pairs in all (LABGEN_MAX_RECIPIENTS raises it)."),
+    )
+    deadline_s: float = Field(
+        default=15.0,
+        gt=0,
+        le=600,
+        description=("Seconds the traffic may take to settle; what is still queued then counts as deferred."),
+    )
     # The file it came from, for error messages raised after validation (e.g. by the planner).
     _source: str = PrivateAttr(default="")
 
@@ -409,8 +490,10 @@ class Scenario(_Model):
         limit = env_limit("LABGEN_MAX_RECIPIENTS", MAX_RECIPIENTS)
         pairs = sum(len(m.to) * m.count for m in v)  # before copying: a huge count costs nothing
         if pairs > limit:
-            raise ValueError(f"{pairs} message × recipient pairs (copies counted); labgen sends at most {limit} "
-                             "per scenario (raise it with LABGEN_MAX_RECIPIENTS=N)")
+            raise ValueError(
+                f"{pairs} message × recipient pairs (copies counted); labgen sends at most {limit} "
+                "per scenario (raise it with LABGEN_MAX_RECIPIENTS=N)"
+            )
         out: list[Message] = []
         for i, msg in enumerate(v, 1):
             if msg.id is None:
@@ -420,8 +503,10 @@ class Scenario(_Model):
                 out.append(msg)
                 continue
             if not MESSAGE_ID.fullmatch(f"{msg.id}-{msg.count}"):
-                raise ValueError(f"traffic[{i - 1}]: the id {quote(msg.id)} is too long for count {msg.count} "
-                                 "(copies are named <id>-<n>, at most 41 characters); shorten the id")
+                raise ValueError(
+                    f"traffic[{i - 1}]: the id {quote(msg.id)} is too long for count {msg.count} "
+                    "(copies are named <id>-<n>, at most 41 characters); shorten the id"
+                )
             for n in range(1, msg.count + 1):
                 copy = msg.model_copy(update={"id": f"{msg.id}-{n}", "count": 1})
                 copy._origin = i - 1
@@ -429,7 +514,7 @@ class Scenario(_Model):
         return out
 
     # Derived views used by the planner and the services.
-    def tenant_of_domain(self, domain: str) -> Optional[str]:
+    def tenant_of_domain(self, domain: str) -> str | None:
         domain = domain.lower()
         for name, tenant in self.tenants.items():
             if domain == routing_domain(name) or any(d.name == domain for d in tenant.domains):
@@ -446,6 +531,7 @@ def protection_host(tenant: str) -> str:
 
 
 # ---------------------------------------------------------------- cross-checks
+
 
 class _Located(Exception):
     def __init__(self, path: str, message: str):
@@ -465,13 +551,16 @@ def _cross_check(s: Scenario) -> None:
             seen_domains[d.name] = f"tenant {tname}"
         for i, mbx in enumerate(tenant.mailboxes):
             if domain_of(mbx) not in own:
-                raise _Located(f"tenants.{tname}.mailboxes[{i}]",
-                               f"{quote(mbx)} is not in one of tenant {tname}'s domains "
-                               f"({escape(', '.join(sorted(own)), 120)})")
+                raise _Located(
+                    f"tenants.{tname}.mailboxes[{i}]",
+                    f"{quote(mbx)} is not in one of tenant {tname}'s domains ({escape(', '.join(sorted(own)), 120)})",
+                )
         for i, c in enumerate(tenant.inbound_connectors):
             if c.type == "OnPremises" and not (c.tls_sender_certificate_name or c.sender_ip_addresses):
-                raise _Located(f"tenants.{tname}.inbound_connectors[{i}]",
-                               "an OnPremises connector needs tls_sender_certificate_name or sender_ip_addresses")
+                raise _Located(
+                    f"tenants.{tname}.inbound_connectors[{i}]",
+                    "an OnPremises connector needs tls_sender_certificate_name or sender_ip_addresses",
+                )
     for i, d in enumerate(s.internet.domains):
         if d in seen_domains or s.tenant_of_domain(d):
             raise _Located(f"internet.domains[{i}]", f"domain {quote(d)} is already a tenant's domain")
@@ -490,8 +579,10 @@ def _cross_check(s: Scenario) -> None:
     for i, c in enumerate(s.gateway.connectors):
         for j, space in enumerate(c.address_space):
             if space in spaces:
-                raise _Located(f"gateway.connectors[{i}].address_space[{j}]",
-                               f"{quote(space)} is already in connector {spaces[space]}'s address space")
+                raise _Located(
+                    f"gateway.connectors[{i}].address_space[{j}]",
+                    f"{quote(space)} is already in connector {spaces[space]}'s address space",
+                )
             spaces[space] = i
     known = set(seen_domains) | {routing_domain(t) for t in s.tenants}
     ids: set[str] = set()
@@ -502,20 +593,27 @@ def _cross_check(s: Scenario) -> None:
         ids.add(m.id)
         for j, rcpt in enumerate(m.to):
             if domain_of(rcpt) not in known:
-                raise _Located(f"traffic[{i}].to[{j}]",
-                               f"{quote(rcpt)} is in no lab domain; add its domain to a tenant or to internet.domains")
+                raise _Located(
+                    f"traffic[{i}].to[{j}]",
+                    f"{quote(rcpt)} is in no lab domain; add its domain to a tenant or to internet.domains",
+                )
         sender_domain = domain_of(m.sender)
         if sender_domain not in known:
-            raise _Located(f"traffic[{i}].from",
-                           f"{quote(m.sender)} is in no lab domain; add its domain to a tenant or to internet.domains")
+            raise _Located(
+                f"traffic[{i}].from",
+                f"{quote(m.sender)} is in no lab domain; add its domain to a tenant or to internet.domains",
+            )
         if m.via == "exchange-online" and s.tenant_of_domain(sender_domain) is None:
-            raise _Located(f"traffic[{i}].via",
-                           f"{quote(m.sender)} is not a tenant user, so it cannot send via exchange-online")
+            raise _Located(
+                f"traffic[{i}].via", f"{quote(m.sender)} is not a tenant user, so it cannot send via exchange-online"
+            )
         if isinstance(m.expect, dict):
             for rcpt in m.expect:
                 if rcpt.lower() not in [t.lower() for t in m.to]:
-                    raise _Located(f"traffic[{i}].expect{_key_part(rcpt)}",
-                                   f"{quote(rcpt)} is not one of this message's recipients")
+                    raise _Located(
+                        f"traffic[{i}].expect{_key_part(rcpt)}",
+                        f"{quote(rcpt)} is not one of this message's recipients",
+                    )
 
 
 def _unknown_cert(name: str, names: set[str]) -> str:
@@ -565,7 +663,7 @@ def _first_error(exc: ValidationError) -> tuple[str, str]:
     return _format_loc(tuple(err["loc"])), msg
 
 
-def parse_scenario(data, source: str, default_name: Optional[str] = None) -> Scenario:
+def parse_scenario(data, source: str, default_name: str | None = None) -> Scenario:
     """Validate loaded YAML. `source` is the file as the user named it (shown in errors);
     `default_name` the lab name when the file has none (by default: the file's stem)."""
     label = escape(source, 100)
@@ -577,8 +675,10 @@ def parse_scenario(data, source: str, default_name: Optional[str] = None) -> Sce
         if default_name is None:
             default_name = Path(source).stem if source.endswith((".yaml", ".yml")) else source
         if not _LAB_NAME_RE.fullmatch(default_name):
-            raise InputError(f"{label}: name: required key is missing, and the file name {quote(default_name)} "
-                             "is no lab name (lower-case letters, digits and '-', at most 31); add name:")
+            raise InputError(
+                f"{label}: name: required key is missing, and the file name {quote(default_name)} "
+                "is no lab name (lower-case letters, digits and '-', at most 31); add name:"
+            )
         data["name"] = default_name
     try:
         scenario = Scenario.model_validate(data)
@@ -593,6 +693,7 @@ def parse_scenario(data, source: str, default_name: Optional[str] = None) -> Sce
 
 
 # ---------------------------------------------------------------- reading files
+
 
 class _Refused(yaml.MarkedYAMLError):
     """Well-formed YAML that labgen refuses to read (duplicate keys, too deep, too big, a value
@@ -636,8 +737,9 @@ class _ScenarioLoader(yaml.SafeLoader):
             size = 1 + sum(self._sizes[id(c)] for c in children)
             self._sizes[id(node)] = size
         if size > self._max_nodes:
-            raise _Refused(f"more than {self._max_nodes} values with every alias expanded; a scenario "
-                           "needs far fewer", start)
+            raise _Refused(
+                f"more than {self._max_nodes} values with every alias expanded; a scenario needs far fewer", start
+            )
         return node
 
     def compose_mapping_node(self, anchor):
@@ -649,8 +751,9 @@ class _ScenarioLoader(yaml.SafeLoader):
             line = key.start_mark.line + 1
             ident = (key.tag, key.value)
             if ident in first:
-                raise _Refused(f"duplicate key {quote(key.value)} (lines {first[ident]} and {line}); keep one",
-                               key.start_mark)
+                raise _Refused(
+                    f"duplicate key {quote(key.value)} (lines {first[ident]} and {line}); keep one", key.start_mark
+                )
             first[ident] = line
         return node
 
@@ -675,7 +778,9 @@ def load_yaml(text: str, label: str) -> object:
         problem = getattr(exc, "problem", None) or (str(exc).splitlines() or ["?"])[0]
         if isinstance(exc, _Refused):
             raise InputError(one_line(f"{label}: {where}: {problem}")) from None
-        raise InputError(one_line(f"{label}: {where}: malformed YAML ({escape(problem, 120)}); fix the syntax")) from None
+        raise InputError(
+            one_line(f"{label}: {where}: malformed YAML ({escape(problem, 120)}); fix the syntax")
+        ) from None
     finally:
         if loader is not None:
             loader.dispose()
@@ -699,10 +804,12 @@ def scenario_path(ref: str) -> Path:
     p = Path(ref)
     label = escape(ref, 100)
     if ref.startswith(EXAMPLE_PREFIX):
-        name, examples = ref[len(EXAMPLE_PREFIX):], example_names()
+        name, examples = ref[len(EXAMPLE_PREFIX) :], example_names()
         if name not in examples:
-            raise InputError(f"{label}: unknown example; the examples are {', '.join(examples)} "
-                             "(`labgen examples` says what each shows)")
+            raise InputError(
+                f"{label}: unknown example; the examples are {', '.join(examples)} "
+                "(`labgen examples` says what each shows)"
+            )
         return resource_dir("examples") / f"{name}.yaml"
     if p.suffix in (".yaml", ".yml") or "/" in ref:
         if not p.is_file():
@@ -711,8 +818,10 @@ def scenario_path(ref: str) -> Path:
     if ref in builtin_names():
         return resource_dir("scenarios") / f"{ref}.yaml"
     hint = f"; did you mean {EXAMPLE_PREFIX}{ref}?" if ref in example_names() else ""
-    raise InputError(f"{label}: unknown scenario; built-ins are {', '.join(builtin_names())}, shipped examples "
-                     f"run as {EXAMPLE_PREFIX}NAME (`labgen examples`), or give a path to a .yaml file{hint}")
+    raise InputError(
+        f"{label}: unknown scenario; built-ins are {', '.join(builtin_names())}, shipped examples "
+        f"run as {EXAMPLE_PREFIX}NAME (`labgen examples`), or give a path to a .yaml file{hint}"
+    )
 
 
 def read_scenario_text(path: Path, label: str) -> str:
@@ -724,8 +833,10 @@ def read_scenario_text(path: Path, label: str) -> str:
     except OSError as exc:
         raise InputError(f"{label}: cannot read the file ({escape(exc.strerror or exc, 80)})") from None
     if len(raw) > limit:
-        raise InputError(f"{label}: larger than {limit} bytes, the limit for a scenario file; "
-                         "raise it with LABGEN_MAX_SCENARIO_BYTES=N if the file is meant to be this big")
+        raise InputError(
+            f"{label}: larger than {limit} bytes, the limit for a scenario file; "
+            "raise it with LABGEN_MAX_SCENARIO_BYTES=N if the file is meant to be this big"
+        )
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -10,7 +10,6 @@ the settle loop polls."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import pydantic
 
@@ -47,12 +46,12 @@ class _Tail:
 class Collector:
     """Typed events of one lab directory's run/, new ones on each poll."""
 
-    def __init__(self, labdir: Path, plan: Optional[Plan] = None):
+    def __init__(self, labdir: Path, plan: Plan | None = None):
         self.labdir = Path(labdir)
         self.run_dir = self.labdir / "run"
         self._plan = plan
         self._tails: dict[Path, _Tail] = {}
-        self._postfix: Optional[postfix.LogReader] = None
+        self._postfix: postfix.LogReader | None = None
 
     def poll(self) -> list[AnyEvent]:
         """Events appended since the last poll: each ledger file's in its order (files by name),
@@ -69,8 +68,10 @@ class Collector:
                 except pydantic.ValidationError as e:
                     # Written by labgen's own services: a line that is no event is a labgen bug or
                     # a damaged run directory, never something to skip in silence.
-                    raise InfraError(f"{path} line {n} is not a labgen ledger event "
-                                     f"({escape(e.errors()[0]['msg'], 120)}); rerun the lab") from None
+                    raise InfraError(
+                        f"{path} line {n} is not a labgen ledger event "
+                        f"({escape(e.errors()[0]['msg'], 120)}); rerun the lab"
+                    ) from None
         log = self.labdir / postfix.LOG_FILE
         if log.is_file():
             if self._postfix is None:
@@ -82,6 +83,6 @@ class Collector:
         return events
 
 
-def collect_events(labdir: Path, plan: Optional[Plan] = None) -> list[AnyEvent]:
+def collect_events(labdir: Path, plan: Plan | None = None) -> list[AnyEvent]:
     """Every event of the run so far."""
     return Collector(labdir, plan).poll()

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 from .contracts import Change, CompareDoc, MessageResult, ResultAttribution, ResultDoc
 
 COMPARE_SCHEMA = "labgen.compare/v1"
 
 
-def _attr(m: Optional[MessageResult]) -> str:
+def _attr(m: MessageResult | None) -> str:
     a = m.attribution if m else None
     if not a or not a.tenant:
         return "—"
     return f"{a.tenant} by {a.by}" + (f" ('{a.connector}')" if a.connector else "")
 
 
-def _attribution(m: Optional[MessageResult]) -> Optional[ResultAttribution]:
+def _attribution(m: MessageResult | None) -> ResultAttribution | None:
     return m.attribution if m else None
 
 
@@ -37,6 +35,16 @@ def compare_docs(a: ResultDoc, b: ResultDoc) -> CompareDoc:
             text += f". {b.scenario}: {mb.why}"
         else:
             text = f"same ({oa})"
-        changes.append(Change(id=key[0], to=key[1], a=oa, b=ob, changed=changed, attribution_a=_attribution(ma),
-                              attribution_b=_attribution(mb), change=text))
+        changes.append(
+            Change(
+                id=key[0],
+                to=key[1],
+                a=oa,
+                b=ob,
+                changed=changed,
+                attribution_a=_attribution(ma),
+                attribution_b=_attribution(mb),
+                change=text,
+            )
+        )
     return CompareDoc(a=a, b=b, changes=changes)

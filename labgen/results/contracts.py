@@ -11,7 +11,7 @@ never change.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Literal, Optional, Union
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_serializer
 from pydantic_core.core_schema import SerializerFunctionWrapHandler
@@ -39,35 +39,39 @@ class _OmitNone(_Contract):
 
 # ---------------------------------------------------------------- parts of events
 
+
 class Certificate(_Contract):
     """What EOP records about a client certificate (pki.cert_info)."""
-    subject: Optional[str] = None
-    sans: Optional[list[str]] = None
-    issuer: Optional[str] = None
-    self_signed: Optional[bool] = None
-    fingerprint_sha256: Optional[str] = None
-    not_before: Optional[str] = None
-    not_after: Optional[str] = None
+
+    subject: str | None = None
+    sans: list[str] | None = None
+    issuer: str | None = None
+    self_signed: bool | None = None
+    fingerprint_sha256: str | None = None
+    not_before: str | None = None
+    not_after: str | None = None
     names: list[str] = []  # the names EOP compares with TlsSenderCertificateName
-    trusted: Optional[bool] = None  # chains to the lab's public root and is in date
-    trust_detail: Optional[str] = None
+    trusted: bool | None = None  # chains to the lab's public root and is in date
+    trust_detail: str | None = None
 
 
 class Attribution(_Contract):
     """EOP's tenant attribution of a message (eop.rules.Attribution)."""
-    tenant: Optional[str]
-    by: Optional[Literal["certificate", "ip", "recipient"]]
-    connector: Optional[str]
+
+    tenant: str | None
+    by: Literal["certificate", "ip", "recipient"] | None
+    connector: str | None
     detail: str = ""
 
 
 class GatewayTls(_Contract):
     """The TLS of a gateway delivery: protocol version, the client certificate it presented, and
     (Postfix only) how Postfix judged the server's certificate."""
+
     version: str
-    trust: Optional[str] = None
-    client_certificate: Optional[str]
-    client_certificate_cn: Optional[str]
+    trust: str | None = None
+    client_certificate: str | None
+    client_certificate_cn: str | None
 
 
 class PlannedMessage(_Contract):
@@ -78,18 +82,20 @@ class PlannedMessage(_Contract):
 
 # ---------------------------------------------------------------- events
 
+
 class _Event(_Contract):
     # Stamped by the Ledger that writes the event (Postfix's parsed log sets both itself).
     ts: float = 0.0
-    service: Optional[Service] = None
+    service: Service | None = None
 
 
 class Ready(_Event):
     """A service listens (eop, sink, dns: ip and port; Postfix: its log's time)."""
+
     event: Literal["ready"]
-    ip: Optional[str] = None
-    port: Optional[int] = None
-    time: Optional[str] = None
+    ip: str | None = None
+    port: int | None = None
+    time: str | None = None
 
 
 class TrafficStart(_Event):
@@ -105,133 +111,141 @@ class Injected(_Event):
 
 class Submitted(_Event):
     """The traffic generator's record of one recipient's answer where the message entered the lab."""
+
     event: Literal["submitted"]
     msgid: str
     rcpt: str
     entry: Literal["gateway", "mx"]
-    relay: Optional[str]  # host[ip]:port; None: no next hop was found
-    relay_host: Optional[str] = None
+    relay: str | None  # host[ip]:port; None: no next hop was found
+    relay_host: str | None = None
     code: int  # 0: no SMTP answer
     reply: str
-    tls: Optional[str] = None
+    tls: str | None = None
 
 
 class RcptDecision(_Event):
     """A server's answer to one RCPT, or to one recipient at end of DATA (gateway: hop count,
     queue full): EOP's with the attribution behind it, the sink's and the gateway's refusals."""
+
     event: Literal["rcpt"]
-    msgid: Optional[str] = None
+    msgid: str | None = None
     rcpt: str
     action: Literal["deliver", "discard", "reject", "defer"]
     reply: str
-    reason: Optional[str] = None
-    client_ip: Optional[str] = None
-    mail_from: Optional[str] = None
-    tls: Optional[bool] = None
-    certificate: Optional[Certificate] = None
-    attribution: Optional[Attribution] = None
-    tenant: Optional[str] = None
+    reason: str | None = None
+    client_ip: str | None = None
+    mail_from: str | None = None
+    tls: bool | None = None
+    certificate: Certificate | None = None
+    attribution: Attribution | None = None
+    tenant: str | None = None
 
 
 class Received(_Event):
     """The gateway queued a message."""
+
     event: Literal["received"]
-    msgid: Optional[str]
+    msgid: str | None
     queue_id: str
-    mail_from: Optional[str] = None
-    rcpts: Optional[list[str]] = None
-    client_ip: Optional[str] = None
-    tls: Optional[str] = None
-    time: Optional[str] = None
+    mail_from: str | None = None
+    rcpts: list[str] | None = None
+    client_ip: str | None = None
+    tls: str | None = None
+    time: str | None = None
 
 
 class DeliveryError(_Event):
     event: Literal["delivery_error"]
-    msgid: Optional[str]
+    msgid: str | None
     queue_id: str
     error: str
 
 
 class NdrQueued(_Event):
     """The gateway queued a non-delivery report (queue_id) for a message it bounced."""
+
     event: Literal["ndr_queued"]
     queue_id: str
     original_queue_id: str
-    to: Optional[str]
-    original_msgid: Optional[str]
-    time: Optional[str] = None
+    to: str | None
+    original_msgid: str | None
+    time: str | None = None
 
 
 class GatewayStatus(_Event):
     """One gateway delivery attempt's result for one recipient (Postfix's status= line)."""
+
     event: Literal["sent", "deferred", "bounced"]
-    msgid: Optional[str]  # None: the delivery of a non-delivery report
+    msgid: str | None  # None: the delivery of a non-delivery report
     queue_id: str
     rcpt: str
-    connector: Optional[str]
-    relay: Optional[str]
-    relay_host: Optional[str] = None
-    relay_ip: Optional[str] = None
+    connector: str | None
+    relay: str | None
+    relay_host: str | None = None
+    relay_ip: str | None = None
     reply: str
-    dsn: Optional[str] = None
-    source_ip: Optional[str] = None
-    tls: Optional[GatewayTls] = None
-    time: Optional[str] = None
-    postfix: Optional[str] = None  # the log line it was read from
+    dsn: str | None = None
+    source_ip: str | None = None
+    tls: GatewayTls | None = None
+    time: str | None = None
+    postfix: str | None = None  # the log line it was read from
 
 
 class TlsFailed(_Event):
     event: Literal["tls_failed"]
     client_ip: str
-    helo: Optional[str]
+    helo: str | None
     reason: str
 
 
 class Session(_Event):
     """EOP: a client's facts, once per session that sends MAIL."""
+
     event: Literal["session"]
     client_ip: str
-    helo: Optional[str]
-    local_ip: Optional[str] = None
-    tls: Optional[str]
-    certificate: Optional[Certificate]
+    helo: str | None
+    local_ip: str | None = None
+    tls: str | None
+    certificate: Certificate | None
 
 
 class Accepted(_Event):
     event: Literal["accepted"]
-    msgid: Optional[str]
-    mail_from: Optional[str]
+    msgid: str | None
+    mail_from: str | None
     rcpts: list[str]
     reply: str
     size: int
-    refused_id: Optional[str] = None  # a client's id outside the ids' grammar, escaped
+    refused_id: str | None = None  # a client's id outside the ids' grammar, escaped
 
 
 class Delivered(_Event):
     """A mailbox (EOP tenant or internet sink) holds it."""
+
     event: Literal["delivered"]
-    msgid: Optional[str]
+    msgid: str | None
     rcpt: str
     mailbox: str
-    tenant: Optional[str] = None
+    tenant: str | None = None
     file: str
-    client_ip: Optional[str] = None
-    tls: Optional[str] = None
-    refused_id: Optional[str] = None
+    client_ip: str | None = None
+    tls: str | None = None
+    refused_id: str | None = None
 
 
 class Discarded(_Event):
     event: Literal["discarded"]
-    msgid: Optional[str]
+    msgid: str | None
     rcpt: str
     reason: str
     attribution: Attribution
-    certificate: Optional[Certificate]
+    certificate: Certificate | None
     client_ip: str
 
 
 class Ndr(_Event):
     """A mailbox service delivered a non-delivery report about message msgid."""
+
     event: Literal["ndr"]
     msgid: str
     to: str
@@ -241,9 +255,10 @@ class Ndr(_Event):
 
 class TraceEntry(_Event):
     """One line of a tenant's message trace (trace.jsonl)."""
+
     event: Literal["trace"]
     tenant: str
-    msgid: Optional[str]
+    msgid: str | None
     sender: str
     rcpt: str
     status: str
@@ -266,14 +281,31 @@ class BadQuery(_Event):
     head: str
 
 
-AnyEvent = Union[Ready, TrafficStart, Injected, Submitted, RcptDecision, Received, DeliveryError, NdrQueued,
-                 GatewayStatus, TlsFailed, Session, Accepted, Delivered, Discarded, Ndr, TraceEntry, Query,
-                 BadQuery]
+AnyEvent = (
+    Ready
+    | TrafficStart
+    | Injected
+    | Submitted
+    | RcptDecision
+    | Received
+    | DeliveryError
+    | NdrQueued
+    | GatewayStatus
+    | TlsFailed
+    | Session
+    | Accepted
+    | Delivered
+    | Discarded
+    | Ndr
+    | TraceEntry
+    | Query
+    | BadQuery
+)
 Event = Annotated[AnyEvent, Field(discriminator="event")]
 EVENT: TypeAdapter[AnyEvent] = TypeAdapter(Event)
 
 
-def parse_event(data: Union[str, bytes, dict[str, Any]]) -> AnyEvent:
+def parse_event(data: str | bytes | dict[str, Any]) -> AnyEvent:
     """One ledger line (or its dict) as its typed event; pydantic.ValidationError if it is none."""
     if isinstance(data, dict):
         return EVENT.validate_python(data)
@@ -287,65 +319,83 @@ def dump_event(event: AnyEvent) -> str:
 
 # ---------------------------------------------------------------- labgen.result/v1
 
+
 class ResultAttribution(_Contract):
-    tenant: Optional[str]
-    by: Optional[str]
-    connector: Optional[str]
+    tenant: str | None
+    by: str | None
+    connector: str | None
 
 
 class Hop(_OmitNone):
     """One service's event about this recipient, in the order the message travelled."""
-    OMIT_NONE = frozenset({"relay", "connector", "action", "reason", "mailbox", "queue_id", "tls", "client_ip",
-                       "source_ip", "entry", "certificate", "attribution", "file"})
-    service: Optional[Service]
+
+    OMIT_NONE = frozenset(
+        {
+            "relay",
+            "connector",
+            "action",
+            "reason",
+            "mailbox",
+            "queue_id",
+            "tls",
+            "client_ip",
+            "source_ip",
+            "entry",
+            "certificate",
+            "attribution",
+            "file",
+        }
+    )
+    service: Service | None
     event: str
-    reply: Optional[str]
-    relay: Optional[str] = None
-    connector: Optional[str] = None
-    action: Optional[str] = None
-    reason: Optional[str] = None
-    mailbox: Optional[str] = None
-    queue_id: Optional[str] = None
-    tls: Union[GatewayTls, bool, str, None] = None
-    client_ip: Optional[str] = None
-    source_ip: Optional[str] = None
-    entry: Optional[str] = None
-    certificate: Optional[Certificate] = None
-    attribution: Optional[Attribution] = None
-    file: Optional[str] = None
+    reply: str | None
+    relay: str | None = None
+    connector: str | None = None
+    action: str | None = None
+    reason: str | None = None
+    mailbox: str | None = None
+    queue_id: str | None = None
+    tls: GatewayTls | bool | str | None = None
+    client_ip: str | None = None
+    source_ip: str | None = None
+    entry: str | None = None
+    certificate: Certificate | None = None
+    attribution: Attribution | None = None
+    file: str | None = None
 
 
 class NdrFound(_Contract):
-    service: Optional[Service]
-    mailbox: Optional[str]
-    file: Optional[str]
+    service: Service | None
+    mailbox: str | None
+    file: str | None
 
 
 class DroppedBy(_Contract):
     service: Service
-    reason: Optional[str]
-    attribution: Optional[Attribution]
-    certificate: Optional[Certificate]
-    client_ip: Optional[str]
+    reason: str | None
+    attribution: Attribution | None
+    certificate: Certificate | None
+    client_ip: str | None
 
 
 class MessageResult(_OmitNone):
     """One recipient of one message: its outcome and why."""
+
     OMIT_NONE = frozenset({"dropped_by"})
     id: str
     sender: str = Field(alias="from")
     to: str
     outcome: Verdict
-    expected: Optional[Outcome]
-    ok: Optional[bool]  # None: no expectation
+    expected: Outcome | None
+    ok: bool | None  # None: no expectation
     hops: list[Hop]
-    attribution: Optional[ResultAttribution]
+    attribution: ResultAttribution | None
     recipient_trace_visible: bool
-    recipient_tenant: Optional[str]  # None: an internet recipient
-    ndr: Optional[NdrFound]
-    ndr_lost: Optional[str]
+    recipient_tenant: str | None  # None: an internet recipient
+    ndr: NdrFound | None
+    ndr_lost: str | None
     why: str
-    dropped_by: Optional[DroppedBy] = None  # silently_discarded: who dropped it
+    dropped_by: DroppedBy | None = None  # silently_discarded: who dropped it
 
 
 class Summary(_Contract):
@@ -372,14 +422,15 @@ class ResultDoc(_Contract):
 
 # ---------------------------------------------------------------- labgen.compare/v1
 
+
 class Change(_Contract):
     id: str
     to: str
-    a: Optional[Verdict]  # None: the message is only in b
-    b: Optional[Verdict]
+    a: Verdict | None  # None: the message is only in b
+    b: Verdict | None
     changed: bool
-    attribution_a: Optional[ResultAttribution]
-    attribution_b: Optional[ResultAttribution]
+    attribution_a: ResultAttribution | None
+    attribution_b: ResultAttribution | None
     change: str
 
 
@@ -391,6 +442,7 @@ class CompareDoc(_Contract):
 
 
 # ---------------------------------------------------------------- the other --json documents
+
 
 class ScenarioRow(_Contract):
     name: str
@@ -426,7 +478,7 @@ class ValidateDoc(_Contract):
 class CertRow(_Contract):
     name: str
     file: str
-    key: Optional[str] = None  # absent for the CAs (their keys are not the lab's to use)
+    key: str | None = None  # absent for the CAs (their keys are not the lab's to use)
     subject: str
     sans: list[str]
     issuer: str
@@ -444,7 +496,7 @@ class CertsDoc(_Contract):
 
 class TraceRow(_Contract):
     ts: float
-    msgid: Optional[str]
+    msgid: str | None
     sender: str
     rcpt: str
     status: str
@@ -458,11 +510,11 @@ class TraceDoc(_Contract):
 
 
 class ContainerRow(_Contract):
-    lab: Optional[str]
-    service: Optional[str]
+    lab: str | None
+    service: str | None
     container: str
     state: str
-    health: Optional[str]
+    health: str | None
     addresses: list[str]
     image: str
 
@@ -471,9 +523,9 @@ class ServiceRow(_Contract):
     service: str
     state: str  # the engine's own word: "running", "exited", ...
     addresses: list[str]
-    container: Optional[str] = None  # docker
-    health: Optional[str] = None  # docker healthcheck
-    image: Optional[str] = None
+    container: str | None = None  # docker
+    health: str | None = None  # docker healthcheck
+    image: str | None = None
 
 
 class LabRow(_Contract):
@@ -482,8 +534,8 @@ class LabRow(_Contract):
     state: str  # "running" when every service runs, else what is wrong
     services: list[ServiceRow]
     addresses: list[str]  # ip or ip:port where the lab's services answer
-    lab_dir: Optional[str]
-    pid: Optional[int] = None  # local engine: the process that serves the lab
+    lab_dir: str | None
+    pid: int | None = None  # local engine: the process that serves the lab
 
 
 class StatusDoc(_Contract):
@@ -505,7 +557,7 @@ class DownDoc(_Contract):
 
 
 class ImageRow(_Contract):
-    tag: Optional[str]  # None: replaced by a forced rebuild
+    tag: str | None  # None: replaced by a forced rebuild
     id: str
     created: str
     size: int
@@ -518,9 +570,16 @@ class ImagesDoc(_Contract):
 
 
 DOCUMENTS: dict[str, type[BaseModel]] = {
-    "result": ResultDoc, "compare": CompareDoc, "scenarios": ScenariosDoc, "examples": ExamplesDoc,
+    "result": ResultDoc,
+    "compare": CompareDoc,
+    "scenarios": ScenariosDoc,
+    "examples": ExamplesDoc,
     "validate": ValidateDoc,
-    "certs": CertsDoc, "trace": TraceDoc, "status": StatusDoc, "down": DownDoc, "images": ImagesDoc,
+    "certs": CertsDoc,
+    "trace": TraceDoc,
+    "status": StatusDoc,
+    "down": DownDoc,
+    "images": ImagesDoc,
 }
 
 

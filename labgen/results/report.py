@@ -3,19 +3,29 @@ and where mail was lost silently. JSON output is the result document itself (run
 
 from __future__ import annotations
 
+from typing import Any
+
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from typing import Any
-
 from ..errors import escape
 from .contracts import CompareDoc, ResultDoc, dump
 
-STYLE = {"delivered": "green", "silently_discarded": "bold red", "rejected": "yellow", "deferred": "magenta",
-         "unaccounted": "bold white on red"}
-LABEL = {"delivered": "delivered", "silently_discarded": "SILENTLY DISCARDED", "rejected": "rejected",
-         "deferred": "deferred", "unaccounted": "UNACCOUNTED"}
+STYLE = {
+    "delivered": "green",
+    "silently_discarded": "bold red",
+    "rejected": "yellow",
+    "deferred": "magenta",
+    "unaccounted": "bold white on red",
+}
+LABEL = {
+    "delivered": "delivered",
+    "silently_discarded": "SILENTLY DISCARDED",
+    "rejected": "rejected",
+    "deferred": "deferred",
+    "unaccounted": "UNACCOUNTED",
+}
 
 
 def _text(value: object, style: str = "") -> Text:
@@ -39,14 +49,18 @@ def hop_lines(m: dict[str, Any]) -> list[str]:
             tls = h.get("tls") or {}
             cert = f", cert {tls.get('client_certificate')}" if tls.get("client_certificate") else ""
             how = f" over {tls['version']}{cert}" if tls.get("version") else " without TLS"
-            lines.append(f"gateway '{h.get('connector')}' connector → {h.get('relay') or '-'}{how}: "
-                         f"{ev} ({_short(h.get('reply'), 120)})")
+            lines.append(
+                f"gateway '{h.get('connector')}' connector → {h.get('relay') or '-'}{how}: "
+                f"{ev} ({_short(h.get('reply'), 120)})"
+            )
         elif svc == "eop" and ev == "rcpt":
             a = h.get("attribution") or {}
             conn = f" (connector '{a['connector']}')" if a.get("connector") else ""
             action = "defer" if (h.get("reply") or "").startswith("4") else h.get("action")
-            lines.append(f"EOP: attributed to {a.get('tenant') or 'no tenant'} by {a.get('by') or '-'}{conn} "
-                         f"→ {action}: {_short(h.get('reply'), 50)}")
+            lines.append(
+                f"EOP: attributed to {a.get('tenant') or 'no tenant'} by {a.get('by') or '-'}{conn} "
+                f"→ {action}: {_short(h.get('reply'), 50)}"
+            )
         elif ev == "delivered":
             lines.append(f"{'EOP' if svc == 'eop' else 'internet sink'}: in mailbox {h.get('mailbox')}")
         elif ev == "discarded":
@@ -59,44 +73,61 @@ def hop_lines(m: dict[str, Any]) -> list[str]:
 def print_result(result: ResultDoc, console: Console) -> None:
     doc = dump(result)  # the document as --json prints it: what this report explains
     title = f"labgen · {doc['scenario']} · {doc['engine']} engine · {doc['duration_s']:.1f} s"
-    table = Table(title=_text(title), caption=_text(doc["description"]) if doc.get("description") else None,
-                  show_lines=False)
+    table = Table(
+        title=_text(title), caption=_text(doc["description"]) if doc.get("description") else None, show_lines=False
+    )
     table.add_column("message", no_wrap=True)
     table.add_column("from → to")
     table.add_column("outcome", no_wrap=True)
     table.add_column("expected", no_wrap=True)
     for m in doc["messages"]:
         exp = "" if m["expected"] is None else ("✓ " if m["ok"] else "✗ ") + m["expected"]
-        table.add_row(_text(m["id"]), _text(f"{m['from']} → {m['to']}"),
-                      Text(LABEL[m["outcome"]], style=STYLE[m["outcome"]]),
-                      _text(exp, style="green" if m["ok"] else "red" if m["ok"] is False else ""))
+        table.add_row(
+            _text(m["id"]),
+            _text(f"{m['from']} → {m['to']}"),
+            Text(LABEL[m["outcome"]], style=STYLE[m["outcome"]]),
+            _text(exp, style="green" if m["ok"] else "red" if m["ok"] is False else ""),
+        )
     console.print(table)
     for m in doc["messages"]:
-        console.print(Text.assemble(_text(f"{m['id']} → {m['to']}: ", "bold"),
-                                    (LABEL[m["outcome"]], STYLE[m["outcome"]])))
+        console.print(
+            Text.assemble(_text(f"{m['id']} → {m['to']}: ", "bold"), (LABEL[m["outcome"]], STYLE[m["outcome"]]))
+        )
         for line in hop_lines(m):
             console.print(_text(f"    {line}"))
         if m["outcome"] != "delivered":
             console.print(_text(f"    ⇒ {m['why']}"))
             if m.get("ndr"):
-                console.print(_text(f"    ⇒ the sender was told: a non-delivery report is in mailbox {m['ndr']['mailbox']}"))
+                console.print(
+                    _text(f"    ⇒ the sender was told: a non-delivery report is in mailbox {m['ndr']['mailbox']}")
+                )
             if not m["recipient_trace_visible"] and m.get("recipient_tenant"):
                 console.print(_text(f"    ⇒ {m['recipient_tenant']}'s admin finds nothing in message trace"))
     for m in doc["messages"]:
         if m["outcome"] == "silently_discarded":
             console.print(_text(silent_loss_line(m), "red"))
     s = doc["summary"]
-    console.print(_text(
-        f"{s['total']} recipient(s): {s['delivered']} delivered, {s['silently_discarded']} silently discarded, "
-        f"{s['rejected']} rejected, {s['deferred']} deferred, {s['unaccounted']} unaccounted. "
-        + ("All expectations held." if s["expectations_failed"] == 0 else
-           f"{s['expectations_failed']} expectation(s) FAILED.")))
+    console.print(
+        _text(
+            f"{s['total']} recipient(s): {s['delivered']} delivered, {s['silently_discarded']} silently discarded, "
+            f"{s['rejected']} rejected, {s['deferred']} deferred, {s['unaccounted']} unaccounted. "
+            + (
+                "All expectations held."
+                if s["expectations_failed"] == 0
+                else f"{s['expectations_failed']} expectation(s) FAILED."
+            )
+        )
+    )
     _expectation_failures(doc, console)
     console.print(_text(f"Lab directory: {doc['lab_dir']} (ledger in run/, mailboxes in run/mailboxes/)", "dim"))
     if doc["engine"] == "docker":
-        console.print(_text(f"The lab stays up to explore: labgen status {doc['scenario']} · labgen logs gateway · "
-                            f"docker exec -it labgen-{doc['scenario']}-traffic swaks ... · labgen down {doc['scenario']}",
-                            "dim"))
+        console.print(
+            _text(
+                f"The lab stays up to explore: labgen status {doc['scenario']} · labgen logs gateway · "
+                f"docker exec -it labgen-{doc['scenario']}-traffic swaks ... · labgen down {doc['scenario']}",
+                "dim",
+            )
+        )
 
 
 def print_expectation_failures(result: ResultDoc, console: Console) -> None:
@@ -106,8 +137,13 @@ def print_expectation_failures(result: ResultDoc, console: Console) -> None:
 def _expectation_failures(doc: dict[str, Any], console: Console) -> None:
     for m in doc["messages"]:
         if m["ok"] is False:
-            console.print(_text(f"  expectation failed in {doc['scenario']}: {m['id']} → {m['to']}: expected "
-                                f"{m['expected']}, got {m['outcome']} ({m['why']})", "red"))
+            console.print(
+                _text(
+                    f"  expectation failed in {doc['scenario']}: {m['id']} → {m['to']}: expected "
+                    f"{m['expected']}, got {m['outcome']} ({m['why']})",
+                    "red",
+                )
+            )
 
 
 def silent_loss_line(m: dict[str, Any]) -> str:
@@ -117,10 +153,15 @@ def silent_loss_line(m: dict[str, Any]) -> str:
     said = f"{upstream['service']} logged '{_short(upstream.get('reply'), 70)}'" if upstream else "it was accepted"
     certtxt = ""
     if cert:
-        certtxt = (f" The certificate it presented: CN={cert.get('subject')}, issuer {cert.get('issuer')}"
-                   f"{' (self-signed)' if cert.get('self_signed') else ''}, SHA-256 {(cert.get('fingerprint_sha256') or '')[:23]}….")
-    return (f"SILENT LOSS: {m['id']} to {m['to']}: the {said}, yet no mailbox has it and no NDR went back. "
-            f"Why: {d.get('reason')}.{certtxt}")
+        certtxt = (
+            f" The certificate it presented: CN={cert.get('subject')}, issuer {cert.get('issuer')}"
+            f"{' (self-signed)' if cert.get('self_signed') else ''}, "
+            f"SHA-256 {(cert.get('fingerprint_sha256') or '')[:23]}…."
+        )
+    return (
+        f"SILENT LOSS: {m['id']} to {m['to']}: the {said}, yet no mailbox has it and no NDR went back. "
+        f"Why: {d.get('reason')}.{certtxt}"
+    )
 
 
 def print_compare(compared: CompareDoc, console: Console) -> None:
@@ -134,13 +175,17 @@ def print_compare(compared: CompareDoc, console: Console) -> None:
     table.add_column("what changed", ratio=3)
     for c in doc["changes"]:
         oa, ob = c["a"], c["b"]
-        table.add_row(_text(c["id"]), _text(c["to"]),
-                      _text(LABEL.get(oa, oa or "—"), STYLE.get(oa, "")),
-                      _text(LABEL.get(ob, ob or "—"), STYLE.get(ob, "")),
-                      _text(c["change"]))
+        table.add_row(
+            _text(c["id"]),
+            _text(c["to"]),
+            _text(LABEL.get(oa, oa or "—"), STYLE.get(oa, "")),
+            _text(LABEL.get(ob, ob or "—"), STYLE.get(ob, "")),
+            _text(c["change"]),
+        )
     console.print(table)
     n = sum(1 for c in doc["changes"] if c["changed"])
-    console.print(_text(f"{n} of {len(doc['changes'])} recipient outcome(s) changed between {a['scenario']} "
-                        f"and {b['scenario']}."))
+    console.print(
+        _text(f"{n} of {len(doc['changes'])} recipient outcome(s) changed between {a['scenario']} and {b['scenario']}.")
+    )
     if a["engine"] == "docker":
         console.print(_text("Both labs stay up to explore (labgen status); remove them with labgen down --all.", "dim"))

@@ -14,14 +14,33 @@ from __future__ import annotations
 import bisect
 import re
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Optional, Union, cast
+from typing import Any, cast
 
 from ..model.plan import Plan
 from ..model.scenario import domain_of
-from .contracts import (AnyEvent, Delivered, Discarded, DroppedBy, GatewayStatus, Hop, MessageResult, Ndr,
-                        NdrFound, NdrQueued, Outcome, RcptDecision, Received, ResultAttribution, Submitted, Summary,
-                        TraceEntry, Verdict, dump)
+from .contracts import (
+    AnyEvent,
+    Delivered,
+    Discarded,
+    DroppedBy,
+    GatewayStatus,
+    Hop,
+    MessageResult,
+    Ndr,
+    NdrFound,
+    NdrQueued,
+    Outcome,
+    RcptDecision,
+    Received,
+    ResultAttribution,
+    Submitted,
+    Summary,
+    TraceEntry,
+    dump,
+)
+from .contracts import Verdict as VerdictValue  # the outcome values; `Verdict` below is the builder
 
 _RANK = {"traffic": 0, "gateway": 1, "eop": 2, "sink": 2}
 # Services that log every recipient they answer: a reply of theirs that another hop logged is
@@ -35,38 +54,48 @@ class RcptResult:
     sender: str
     rcpt: str
     outcome: str  # one of scenario.OUTCOMES, or "unaccounted"
-    expected: Optional[str]
+    expected: str | None
     hops: list[Hop] = field(default_factory=list)
-    attribution: Optional[ResultAttribution] = None
+    attribution: ResultAttribution | None = None
     recipient_trace_visible: bool = False
     why: str = ""  # one sentence a person can read
-    dropped_by: Optional[DroppedBy] = None  # for silently_discarded: the hop, reason and certificate
-    recipient_tenant: Optional[str] = None  # None: an internet (non-Microsoft 365) recipient
-    ndr: Optional[NdrFound] = None  # the non-delivery report that reached the sender, if any
+    dropped_by: DroppedBy | None = None  # for silently_discarded: the hop, reason and certificate
+    recipient_tenant: str | None = None  # None: an internet (non-Microsoft 365) recipient
+    ndr: NdrFound | None = None  # the non-delivery report that reached the sender, if any
     ndr_expected: bool = False  # a gateway bounce: the sender is owed an NDR
-    ndr_lost: Optional[str] = None  # an owed NDR that reached no mailbox: what became of it
+    ndr_lost: str | None = None  # an owed NDR that reached no mailbox: what became of it
     # Every hop that saw it has logged its own disposition, and so has the NDR it is owed:
     # nothing more can happen to it (settled() waits for this, never for a clock).
     final: bool = False
 
     @property
-    def ok(self) -> Optional[bool]:
+    def ok(self) -> bool | None:
         return None if self.expected is None else self.expected == self.outcome
 
     def as_model(self) -> MessageResult:
         return MessageResult(
-            id=self.msgid, sender=self.sender, to=self.rcpt, outcome=cast(Verdict, self.outcome),
-            expected=cast(Optional[Outcome], self.expected), ok=self.ok, hops=self.hops,
-            attribution=self.attribution, recipient_trace_visible=self.recipient_trace_visible,
-            recipient_tenant=self.recipient_tenant, ndr=self.ndr, ndr_lost=self.ndr_lost, why=self.why,
-            dropped_by=self.dropped_by)
+            id=self.msgid,
+            sender=self.sender,
+            to=self.rcpt,
+            outcome=cast(VerdictValue, self.outcome),
+            expected=cast(Outcome | None, self.expected),
+            ok=self.ok,
+            hops=self.hops,
+            attribution=self.attribution,
+            recipient_trace_visible=self.recipient_trace_visible,
+            recipient_tenant=self.recipient_tenant,
+            ndr=self.ndr,
+            ndr_lost=self.ndr_lost,
+            why=self.why,
+            dropped_by=self.dropped_by,
+        )
 
     def as_dict(self) -> dict[str, Any]:
         """The message's entry in labgen.result/v1, as JSON-ready values."""
         return cast(dict[str, Any], dump(self.as_model()))
 
 
-def _code(reply: Optional[str]) -> int:
+def _code(reply: str | None) -> int:
     """The reply's class as a number: '550 5.7.64 ...' -> 550; an MTA's own words that start with
     an enhanced status code ('5.4.4 Host not found') -> 500; anything else -> 0."""
     reply = (reply or "").strip()
@@ -87,10 +116,10 @@ class _Index:
 
     def __init__(self, plan: Plan):
         self.ip_service = {ip: svc for svc, ips in reversed(plan.hosts.items()) for ip in reversed(ips)}
-        self.by_key: dict[tuple[Optional[str], str], list[AnyEvent]] = defaultdict(list)
+        self.by_key: dict[tuple[str | None, str], list[AnyEvent]] = defaultdict(list)
         self.received: dict[str, Received] = {}
-        self.trace: set[tuple[Optional[str], str]] = set()
-        self.ndr: dict[Optional[str], list[Ndr]] = defaultdict(list)
+        self.trace: set[tuple[str | None, str]] = set()
+        self.ndr: dict[str | None, list[Ndr]] = defaultdict(list)
         self.ndr_queued: dict[str, list[NdrQueued]] = defaultdict(list)  # original queue id -> NDRs
         self.by_qid: dict[str, list[GatewayStatus]] = defaultdict(list)  # gateway delivery status per queue id
         # For the incremental verdict: which messages a queue id belongs to (an NDR's status
@@ -99,7 +128,7 @@ class _Index:
         self.ndr_original: dict[str, str] = {}  # NDR queue id -> the bounced message's queue id
         # Ties in time are broken by service, then by arrival within the service (a service's
         # events arrive in its file's order): the same order however the events are fed.
-        self._seq: dict[Optional[str], int] = defaultdict(int)
+        self._seq: dict[str | None, int] = defaultdict(int)
         self._order: dict[int, tuple[float, str, int]] = {}
 
     def order(self, e: AnyEvent) -> tuple[float, str, int]:
@@ -109,7 +138,7 @@ class _Index:
     def _insort(self, lst: list[Any], e: AnyEvent) -> None:
         bisect.insort(lst, e, key=self.order)
 
-    def service_at(self, relay: Optional[str]) -> Optional[str]:
+    def service_at(self, relay: str | None) -> str | None:
         """The lab service behind a relay 'host[ip]:port' (or a bare address), by its address."""
         m = _RELAY_IP.search(relay or "") or _BARE_IP.fullmatch(relay or "")
         return self.ip_service.get(m.group(1) if m.re is _RELAY_IP else m.group(0)) if m else None
@@ -121,7 +150,7 @@ class _Index:
         self._order[id(e)] = (e.ts, e.service or "", self._seq[e.service])
         stored = True
         fields = e.__dict__  # not getattr: pydantic's miss path raises and catches
-        msgid: Optional[str] = fields.get("msgid")
+        msgid: str | None = fields.get("msgid")
         rcpt = (fields.get("rcpt") or "").lower()
         msgs: set[str] = set()
         pairs: set[tuple[str, str]] = set()
@@ -158,20 +187,40 @@ class _Index:
             del self._order[id(e)]  # kept by no list: its id may be reused
         return msgs, pairs
 
-    def find(self, msgid: str, rcpt: str, service: Optional[str], kind: type[Any], event: str) -> list[Any]:
-        return [e for e in self.by_key.get((msgid, rcpt), [])
-                if e.service == service and isinstance(e, kind) and e.event == event]
+    def find(self, msgid: str, rcpt: str, service: str | None, kind: type[Any], event: str) -> list[Any]:
+        return [
+            e
+            for e in self.by_key.get((msgid, rcpt), [])
+            if e.service == service and isinstance(e, kind) and e.event == event
+        ]
 
 
 def _hop(e: AnyEvent) -> Hop:
-    keep = ("relay", "connector", "action", "reason", "mailbox", "queue_id", "tls", "client_ip",
-            "source_ip", "entry", "certificate", "attribution", "file")
+    keep = (
+        "relay",
+        "connector",
+        "action",
+        "reason",
+        "mailbox",
+        "queue_id",
+        "tls",
+        "client_ip",
+        "source_ip",
+        "entry",
+        "certificate",
+        "attribution",
+        "file",
+    )
     fields = e.__dict__
-    return Hop(service=e.service, event=e.event, reply=fields.get("reply"),
-               **{k: v for k in keep if (v := fields.get(k)) is not None})
+    return Hop(
+        service=e.service,
+        event=e.event,
+        reply=fields.get("reply"),
+        **{k: v for k in keep if (v := fields.get(k)) is not None},
+    )
 
 
-def _code(reply: Optional[str]) -> int:
+def _code(reply: str | None) -> int:
     """The reply's class as a number: '550 5.7.64 ...' -> 550; an MTA's own words that start with
     an enhanced status code ('5.4.4 Host not found') -> 500; anything else -> 0."""
     reply = (reply or "").strip()
@@ -182,7 +231,7 @@ def _code(reply: Optional[str]) -> int:
     return 0
 
 
-def _recorded(idx: _Index, msgid: str, rcpt: str, e: Union[Submitted, GatewayStatus]) -> bool:
+def _recorded(idx: _Index, msgid: str, rcpt: str, e: Submitted | GatewayStatus) -> bool:
     """A reply logged by the hop before (traffic or gateway) from a lab service that keeps a
     ledger is final only once that service's own record of the recipient is there."""
     answered = (e.reply or "").strip()[:3].isdigit()  # not an MTA's own words
@@ -190,14 +239,16 @@ def _recorded(idx: _Index, msgid: str, rcpt: str, e: Union[Submitted, GatewaySta
     return svc not in _LEDGERED or any(x.service == svc for x in idx.by_key.get((msgid, rcpt), []))
 
 
-def _downstream_done(idx: _Index, msgid: str, rcpt: str, e: Union[Submitted, GatewayStatus]) -> bool:
+def _downstream_done(idx: _Index, msgid: str, rcpt: str, e: Submitted | GatewayStatus) -> bool:
     """A 2xx hand-off to a lab service is final once that service delivered or discarded it."""
     svc = idx.service_at(e.relay)
-    done = (idx.find(msgid, rcpt, svc, Delivered, "delivered") + idx.find(msgid, rcpt, svc, Discarded, "discarded")
-            if svc else [])
+    done = (
+        idx.find(msgid, rcpt, svc, Delivered, "delivered") + idx.find(msgid, rcpt, svc, Discarded, "discarded")
+        if svc
+        else []
+    )
     # EOP's message trace line for a delivery is written right after it, in trace.jsonl.
-    return bool(done) and not (isinstance(done[-1], Delivered) and done[-1].tenant
-                               and (msgid, rcpt) not in idx.trace)
+    return bool(done) and not (isinstance(done[-1], Delivered) and done[-1].tenant and (msgid, rcpt) not in idx.trace)
 
 
 def _follow_ndr(res: RcptResult, idx: _Index, bounce: GatewayStatus) -> None:
@@ -225,14 +276,15 @@ def _follow_ndr(res: RcptResult, idx: _Index, bounce: GatewayStatus) -> None:
     elif last.event == "deferred":
         res.ndr_lost = f"the gateway deferred the non-delivery report{where}: {last.reply}"
     else:
-        res.ndr_lost = (f"the gateway handed the non-delivery report to {last.relay} "
-                        f"('{last.reply}') but no mailbox has it")
+        res.ndr_lost = (
+            f"the gateway handed the non-delivery report to {last.relay} ('{last.reply}') but no mailbox has it"
+        )
 
 
-def classify_one(plan: Plan, idx: _Index, msgid: str, sender: str, rcpt: str,
-                 expected: Optional[str]) -> RcptResult:
-    res = RcptResult(msgid, sender, rcpt, "unaccounted", expected,
-                     recipient_tenant=plan.scenario.tenant_of_domain(domain_of(rcpt)))
+def classify_one(plan: Plan, idx: _Index, msgid: str, sender: str, rcpt: str, expected: str | None) -> RcptResult:
+    res = RcptResult(
+        msgid, sender, rcpt, "unaccounted", expected, recipient_tenant=plan.scenario.tenant_of_domain(domain_of(rcpt))
+    )
     # Hops in the order the message travels (a service logs its own reply after the next hop's,
     # and clocks differ between log files), each service's events in its own order.
     evs = sorted(idx.by_key.get((msgid, rcpt), []), key=lambda e: (_RANK.get(e.service or "", 9), idx.order(e)))
@@ -243,7 +295,7 @@ def classify_one(plan: Plan, idx: _Index, msgid: str, sender: str, rcpt: str,
         res.attribution = ResultAttribution(tenant=a.tenant, by=a.by, connector=a.connector)
     res.recipient_trace_visible = (msgid, rcpt) in idx.trace
     submitted = idx.find(msgid, rcpt, "traffic", Submitted, "submitted")
-    sub: Optional[Submitted] = submitted[-1] if submitted else None
+    sub: Submitted | None = submitted[-1] if submitted else None
     gw = [e for e in evs if isinstance(e, GatewayStatus) and e.service == "gateway"]
     # Final: the submission's answer is logged with the answering hop's own record, and the
     # gateway (if it took the message) logged a disposition whose next hop logged its own.
@@ -251,9 +303,16 @@ def classify_one(plan: Plan, idx: _Index, msgid: str, sender: str, rcpt: str,
     if sub and 200 <= _code(sub.reply) < 300:
         if idx.service_at(sub.relay) == "gateway":
             last_gw = gw[-1] if gw else None
-            chain_done = chain_done and last_gw is not None and last_gw.event != "deferred" and (
-                _recorded(idx, msgid, rcpt, last_gw) if last_gw.event == "bounced"
-                else _downstream_done(idx, msgid, rcpt, last_gw))
+            chain_done = (
+                chain_done
+                and last_gw is not None
+                and last_gw.event != "deferred"
+                and (
+                    _recorded(idx, msgid, rcpt, last_gw)
+                    if last_gw.event == "bounced"
+                    else _downstream_done(idx, msgid, rcpt, last_gw)
+                )
+            )
         else:
             chain_done = chain_done and _downstream_done(idx, msgid, rcpt, sub)
 
@@ -271,20 +330,29 @@ def classify_one(plan: Plan, idx: _Index, msgid: str, sender: str, rcpt: str,
     if discarded:
         x = discarded[-1]
         res.outcome = "silently_discarded"
-        upstream = [h for h in evs if isinstance(h, (GatewayStatus, Submitted)) and h.event in ("sent", "submitted")
-                    and 200 <= _code(h.reply) < 300]
+        upstream = [
+            h
+            for h in evs
+            if isinstance(h, (GatewayStatus, Submitted))
+            and h.event in ("sent", "submitted")
+            and 200 <= _code(h.reply) < 300
+        ]
         told = f"answered the {upstream[-1].service} {_code(upstream[-1].reply)}" if upstream else "accepted it"
-        res.dropped_by = DroppedBy(service="eop", reason=x.reason, attribution=x.attribution,
-                                   certificate=x.certificate, client_ip=x.client_ip)
+        res.dropped_by = DroppedBy(
+            service="eop", reason=x.reason, attribution=x.attribution, certificate=x.certificate, client_ip=x.client_ip
+        )
         res.why = f"EOP {told} and discarded it: {x.reason}"
         res.final = chain_done
         return res
 
     # A gateway bounce is a rejection whatever its words (Postfix's own DNS or policy failures).
-    rejects = [e for e in evs if (isinstance(e, GatewayStatus) and e.event == "bounced")
-               or (isinstance(e, (Submitted, GatewayStatus)) and e.event in ("submitted", "sent")
-                   and _code(e.reply) >= 500)
-               or (isinstance(e, RcptDecision) and e.action == "reject" and _code(e.reply) >= 500)]
+    rejects = [
+        e
+        for e in evs
+        if (isinstance(e, GatewayStatus) and e.event == "bounced")
+        or (isinstance(e, (Submitted, GatewayStatus)) and e.event in ("submitted", "sent") and _code(e.reply) >= 500)
+        or (isinstance(e, RcptDecision) and e.action == "reject" and _code(e.reply) >= 500)
+    ]
     if rejects:
         r = next((x for x in rejects if isinstance(x, RcptDecision)), rejects[-1])
         res.outcome = "rejected"
@@ -311,8 +379,12 @@ def classify_one(plan: Plan, idx: _Index, msgid: str, sender: str, rcpt: str,
         return res
     # Through the gateway: submitted to it, or an internet sender's mail for a domain whose MX it is.
     received = idx.received.get(msgid)
-    if (sub.entry == "gateway" or sub.relay_host == plan.scenario.gateway.hostname or gw
-            or rcpt in ((received.rcpts if received else None) or [])):
+    if (
+        sub.entry == "gateway"
+        or sub.relay_host == plan.scenario.gateway.hostname
+        or gw
+        or rcpt in ((received.rcpts if received else None) or [])
+    ):
         if received is None:
             res.why = f"the gateway answered '{sub.reply}' to the traffic generator but its log has no record of it"
             return res
@@ -326,8 +398,10 @@ def classify_one(plan: Plan, idx: _Index, msgid: str, sender: str, rcpt: str,
             res.why = f"deferred at the gateway ({last.connector} connector): {last.reply}"
             return res
         if last.event == "sent":
-            res.why = (f"the gateway logged '{last.reply}' from {last.relay} but that hop has no record "
-                       "of delivering or dropping it")
+            res.why = (
+                f"the gateway logged '{last.reply}' from {last.relay} but that hop has no record "
+                "of delivering or dropping it"
+            )
             return res
     res.why = f"accepted by {sub.relay} ('{sub.reply}') with no further record"
     return res
@@ -342,7 +416,7 @@ class Verdict:
         self.plan = plan
         self.idx = _Index(plan)
         self.keys: list[tuple[str, str]] = []
-        self._meta: dict[tuple[str, str], tuple[str, Optional[str]]] = {}  # sender, expected
+        self._meta: dict[tuple[str, str], tuple[str, str | None]] = {}  # sender, expected
         self.rcpts_of: dict[str, list[str]] = defaultdict(list)
         for m in plan.scenario.traffic:
             msgid = cast(str, m.id)  # every message has an id once validated

@@ -17,12 +17,21 @@ import re
 import uuid
 from pathlib import Path
 
-from ...results.contracts import Accepted, Attribution, Certificate, Delivered, Discarded, RcptDecision, Session, \
-    TlsFailed, TraceEntry
+from ...model.plan import EOP_POOL_HOST, Plan
+from ...results.contracts import (
+    Accepted,
+    Attribution,
+    Certificate,
+    Delivered,
+    Discarded,
+    RcptDecision,
+    Session,
+    TlsFailed,
+    TraceEntry,
+)
 from ..dsn import note_ndr
 from ..ledger import Ledger, clip, header, write_mailbox
 from ..pki import TrustStore, cert_info
-from ...model.plan import EOP_POOL_HOST, Plan
 from ..smtpd import LabSMTP, message_id, server_tls_context
 from . import rules
 
@@ -30,8 +39,17 @@ BANNER = "Microsoft ESMTP MAIL Service ready at {date}"
 MAX_SIZE = 157286400  # EOP's 150 MB
 # A Message-ID EOP may quote in its reply: one printable token in angle brackets.
 _MESSAGE_ID = re.compile(r"<[!-;=?-~]{1,250}>")
-EHLO_KEYWORDS = (f"SIZE {MAX_SIZE}", "PIPELINING", "DSN", "ENHANCEDSTATUSCODES", "STARTTLS", "8BITMIME",
-                 "BINARYMIME", "CHUNKING", "SMTPUTF8")
+EHLO_KEYWORDS = (
+    f"SIZE {MAX_SIZE}",
+    "PIPELINING",
+    "DSN",
+    "ENHANCEDSTATUSCODES",
+    "STARTTLS",
+    "8BITMIME",
+    "BINARYMIME",
+    "CHUNKING",
+    "SMTPUTF8",
+)
 
 
 def tenant_guid(tenant: str) -> str:
@@ -56,22 +74,33 @@ class EopHandler:
         return [("250-" if i < len(lines) - 1 else "250 ") + line for i, line in enumerate(lines)]
 
     def tls_failed(self, session, reason: str) -> None:
-        self.ledger.emit(TlsFailed(event="tls_failed", client_ip=session.peer[0], helo=clip(session.host_name),
-                                   reason=clip(reason)))
+        self.ledger.emit(
+            TlsFailed(event="tls_failed", client_ip=session.peer[0], helo=clip(session.host_name), reason=clip(reason))
+        )
 
     def _facts(self, server, session) -> rules.Session:
         facts = getattr(session, "labgen", None)
         if facts is None:
             der = server.peer_certificate()
             cert = cert_info(der, self.trust) if der else None
-            facts = rules.Session(source_ip=session.peer[0], tls=server.tls_version() is not None,
-                                  cert_names=cert["names"] if cert else [],
-                                  cert_trusted=bool(cert and cert["trusted"]))
+            facts = rules.Session(
+                source_ip=session.peer[0],
+                tls=server.tls_version() is not None,
+                cert_names=cert["names"] if cert else [],
+                cert_trusted=bool(cert and cert["trusted"]),
+            )
             session.labgen = facts
             session.labgen_cert = Certificate.model_validate(cert) if cert else None
-            self.ledger.emit(Session(event="session", client_ip=session.peer[0], helo=clip(session.host_name),
-                                     local_ip=server.local_ip(), tls=server.tls_version(),
-                                     certificate=session.labgen_cert))
+            self.ledger.emit(
+                Session(
+                    event="session",
+                    client_ip=session.peer[0],
+                    helo=clip(session.host_name),
+                    local_ip=server.local_ip(),
+                    tls=server.tls_version(),
+                    certificate=session.labgen_cert,
+                )
+            )
         return facts
 
     async def handle_MAIL(self, server, session, envelope, address, options):
@@ -85,11 +114,22 @@ class EopHandler:
         facts = self._facts(server, session)
         att = rules.attribute(self.s, facts, envelope.mail_from, address)
         dec = rules.decide(self.s, facts, envelope.mail_from, address, att)
-        self.ledger.emit(RcptDecision(event="rcpt", msgid=getattr(envelope, "envid", None),
-                                      mail_from=clip(envelope.mail_from), rcpt=clip(address.lower()),
-                                      client_ip=facts.source_ip, tls=facts.tls, certificate=session.labgen_cert,
-                                      attribution=Attribution(**att.as_dict()), action=dec.action,
-                                      reply=clip(dec.reply), reason=clip(dec.reason), tenant=dec.tenant))
+        self.ledger.emit(
+            RcptDecision(
+                event="rcpt",
+                msgid=getattr(envelope, "envid", None),
+                mail_from=clip(envelope.mail_from),
+                rcpt=clip(address.lower()),
+                client_ip=facts.source_ip,
+                tls=facts.tls,
+                certificate=session.labgen_cert,
+                attribution=Attribution(**att.as_dict()),
+                action=dec.action,
+                reply=clip(dec.reply),
+                reason=clip(dec.reason),
+                tenant=dec.tenant,
+            )
+        )
         if dec.action == "reject":
             if dec.trace_visible and dec.tenant:
                 self._trace(dec.tenant, getattr(envelope, "envid", None), envelope.mail_from, address, "Failed")
@@ -107,40 +147,71 @@ class EopHandler:
         header_id = header(data, "Message-ID")
         if header_id is None or not _MESSAGE_ID.fullmatch(header_id):
             header_id = f"<{internal}@{EOP_POOL_HOST}>"
-        reply = (f"250 2.6.0 {header_id} [InternalId={internal:013d}, Hostname={EOP_POOL_HOST}] "
-                 "Queued mail for delivery")
-        self.ledger.emit(Accepted(event="accepted", msgid=msgid, mail_from=clip(envelope.mail_from),
-                                  rcpts=[clip(r) for r in envelope.rcpt_tos], reply=reply, size=len(data), **refused))
+        reply = f"250 2.6.0 {header_id} [InternalId={internal:013d}, Hostname={EOP_POOL_HOST}] Queued mail for delivery"
+        self.ledger.emit(
+            Accepted(
+                event="accepted",
+                msgid=msgid,
+                mail_from=clip(envelope.mail_from),
+                rcpts=[clip(r) for r in envelope.rcpt_tos],
+                reply=reply,
+                size=len(data),
+                **refused,
+            )
+        )
         for rcpt, (att, dec) in envelope.decisions.items():
             if dec.action == "deliver":
-                stamped = (f"Received: from {session.host_name} ({session.peer[0]}) by {EOP_POOL_HOST} "
-                           f"with ESMTP{'S' if session.labgen.tls else ''}; id {internal}\r\n"
-                           f"X-EOPTenantAttributedMessage: {tenant_guid(att.tenant)}:0\r\n"
-                           f"X-EOPAttributedMessage: 0\r\n").encode() + data
+                stamped = (
+                    f"Received: from {session.host_name} ({session.peer[0]}) by {EOP_POOL_HOST} "
+                    f"with ESMTP{'S' if session.labgen.tls else ''}; id {internal}\r\n"
+                    f"X-EOPTenantAttributedMessage: {tenant_guid(att.tenant)}:0\r\n"
+                    f"X-EOPAttributedMessage: 0\r\n"
+                ).encode() + data
                 path = write_mailbox(self.mailroot, dec.mailbox, msgid, stamped)
-                self.ledger.emit(Delivered(event="delivered", msgid=msgid, rcpt=clip(rcpt.lower()),
-                                           mailbox=dec.mailbox, tenant=dec.tenant,
-                                           file=str(path.relative_to(self.mailroot.parent))))
+                self.ledger.emit(
+                    Delivered(
+                        event="delivered",
+                        msgid=msgid,
+                        rcpt=clip(rcpt.lower()),
+                        mailbox=dec.mailbox,
+                        tenant=dec.tenant,
+                        file=str(path.relative_to(self.mailroot.parent)),
+                    )
+                )
                 note_ndr(self.ledger, data, dec.mailbox, path, self.mailroot)
                 self._trace(dec.tenant, msgid, envelope.mail_from, rcpt, "Delivered")
             else:
-                self.ledger.emit(Discarded(event="discarded", msgid=msgid, rcpt=clip(rcpt.lower()),
-                                           reason=clip(dec.reason), attribution=Attribution(**att.as_dict()),
-                                           certificate=session.labgen_cert, client_ip=session.peer[0]))
+                self.ledger.emit(
+                    Discarded(
+                        event="discarded",
+                        msgid=msgid,
+                        rcpt=clip(rcpt.lower()),
+                        reason=clip(dec.reason),
+                        attribution=Attribution(**att.as_dict()),
+                        certificate=session.labgen_cert,
+                        client_ip=session.peer[0],
+                    )
+                )
         return reply
 
     def _trace(self, tenant, msgid, sender, rcpt, status):
-        self.trace.emit(TraceEntry(event="trace", tenant=tenant, msgid=msgid, sender=clip(sender),
-                                   rcpt=clip(rcpt.lower()), status=status))
+        self.trace.emit(
+            TraceEntry(
+                event="trace", tenant=tenant, msgid=msgid, sender=clip(sender), rcpt=clip(rcpt.lower()), status=status
+            )
+        )
 
 
 def eop_factory(plan: Plan, labdir: Path, run_dir: Path):
     handler = EopHandler(plan, labdir, run_dir)
     files = plan.certs["eop-server"]
-    tls = server_tls_context(str(labdir / files.chain), str(labdir / files.key),
-                             client_ca_bundle=str(labdir / plan.eop_accept_bundle))
+    tls = server_tls_context(
+        str(labdir / files.chain), str(labdir / files.key), client_ca_bundle=str(labdir / plan.eop_accept_bundle)
+    )
 
     def factory():
-        return LabSMTP(handler, banner_host=EOP_POOL_HOST, banner_text=BANNER, tls_context=tls,
-                       data_size_limit=MAX_SIZE)
+        return LabSMTP(
+            handler, banner_host=EOP_POOL_HOST, banner_text=BANNER, tls_context=tls, data_size_limit=MAX_SIZE
+        )
+
     return factory
