@@ -206,7 +206,7 @@ def examples(as_json: bool) -> None:
     """List the shipped example scenarios; run one with `labgen up example:NAME`."""
     from .model.scenario import EXAMPLE_PREFIX, OUTCOMES, example_names
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in example_names():
         s = load_scenario(EXAMPLE_PREFIX + name)
         named = {
@@ -361,7 +361,7 @@ def pick_engine(name: str, keep: bool = False):
 
 def run_one(
     scenario: str, engine_name: str, workdir, subnet, as_json: bool, force: bool = False, keep: bool = False
-) -> dict:
+) -> ResultDoc:
     from .run import run_lab
 
     s = load_scenario(scenario)
@@ -500,6 +500,10 @@ def render(scenario, output, subnet, force, engine):
     # abspath, not resolve(): a symlinked output directory is refused, never followed
     labdir = Path(os.path.abspath(output)) if output else lab_dir(_workdir(None), s.name)
     target = named(engine)
+    if not target.can_render:
+        raise InputError(
+            f"--engine {engine}: has no project to render (it runs labs in this process); use --engine docker"
+        )
     plan, labdir = prepare_lab(s, target, labdir.parent, subnet, labdir=labdir, force=force)
     how = target.render(plan, labdir)
     out.print(f"rendered lab {s.name} into {labdir}\n  run it: {how}", markup=False)

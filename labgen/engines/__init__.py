@@ -41,7 +41,7 @@ def select(name: str, **options: Any) -> tuple[Engine, str]:
         if not ok:
             raise InfraError(f"the {name} engine cannot run: {why}; start it or choose another --engine")
         return engine, "asked for"
-    reasons = []
+    reasons: list[str] = []
     for candidate in ENGINES:
         ok, why = _cls(candidate).available()
         if ok:

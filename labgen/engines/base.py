@@ -53,6 +53,16 @@ class Removed:
 
 class Engine(Protocol):
     name: str  # "local" | "docker"
+    can_render: bool  # does `render` write a project to run by hand?
+
+    @classmethod
+    def available(cls) -> tuple[bool, str]:
+        """Can this engine run labs here, and why (or why not), in words."""
+        ...
+
+    def render(self, plan: Plan, labdir: Path) -> str:
+        """Write the lab as a project to run by hand (can_render engines); returns how to run it."""
+        ...
 
     def place(self, net: ipaddress.IPv4Network, subnet: str | None) -> Mover | None:
         """How this engine places the scenario's subnet `net` (moved to `subnet` when the user

@@ -211,6 +211,7 @@ def _postfix_files(plan: Plan) -> dict[str, str]:
     out = {}
     for name, check in (("main.cf", postfix.check_main_cf), ("master.cf", postfix.check_master_cf)):
         template = f"postfix/{name}.j2"
+        assert env.loader is not None  # _env() always gives one
         source = env.loader.get_source(env, template)[0]
         out[f"gateway/postfix/{name}"] = check(env.get_template(template).render(ctx), source)
     out["gateway/postfix/transport"] = postfix.transport_map(plan)

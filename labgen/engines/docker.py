@@ -139,7 +139,10 @@ def stopped_service(plan: Plan) -> tuple[str, str] | None:
         last = lines[-1] if lines else "(its log is empty)"
         # Its paths are the container's: /lab is the lab directory on this host.
         host = next((m["Source"] for m in ctr.attrs.get("Mounts") or [] if m.get("Destination") == "/lab"), None)
-        return svc, (_CONTAINER_LAB.sub(lambda _, host=host: host, last) if host else last)
+        if host is None:
+            return svc, last
+        # The replacement is a template: the host path's backslashes doubled, nothing else special.
+        return svc, _CONTAINER_LAB.sub(host.replace("\\", "\\\\"), last)
     return None
 
 
@@ -154,6 +157,7 @@ class DockerEngine:
     """Docker labs always stay up after their verdict, for exploration, until `labgen down`."""
 
     name = "docker"
+    can_render = True
 
     def __init__(self, keep: bool = True):  # keep: what `up --keep` asks is this engine's default
         self.image: str | None = None

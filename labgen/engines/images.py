@@ -149,7 +149,7 @@ def _run(cmd: list[str], step: str, steps: _Steps) -> None:
         )
     except OSError as e:
         raise _fail(step, f"cannot run {cmd[0]}: {e}") from None
-    for line in proc.stdout:
+    for line in proc.stdout or ():  # always set with stdout=PIPE
         tail.append(line)
         steps.note(line)
     if proc.wait() != 0:

@@ -95,6 +95,10 @@ class _FaultEchoes(logging.Filter):
 
 class LocalEngine:
     name = "local"
+    can_render = False
+
+    def render(self, plan: Plan, labdir: Path) -> str:
+        raise InputError("the local engine runs labs in this process: it has no project to render")
 
     def __init__(self, keep: bool = False):
         self.keep = keep

@@ -220,17 +220,6 @@ def _hop(e: AnyEvent) -> Hop:
     )
 
 
-def _code(reply: str | None) -> int:
-    """The reply's class as a number: '550 5.7.64 ...' -> 550; an MTA's own words that start with
-    an enhanced status code ('5.4.4 Host not found') -> 500; anything else -> 0."""
-    reply = (reply or "").strip()
-    if reply[:3].isdigit():
-        return int(reply[:3])
-    if re.match(r"^[245]\.\d{1,3}\.\d{1,3}\b", reply):
-        return int(reply[0]) * 100
-    return 0
-
-
 def _recorded(idx: _Index, msgid: str, rcpt: str, e: Submitted | GatewayStatus) -> bool:
     """A reply logged by the hop before (traffic or gateway) from a lab service that keeps a
     ledger is final only once that service's own record of the recipient is there."""
