@@ -70,8 +70,22 @@ def hop_lines(m: dict[str, Any]) -> list[str]:
     return lines
 
 
+# A report is for people: past this many recipients (a `count:` load run) it shows the ones that
+# need a look first — not delivered, or not as expected — and says how many it left out.
+SHOWN_MAX = 40
+
+
+def _shown(messages: list[dict]) -> list[dict]:
+    if len(messages) <= SHOWN_MAX:
+        return messages
+    notable = [m for m in messages if m["outcome"] != "delivered" or m["ok"] is False]
+    rest = [m for m in messages if not (m["outcome"] != "delivered" or m["ok"] is False)]
+    return (notable + rest)[:SHOWN_MAX]
+
+
 def print_result(result: ResultDoc, console: Console) -> None:
     doc = dump(result)  # the document as --json prints it: what this report explains
+    shown = _shown(doc["messages"])
     title = f"labgen · {doc['scenario']} · {doc['engine']} engine · {doc['duration_s']:.1f} s"
     table = Table(
         title=_text(title), caption=_text(doc["description"]) if doc.get("description") else None, show_lines=False
@@ -80,7 +94,7 @@ def print_result(result: ResultDoc, console: Console) -> None:
     table.add_column("from → to")
     table.add_column("outcome", no_wrap=True)
     table.add_column("expected", no_wrap=True)
-    for m in doc["messages"]:
+    for m in shown:
         exp = "" if m["expected"] is None else ("✓ " if m["ok"] else "✗ ") + m["expected"]
         table.add_row(
             _text(m["id"]),
@@ -89,7 +103,15 @@ def print_result(result: ResultDoc, console: Console) -> None:
             _text(exp, style="green" if m["ok"] else "red" if m["ok"] is False else ""),
         )
     console.print(table)
-    for m in doc["messages"]:
+    if len(shown) < len(doc["messages"]):
+        console.print(
+            _text(
+                f"… {len(doc['messages']) - len(shown)} more recipient(s) not shown, the ones that need a look "
+                "first; every one is in --json and the lab's run/result.json",
+                "dim",
+            )
+        )
+    for m in shown:
         console.print(
             Text.assemble(_text(f"{m['id']} → {m['to']}: ", "bold"), (LABEL[m["outcome"]], STYLE[m["outcome"]]))
         )
@@ -103,7 +125,7 @@ def print_result(result: ResultDoc, console: Console) -> None:
                 )
             if not m["recipient_trace_visible"] and m.get("recipient_tenant"):
                 console.print(_text(f"    ⇒ {m['recipient_tenant']}'s admin finds nothing in message trace"))
-    for m in doc["messages"]:
+    for m in shown:
         if m["outcome"] == "silently_discarded":
             console.print(_text(silent_loss_line(m), "red"))
     s = doc["summary"]
@@ -135,7 +157,8 @@ def print_expectation_failures(result: ResultDoc, console: Console) -> None:
 
 
 def _expectation_failures(doc: dict[str, Any], console: Console) -> None:
-    for m in doc["messages"]:
+    failed = [m for m in doc["messages"] if m["ok"] is False]
+    for m in failed[:SHOWN_MAX]:
         if m["ok"] is False:
             console.print(
                 _text(
@@ -144,6 +167,8 @@ def _expectation_failures(doc: dict[str, Any], console: Console) -> None:
                     "red",
                 )
             )
+    if len(failed) > SHOWN_MAX:
+        console.print(_text(f"  … and {len(failed) - SHOWN_MAX} more failed expectation(s): see --json", "red"))
 
 
 def silent_loss_line(m: dict[str, Any]) -> str:
