@@ -106,8 +106,9 @@ def _docker_subnets() -> list:
 
 
 class OwnLabs:
-    def __init__(self, root: Path):
-        self.root, self.names, self.rng = root, [], random.Random()
+    def __init__(self, root: Path) -> None:
+        self.root, self.rng = root, random.Random()
+        self.names: list[str] = []
 
     def free_subnet(self) -> str:
         taken = _docker_subnets()

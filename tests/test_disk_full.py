@@ -138,11 +138,11 @@ DELIVERED = Delivered(
 
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EFBIG, errno.EACCES])
-def test_a_ledger_write_error_becomes_the_labs_fault_not_the_services(tmp_path, code):
+def test_a_ledger_write_error_becomes_the_labs_fault_not_the_services(tmp_path, monkeypatch, code):
     run_dir = tmp_path / "run"
     ledger = Ledger(run_dir, "eop")
-    real = ledger._file
-    ledger._file = FailingFile(code)
+    real, failing = ledger._file, FailingFile(code)
+    monkeypatch.setattr(ledger, "_file", failing)
     try:
         ledger.emit(
             RcptDecision(event="rcpt", rcpt="carol@fabrikam.example", action="deliver", reply="250 2.1.5 Recipient OK")
@@ -153,7 +153,7 @@ def test_a_ledger_write_error_becomes_the_labs_fault_not_the_services(tmp_path, 
             "free space there or choose another --workdir"
         )
         ledger.emit(DELIVERED)  # the ledger has a hole now: it writes nothing more
-        assert ledger._file.writes == 1
+        assert failing.writes == 1
         ledger.close()
         assert lab_fault(run_dir) == fault  # the first fault stands
     finally:
@@ -178,7 +178,8 @@ def test_ledger_and_mailbox_on_a_really_full_disk(small_disk):
         clear_fault(run_dir)
     with pytest.raises(OSError):  # the SMTP server answers 451 for it, as before
         write_mailbox(run_dir / "mailboxes", "dave@northwind.example", "m1", b"y" * 10000)
-    assert lab_fault(run_dir).startswith(f"cannot write a mailbox file in {run_dir / 'mailboxes'}: {ENOSPC}")
+    fault = lab_fault(run_dir)
+    assert fault is not None and fault.startswith(f"cannot write a mailbox file in {run_dir / 'mailboxes'}: {ENOSPC}")
     clear_fault(run_dir)
 
 
@@ -328,6 +329,7 @@ def test_ctrl_c_during_shutdown_after_the_result_is_130_and_one_line():
     p = subprocess.Popen(
         [sys.executable, "-c", LATE_CTRL_C], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
+    assert p.stdout is not None  # a pipe
     try:
         out = []
         for line in p.stdout:

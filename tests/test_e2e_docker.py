@@ -19,7 +19,7 @@ from conftest import EXAMPLES, by_id, labgen, labgen_json
 pytestmark = pytest.mark.docker
 
 
-def labelled(lab: str) -> dict:
+def labelled(lab: str) -> dict[str, list[str]]:
     """What Docker holds for a lab: containers, networks, volumes (by label)."""
     flt = f"label=io.labgen.lab={lab}"
     out = {}
@@ -38,7 +38,7 @@ def dexec(container: str, *cmd: str) -> subprocess.CompletedProcess:
 
 STRICT_REPEATS = 3
 
-EMPTY = {"containers": [], "networks": [], "volumes": []}
+EMPTY: dict[str, list[str]] = {"containers": [], "networks": [], "volumes": []}
 
 
 def up(lab, cwd, *extra) -> tuple[int, dict]:

@@ -283,4 +283,10 @@ def test_poll_says_what_it_waited_for():
 
 
 def test_poll_expire_returns_instead_of_raising():
-    assert poll(lambda: [], waiting_for="x", timeout=0, expire=lambda last: ["gave up", last]) == ["gave up", []]
+    def probe() -> list[object]:
+        return []  # never truthy: poll waits until the deadline
+
+    def expire(last: list[object] | None) -> list[object]:
+        return ["gave up", last]
+
+    assert poll(probe, waiting_for="x", timeout=0, expire=expire) == ["gave up", []]

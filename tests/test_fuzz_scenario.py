@@ -14,8 +14,10 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -96,9 +98,10 @@ def to_text(obj, indent: int = 0) -> str:
     return json.dumps(obj)
 
 
-def paths(obj, prefix=()):
-    """Every (container path, key or index) in obj."""
-    out = []
+def paths(obj: object, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Every (container path, key or index) in obj. A step is a YAML key (any scalar) or a list index."""
+    out: list[tuple[Any, ...]] = []
+    items: Iterable[tuple[Any, Any]]
     if isinstance(obj, dict):
         items = obj.items()
     elif isinstance(obj, list):

@@ -448,6 +448,7 @@ def test_second_starttls_is_refused_and_the_session_goes_on(lab, service):
         s.ehlo("client.test")
         assert s.docmd("STARTTLS") == (503, b"5.5.1 Already in TLS")
         assert s.noop()[0] == 250
+        assert isinstance(s.sock, ssl.SSLSocket)
         assert s.sock.version() in ("TLSv1.2", "TLSv1.3")
 
 
@@ -599,6 +600,7 @@ def test_accept_failing_for_want_of_descriptors_is_logged_once(tmp_path):
         stderr=subprocess.PIPE,
         preexec_fn=low_limit,
     )
+    assert child.stdin is not None and child.stdout is not None  # both are pipes
     try:
         _, ip, port = child.stdout.readline().split()
         assert child.stdout.readline().strip() == "FULL"

@@ -23,7 +23,7 @@ from labgen.engines import postfix
 from labgen.engines.compose import compose_data, render_project
 from labgen.errors import InfraError, InputError
 from labgen.lab.pki import make_pki
-from labgen.model.plan import CERT_STEM, Plan, _cert_stems, make_plan
+from labgen.model.plan import CERT_STEM, CertFiles, Plan, _cert_stems, make_plan
 from labgen.model.scenario import load_scenario
 from labgen.resources import resource_dir
 from labgen.textsafe import md_inline, one_line
@@ -196,6 +196,13 @@ def md_markup(text: str) -> dict[str, int]:
     return {ch: len(re.findall(r"(?<!\\)" + re.escape(ch), text)) for ch in "`<>[]|*_!&~#"}
 
 
+def connector_cert(plan: Plan) -> CertFiles:
+    """The planned files of the first connector's certificate (the "cert key" place sets one)."""
+    name = plan.scenario.gateway.connectors[0].certificate
+    assert name is not None, "the first connector presents no certificate"
+    return plan.certs[name]
+
+
 def render(plan: Plan, labdir: Path) -> dict[str, str]:
     render_project(plan, labdir, IMAGE)
     return {
@@ -233,7 +240,7 @@ def assert_safe_render(files: dict[str, str], benign: dict[str, str], plan: Plan
     master, expected = master_cf(files["gateway/postfix/master.cf"]), master_cf(benign["gateway/postfix/master.cf"])
     if place == "cert key":
         # Only the certificate's file names differ: safe stems, inside certs/, as planned.
-        files_of = plan.certs[plan.scenario.gateway.connectors[0].certificate]
+        files_of = connector_cert(plan)
         for conn in ("conn0/unix", "conn1/unix"):
             opts = master[conn]["options"]
             assert opts["smtp_tls_cert_file"] == f"/lab/{files_of.chain}"
@@ -523,7 +530,7 @@ def test_real_postconf_sees_only_labgen_services_and_parameters(docker_ready, tm
         got = seen[name]
         assert got["n"] == base["n"], name
         if place == "cert key":
-            files_of = plan.certs[plan.scenario.gateway.connectors[0].certificate]
+            files_of = connector_cert(plan)
             assert f"conn0/unix/smtp_tls_cert_file = /lab/{files_of.chain}" in got["P"], name
             assert all(CERT_OPTION.fullmatch(line.split(" = ")[1]) for line in got["P"] if "_file = " in line), name
             got = {k: [cert_lines.sub(r"\1X", line) for line in v] for k, v in got.items()}

@@ -138,7 +138,7 @@ def recorded_streams(run: str) -> tuple[Plan, list[list[AnyEvent]]]:
     out = [collect_events_of(path, plan) for path in sorted((lab / "run").glob("*.jsonl"))]
     log = lab / postfix.LOG_FILE
     if log.is_file():
-        out.append(postfix.parse_log(log.read_text().splitlines(), plan))
+        out.append(list(postfix.parse_log(log.read_text().splitlines(), plan)))
     return plan, [s for s in out if s]
 
 

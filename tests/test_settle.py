@@ -35,7 +35,7 @@ def streams(run: str) -> tuple[Plan, list[list[AnyEvent]]]:
         out.append([parse_event(line) for line in path.read_text().splitlines() if line.strip()])
     log = lab / postfix.LOG_FILE
     if log.is_file():  # parse_log reads line by line: a prefix of lines gives a prefix of events
-        out.append(postfix.parse_log(log.read_text().splitlines(), plan))
+        out.append(list(postfix.parse_log(log.read_text().splitlines(), plan)))
     return plan, [s for s in out if s]
 
 
@@ -181,6 +181,6 @@ def test_the_ndr_fate_is_known_before_settling(recorded, fate, is_settled, words
     plan, data, _ = recorded
     results = classify(plan, fate(_strict_run(data)))
     fab = next(r for r in results if r.msgid == "to-fabrikam")
-    assert fab.outcome == "rejected" and fab.ndr is None
+    assert fab.outcome == "rejected" and fab.ndr is None and fab.ndr_lost is not None
     assert words in fab.ndr_lost and fab.ndr_lost in fab.why
     assert settled(results) is is_settled
