@@ -20,8 +20,14 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
+import dns.message
+import dns.name
+import dns.rdataclass
+import dns.rdatatype
 import dns.resolver
+import dns.rrset
 import pytest
 import yaml
 from conftest import by_id, labgen
@@ -49,11 +55,13 @@ DOCKER_SUBNET = {"e-loop-smarthost": "198.19.201.0/24", "e-loop-mx": "198.19.202
 def expectations(path: Path) -> dict[tuple[str, str], str]:
     """(message id, recipient) -> the outcome the scenario file expects; every message has one."""
     s = load_scenario(str(path))
-    out = {}
+    out: dict[tuple[str, str], str] = {}
     for m in s.traffic:
+        assert m.id is not None  # load_scenario names every message
         for rcpt in m.to:
-            assert m.expected_for(rcpt), f"{path.name}: {m.id} to {rcpt} has no expect:"
-            out[(m.id, rcpt.lower())] = m.expected_for(rcpt)
+            expected = m.expected_for(rcpt)
+            assert expected, f"{path.name}: {m.id} to {rcpt} has no expect:"
+            out[(m.id, rcpt.lower())] = expected
     return out
 
 
@@ -90,33 +98,39 @@ def verdicts(doc: dict) -> dict[tuple[str, str], tuple[str, str | None]]:
 # ---------------------------------------------------------------- next hop: Postfix's smtp_addr.c
 
 
-class FakeResolver:
-    """dnspython's resolve() over a dict: name -> MX [(pref, host)] and host -> A [ip]."""
+class FakeResolver(dns.resolver.Resolver):
+    """dnspython's Resolver answering from dicts instead of a server: name -> MX [(pref, host)]
+    and host -> A [ip]. Its answers are dnspython's own Answer objects, as the lab DNS's are."""
 
-    def __init__(self, mx: dict[str, list[tuple[int, str]]], a: dict[str, list[str]]):
+    def __init__(self, mx: dict[str, list[tuple[int, str]]], a: dict[str, list[str]]) -> None:
+        super().__init__(configure=False)
         self.mx, self.a = mx, a
 
-    def resolve(self, name: str, rdtype: str):
-        class R:
-            pass
-
-        if rdtype == "MX":
-            if name not in self.mx:
+    def resolve(
+        self,
+        qname: dns.name.Name | str,
+        rdtype: dns.rdatatype.RdataType | str = dns.rdatatype.A,
+        *args: Any,
+        **kwargs: Any,
+    ) -> dns.resolver.Answer:
+        name = dns.name.from_text(qname) if isinstance(qname, str) else qname
+        rtype = dns.rdatatype.RdataType.make(rdtype)
+        key = name.to_text(omit_final_dot=True)
+        if rtype == dns.rdatatype.MX:
+            if key not in self.mx:
                 raise dns.resolver.NoAnswer()
-            rows = []
-            for pref, host in self.mx[name]:
-                r = R()
-                r.preference, r.exchange = pref, host + "."
-                rows.append(r)
-            return rows
-        if name not in self.a:
-            raise dns.resolver.NXDOMAIN()
-        rows = []
-        for ip in self.a[name]:
-            r = R()
-            r.address = ip
-            rows.append(r)
-        return rows
+            rows = [f"{pref} {host}." for pref, host in self.mx[key]]
+        else:
+            assert rtype == dns.rdatatype.A, f"next hops are looked up by MX and A only, not {rtype.name}"
+            if key not in self.a:
+                raise dns.resolver.NXDOMAIN()
+            rows = self.a[key]
+        response = dns.message.make_response(dns.message.make_query(name, rtype))
+        assert isinstance(response, dns.message.QueryMessage)  # a response is of its query's class
+        # Through find_rrset: Answer reads the response's rrset index, which append() would bypass.
+        answer = response.find_rrset(response.answer, name, dns.rdataclass.IN, rtype, create=True)
+        answer.update(dns.rrset.from_text_list(name, 300, dns.rdataclass.IN, rtype, rows))
+        return dns.resolver.Answer(name, rtype, dns.rdataclass.IN, response)
 
 
 SELF, EGRESS, OTHER, OTHER2 = "198.51.100.10", "198.51.100.11", "198.51.100.25", "198.51.100.80"
@@ -466,7 +480,7 @@ def test_a_loop_the_gateway_cannot_see_ends_by_hop_count(local_lab):
     assert not any(e["event"] == "delivery_error" for e in events)
 
 
-def test_a_failed_delivery_task_is_one_ledger_event_not_a_traceback(tmp_path):
+def test_a_failed_delivery_task_is_one_ledger_event_not_a_traceback(tmp_path, monkeypatch):
     engine = LocalEngine()
     plan, labdir = prepare_lab(load_scenario(str(LOOPS / "e-loop-mx.yaml")), engine, tmp_path)
     handler = GatewayHandler(plan, labdir, labdir / "run", time.monotonic() + 10)
@@ -477,7 +491,7 @@ def test_a_failed_delivery_task_is_one_ledger_event_not_a_traceback(tmp_path):
 
     async def main():
         asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: reported.append(ctx))
-        handler._deliver = boom
+        monkeypatch.setattr(handler, "_deliver", boom)
         handler._enqueue("Q1", "m1", "erin@northwind.example", ["dan@tailspin.example"], b"x", None)
         while handler.tasks:
             await asyncio.sleep(0)
