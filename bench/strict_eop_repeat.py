@@ -22,9 +22,7 @@ import time
 from pathlib import Path
 
 import yaml
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import LABGEN, machine  # noqa: E402
+from common import LABGEN, machine
 
 REPO = Path(__file__).resolve().parent.parent
 
