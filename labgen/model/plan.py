@@ -101,7 +101,7 @@ def subnet_mover(net: ipaddress.IPv4Network, subnet: str | None) -> Callable[[st
     if not subnet:
         return None
     _check_subnet_option(subnet)
-    dst = ipaddress.ip_network(subnet, strict=False)
+    dst = ipaddress.IPv4Network(subnet, strict=False)  # IPv4: LabNet (just checked) admits nothing else
     if dst.prefixlen != net.prefixlen:
         raise InputError(f"--subnet {subnet}: must be a /{net.prefixlen} like the scenario's {net}")
     return _mover(net, dst) if dst != net else None
@@ -126,11 +126,11 @@ def _host_addresses(s: Scenario, net: ipaddress.IPv4Network) -> dict[str, list[s
         defaults = {h: str(net.network_address + off) for h, off in _OFFSETS.items()}
     else:
         defaults = {h: str(usable[i]) for i, h in enumerate(("gateway", "eop", "dns", "sink", "traffic", "exo"))}
-    given = {
-        **s.lab.addresses,
-        **({"gateway": s.gateway.address} if s.gateway.address else {}),
-        **({"eop": s.eop.address} if s.eop.address else {}),
-    }
+    given: dict[str, str] = dict(s.lab.addresses.items())  # what the file sets, by host
+    if s.gateway.address:
+        given["gateway"] = s.gateway.address
+    if s.eop.address:
+        given["eop"] = s.eop.address
     chosen = {h: given.get(h, defaults[h]) for h in ("dns", "eop", "sink", "traffic", "exo", "gateway")}
     where = {"gateway": "gateway.address", "eop": "eop.address"}
     owner: dict[str, str] = {}
@@ -191,10 +191,10 @@ def _records(s: Scenario, hosts: dict[str, list[str]]) -> tuple[list[str], list[
             target = protection_host(tname) if d.mx == "eop" else s.gateway.hostname
             rec.append(Record(name=d.name, type="MX", value=target))
             zones.add(d.name)
-    for d in s.internet.domains:
-        rec.append(Record(name=d, type="MX", value=f"mx.{d}"))
-        rec.append(Record(name=f"mx.{d}", type="A", value=sink))
-        zones.add(d)
+    for name in s.internet.domains:
+        rec.append(Record(name=name, type="MX", value=f"mx.{name}"))
+        rec.append(Record(name=f"mx.{name}", type="A", value=sink))
+        zones.add(name)
     if not any(s.gateway.hostname == z or s.gateway.hostname.endswith("." + z) for z in zones):
         zones.add(s.gateway.hostname.split(".", 1)[1])
     return sorted(zones), rec
@@ -267,12 +267,11 @@ def make_plan(s: Scenario, engine: Placement | str, subnet: str | None = None) -
         from ..engines import named
 
         engine = named(engine)
-    net = ipaddress.ip_network(s.lab.subnet)
+    net = ipaddress.IPv4Network(s.lab.subnet)  # IPv4: the scenario validator admits nothing else
     try:
         hosts = _host_addresses(s, net)
     except InputError as e:
         raise InputError(f"{s.source}: {e.message}" if s.source else e.message) from None
-    assert isinstance(net, ipaddress.IPv4Network)  # the scenario validator allows IPv4 only
     move = engine.place(net, subnet)
     lab_subnet = _translate_cidr(str(net), move) if move else str(net)
     if move:
@@ -314,9 +313,9 @@ def _translated_scenario(s: Scenario, move: Callable[[str], str]) -> Scenario:
         s.gateway.address = move(s.gateway.address)
     if s.eop.address:
         s.eop.address = move(s.eop.address)
-    for c in s.gateway.connectors:
-        if c.source_ip:
-            c.source_ip = move(c.source_ip)
+    for sc in s.gateway.connectors:
+        if sc.source_ip:
+            sc.source_ip = move(sc.source_ip)
     for t in s.tenants.values():
         for c in t.inbound_connectors:
             # Connector ranges outside the lab subnet keep their offset relative to it.

@@ -561,23 +561,23 @@ def _cross_check(s: Scenario) -> None:
                     f"tenants.{tname}.inbound_connectors[{i}]",
                     "an OnPremises connector needs tls_sender_certificate_name or sender_ip_addresses",
                 )
-    for i, d in enumerate(s.internet.domains):
-        if d in seen_domains or s.tenant_of_domain(d):
-            raise _Located(f"internet.domains[{i}]", f"domain {quote(d)} is already a tenant's domain")
-        seen_domains[d] = "the internet"
+    for i, name in enumerate(s.internet.domains):
+        if name in seen_domains or s.tenant_of_domain(name):
+            raise _Located(f"internet.domains[{i}]", f"domain {quote(name)} is already a tenant's domain")
+        seen_domains[name] = "the internet"
     names = set(s.certificates)
     if s.gateway.server_certificate is not None and s.gateway.server_certificate not in names:
         raise _Located("gateway.server_certificate", _unknown_cert(s.gateway.server_certificate, names))
     conn_names: set[str] = set()
-    for i, c in enumerate(s.gateway.connectors):
-        if c.name in conn_names:
-            raise _Located(f"gateway.connectors[{i}].name", f"connector name {quote(c.name)} is used twice")
-        conn_names.add(c.name)
-        if c.certificate is not None and c.certificate not in names:
-            raise _Located(f"gateway.connectors[{i}].certificate", _unknown_cert(c.certificate, names))
+    for i, sc in enumerate(s.gateway.connectors):
+        if sc.name in conn_names:
+            raise _Located(f"gateway.connectors[{i}].name", f"connector name {quote(sc.name)} is used twice")
+        conn_names.add(sc.name)
+        if sc.certificate is not None and sc.certificate not in names:
+            raise _Located(f"gateway.connectors[{i}].certificate", _unknown_cert(sc.certificate, names))
     spaces: dict[str, int] = {}
-    for i, c in enumerate(s.gateway.connectors):
-        for j, space in enumerate(c.address_space):
+    for i, sc in enumerate(s.gateway.connectors):
+        for j, space in enumerate(sc.address_space):
             if space in spaces:
                 raise _Located(
                     f"gateway.connectors[{i}].address_space[{j}]",
@@ -588,6 +588,8 @@ def _cross_check(s: Scenario) -> None:
     ids: set[str] = set()
     for m in s.traffic:
         i = m._origin  # the message's place in the file (copies of a `count:` message share it)
+        if m.id is None:  # Scenario._messages names every message before this runs
+            raise RuntimeError(f"traffic[{i}] has no id after validation")
         if m.id in ids:
             raise _Located(f"traffic[{i}].id", f"message id {quote(m.id)} is used twice")
         ids.add(m.id)
