@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from ..errors import InfraError, LabgenError, one_line
 from ..wait import poll
@@ -97,7 +97,7 @@ def run_dns(plan: Plan, lab: Path) -> None:
     _forever_async(start, lab / "run")
 
 
-def run_postfix(lab: Path) -> None:
+def run_postfix(lab: Path) -> NoReturn:
     """Postfix as the gateway. Reads plan.json as plain JSON: only its addresses are needed."""
     plan = json.loads((lab / "plan.json").read_text())
     _add_addresses(plan["hosts"]["gateway"], int(plan["subnet"].split("/")[1]))
@@ -192,7 +192,8 @@ def probe(plan: Plan, lab: Path, name: str) -> int:
     return 0 if answers(plan, name) else 1
 
 
-def main(argv=None) -> None:
+def main(argv: list[str] | None = None) -> int:
+    """The container's process: a service's exit status (probe: 0 when it answers)."""
     p = argparse.ArgumentParser(prog="python -m labgen.lab.entrypoints")
     p.add_argument("service", choices=["eop", "sink", "dns", "gateway", "traffic"])
     p.add_argument("--lab", default="/lab", help="the rendered lab directory")
@@ -202,7 +203,7 @@ def main(argv=None) -> None:
     lab = Path(a.lab)
     if a.service == "gateway" and not a.probe:
         _drop_default_route()
-        return run_postfix(lab)
+        run_postfix(lab)
     from ..model.plan import Plan
 
     plan = Plan.load(lab / "plan.json")
@@ -218,6 +219,7 @@ def main(argv=None) -> None:
             run_traffic_service(plan, lab, stay=not a.once)
     except LabgenError as e:  # one line as the container's last words (the runner quotes it), exit 1
         raise SystemExit(one_line(f"labgen {a.service}: {e.message}")) from None
+    return 0
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import re
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from email.utils import format_datetime
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from . import nexthop, routing
 from .dsn import build_ndr
 from .ledger import Ledger, labgen_id
 from .smtp_client import Result, Session, client_tls_context
-from .smtpd import LabSMTP, server_tls_context
+from .smtpd import LabEnvelope, LabSession, LabSMTP, server_tls_context
 
 RETRY_S = (0.5, 1.0, 2.0, 4.0)
 # Postfix's smtp_connection_cache_time_limit (2 s), smtp_connection_reuse_count_limit, and a bound
@@ -106,16 +107,18 @@ class GatewayHandler:
             else:
                 self._tls[c.name] = client_tls_context(None, None)
 
-    async def handle_RCPT(self, server, session, envelope, address, options):
-        if not routing.may_relay(self.s, session.peer[0] in self.trusted_clients, address):
+    async def handle_RCPT(
+        self, server: LabSMTP, session: LabSession, envelope: LabEnvelope, address: str, options: list[str]
+    ) -> str:
+        if not routing.may_relay(self.s, session.client_ip in self.trusted_clients, address):
             return f"554 5.7.1 <{address}>: Relay access denied"
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 Ok"
 
-    async def handle_DATA(self, server, session, envelope):
+    async def handle_DATA(self, server: LabSMTP, session: LabSession, envelope: LabEnvelope) -> str:
         qid = secrets.token_hex(5).upper()
         data = envelope.original_content or b""
-        msgid = labgen_id(data) or getattr(envelope, "envid", None)
+        msgid = labgen_id(data) or envelope.envid
         if hop_count(data) + 1 >= HOPCOUNT_LIMIT:  # + 1: the Received: header this hop adds
             # Nothing is queued; the client (or the MTA before it) bounces, as with Postfix.
             for r in envelope.rcpt_tos:
@@ -127,7 +130,7 @@ class GatewayHandler:
                         action="reject",
                         reply=TOO_MANY_HOPS,
                         reason=f"hop count exceeded (limit {HOPCOUNT_LIMIT})",
-                        client_ip=session.peer[0],
+                        client_ip=session.client_ip,
                     )
                 )
             return TOO_MANY_HOPS
@@ -141,7 +144,7 @@ class GatewayHandler:
                         action="defer",
                         reply=INSUFFICIENT_STORAGE,
                         reason=f"queue full ({QUEUE_MAX_BYTES} bytes held)",
-                        client_ip=session.peer[0],
+                        client_ip=session.client_ip,
                     )
                 )
             return INSUFFICIENT_STORAGE
@@ -152,12 +155,12 @@ class GatewayHandler:
                 queue_id=qid,
                 mail_from=envelope.mail_from,
                 rcpts=[r.lower() for r in envelope.rcpt_tos],
-                client_ip=session.peer[0],
+                client_ip=session.client_ip,
                 tls=server.tls_version(),
             )
         )
         data = self._received_header(server, session, envelope, qid) + data
-        self._enqueue(qid, msgid, envelope.mail_from, list(envelope.rcpt_tos), data, getattr(envelope, "envid", None))
+        self._enqueue(qid, msgid, envelope.mail_from, list(envelope.rcpt_tos), data, envelope.envid)
         return f"250 2.0.0 Ok: queued as {qid}"
 
     def _received_header(self, server, session, envelope, qid: str) -> bytes:
@@ -283,11 +286,13 @@ class GatewayHandler:
                     )
                 )
             return ([], [(r, e.reply) for r in rcpts]) if e.permanent else (rcpts, [])
-        result = None
+        result: Result | None = None
         for hop in hops:
             result = self._send(c, hop, data, mail_from, rcpts, envid or msgid)
             if not any(code == 0 for code, _ in result.replies.values()):
                 break  # the host answered; only connection-level failures move on to the next MX
+        if result is None:  # next_hops raises DnsFailure rather than return no hop
+            raise RuntimeError(f"no next hop for {target}")
         if len(self.tasks) <= 1:
             # The last delivery in the queue: no message will reuse a cached session, so they end
             # now, before this attempt's result is logged (and the lab may be stopped).
@@ -401,12 +406,14 @@ class GatewayHandler:
         self._quit_expired()
 
 
-def gateway_factory(plan: Plan, labdir: Path, run_dir: Path, deadline: float):
+def gateway_factory(
+    plan: Plan, labdir: Path, run_dir: Path, deadline: float
+) -> tuple[Callable[[], LabSMTP], GatewayHandler]:
     handler = GatewayHandler(plan, labdir, run_dir, deadline)
     files = plan.certs[gateway_server_cert(plan)]
     tls = server_tls_context(str(labdir / files.chain), str(labdir / files.key))
 
-    def factory():
+    def factory() -> LabSMTP:
         return LabSMTP(handler, banner_host=plan.scenario.gateway.hostname, banner_text="ESMTP", tls_context=tls)
 
     return factory, handler

@@ -32,7 +32,7 @@ _OPEN: weakref.WeakSet[Ledger] = weakref.WeakSet()
 # runner polls it (local engine, same process), a lab container's entry point stops on it.
 _FAULTS: dict[Path, str] = {}
 _FAULT_LOCK = threading.Lock()
-_FAULT_LISTENERS: list[Callable[[Path, str], None]] = []
+_FAULT_LISTENERS: list[Callable[[Path, str], object]] = []
 
 
 def cannot_write(what: str, path: Path, e: OSError) -> str:
@@ -63,8 +63,9 @@ def clear_fault(run_dir: Path) -> None:
         _FAULTS.pop(Path(run_dir), None)
 
 
-def on_fault(listener: Callable[[Path, str], None]) -> None:
-    """Call listener(run_dir, message) on every new fault, from the thread that hit it."""
+def on_fault(listener: Callable[[Path, str], object]) -> None:
+    """Call listener(run_dir, message) on every new fault, from the thread that hit it (what it
+    returns is ignored)."""
     with _FAULT_LOCK:
         _FAULT_LISTENERS.append(listener)
 

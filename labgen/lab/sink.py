@@ -3,6 +3,7 @@ their domains, keep each message as an .eml file, and log what they received."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from ..model.plan import Plan, sink_host
@@ -10,7 +11,7 @@ from ..model.scenario import domain_of
 from ..results.contracts import Delivered, RcptDecision
 from .dsn import note_ndr
 from .ledger import Ledger, clip, write_mailbox
-from .smtpd import LabSMTP, message_id, server_tls_context
+from .smtpd import LabEnvelope, LabSession, LabSMTP, message_id, server_tls_context
 
 
 class SinkHandler:
@@ -21,12 +22,14 @@ class SinkHandler:
 
     # Any local part in the sink's domains is a mailbox: the client names it, so its directory is
     # write_mailbox's encoding of the address and ledger fields show it clipped.
-    async def handle_RCPT(self, server, session, envelope, address, options):
+    async def handle_RCPT(
+        self, server: LabSMTP, session: LabSession, envelope: LabEnvelope, address: str, options: list[str]
+    ) -> str:
         if domain_of(address) not in self.domains:
             self.ledger.emit(
                 RcptDecision(
                     event="rcpt",
-                    msgid=getattr(envelope, "envid", None),
+                    msgid=envelope.envid,
                     rcpt=clip(address.lower()),
                     action="reject",
                     reply="554 5.7.1 Relay access denied",
@@ -36,7 +39,7 @@ class SinkHandler:
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 Ok"
 
-    async def handle_DATA(self, server, session, envelope):
+    async def handle_DATA(self, server: LabSMTP, session: LabSession, envelope: LabEnvelope) -> str:
         data = envelope.original_content or b""
         msgid, refused = message_id(envelope, data)
         for rcpt in envelope.rcpt_tos:
@@ -47,7 +50,7 @@ class SinkHandler:
                     msgid=msgid,
                     rcpt=clip(rcpt.lower()),
                     mailbox=clip(rcpt.lower()),
-                    client_ip=session.peer[0],
+                    client_ip=session.client_ip,
                     tls=server.tls_version(),
                     file=str(path.relative_to(self.mailroot.parent)),
                     **refused,
@@ -57,13 +60,13 @@ class SinkHandler:
         return "250 2.0.0 Ok: queued"
 
 
-def sink_factory(plan: Plan, labdir: Path, run_dir: Path):
+def sink_factory(plan: Plan, labdir: Path, run_dir: Path) -> Callable[[], LabSMTP]:
     handler = SinkHandler(plan, run_dir)
     files = plan.certs["sink-server"]
     tls = server_tls_context(str(labdir / files.chain), str(labdir / files.key))
     host = sink_host(plan.scenario)
 
-    def factory():
+    def factory() -> LabSMTP:
         return LabSMTP(handler, banner_host=host, banner_text="ESMTP", tls_context=tls)
 
     return factory

@@ -91,6 +91,8 @@ class Session:
                 if smtp.has_extn("starttls"):
                     smtp.starttls(context=self.tls_context or client_tls_context(None, None))
                     smtp.ehlo()
+                    if not isinstance(smtp.sock, ssl.SSLSocket):  # starttls() wraps the socket or raises
+                        raise RuntimeError(f"STARTTLS with {self.relay} left no TLS socket")
                     self.tls_version = smtp.sock.version()
                 elif self.tls == "encrypt":
                     smtp.quit()

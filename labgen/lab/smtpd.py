@@ -11,9 +11,11 @@ import logging
 import re
 import resource
 import ssl
+from collections.abc import Callable
 from email.utils import format_datetime
+from typing import Any, AnyStr, cast
 
-from aiosmtpd.smtp import SMTP, TLSSetupException
+from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException
 
 from .ledger import MSGID_HEADER, clip, header, safe_id
 
@@ -133,13 +135,31 @@ class Guard:
             self.refusing = False
 
 
-def message_id(envelope, data: bytes) -> tuple[str | None, dict[str, str]]:
+class LabSession(Session):
+    """aiosmtpd's session (made on connect and again after STARTTLS) as the lab's handlers read it."""
+
+    @property
+    def client_ip(self) -> str:
+        # aiosmtpd annotates `peer` as str, but it holds the TCP socket's peername (host, port).
+        return cast("tuple[str, int]", self.peer)[0]
+
+
+class LabEnvelope(Envelope):
+    """aiosmtpd's envelope (one per transaction) with the DSN ENVID its MAIL FROM carried."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.envid: str | None = None  # a well-formed ENVID: the traffic's message id
+        self.refused_envid: str | None = None  # an ENVID outside the ids' grammar, as the client sent it
+
+
+def message_id(envelope: LabEnvelope, data: bytes) -> tuple[str | None, dict[str, str]]:
     """The traffic's id of a received message (its X-Labgen-Id header, else its DSN ENVID) and,
     when a client sent an id outside the ids' grammar, a ledger field showing it escaped and
     shortened. Such an id is no id: it names no file and joins no events."""
     raw = header(data, MSGID_HEADER)
-    msgid = safe_id(raw) or getattr(envelope, "envid", None)
-    refused = raw if raw is not None and safe_id(raw) is None else getattr(envelope, "refused_envid", None)
+    msgid = safe_id(raw) or envelope.envid
+    refused = raw if raw is not None and safe_id(raw) is None else envelope.refused_envid
     return msgid, ({"refused_id": clip(refused, 80)} if refused is not None else {})
 
 
@@ -161,8 +181,11 @@ def server_tls_context(chain: str, key: str, client_ca_bundle: str | None = None
 
 class LabSMTP(SMTP):
     guard: Guard | None = None  # set by serve(): the listening service's connection cap
+    # What _create_session and _create_envelope make (aiosmtpd's hooks for subclassing them).
+    session: LabSession | None
+    envelope: LabEnvelope | None
 
-    def __init__(self, handler, *, banner_host: str, banner_text: str | None = None, **kw):
+    def __init__(self, handler: object, *, banner_host: str, banner_text: str | None = None, **kw: Any) -> None:
         kw.setdefault("enable_SMTPUTF8", True)
         kw.setdefault("decode_data", False)
         kw.setdefault("hostname", banner_host)
@@ -171,43 +194,54 @@ class LabSMTP(SMTP):
         self._banner_text = banner_text
         self._bdat: list[bytes] = []
         self._bdat_size = 0
-        self._admitted = self._refused = False
+        self._admitted: Guard | None = None  # the guard that admitted this connection, until released
+        self._refused = False
 
-    def connection_made(self, transport):
+    def _create_session(self) -> LabSession:
+        return LabSession(self.loop)
+
+    def _create_envelope(self) -> LabEnvelope:
+        return LabEnvelope()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self._original_transport is None:  # the TCP connection, not its TLS upgrade
             if self.guard is not None:
                 if not self.guard.admit():
                     self._refused = True
-                    transport.write(f"{TOO_MANY_CONNECTIONS}\r\n".encode())
+                    if isinstance(transport, asyncio.WriteTransport):  # a TCP transport is one
+                        transport.write(f"{TOO_MANY_CONNECTIONS}\r\n".encode())
                     transport.close()  # after the reply is flushed; no session starts
                     return
-                self._admitted = True
+                self._admitted = self.guard
             if self._banner_text is not None:
                 # EOP's banner carries the date of the connection.
                 self.__ident__ = self._banner_text.format(date=format_datetime(dt.datetime.now(dt.UTC)))
         super().connection_made(transport)
 
-    def connection_lost(self, error):
+    def connection_lost(self, error: Exception | None) -> None:
         if self._refused:
             return  # no session was ever made
-        if self._admitted:  # once: aiosmtpd may report a failed TLS upgrade's loss twice
-            self._admitted = False
-            self.guard.release()
+        if self._admitted is not None:  # once: aiosmtpd may report a failed TLS upgrade's loss twice
+            guard, self._admitted = self._admitted, None
+            guard.release()
         super().connection_lost(error)
 
-    def _timeout_cb(self):
+    def _timeout_cb(self) -> None:
         # aiosmtpd just closes an idle connection; real MTAs say why first.
-        if self.transport is not None and not self.transport.is_closing():
+        if isinstance(self.transport, asyncio.WriteTransport) and not self.transport.is_closing():
             self.transport.write(f"421 4.4.2 {self.hostname} Error: timeout exceeded\r\n".encode())
         super()._timeout_cb()
 
-    def _set_post_data_state(self):
+    def _set_post_data_state(self) -> None:
         # Every new envelope (RSET, EHLO, MAIL, end of message) drops the chunks received so far.
         super()._set_post_data_state()
         self._bdat, self._bdat_size = [], 0
 
-    async def push(self, status):
-        await super().push(_STOCK_REPLIES.get(status, status) if isinstance(status, str) else status)
+    async def push(self, status: AnyStr) -> None:
+        if isinstance(status, str):
+            await super().push(_STOCK_REPLIES.get(status, status))
+        else:
+            await super().push(status)
 
     async def handle_exception(self, error: Exception) -> str:
         # aiosmtpd's default answers "500 Error: (Type) text", which can carry a server path.
@@ -219,24 +253,26 @@ class LabSMTP(SMTP):
         )
         return "451 4.3.0 Local error in processing, try again later"
 
-    async def smtp_EHLO(self, hostname: str):
+    async def smtp_EHLO(self, hostname: str) -> None:
         if hostname and not hostname.isprintable():  # it ends up in Received: headers and the ledger
             await self.push("501 5.5.2 Syntax: EHLO hostname")
             return
         await super().smtp_EHLO(hostname)
 
-    async def smtp_HELO(self, hostname: str):
+    async def smtp_HELO(self, hostname: str) -> None:
         if hostname and not hostname.isprintable():
             await self.push("501 5.5.2 Syntax: HELO hostname")
             return
         await super().smtp_HELO(hostname)
 
-    async def smtp_MAIL(self, arg: str):
+    async def smtp_MAIL(self, arg: str | None) -> None:
         # RFC 5321 allows no control characters in a path or a parameter; email's parser would
         # keep them (a bare CR, ESC, NUL) in the address.
         if arg and not arg.isprintable():
             await self.push("501 5.1.7 Bad sender address syntax")
             return
+        if self.session is None:  # made in connection_made, before any command
+            raise RuntimeError("MAIL without a session")
         size = _SIZE.search(" " + (arg or ""))
         if size and self.session.extended_smtp:
             if not re.fullmatch(r"[0-9]{1,15}", size.group(1)):
@@ -256,7 +292,7 @@ class LabSMTP(SMTP):
         arg = _DSN_MAIL.sub("", arg or "")
         await super().smtp_MAIL(_BODY.sub(" BODY=8BITMIME", arg))
 
-    async def smtp_RCPT(self, arg: str):
+    async def smtp_RCPT(self, arg: str | None) -> None:
         if arg and not arg.isprintable():
             await self.push("501 5.1.3 Bad recipient address syntax")
             return
@@ -265,16 +301,19 @@ class LabSMTP(SMTP):
             return
         await super().smtp_RCPT(_DSN_RCPT.sub("", arg or ""))
 
-    async def smtp_QUIT(self, arg: str):
+    async def smtp_QUIT(self, arg: str) -> None:
         # With ENHANCEDSTATUSCODES offered, every reply carries one (aiosmtpd says "221 Bye").
         if arg:
             await self.push("501 5.5.4 Syntax: QUIT")
             return
         await self.push("221 2.0.0 Service closing transmission channel")
-        self._handler_coroutine.cancel()
-        self.transport.close()
+        task, transport = self._handler_coroutine, self.transport
+        if task is None or transport is None:  # both live while a command is served (this task)
+            raise RuntimeError("QUIT outside a served connection")
+        task.cancel()
+        transport.close()
 
-    async def smtp_STARTTLS(self, arg: str):
+    async def smtp_STARTTLS(self, arg: str) -> None:
         if self._tls_protocol is not None:
             # aiosmtpd would start TLS inside TLS; RFC 3207 allows one negotiation per session.
             await self.push("503 5.5.1 Already in TLS")
@@ -289,7 +328,7 @@ class LabSMTP(SMTP):
                 hook(self.session, clip(str(e.__cause__ or e) or type(e.__cause__).__name__))
             raise
 
-    async def smtp_BDAT(self, arg: str):
+    async def smtp_BDAT(self, arg: str) -> None:
         """RFC 3030 CHUNKING: BDAT <size> [LAST]. A chunk is read in pieces; the message is kept
         only while it fits the size limit, so memory stays bounded by the limit."""
         m = _BDAT.fullmatch(arg or "")
@@ -334,7 +373,8 @@ class LabSMTP(SMTP):
                     self._bdat.append(piece)
                     self._bdat_size += len(piece)
         except asyncio.IncompleteReadError:
-            self.transport.close()
+            if self.transport is not None:  # None once aiosmtpd saw the connection lost
+                self.transport.close()
             return False
         return True
 
@@ -355,12 +395,14 @@ def xtext_decode(value: str) -> str:
     return re.sub(r"\+([0-9A-Fa-f]{2})", lambda m: chr(int(m.group(1), 16)), value)
 
 
-async def serve(factory, host: str, port: int, limit: int | None = None) -> asyncio.AbstractServer:
+async def serve(
+    factory: Callable[[], LabSMTP], host: str, port: int, limit: int | None = None
+) -> asyncio.AbstractServer:
     """An SMTP service on the running loop, with its connection cap (connection_cap() unless
     `limit`): beyond it a client is told 421 and disconnected."""
     guard = Guard("SMTP", host, port, limit)
 
-    def guarded():
+    def guarded() -> LabSMTP:
         protocol = factory()
         protocol.guard = guard
         return protocol

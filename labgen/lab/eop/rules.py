@@ -108,9 +108,11 @@ def attribute(s: Scenario, session: Session, mail_from: str, rcpt: str) -> Attri
                 f"OnPremises connector and the sender domain is {tenant}'s",
             )
     # 3. Otherwise the recipient's domain decides.
-    tenant = s.tenant_of_domain(domain_of(rcpt))
-    if tenant:
-        return Attribution(tenant, "recipient", None, f"no connector matched; recipient domain belongs to {tenant}")
+    rcpt_tenant = s.tenant_of_domain(domain_of(rcpt))
+    if rcpt_tenant:
+        return Attribution(
+            rcpt_tenant, "recipient", None, f"no connector matched; recipient domain belongs to {rcpt_tenant}"
+        )
     return Attribution(None, None, None, "no connector matched and the recipient domain is not hosted here")
 
 
@@ -135,6 +137,8 @@ def decide(s: Scenario, session: Session, mail_from: str, rcpt: str, att: Attrib
             f"recipient domain {domain_of(rcpt)} is not hosted in EOP and the lab's EOP does not relay to the internet",
         )
     if att.by in ("certificate", "ip"):
+        if att.tenant is None:  # attribute() names the connector's tenant for these
+            raise ValueError(f"attribution by {att.by} without a tenant: {att}")
         connector = next(c for c in s.tenants[att.tenant].inbound_connectors if c.name == att.connector)
         if connector.require_tls and not session.tls:
             return Decision(

@@ -12,9 +12,11 @@ What it writes:
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import re
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from ...model.plan import EOP_POOL_HOST, Plan
@@ -32,7 +34,7 @@ from ...results.contracts import (
 from ..dsn import note_ndr
 from ..ledger import Ledger, clip, header, write_mailbox
 from ..pki import TrustStore, cert_info
-from ..smtpd import LabSMTP, message_id, server_tls_context
+from ..smtpd import LabEnvelope, LabSession, LabSMTP, message_id, server_tls_context
 from . import rules
 
 BANNER = "Microsoft ESMTP MAIL Service ready at {date}"
@@ -56,6 +58,34 @@ def tenant_guid(tenant: str) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_DNS, f"{tenant}.onmicrosoft.test"))
 
 
+class EopSession(LabSession):
+    """A session with what EOP learned of its client, at the first MAIL or RCPT (a STARTTLS
+    makes a new session, so the facts after it are the TLS session's)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        self.facts: rules.Session | None = None
+        self.cert: Certificate | None = None  # the client certificate, as the ledger shows it
+
+
+class EopEnvelope(LabEnvelope):
+    def __init__(self) -> None:
+        super().__init__()
+        # Each accepted recipient's attribution and decision, acted on at the end of DATA.
+        self.decisions: dict[str, tuple[rules.Attribution, rules.Decision]] = {}
+
+
+class EopSMTP(LabSMTP):
+    session: EopSession | None
+    envelope: EopEnvelope | None
+
+    def _create_session(self) -> EopSession:
+        return EopSession(self.loop)
+
+    def _create_envelope(self) -> EopEnvelope:
+        return EopEnvelope()
+
+
 class EopHandler:
     def __init__(self, plan: Plan, labdir: Path, run_dir: Path):
         self.plan, self.s = plan, plan.scenario
@@ -66,63 +96,73 @@ class EopHandler:
         self._ids = itertools.count(1)
 
     # --- aiosmtpd hooks
-    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+    async def handle_EHLO(
+        self, server: EopSMTP, session: EopSession, envelope: EopEnvelope, hostname: str, responses: list[str]
+    ) -> list[str]:
         session.host_name = hostname
         tls_active = server.tls_version() is not None
         words = [k for k in EHLO_KEYWORDS if not (k == "STARTTLS" and tls_active)]
-        lines = [f"{EOP_POOL_HOST} Hello [{session.peer[0]}]"] + words
+        lines = [f"{EOP_POOL_HOST} Hello [{session.client_ip}]"] + words
         return [("250-" if i < len(lines) - 1 else "250 ") + line for i, line in enumerate(lines)]
 
-    def tls_failed(self, session, reason: str) -> None:
+    def tls_failed(self, session: EopSession, reason: str) -> None:
         self.ledger.emit(
-            TlsFailed(event="tls_failed", client_ip=session.peer[0], helo=clip(session.host_name), reason=clip(reason))
+            TlsFailed(
+                event="tls_failed", client_ip=session.client_ip, helo=clip(session.host_name), reason=clip(reason)
+            )
         )
 
-    def _facts(self, server, session) -> rules.Session:
-        facts = getattr(session, "labgen", None)
+    def _facts(self, server: EopSMTP, session: EopSession) -> rules.Session:
+        facts = session.facts
         if facts is None:
             der = server.peer_certificate()
             cert = cert_info(der, self.trust) if der else None
             facts = rules.Session(
-                source_ip=session.peer[0],
+                source_ip=session.client_ip,
                 tls=server.tls_version() is not None,
                 cert_names=cert["names"] if cert else [],
                 cert_trusted=bool(cert and cert["trusted"]),
             )
-            session.labgen = facts
-            session.labgen_cert = Certificate.model_validate(cert) if cert else None
+            session.facts = facts
+            session.cert = Certificate.model_validate(cert) if cert else None
             self.ledger.emit(
                 Session(
                     event="session",
-                    client_ip=session.peer[0],
+                    client_ip=session.client_ip,
                     helo=clip(session.host_name),
                     local_ip=server.local_ip(),
                     tls=server.tls_version(),
-                    certificate=session.labgen_cert,
+                    certificate=session.cert,
                 )
             )
         return facts
 
-    async def handle_MAIL(self, server, session, envelope, address, options):
+    async def handle_MAIL(
+        self, server: EopSMTP, session: EopSession, envelope: EopEnvelope, address: str, options: list[str]
+    ) -> str:
         self._facts(server, session)
         envelope.mail_from = address
         envelope.mail_options.extend(options)
-        envelope.decisions = {}
         return "250 2.1.0 Sender OK"
 
-    async def handle_RCPT(self, server, session, envelope, address, options):
+    async def handle_RCPT(
+        self, server: EopSMTP, session: EopSession, envelope: EopEnvelope, address: str, options: list[str]
+    ) -> str:
         facts = self._facts(server, session)
-        att = rules.attribute(self.s, facts, envelope.mail_from, address)
-        dec = rules.decide(self.s, facts, envelope.mail_from, address, att)
+        mail_from = envelope.mail_from
+        if mail_from is None:  # aiosmtpd answers a RCPT before MAIL itself
+            raise RuntimeError("RCPT before MAIL reached the handler")
+        att = rules.attribute(self.s, facts, mail_from, address)
+        dec = rules.decide(self.s, facts, mail_from, address, att)
         self.ledger.emit(
             RcptDecision(
                 event="rcpt",
-                msgid=getattr(envelope, "envid", None),
-                mail_from=clip(envelope.mail_from),
+                msgid=envelope.envid,
+                mail_from=clip(mail_from),
                 rcpt=clip(address.lower()),
                 client_ip=facts.source_ip,
                 tls=facts.tls,
-                certificate=session.labgen_cert,
+                certificate=session.cert,
                 attribution=Attribution(**att.as_dict()),
                 action=dec.action,
                 reply=clip(dec.reply),
@@ -132,14 +172,15 @@ class EopHandler:
         )
         if dec.action == "reject":
             if dec.trace_visible and dec.tenant:
-                self._trace(dec.tenant, getattr(envelope, "envid", None), envelope.mail_from, address, "Failed")
+                self._trace(dec.tenant, envelope.envid, mail_from, address, "Failed")
             return dec.reply
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(options)
         envelope.decisions[address] = (att, dec)
         return dec.reply
 
-    async def handle_DATA(self, server, session, envelope):
+    async def handle_DATA(self, server: EopSMTP, session: EopSession, envelope: EopEnvelope) -> str:
+        facts = self._facts(server, session)  # known since the first RCPT
         data = envelope.original_content or b""
         msgid, refused = message_id(envelope, data)
         internal = next(self._ids)
@@ -161,25 +202,28 @@ class EopHandler:
         )
         for rcpt, (att, dec) in envelope.decisions.items():
             if dec.action == "deliver":
+                attributed, tenant, mailbox = att.tenant, dec.tenant, dec.mailbox
+                if attributed is None or tenant is None or mailbox is None:  # rules.decide names all three
+                    raise RuntimeError(f"delivery to {clip(rcpt)} names no tenant or mailbox")
                 stamped = (
-                    f"Received: from {session.host_name} ({session.peer[0]}) by {EOP_POOL_HOST} "
-                    f"with ESMTP{'S' if session.labgen.tls else ''}; id {internal}\r\n"
-                    f"X-EOPTenantAttributedMessage: {tenant_guid(att.tenant)}:0\r\n"
+                    f"Received: from {session.host_name} ({session.client_ip}) by {EOP_POOL_HOST} "
+                    f"with ESMTP{'S' if facts.tls else ''}; id {internal}\r\n"
+                    f"X-EOPTenantAttributedMessage: {tenant_guid(attributed)}:0\r\n"
                     f"X-EOPAttributedMessage: 0\r\n"
                 ).encode() + data
-                path = write_mailbox(self.mailroot, dec.mailbox, msgid, stamped)
+                path = write_mailbox(self.mailroot, mailbox, msgid, stamped)
                 self.ledger.emit(
                     Delivered(
                         event="delivered",
                         msgid=msgid,
                         rcpt=clip(rcpt.lower()),
-                        mailbox=dec.mailbox,
-                        tenant=dec.tenant,
+                        mailbox=mailbox,
+                        tenant=tenant,
                         file=str(path.relative_to(self.mailroot.parent)),
                     )
                 )
-                note_ndr(self.ledger, data, dec.mailbox, path, self.mailroot)
-                self._trace(dec.tenant, msgid, envelope.mail_from, rcpt, "Delivered")
+                note_ndr(self.ledger, data, mailbox, path, self.mailroot)
+                self._trace(tenant, msgid, envelope.mail_from, rcpt, "Delivered")
             else:
                 self.ledger.emit(
                     Discarded(
@@ -188,13 +232,13 @@ class EopHandler:
                         rcpt=clip(rcpt.lower()),
                         reason=clip(dec.reason),
                         attribution=Attribution(**att.as_dict()),
-                        certificate=session.labgen_cert,
-                        client_ip=session.peer[0],
+                        certificate=session.cert,
+                        client_ip=session.client_ip,
                     )
                 )
         return reply
 
-    def _trace(self, tenant, msgid, sender, rcpt, status):
+    def _trace(self, tenant: str, msgid: str | None, sender: str | None, rcpt: str, status: str) -> None:
         self.trace.emit(
             TraceEntry(
                 event="trace", tenant=tenant, msgid=msgid, sender=clip(sender), rcpt=clip(rcpt.lower()), status=status
@@ -202,15 +246,15 @@ class EopHandler:
         )
 
 
-def eop_factory(plan: Plan, labdir: Path, run_dir: Path):
+def eop_factory(plan: Plan, labdir: Path, run_dir: Path) -> Callable[[], EopSMTP]:
     handler = EopHandler(plan, labdir, run_dir)
     files = plan.certs["eop-server"]
     tls = server_tls_context(
         str(labdir / files.chain), str(labdir / files.key), client_ca_bundle=str(labdir / plan.eop_accept_bundle)
     )
 
-    def factory():
-        return LabSMTP(
+    def factory() -> EopSMTP:
+        return EopSMTP(
             handler, banner_host=EOP_POOL_HOST, banner_text=BANNER, tls_context=tls, data_size_limit=MAX_SIZE
         )
 
