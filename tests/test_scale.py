@@ -245,3 +245,26 @@ def test_a_line_that_is_no_event_is_an_infra_error_naming_the_file(tmp_path):
     (tmp_path / "run" / "eop.jsonl").write_text('{"ts": 1, "service": "eop", "event": "warp"}\n')
     with pytest.raises(InfraError, match=r"eop.jsonl line 1 is not a labgen ledger event"):
         Collector(tmp_path).poll()
+
+
+def test_the_report_of_a_load_run_shows_what_needs_a_look_first(tmp_path):
+    """A `count:` run's human report stays readable: at most SHOWN_MAX recipients, the ones not
+    delivered first, and a line saying how many it left out (every one is in --json)."""
+    from conftest import labgen
+
+    from labgen.results.report import SHOWN_MAX
+
+    data = yaml.safe_load((REPO / "labgen" / "scenarios" / "broken.yaml").read_text())
+    data["name"] = "report-load"
+    internet = next(m for m in data["traffic"] if m["id"] == "to-internet")
+    internet["count"] = SHOWN_MAX + 5
+    path = tmp_path / "report-load.yaml"
+    path.write_text(yaml.safe_dump(data))
+    p = labgen("up", path, "--engine", "local", "--workdir", tmp_path, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    total = SHOWN_MAX + 5 + len(data["traffic"]) - 1
+    rows = [line for line in p.stdout.splitlines() if line.startswith("│")]
+    assert len(rows) == SHOWN_MAX
+    assert "to-fabrikam" in rows[0] and "SILENTLY DISCARDED" in rows[0]  # what needs a look comes first
+    assert f"… {total - SHOWN_MAX} more recipient(s) not shown" in p.stdout
+    assert f"{total} recipient(s): {total - 1} delivered, 1 silently discarded" in p.stdout
