@@ -21,6 +21,7 @@ from .model.scenario import Scenario
 from .results import verdict
 from .results.collect import Collector
 from .results.contracts import AnyEvent, MessageResult, ResultDoc
+from .wait import poll
 
 RESULT_SCHEMA = "labgen.result/v1"
 POLL_S = 0.05
@@ -170,12 +171,15 @@ def wait_settled(
     concern are classified again, so a poll costs what is new, not the whole run. `check`
     raises (InfraError) as soon as the lab cannot go on, rather than waiting out the deadline."""
     v = verdict.Verdict(plan)
-    while True:
+
+    def settled() -> bool:
         v.add(new_events())
         check()  # after reading: a verdict from a ledger with a hole in it is no verdict
-        if v.settled() or time.monotonic() >= deadline:
-            return v.results()
-        time.sleep(POLL_S)
+        return v.settled()
+
+    # At the deadline what is still on its way is the verdict's to name (deferred), not a failure.
+    poll(settled, waiting_for="every message to settle", until=deadline, interval=POLL_S, expire=lambda _: True)
+    return v.results()
 
 
 def run_lab(
