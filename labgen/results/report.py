@@ -213,4 +213,11 @@ def print_compare(compared: CompareDoc, console: Console) -> None:
         _text(f"{n} of {len(doc['changes'])} recipient outcome(s) changed between {a['scenario']} and {b['scenario']}.")
     )
     if a["engine"] == "docker":
-        console.print(_text("Both labs stay up to explore (labgen status); remove them with labgen down --all.", "dim"))
+        # By name: `down --all` would take other people's labs too.
+        console.print(
+            _text(
+                f"Both labs stay up to explore (labgen status); remove them with labgen down {a['scenario']} "
+                f"and labgen down {b['scenario']}.",
+                "dim",
+            )
+        )
