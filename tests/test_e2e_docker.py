@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -218,10 +219,17 @@ def test_swaks_inside_the_lab_against_eop(docker_broken):
     assert rcpt["attribution"]["by"] == "certificate" and rcpt["attribution"]["tenant"] == "contoso"
 
 
+def compose_command() -> list[str]:
+    """The machine's compose, as a user would run it: the v2 plugin, else Debian's docker-compose 1.29."""
+    if subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
+        return ["docker", "compose"]
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    pytest.skip("neither `docker compose` nor `docker-compose` is installed")
+
+
 def test_rendered_project_runs_by_hand(test_labs, tmp_path):
     """The same project, started with the machine's compose command, gives the same verdict."""
-    from labgen.engines.docker import compose_command
-
     lab = test_labs.new("broken", "byhand")
     out = tmp_path / "by-hand"
     p = labgen("render", lab.scenario, "-o", out, "--subnet", lab.subnet, cwd=tmp_path)

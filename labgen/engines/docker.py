@@ -2,8 +2,11 @@
 services from the lab image), on an internal documentation-range network. Lifecycle (containerlab
 style): names labgen-<lab>-<service>, label io.labgen.lab=<lab>, everything removable by label.
 
-Compose runs the project (it is the artifact users keep); the Docker SDK does what must work
-even without the project directory: collision checks, status, logs, and removal by label.
+The rendered compose project is the artifact users keep and run by hand; `labgen up` starts the
+same project itself through the Docker SDK (start_project: the network, then the five containers
+created and started in parallel, from compose.compose_data's very dict), which saves
+docker-compose's own start-up and its one-at-a-time creates on every run. The SDK also does what
+must work without the project directory: collision checks, status, logs, removal by label.
 """
 
 from __future__ import annotations
@@ -11,9 +14,8 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
-import shutil
-import subprocess
-from functools import lru_cache
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,7 @@ from ..results.collect import Collector
 from ..wait import poll
 from . import labels
 from .base import LabStatus, Mover, Removed, ServiceStatus
-from .compose import project_name, render_project
+from .compose import compose_data, project_name, render_project
 from .dockerapi import answers, client
 from .postfix import LOG_FILE
 
@@ -34,21 +36,6 @@ LABEL = labels.LAB
 _CONTAINER_LAB = re.compile(r"(?<![\w./-])/lab(?=/|\b)")  # the lab directory's path inside a container
 READY_S = 60.0
 LAB_SERVICES = ("dns", "eop", "sink", "gateway")  # what answers before the traffic starts
-
-
-@lru_cache(maxsize=1)
-def compose_command() -> tuple[str, ...]:
-    """`docker compose` (v2 plugin) where present, else Debian's `docker-compose` (v1)."""
-    if shutil.which("docker"):
-        probe = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True)
-        if probe.returncode == 0:
-            return ("docker", "compose")
-    if shutil.which("docker-compose"):
-        return ("docker-compose",)
-    raise InfraError(
-        "neither `docker compose` nor `docker-compose` is installed; install one "
-        "(Debian: apt-get install docker-compose)"
-    )
 
 
 def check_subnet(plan: Plan) -> None:
@@ -75,7 +62,7 @@ def remove_lab(lab: str, linger: bool = True) -> dict[str, list[str]]:
     """Remove every container, network and volume labelled for `lab`. Passes repeat until one
     finds nothing: after an interrupted `compose up`, the engine may still finish creating a
     container it was asked for. Without `linger` (clearing the way before a start, when nothing
-    of this command is in flight) a first pass that finds nothing ends it."""
+    of this command is in flight) one pass does it."""
     import docker.errors
 
     c = client()
@@ -88,12 +75,16 @@ def remove_lab(lab: str, linger: bool = True) -> dict[str, list[str]]:
         passes[0] += 1
         # sparse: no per-container inspect, which would race a removal happening meanwhile
         containers = c.containers.list(all=True, filters=flt, sparse=True)
-        for ctr in containers:
+
+        def remove(ctr: Any) -> None:
             try:
                 ctr.remove(force=True, v=True)
                 gone["containers"].append(ctr.attrs["Names"][0].lstrip("/"))
             except docker.errors.NotFound:
                 pass  # already gone
+
+        # In parallel: `up` on a running lab replaces it, and each removal waits for its kill.
+        _each(remove, containers)
         networks, volumes = c.networks.list(filters=flt), c.volumes.list(filters=flt)
         for item, kind in [(n, "networks") for n in networks] + [(v, "volumes") for v in volumes]:
             try:
@@ -101,11 +92,149 @@ def remove_lab(lab: str, linger: bool = True) -> dict[str, list[str]]:
                 gone[kind].append(item.name)
             except docker.errors.NotFound:
                 pass
-        return (passes[0] > 1 or not linger) and not (containers or networks or volumes)
+        # Without linger nothing else is creating: what this pass found is gone, no second look.
+        return not linger or (passes[0] > 1 and not (containers or networks or volumes))
 
     # A creation still in flight lands within a few passes; after that, what is gone is reported.
     poll(one_pass, waiting_for=f"lab {lab} to be removed", timeout=2.0, interval=0.3, expire=lambda _: True)
     return gone
+
+
+def _each(fn: Callable[[Any], None], items: list[Any]) -> None:
+    """fn on every item at once (Docker API calls that each wait on the engine); the first
+    exception, if any, is raised once all have finished."""
+    if len(items) < 2:
+        for item in items:
+            fn(item)
+        return
+    with ThreadPoolExecutor(max_workers=len(items)) as pool:
+        for future in [pool.submit(fn, item) for item in items]:
+            future.result()
+
+
+_DURATION = re.compile(r"(\d+)s")
+
+
+def _nanoseconds(duration: str) -> int:
+    m = _DURATION.fullmatch(duration)
+    if not m:
+        raise InfraError(f"compose duration {duration!r} is not whole seconds (a labgen bug)")
+    return int(m.group(1)) * 1_000_000_000
+
+
+def _bind(volume: str, labdir: Path) -> str:
+    """A compose short-syntax bind ("./x:/dst[:ro]") with its source made absolute: compose takes
+    relative sources from the project directory, the lab directory."""
+    src, rest = volume.split(":", 1)
+    if not src.startswith("./"):
+        raise InfraError(f"compose volume {volume!r} is not relative to the project (a labgen bug)")
+    return f"{(labdir / src).resolve()}:{rest}"
+
+
+# compose_data's keys start_project knows how to apply: a key added there must be taught here.
+_SERVICE_KEYS = {
+    "image",
+    "init",
+    "cap_add",
+    "volumes",
+    "container_name",
+    "hostname",
+    "command",
+    "healthcheck",
+    "depends_on",
+    "labels",
+    "networks",
+}
+_NETWORK_KEYS = {"name", "driver", "internal", "driver_opts", "labels", "ipam"}
+
+
+def container_kwargs(project: str, service: str, block: dict[str, Any], net: str, labdir: Path) -> dict[str, Any]:
+    """docker-py's containers.create arguments for one compose service block. The compose labels
+    let a user's `docker compose -p PROJECT down` (or ps, logs) find what labgen started."""
+
+    unknown = set(block) - _SERVICE_KEYS
+    if unknown:
+        raise InfraError(
+            f"compose key(s) {sorted(unknown)} of service {service} not applied by the engine (a labgen bug)"
+        )
+    (network, endpoint), *more = block["networks"].items()
+    if more:
+        raise InfraError(f"service {service} on more than one network (a labgen bug)")
+    hc = block["healthcheck"]
+    return {
+        "image": block["image"],
+        "command": block["command"],
+        "name": block["container_name"],
+        "hostname": block["hostname"],
+        "init": block["init"],
+        "cap_add": block["cap_add"],
+        "volumes": [_bind(v, labdir) for v in block["volumes"]],
+        "labels": {
+            **block["labels"],
+            "com.docker.compose.project": project,
+            labels.COMPOSE_SERVICE: service,
+            "com.docker.compose.oneoff": "False",
+            "com.docker.compose.container-number": "1",
+            "com.docker.compose.project.working_dir": str(labdir.resolve()),
+            "com.docker.compose.project.config_files": str((labdir / "compose.yaml").resolve()),
+        },
+        "healthcheck": {
+            "test": hc["test"],
+            "interval": _nanoseconds(hc["interval"]),
+            "timeout": _nanoseconds(hc["timeout"]),
+            "retries": hc["retries"],
+            "start_period": _nanoseconds(hc["start_period"]),
+        },
+        "network": net,
+        # plain data here; start_project makes the SDK's EndpointConfig (it needs the API version)
+        "networking_config": {net: {"ipv4_address": endpoint["ipv4_address"], "aliases": [service]}},
+        "detach": True,
+    }
+
+
+def start_project(plan: Plan, labdir: Path, image: str) -> None:
+    """Start the lab exactly as `compose up -d` would start its rendered project: the network,
+    the containers (created at once), the services started at once, then those that depend on
+    them (depends_on orders starts only; the traffic container waits for answers by itself)."""
+    import docker.errors
+    import docker.types
+
+    data = compose_data(plan, image)
+    project = project_name(plan.lab)
+    (key, netdef), *more = data["networks"].items()
+    if more or set(netdef) - _NETWORK_KEYS:
+        raise InfraError("the compose network has keys the engine does not apply (a labgen bug)")
+    c = client()
+    try:
+        c.networks.create(
+            netdef["name"],
+            driver=netdef["driver"],
+            internal=netdef["internal"],
+            options=netdef["driver_opts"],
+            labels={**netdef["labels"], "com.docker.compose.project": project, "com.docker.compose.network": key},
+            ipam=docker.types.IPAMConfig(
+                pool_configs=[docker.types.IPAMPool(subnet=cfg["subnet"]) for cfg in netdef["ipam"]["config"]]
+            ),
+        )
+        services: dict[str, dict[str, Any]] = data["services"]
+        made: dict[str, Any] = {}
+
+        def create(name: str) -> None:
+            kw = container_kwargs(project, name, services[name], netdef["name"], labdir)
+            kw["networking_config"] = {n: c.api.create_endpoint_config(**e) for n, e in kw["networking_config"].items()}
+            made[name] = c.containers.create(**kw)
+
+        _each(create, list(services))
+        started: set[str] = set()
+        while len(started) < len(services):  # waves: what depends only on started services
+            wave = [n for n in services if n not in started and set(services[n].get("depends_on", [])) <= started]
+            if not wave:
+                raise InfraError("the compose services' depends_on form a cycle (a labgen bug)")
+            _each(lambda n: made[n].start(), wave)
+            started.update(wave)
+    except docker.errors.DockerException as e:
+        first = (str(e).splitlines() or [type(e).__name__])[0][:200]
+        raise InfraError(f"Docker could not start lab {plan.lab}: {first}") from None
 
 
 def lab_containers(lab: str | None = None) -> list[Any]:
@@ -179,13 +308,9 @@ class DockerEngine:
         remove_lab(plan.lab, linger=False)  # `up` on an existing lab replaces it
         check_subnet(plan)
         self.image = ensure_image()
-        render_project(plan, labdir, self.image)
-        cmd = [*compose_command(), "-p", project_name(plan.lab), "-f", str(labdir / "compose.yaml"), "up", "-d"]
-        log.debug("lab %s: %s", plan.lab, " ".join(cmd))
-        proc = subprocess.run(cmd, cwd=labdir, capture_output=True, text=True)
-        if proc.returncode != 0:
-            tail = " | ".join(proc.stderr.strip().splitlines()[-3:])
-            raise InfraError(f"`{' '.join(cmd[:2])} up` failed for lab {plan.lab}: {tail}")
+        render_project(plan, labdir, self.image)  # the artifact, also what a user runs by hand
+        log.debug("lab %s: starting %s/compose.yaml's project through the Docker API", plan.lab, labdir)
+        start_project(plan, labdir, self.image)
         self._wait_ready(plan, labdir)
 
     def _wait_ready(self, plan: Plan, labdir: Path) -> None:
