@@ -3,9 +3,9 @@ unique name whose four messages carry `count:`):
 1. local engine: `labgen up LAB --engine local --json` with --count messages (target: 10,000
    with every one accounted for in ≤ 60 s), against the named baseline --baseline-count messages
    alternating in the same run (linear scaling reads as a ratio of count / baseline-count);
-2. Docker engine (unless --no-docker): messages per second through Postfix and the fake EOP
-   (target ≥ 100 msg/s), from the ledgers: first submission to the last mailbox or discard
-   record; baseline the same figure of the local engine's built-in gateway, alternating.
+2. Docker engine (unless --no-docker; --no-local runs this part alone): messages per second
+   through Postfix and the fake EOP (target ≥ 100 msg/s), from the ledgers: first submission
+   to the last mailbox or discard record; baseline the same figure of the local engine's built-in gateway, alternating.
 Every run must account for every message (0 unaccounted), or the benchmark fails."""
 
 from __future__ import annotations
@@ -67,6 +67,19 @@ def msg_per_s(doc: dict) -> float:
     return doc["summary"]["total"] / (last - first)
 
 
+def local_scaling(big: Path, small: Path, root: Path, a: argparse.Namespace) -> None:
+    def timed(path: Path) -> float:
+        return float(up(path, root, "--engine", "local")["duration_s"])
+
+    s = alternate({"big": lambda: timed(big), "small": lambda: timed(small)}, a.runs)
+    mb, ms = statistics.median(s["big"]), statistics.median(s["small"])
+    print(
+        f"local, {a.count} messages: median {mb:.1f} s ({', '.join(f'{x:.1f}' for x in s['big'])}), "
+        f"0 unaccounted in every run; baseline {a.baseline_count} messages: median {ms:.1f} s; "
+        f"ratio {mb / ms:.1f}× for {a.count / a.baseline_count:.0f}× the messages"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=3)
@@ -74,26 +87,15 @@ def main() -> None:
     ap.add_argument("--baseline-count", type=int, default=1_000)
     ap.add_argument("--docker-count", type=int, default=2_000)
     ap.add_argument("--no-docker", action="store_true")
+    ap.add_argument("--no-local", action="store_true", help="skip part 1 (the local engine's --count run)")
     a = ap.parse_args()
     print(machine())
     with tempfile.TemporaryDirectory(prefix="labgen-bench-scale-") as tmp:
         root = Path(tmp)
         _, big = scenario(root, a.count)
         _, small = scenario(root, a.baseline_count)
-        docs: dict[str, list[dict]] = {"big": [], "small": []}
-
-        def timed(path: Path, key: str) -> float:
-            doc = up(path, root, "--engine", "local")
-            docs[key].append(doc)
-            return doc["duration_s"]
-
-        s = alternate({"big": lambda: timed(big, "big"), "small": lambda: timed(small, "small")}, a.runs)
-        mb, ms = statistics.median(s["big"]), statistics.median(s["small"])
-        print(
-            f"local, {a.count} messages: median {mb:.1f} s ({', '.join(f'{x:.1f}' for x in s['big'])}), "
-            f"0 unaccounted in every run; baseline {a.baseline_count} messages: median {ms:.1f} s; "
-            f"ratio {mb / ms:.1f}× for {a.count / a.baseline_count:.0f}× the messages"
-        )
+        if not a.no_local:
+            local_scaling(big, small, root, a)
         if a.no_docker:
             return
         name, dock = scenario(root, a.docker_count)
