@@ -115,39 +115,38 @@ class GatewayHandler:
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 Ok"
 
+    def _refuse(
+        self, envelope: LabEnvelope, session: LabSession, msgid: str | None, action: str, reply: str, reason: str
+    ) -> str:
+        """Refuse a message at end of DATA, as Postfix's cleanup does: nothing is queued, each
+        recipient's refusal is logged, and the client gets `reply`."""
+        for r in envelope.rcpt_tos:
+            self.ledger.emit(
+                RcptDecision(
+                    event="rcpt",
+                    msgid=msgid,
+                    rcpt=r.lower(),
+                    action=action,
+                    reply=reply,
+                    reason=reason,
+                    client_ip=session.client_ip,
+                )
+            )
+        return reply
+
     async def handle_DATA(self, server: LabSMTP, session: LabSession, envelope: LabEnvelope) -> str:
         qid = secrets.token_hex(5).upper()
         data = envelope.original_content or b""
         msgid = labgen_id(data) or envelope.envid
         if hop_count(data) + 1 >= HOPCOUNT_LIMIT:  # + 1: the Received: header this hop adds
             # Nothing is queued; the client (or the MTA before it) bounces, as with Postfix.
-            for r in envelope.rcpt_tos:
-                self.ledger.emit(
-                    RcptDecision(
-                        event="rcpt",
-                        msgid=msgid,
-                        rcpt=r.lower(),
-                        action="reject",
-                        reply=TOO_MANY_HOPS,
-                        reason=f"hop count exceeded (limit {HOPCOUNT_LIMIT})",
-                        client_ip=session.client_ip,
-                    )
-                )
-            return TOO_MANY_HOPS
+            return self._refuse(
+                envelope, session, msgid, "reject", TOO_MANY_HOPS, f"hop count exceeded (limit {HOPCOUNT_LIMIT})"
+            )
         if self.queued_bytes + len(data) > QUEUE_MAX_BYTES:
-            for r in envelope.rcpt_tos:
-                self.ledger.emit(
-                    RcptDecision(
-                        event="rcpt",
-                        msgid=msgid,
-                        rcpt=r.lower(),
-                        action="defer",
-                        reply=INSUFFICIENT_STORAGE,
-                        reason=f"queue full ({QUEUE_MAX_BYTES} bytes held)",
-                        client_ip=session.client_ip,
-                    )
-                )
-            return INSUFFICIENT_STORAGE
+            return self._refuse(
+                envelope, session, msgid, "defer", INSUFFICIENT_STORAGE, f"queue full ({QUEUE_MAX_BYTES} bytes held)"
+            )
         self.ledger.emit(
             Received(
                 event="received",
@@ -355,14 +354,7 @@ class GatewayHandler:
                 )
                 failed = session.open()
                 if failed is not None:
-                    code, text = failed
-                    return Result(
-                        host=hop.host,
-                        ip=hop.ip,
-                        port=self.plan.smtp_port,
-                        replies={r: (code, text) for r in rcpts},
-                        error=text if code == 0 else None,
-                    )
+                    return Result.unopened(hop.host, hop.ip, self.plan.smtp_port, rcpts, failed)
             res = session.transact(data, mail_from, rcpts, envid)
             if session.smtp is not None:
                 self._put(key, session)

@@ -23,6 +23,14 @@ class Result:
     def relay(self) -> str:
         return f"{self.host}[{self.ip}]:{self.port}"
 
+    @classmethod
+    def unopened(cls, host: str, ip: str, port: int, rcpts: list[str], failed: tuple[int, str]) -> Result:
+        """Every recipient's answer when the session could not be opened (code 0: no answer)."""
+        code, text = failed
+        return cls(
+            host=host, ip=ip, port=port, replies={r: (code, text) for r in rcpts}, error=text if code == 0 else None
+        )
+
 
 def _reply(code: int, msg: bytes | str) -> str:
     text = msg.decode("utf-8", "replace") if isinstance(msg, bytes) else msg

@@ -71,14 +71,7 @@ class _Sender:
                 )
                 failed = session.open()
                 if failed is not None:
-                    code, text = failed
-                    return Result(
-                        host=hop.host,
-                        ip=hop.ip,
-                        port=self.plan.smtp_port,
-                        replies={r: (code, text) for r in rcpts},
-                        error=text if code == 0 else None,
-                    )
+                    return Result.unopened(hop.host, hop.ip, self.plan.smtp_port, rcpts, failed)
                 self.sessions[key] = session
             res = session.transact(data, m.sender, rcpts, envid=m.id)
             # A reused connection the server has meanwhile closed (idle timeout) is no answer

@@ -196,21 +196,7 @@ class _Index:
 
 
 def _hop(e: AnyEvent) -> Hop:
-    keep = (
-        "relay",
-        "connector",
-        "action",
-        "reason",
-        "mailbox",
-        "queue_id",
-        "tls",
-        "client_ip",
-        "source_ip",
-        "entry",
-        "certificate",
-        "attribution",
-        "file",
-    )
+    keep = Hop.OMIT_NONE  # the optional fields a hop shows when set
     fields = e.__dict__
     return Hop(
         service=e.service,
