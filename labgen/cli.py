@@ -581,7 +581,7 @@ def status(lab, as_json):
         ]
         from .results.contracts import StatusDoc
 
-        _print_json(StatusDoc.model_validate({"containers": containers, "labs": [r.as_dict() for r in labs]}))
+        _print_json(StatusDoc.model_validate({"containers": containers, "labs": [r.model_dump() for r in labs]}))
         return
     if not labs:
         out.print(_text("no labgen lab is up" + (f" named {lab}" if lab else "")))

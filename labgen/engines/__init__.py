@@ -10,7 +10,8 @@ import logging
 from typing import Any
 
 from ..errors import InfraError, InputError
-from .base import Engine, LabStatus, Removed
+from ..results.contracts import LabRow
+from .base import Engine, Removed
 from .dockerapi import answers as docker_answers  # noqa: F401  (tests' Docker gate)
 from .labels import LAB_NAME
 
@@ -72,7 +73,7 @@ def check_lab_name(lab: str) -> str:
     return lab
 
 
-def status(lab: str | None = None) -> list[LabStatus]:
+def status(lab: str | None = None) -> list[LabRow]:
     if lab is not None:
         check_lab_name(lab)
     return sorted((row for e in _answering() for row in e.status(lab)), key=lambda r: (r.lab, r.engine))

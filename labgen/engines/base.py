@@ -13,32 +13,11 @@ from typing import Protocol
 
 from ..model.plan import Plan
 
+# What status() reports is the published contract itself (labgen.status/v1 rows), not a copy.
+from ..results.contracts import LabRow
+
 # Where the planner puts one of the scenario's addresses (None from Engine.place: where it is).
 Mover = Callable[[str], str]
-
-
-@dataclass(frozen=True)
-class ServiceStatus:
-    service: str
-    state: str  # the engine's own word: "running", "exited", ...
-    addresses: list[str]
-    container: str | None = None  # docker
-    health: str | None = None  # docker healthcheck
-    image: str | None = None
-
-
-@dataclass(frozen=True)
-class LabStatus:
-    lab: str
-    engine: str
-    state: str  # "running" when every service runs, else what is wrong ("exited", "degraded")
-    services: list[ServiceStatus]
-    addresses: list[str]  # ip or ip:port where the lab's services answer
-    lab_dir: str | None
-    pid: int | None = None  # local engine: the process that serves the lab
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -96,7 +75,7 @@ class Engine(Protocol):
         """On failure or Ctrl-C: remove everything the engine started."""
         ...
 
-    def status(self, lab: str | None = None) -> list[LabStatus]:
+    def status(self, lab: str | None = None) -> list[LabRow]:
         """The labs this engine runs (one, when named)."""
         ...
 

@@ -23,9 +23,10 @@ from ..errors import InfraError
 from ..lab.ledger import read_events
 from ..model.plan import Plan, subnet_mover
 from ..results.collect import Collector
+from ..results.contracts import LabRow, ServiceRow
 from ..wait import poll
 from . import labels
-from .base import LabStatus, Mover, Removed, ServiceStatus
+from .base import Mover, Removed
 from .compose import compose_data, project_name, render_project
 from .dockerapi import answers, client
 from .postfix import LOG_FILE
@@ -365,7 +366,7 @@ class DockerEngine:
 
     # ----- inspection
 
-    def status(self, lab: str | None = None) -> list[LabStatus]:
+    def status(self, lab: str | None = None) -> list[LabRow]:
         by_lab: dict[str, list[Any]] = {}
         for c in sorted(lab_containers(lab), key=lambda c: c.name):
             by_lab.setdefault(c.labels.get(LABEL) or "", []).append(c)
@@ -376,7 +377,7 @@ class DockerEngine:
                 nets = c.attrs.get("NetworkSettings", {}).get("Networks", {}) or {}
                 ips = [n.get("IPAddress") or (n.get("IPAMConfig") or {}).get("IPv4Address") for n in nets.values()]
                 services.append(
-                    ServiceStatus(
+                    ServiceRow(
                         service=c.labels.get(labels.SERVICE) or c.name,
                         state=c.status,
                         addresses=[i for i in ips if i],
@@ -388,7 +389,7 @@ class DockerEngine:
             states = {s.state for s in services}
             labdir = next((d for c in ctrs if (d := lab_dir_of(c))), None)
             rows.append(
-                LabStatus(
+                LabRow(
                     lab=name,
                     engine=self.name,
                     state=states.pop() if len(states) == 1 else "degraded",

@@ -37,9 +37,10 @@ from ..lab.sink import sink_factory
 from ..lab.smtpd import log as server_log
 from ..lab.traffic import run_traffic
 from ..model.plan import Plan
+from ..results.contracts import LabRow, ServiceRow
 from ..wait import poll
 from . import labels
-from .base import LabStatus, Mover, Removed, ServiceStatus
+from .base import Mover, Removed
 
 log = logging.getLogger(__name__)
 
@@ -280,7 +281,7 @@ class LocalEngine:
 
     # ----- inspection: the kept labs of this user
 
-    def status(self, lab: str | None = None) -> list[LabStatus]:
+    def status(self, lab: str | None = None) -> list[LabRow]:
         rows = []
         for entry in _entries(lab):
             labdir = Path(entry["lab_dir"])
@@ -289,7 +290,7 @@ class LocalEngine:
             port = state.get("port")
             hosts: dict[str, list[str]] = state.get("hosts") or {}
             services = [
-                ServiceStatus(
+                ServiceRow(
                     service=svc,
                     state="running" if ours else "exited",
                     addresses=[f"{ip}:{port}" for ip in hosts.get(svc, [])],
@@ -297,7 +298,7 @@ class LocalEngine:
                 for svc in LAB_SERVICES
             ]
             rows.append(
-                LabStatus(
+                LabRow(
                     lab=entry["lab"],
                     engine=self.name,
                     state="running" if ours else "exited",
