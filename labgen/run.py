@@ -23,7 +23,6 @@ from .results.collect import Collector
 from .results.contracts import AnyEvent, MessageResult, ResultDoc
 from .wait import poll
 
-RESULT_SCHEMA = "labgen.result/v1"
 POLL_S = 0.05
 # Below this much free space (or these many free inodes) on run/'s file system a run cannot keep
 # its ledger and mailboxes: it stops at once instead of failing write by write (covers both
@@ -33,6 +32,7 @@ MIN_FREE_INODES = 64
 
 
 MARKER = ".labgen-lab"  # written into every lab directory labgen creates: it may rewrite its run/
+MARKER_TEXT = "written by labgen: this lab directory's run/ is rewritten on every run\n"
 
 
 def lab_dir(workdir: Path, lab: str) -> Path:
@@ -61,7 +61,7 @@ def make_lab_dir(labdir: Path, force: bool = False) -> None:
         if not labdir.exists():
             labdir.parent.mkdir(parents=True, exist_ok=True)
             labdir.mkdir(mode=0o700)
-            (labdir / MARKER).write_text("written by labgen: this lab directory's run/ is rewritten on every run\n")
+            (labdir / MARKER).write_text(MARKER_TEXT)
             return
         if not labdir.is_dir():
             raise InputError(f"{labdir} exists and is not a directory; remove it or choose another directory")
@@ -77,7 +77,7 @@ def make_lab_dir(labdir: Path, force: bool = False) -> None:
                 f"{labdir / 'run'} exists and labgen did not write it (it replaces run/ on every "
                 "run); move it away or choose another directory"
             )
-        (labdir / MARKER).write_text("written by labgen: this lab directory's run/ is rewritten on every run\n")
+        (labdir / MARKER).write_text(MARKER_TEXT)
     except OSError as e:
         raise InfraError(
             f"cannot create or use the lab directory {labdir}: {e.strerror}; choose another with --workdir"

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from .contracts import Change, CompareDoc, MessageResult, ResultAttribution, ResultDoc
 
-COMPARE_SCHEMA = "labgen.compare/v1"
-
 
 def _attr(m: MessageResult | None) -> str:
     a = m.attribution if m else None
