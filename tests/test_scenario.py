@@ -233,7 +233,7 @@ BAD = [
         "onpremises-connector-without-criteria",
         _set(["tenants", "contoso", "inbound_connectors", 0, "tls_sender_certificate_name"], None),
         "tenants.contoso.inbound_connectors[0]",
-        ["tls_sender_certificate_name or sender_ip_addresses"],
+        ["TlsSenderCertificateName or SenderIPAddresses"],
     ),
     (
         "internet-domain-is-tenant-domain",

@@ -19,11 +19,12 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
     AfterValidator,
+    AliasChoices,
     BaseModel,
     ConfigDict,
     Field,
@@ -226,7 +227,20 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
+def exo(param: str, description: str = "", **kw) -> Any:
+    """A field named after Exchange Online's own parameter (what `Get-InboundConnector` shows),
+    which is how it is written and saved; labgen's older snake_case name is still read."""
+    return Field(
+        validation_alias=AliasChoices(param, kw.pop("snake")),
+        serialization_alias=param,
+        description=f"{param}: {description}" if description else param,
+        **kw,
+    )
+
+
 class Domain(_Model):
+    """One of the tenant's accepted domains (New-AcceptedDomain)."""
+
     name: DomainName
     mx: Literal["eop", "gateway"] = Field(
         "eop",
@@ -235,30 +249,121 @@ class Domain(_Model):
             "(centralized mail flow, inbound)."
         ),
     )
+    domain_type: Literal["Authoritative", "InternalRelay"] = exo(
+        "DomainType",
+        "Authoritative: every recipient is in the tenant (Directory Based Edge Blocking rejects others); "
+        "InternalRelay: unknown recipients are routed on, by the tenant's outbound connectors or the MX.",
+        snake="domain_type",
+        default="Authoritative",
+    )
 
 
 class InboundConnector(_Model):
-    """An Exchange Online inbound connector (New-InboundConnector)."""
+    """An Exchange Online inbound connector (New-InboundConnector), with Microsoft's parameter names."""
 
-    name: ConnectorName = Field(description=f"Printable, one line, at most {MAX_NAME} characters.")
-    type: Literal["OnPremises", "Partner"] = "OnPremises"
+    name: ConnectorName = exo("Name", f"printable, one line, at most {MAX_NAME} characters.", snake="name")
+    type: Literal["OnPremises", "Partner"] = exo(
+        "ConnectorType",
+        "OnPremises (your own servers: attributes mail to the tenant and allows relay) or Partner.",
+        snake="type",
+        default="OnPremises",
+    )
     # Microsoft: '*.contoso.com' is allowed; embedded wildcards ('mail*.contoso.com') are not.
-    tls_sender_certificate_name: CertName | None = Field(
-        None,
-        description=(
-            "TlsSenderCertificateName: compared with the client certificate's CN and SANs; "
-            "'*.contoso.com' covers the domain and every subdomain."
-        ),
+    tls_sender_certificate_name: CertName | None = exo(
+        "TlsSenderCertificateName",
+        "compared with the client certificate's CN and SANs; '*.contoso.com' covers the domain and every subdomain.",
+        snake="tls_sender_certificate_name",
+        default=None,
     )
-    sender_ip_addresses: list[LabCidr] = Field(
-        [], max_length=MAX_ITEMS, description=("SenderIPAddresses: addresses or CIDR ranges.")
+    sender_ip_addresses: list[LabCidr] = exo(
+        "SenderIPAddresses", "addresses or CIDR ranges.", snake="sender_ip_addresses", default=[], max_length=MAX_ITEMS
     )
-    sender_domains: list[DomainPattern] = Field(
-        ["*"],
+    sender_domains: list[DomainPattern] = exo(
+        "SenderDomains",
+        "Partner connectors: the sender domains they apply to ('*', '*.contoso.com' or a domain).",
+        snake="sender_domains",
+        default=["*"],
         max_length=MAX_ITEMS,
-        description=("Partner connectors: the sender domains they apply to ('*', '*.contoso.com' or a domain)."),
     )
-    require_tls: bool = Field(False, description="RequireTls: mail without STARTTLS gets 451 5.7.3.")
+    require_tls: bool = exo(
+        "RequireTls",
+        "mail without STARTTLS is refused (Microsoft documents it for Partner connectors).",
+        snake="require_tls",
+        default=False,
+    )
+    restrict_domains_to_certificate: bool = exo(
+        "RestrictDomainsToCertificate",
+        "Partner connectors: mail from SenderDomains must present TlsSenderCertificateName, else 550 5.7.51.",
+        snake="restrict_domains_to_certificate",
+        default=False,
+    )
+    restrict_domains_to_ip_addresses: bool = exo(
+        "RestrictDomainsToIPAddresses",
+        "Partner connectors: mail from SenderDomains must come from SenderIPAddresses, else 550 5.7.51.",
+        snake="restrict_domains_to_ip_addresses",
+        default=False,
+    )
+    ef_skip_last_ip: bool = exo(
+        "EFSkipLastIP",
+        "Enhanced Filtering: judge SPF by the address before the last hop (the gateway), not by the gateway's.",
+        snake="ef_skip_last_ip",
+        default=False,
+    )
+    ef_skip_ips: list[LabCidr] = exo(
+        "EFSkipIPs",
+        "Enhanced Filtering: addresses skipped when finding the original sender's address.",
+        snake="ef_skip_ips",
+        default=[],
+        max_length=MAX_ITEMS,
+    )
+    enabled: bool = exo("Enabled", "a disabled connector matches nothing.", snake="enabled", default=True)
+
+
+class OutboundConnector(_Model):
+    """An Exchange Online outbound connector (New-OutboundConnector), with Microsoft's parameter names."""
+
+    name: ConnectorName = exo("Name", f"printable, one line, at most {MAX_NAME} characters.", snake="name")
+    type: Literal["OnPremises", "Partner"] = exo("ConnectorType", snake="type", default="OnPremises")
+    recipient_domains: list[DomainPattern] = exo(
+        "RecipientDomains",
+        "the recipient domains it takes ('*' for all: centralized mail flow); most specific wins.",
+        snake="recipient_domains",
+        min_length=1,
+        max_length=MAX_ITEMS,
+    )
+    smart_hosts: list[DomainName] = exo(
+        "SmartHosts",
+        "the hosts it delivers to (in the lab: the gateway's hostname).",
+        snake="smart_hosts",
+        default=[],
+        max_length=MAX_ITEMS,
+    )
+    use_mx_record: bool = exo(
+        "UseMXRecord",
+        "deliver by the recipient domain's MX instead of SmartHosts.",
+        snake="use_mx_record",
+        default=False,
+    )
+    tls_settings: Literal["EncryptionOnly", "CertificateValidation", "DomainValidation"] | None = exo(
+        "TlsSettings",
+        "None: opportunistic TLS; EncryptionOnly: TLS required; CertificateValidation: and a trusted chain; "
+        "DomainValidation: and a certificate for TlsDomain.",
+        snake="tls_settings",
+        default=None,
+    )
+    tls_domain: CertName | None = exo(
+        "TlsDomain",
+        "DomainValidation: the name the smart host's certificate must carry.",
+        snake="tls_domain",
+        default=None,
+    )
+    route_all_messages_via_on_premises: bool = exo(
+        "RouteAllMessagesViaOnPremises",
+        "centralized mail transport: every message of the tenant, internal or not, goes through on-premises.",
+        snake="route_all_messages_via_on_premises",
+        default=False,
+    )
+    enabled: bool = exo("Enabled", snake="enabled", default=True)
 
 
 class Tenant(_Model):
@@ -267,9 +372,37 @@ class Tenant(_Model):
     domains: list[Domain] = Field(min_length=1, max_length=MAX_DOMAINS)
     mailboxes: list[Address] = Field([], max_length=MAX_MAILBOXES)
     inbound_connectors: list[InboundConnector] = Field([], max_length=MAX_CONNECTORS)
+    outbound_connectors: list[OutboundConnector] = Field([], max_length=MAX_CONNECTORS)
     outbound_via_gateway: bool = Field(
-        False, description=("Centralized mail flow: Exchange Online hands all outbound mail to the customer's gateway.")
+        False,
+        description=(
+            "Shorthand for centralized mail flow: an OnPremises outbound connector for '*' to the gateway "
+            "with RouteAllMessagesViaOnPremises."
+        ),
     )
+    reject_direct_send: bool = exo(
+        "RejectDirectSend",
+        "Set-OrganizationConfig: anonymous mail whose P1 sender is one of the tenant's accepted domains and "
+        "that matches no connector gets 550 5.7.68.",
+        snake="reject_direct_send",
+        default=False,
+    )
+
+    def outbound(self, gateway_host: str) -> list[OutboundConnector]:
+        """The outbound connectors, the outbound_via_gateway shorthand made into one."""
+        if not self.outbound_via_gateway or any(
+            "*" in c.recipient_domains and c.route_all_messages_via_on_premises for c in self.outbound_connectors
+        ):
+            return self.outbound_connectors
+        cmt = OutboundConnector.model_validate(
+            {
+                "Name": "Outbound to gateway",
+                "RecipientDomains": ["*"],
+                "SmartHosts": [gateway_host],
+                "RouteAllMessagesViaOnPremises": True,
+            }
+        )
+        return [*self.outbound_connectors, cmt]
 
 
 class Certificate(_Model):
@@ -319,7 +452,16 @@ class SendConnector(_Model):
         ),
     )
     route: Literal["mx"] | Smarthost = Field("mx", description="'mx' (the recipient domain's MX) or {smarthost: name}.")
-    tls: Literal["none", "may", "encrypt"] = Field("may", description="Postfix's smtp_tls_security_level.")
+    tls: Literal["none", "may", "encrypt", "secure"] = Field(
+        "may",
+        description=(
+            "Postfix's smtp_tls_security_level; 'secure' also verifies the server's certificate chain and name "
+            "(what Microsoft's own send-connector guidance asks for the Office 365 connector)."
+        ),
+    )
+    helo: DomainName | None = Field(
+        None, description="The HELO name this connector says (default: the gateway's hostname)."
+    )
     certificate: CertKey | None = Field(None, description="The client certificate it presents (a key of certificates).")
     source_ip: LabIp | None = Field(None, description="Egress address (smtp_bind_address); default: the gateway's.")
 
@@ -351,23 +493,66 @@ class Gateway(_Model):
     # The certificate the gateway presents when it *receives* mail (STARTTLS server side).
     server_certificate: CertKey | None = None
     connectors: list[SendConnector] = Field(min_length=1, max_length=MAX_CONNECTORS)
+    recipient_validation: bool = Field(
+        True,
+        description=(
+            "Refuse unknown recipients of the tenants' domains at RCPT (Postfix relay_recipient_maps), so they are "
+            "not accepted and bounced later (backscatter). false: accept any, as many gateways do."
+        ),
+    )
+
+
+Profile = Literal["seed", "current"]
+PROFILES: tuple[Profile, ...] = ("seed", "current")
 
 
 class Eop(_Model):
-    misattribution: Literal["discard", "reject"] = Field(
-        "discard",
+    profile: Profile = Field(
+        "current",
         description=(
-            "Mail attributed to tenant A by an OnPremises connector but addressed to tenant B: 'discard' "
-            "(accepted with 250, dropped: the field report) or 'reject' (550 5.7.64, a stricter EOP)."
+            "The behaviour set: 'current' = Exchange Online as Microsoft documents it today (accepted-domain and "
+            "CA-signed certificate rules, relay through the attributed tenant); 'seed' = as the field report saw it "
+            "(a self-signed certificate attributes, cross-tenant misattribution is accepted and discarded). "
+            "docs/fidelity.md lists which rule belongs to which."
         ),
     )
-    require_trusted_certificate: bool = Field(
-        False,
+    misattribution: Literal["discard", "reject", "relay"] | None = Field(
+        None,
         description=(
-            "KB 3212877: reject certificate-attributed mail whose chain is not publicly trusted (550 5.7.64)."
+            "Mail attributed to tenant A by an OnPremises connector but addressed elsewhere: 'relay' (through A's "
+            "outbound routing, as documented; default of 'current'), 'discard' (accepted with 250 and dropped: the "
+            "field report; default of 'seed') or 'reject' (550 5.7.64, a hypothetical stricter EOP)."
+        ),
+    )
+    require_trusted_certificate: bool | None = Field(
+        None,
+        description=(
+            "KB 3212877: a certificate that does not chain to a trusted root does not attribute (relay then gets "
+            "550 5.7.64). Default: true for 'current', false for 'seed'."
+        ),
+    )
+    throttle_new_ips_after: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_COUNT,
+        description=(
+            "After this many messages from an address that matches no connector of any tenant, EOP answers "
+            "451 4.7.500 Server busy (a new IP without a connector). Unset: never."
         ),
     )
     address: LabIp | None = None
+
+    @property
+    def misattribution_policy(self) -> Literal["discard", "reject", "relay"]:
+        return self.misattribution or ("discard" if self.profile == "seed" else "relay")
+
+    @property
+    def trusted_certificate_required(self) -> bool:
+        return (
+            self.require_trusted_certificate
+            if self.require_trusted_certificate is not None
+            else self.profile == "current"
+        )
 
 
 class Internet(_Model):
@@ -406,6 +591,16 @@ class Message(_Model):
     )
     subject: Annotated[str, AfterValidator(text_line("a subject", MAX_TEXT))] | None = Field(
         None, description=(f"Printable, one line, at most {MAX_TEXT} characters.")
+    )
+    source_ip: LabIp | None = Field(
+        None,
+        description=(
+            "Internet senders: the address the message is sent from (default: the traffic host's). Any lab address "
+            "no other host uses, e.g. one a connector lists, to model a spoofed or a new sender."
+        ),
+    )
+    helo: DomainName | None = Field(
+        None, description="Internet senders: the HELO name (default: sender.internet.test)."
     )
     via: Literal["exchange-online", "internet"] | None = Field(
         None,
@@ -522,6 +717,13 @@ class Scenario(_Model):
         return None
 
 
+def message_via(s: Scenario, m: Message) -> str:
+    """How a message leaves its sender: 'exchange-online' for a tenant's user, else 'internet'."""
+    if m.via is not None:
+        return m.via
+    return "exchange-online" if s.tenant_of_domain(domain_of(m.sender)) else "internet"
+
+
 def routing_domain(tenant: str) -> str:
     return f"{tenant}.{ROUTING_SUFFIX}"
 
@@ -556,11 +758,30 @@ def _cross_check(s: Scenario) -> None:
                     f"{quote(mbx)} is not in one of tenant {tname}'s domains ({escape(', '.join(sorted(own)), 120)})",
                 )
         for i, c in enumerate(tenant.inbound_connectors):
+            where = f"tenants.{tname}.inbound_connectors[{i}]"
             if c.type == "OnPremises" and not (c.tls_sender_certificate_name or c.sender_ip_addresses):
+                raise _Located(where, "an OnPremises connector needs TlsSenderCertificateName or SenderIPAddresses")
+            if c.restrict_domains_to_certificate and not c.tls_sender_certificate_name:
                 raise _Located(
-                    f"tenants.{tname}.inbound_connectors[{i}]",
-                    "an OnPremises connector needs tls_sender_certificate_name or sender_ip_addresses",
+                    f"{where}.RestrictDomainsToCertificate",
+                    "needs TlsSenderCertificateName: the certificate it requires",
                 )
+            if c.restrict_domains_to_ip_addresses and not c.sender_ip_addresses:
+                raise _Located(
+                    f"{where}.RestrictDomainsToIPAddresses", "needs SenderIPAddresses: the addresses it requires"
+                )
+        for i, oc in enumerate(tenant.outbound_connectors):
+            where = f"tenants.{tname}.outbound_connectors[{i}]"
+            if not oc.use_mx_record and not oc.smart_hosts:
+                raise _Located(where, "an outbound connector needs SmartHosts or UseMXRecord: true")
+            for j, host in enumerate(oc.smart_hosts):
+                if host != s.gateway.hostname:
+                    raise _Located(
+                        f"{where}.SmartHosts[{j}]",
+                        f"{quote(host)}: the lab's only smart host is the gateway ({s.gateway.hostname})",
+                    )
+            if oc.tls_settings == "DomainValidation" and not oc.tls_domain:
+                raise _Located(f"{where}.TlsDomain", "TlsSettings DomainValidation needs TlsDomain")
     for i, name in enumerate(s.internet.domains):
         if name in seen_domains or s.tenant_of_domain(name):
             raise _Located(f"internet.domains[{i}]", f"domain {quote(name)} is already a tenant's domain")
@@ -608,6 +829,12 @@ def _cross_check(s: Scenario) -> None:
         if m.via == "exchange-online" and s.tenant_of_domain(sender_domain) is None:
             raise _Located(
                 f"traffic[{i}].via", f"{quote(m.sender)} is not a tenant user, so it cannot send via exchange-online"
+            )
+        if (m.source_ip or m.helo) and message_via(s, m) != "internet":
+            key = "source_ip" if m.source_ip else "helo"
+            raise _Located(
+                f"traffic[{i}].{key}",
+                "only an internet sender has its own address and HELO; add via: internet to send as one",
             )
         if isinstance(m.expect, dict):
             for rcpt in m.expect:
