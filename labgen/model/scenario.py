@@ -493,6 +493,15 @@ class Gateway(_Model):
     # The certificate the gateway presents when it *receives* mail (STARTTLS server side).
     server_certificate: CertKey | None = None
     connectors: list[SendConnector] = Field(min_length=1, max_length=MAX_CONNECTORS)
+    exchange_online_relay: Literal["certificate", "ip"] = Field(
+        "certificate",
+        description=(
+            "How the gateway lets Exchange Online relay through it: 'certificate' = only a client presenting "
+            "Exchange Online's certificate, for senders in the tenants' own domains (as real gateways restrict it); "
+            "'ip' = anything from Exchange Online's address (Postfix mynetworks: every tenant's mail, since "
+            "Microsoft's addresses are shared)."
+        ),
+    )
     recipient_validation: bool = Field(
         True,
         description=(
