@@ -52,10 +52,22 @@ def _make_consoles() -> None:
     err = Console(stderr=True, highlight=False, emoji=False)
 
 
-def load_scenario(ref: str) -> Scenario:
+def load_scenario(ref: str, profile: str | None = None) -> Scenario:
     from .model.scenario import load_scenario as load  # pydantic: only for commands that read a scenario
+    from .model.scenario import with_profile
 
-    return load(ref)
+    s = load(ref)
+    return with_profile(s, profile) if profile else s
+
+
+PROFILE_OPTION = click.option(
+    "--profile",
+    type=click.Choice(["seed", "current"]),
+    help=(
+        "Run under this EOP behaviour set instead of the scenario's eop.profile (its expectations, written for "
+        "its own profile, are then not checked)."
+    ),
+)
 
 
 def _workdir(value: str | None) -> Path:
@@ -360,11 +372,18 @@ def pick_engine(name: str, keep: bool = False):
 
 
 def run_one(
-    scenario: str, engine_name: str, workdir, subnet, as_json: bool, force: bool = False, keep: bool = False
+    scenario: str,
+    engine_name: str,
+    workdir,
+    subnet,
+    as_json: bool,
+    force: bool = False,
+    keep: bool = False,
+    profile: str | None = None,
 ) -> ResultDoc:
     from .run import run_lab
 
-    s = load_scenario(scenario)
+    s = load_scenario(scenario, profile)
     _quiet_for_json(as_json)
     engine = pick_engine(engine_name, keep)
     if as_json or not err.is_terminal:
@@ -394,9 +413,10 @@ def _exit_for(doc: ResultDoc) -> int:
     is_flag=True,
     help="Leave the lab serving after the verdict until `labgen down LAB` (Docker labs always stay up).",
 )
-def up(scenario, engine, workdir, subnet, as_json, force, keep):
+@PROFILE_OPTION
+def up(scenario, engine, workdir, subnet, as_json, force, keep, profile):
     """Bring a lab up, send its traffic, and show what happened to every message."""
-    doc = run_one(scenario, engine, workdir, subnet, as_json, force, keep)
+    doc = run_one(scenario, engine, workdir, subnet, as_json, force, keep, profile)
     if as_json:
         _print_json(doc)
     else:
@@ -412,13 +432,14 @@ def up(scenario, engine, workdir, subnet, as_json, force, keep):
 @click.option("--engine", type=click.Choice(ENGINES), default="auto", show_default=True)
 @click.option("--workdir")
 @click.option("--json", "as_json", is_flag=True, help="Print the labgen.compare/v1 document.")
-def compare(a, b, engine, workdir, as_json):
+@PROFILE_OPTION
+def compare(a, b, engine, workdir, as_json, profile):
     """Run two scenarios and show, per message, what changed."""
     from .results.compare import compare_docs
 
-    load_scenario(a), load_scenario(b)  # bad input fails before anything starts
-    doc_a = run_one(a, engine, workdir, None, as_json)
-    doc_b = run_one(b, engine, workdir, None, True)
+    load_scenario(a, profile), load_scenario(b, profile)  # bad input fails before anything starts
+    doc_a = run_one(a, engine, workdir, None, as_json, profile=profile)
+    doc_b = run_one(b, engine, workdir, None, True, profile=profile)
     doc = compare_docs(doc_a, doc_b)
     if as_json:
         _print_json(doc)

@@ -35,13 +35,17 @@ def build(plan: Plan, m: Message) -> bytes:
 
 
 def _targets(plan: Plan, m: Message) -> list[tuple[str, list[str], str, bool]]:
-    """(entry, recipients, name, by_mx) groups: the gateway, or each recipient domain's MX."""
-    if message_entry(plan.scenario, m.sender, m.via) == "gateway":
-        return [("gateway", list(m.to), plan.scenario.gateway.hostname, False)]
+    """(entry, recipients, name, by_mx) groups: the gateway (Exchange Online's outbound connector
+    to it), or each recipient domain's MX."""
+    to_gateway: list[str] = []
     groups: dict[str, list[str]] = {}
     for r in m.to:
-        groups.setdefault(r.rpartition("@")[2], []).append(r)
-    return [("mx", rcpts, domain, True) for domain, rcpts in groups.items()]
+        if message_entry(plan.scenario, m, r)[0] == "gateway":
+            to_gateway.append(r)
+        else:
+            groups.setdefault(r.rpartition("@")[2], []).append(r)
+    out = [("gateway", to_gateway, plan.scenario.gateway.hostname, False)] if to_gateway else []
+    return out + [("mx", rcpts, domain, True) for domain, rcpts in groups.items()]
 
 
 # Several messages per SMTP session, as an MTA's connection cache sends them (Postfix's

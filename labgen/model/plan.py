@@ -20,7 +20,18 @@ from typing import Protocol
 from pydantic import BaseModel
 
 from ..errors import InputError
-from .scenario import PROTECTION_SUFFIX, Scenario, domain_of, planned_addresses, protection_host, routing_domain
+from .scenario import (
+    PROTECTION_SUFFIX,
+    Message,
+    OutboundConnector,
+    Scenario,
+    domain_of,
+    endpoint_host,
+    message_via,
+    planned_addresses,
+    protection_host,
+    routing_domain,
+)
 
 HOSTS = ("dns", "eop", "gateway", "sink", "traffic")
 # Mnemonic host offsets inside the lab subnet (a /25 or larger); smaller subnets count up from .2.
@@ -188,7 +199,10 @@ def _records(s: Scenario, hosts: dict[str, list[str]]) -> tuple[list[str], list[
         rec.append(Record(name=routing_domain(tname), type="MX", value=protection_host(tname)))
         zones.add(routing_domain(tname))
         for d in tenant.domains:
-            target = protection_host(tname) if d.mx == "eop" else s.gateway.hostname
+            endpoint = endpoint_host(d.name)
+            if endpoint:  # Microsoft's per-domain name (contoso-com.mail.protection...)
+                rec.append(Record(name=endpoint, type="A", value=eop))
+            target = (endpoint or protection_host(tname)) if d.mx == "eop" else s.gateway.hostname
             rec.append(Record(name=d.name, type="MX", value=target))
             zones.add(d.name)
     for name in s.internet.domains:
@@ -323,11 +337,12 @@ def _translated_scenario(s: Scenario, move: Callable[[str], str]) -> Scenario:
     return s
 
 
-def message_entry(s: Scenario, sender: str, via: str | None) -> str:
-    """Where a traffic message enters the lab: 'gateway' (centralized outbound) or 'mx'."""
-    tenant = s.tenant_of_domain(domain_of(sender))
-    if via is None:
-        via = "exchange-online" if tenant else "internet"
-    if via == "exchange-online" and tenant and s.tenants[tenant].outbound_via_gateway:
-        return "gateway"
-    return "mx"
+def message_entry(s: Scenario, m: Message, rcpt: str) -> tuple[str, OutboundConnector | None]:
+    """Where a traffic message enters the lab for one recipient: ('gateway', the Exchange Online
+    outbound connector that sends it there) or ('mx', None: the recipient domain's MX)."""
+    tenant = s.tenant_of_domain(domain_of(m.sender))
+    if message_via(s, m) == "exchange-online" and tenant:
+        c = s.tenants[tenant].outbound_for(domain_of(rcpt), s.gateway.hostname)
+        if c is not None and not c.use_mx_record:
+            return "gateway", c
+    return "mx", None

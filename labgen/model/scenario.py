@@ -404,6 +404,31 @@ class Tenant(_Model):
         )
         return [*self.outbound_connectors, cmt]
 
+    def outbound_for(self, domain: str, gateway_host: str) -> OutboundConnector | None:
+        """The enabled outbound connector Exchange Online picks for a recipient domain: the most
+        specific RecipientDomains entry wins ('contoso.com' over '*.contoso.com' over '*'). The
+        tenant's own domains go out only by centralized mail transport."""
+        own = any(d.name == domain for d in self.domains)
+        best: tuple[int, OutboundConnector] | None = None
+        for c in self.outbound(gateway_host):
+            if not c.enabled or (own and not c.route_all_messages_via_on_premises):
+                continue
+            score = max((_specificity(p, domain) for p in c.recipient_domains), default=0)
+            if score and (best is None or score > best[0]):
+                best = (score, c)
+        return best[1] if best else None
+
+
+def _specificity(pattern: str, domain: str) -> int:
+    """How closely a RecipientDomains entry covers `domain`: exact 3, '*.x' 2, '*' 1, no 0."""
+    if pattern == "*":
+        return 1
+    if pattern == domain:
+        return 3
+    if pattern.startswith("*.") and (domain == pattern[2:] or domain.endswith(pattern[1:])):
+        return 2
+    return 0
+
 
 class Certificate(_Model):
     cn: str = Field(min_length=1, max_length=64)  # X.509's upper bound for a CN
@@ -726,6 +751,19 @@ class Scenario(_Model):
         return None
 
 
+def with_profile(s: Scenario, profile: str) -> Scenario:
+    """The scenario under another EOP profile. Its expectations were written for its own
+    profile, so under another they are dropped rather than checked."""
+    if profile == s.eop.profile:
+        return s
+    out = s.model_copy(deep=True)
+    out._source = s._source
+    out.eop.profile = profile  # type: ignore[assignment]  # the CLI offers only the profiles
+    for m in out.traffic:
+        m.expect = None
+    return out
+
+
 def message_via(s: Scenario, m: Message) -> str:
     """How a message leaves its sender: 'exchange-online' for a tenant's user, else 'internet'."""
     if m.via is not None:
@@ -739,6 +777,14 @@ def routing_domain(tenant: str) -> str:
 
 def protection_host(tenant: str) -> str:
     return f"{tenant}.{PROTECTION_SUFFIX}"
+
+
+def endpoint_host(domain: str) -> str | None:
+    """The EOP endpoint Microsoft publishes for an accepted domain, the domain's dots made
+    dashes (contoso.com -> contoso-com.mail.protection.outlook.com); None when that label would
+    be longer than DNS allows."""
+    label = domain.replace(".", "-")
+    return f"{label}.{PROTECTION_SUFFIX}" if len(label) <= 63 else None
 
 
 # ---------------------------------------------------------------- cross-checks

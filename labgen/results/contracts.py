@@ -130,7 +130,7 @@ class RcptDecision(_Event):
     event: Literal["rcpt"]
     msgid: str | None = None
     rcpt: str
-    action: Literal["deliver", "discard", "reject", "defer"]
+    action: Literal["deliver", "discard", "reject", "defer", "relay"]
     reply: str
     reason: str | None = None
     client_ip: str | None = None
@@ -243,6 +243,21 @@ class Discarded(_Event):
     client_ip: str
 
 
+class EopRelay(_Event):
+    """EOP sent a message on over SMTP for one recipient (relay through the attributed tenant, an
+    outbound connector, an InternalRelay domain): the next hop's answer."""
+
+    event: Literal["relayed", "relay_deferred", "relay_bounced"]
+    msgid: str | None
+    rcpt: str
+    tenant: str | None  # whose outbound routing sent it
+    connector: str | None  # the outbound connector, if one chose the route
+    relay: str | None  # host[ip]:port; None: no next hop
+    relay_host: str | None = None
+    reply: str
+    tls: str | None = None
+
+
 class Ndr(_Event):
     """A mailbox service delivered a non-delivery report about message msgid."""
 
@@ -296,6 +311,7 @@ AnyEvent = (
     | Accepted
     | Delivered
     | Discarded
+    | EopRelay
     | Ndr
     | TraceEntry
     | Query
@@ -413,6 +429,7 @@ class ResultDoc(_Contract):
     scenario: str
     description: str
     engine: str
+    profile: Literal["seed", "current"] | None = None  # the EOP behaviour set that produced the verdict
     duration_s: float
     lab_dir: str
     run_id: str

@@ -86,7 +86,8 @@ def _shown(messages: list[dict]) -> list[dict]:
 def print_result(result: ResultDoc, console: Console) -> None:
     doc = dump(result)  # the document as --json prints it: what this report explains
     shown = _shown(doc["messages"])
-    title = f"labgen · {doc['scenario']} · {doc['engine']} engine · {doc['duration_s']:.1f} s"
+    profile = f" · EOP profile {doc['profile']}" if doc.get("profile") else ""
+    title = f"labgen · {doc['scenario']} · {doc['engine']} engine{profile} · {doc['duration_s']:.1f} s"
     table = Table(
         title=_text(title), caption=_text(doc["description"]) if doc.get("description") else None, show_lines=False
     )
@@ -134,7 +135,9 @@ def print_result(result: ResultDoc, console: Console) -> None:
             f"{s['total']} recipient(s): {s['delivered']} delivered, {s['silently_discarded']} silently discarded, "
             f"{s['rejected']} rejected, {s['deferred']} deferred, {s['unaccounted']} unaccounted. "
             + (
-                "All expectations held."
+                "No expectations to check."
+                if all(m.get("expected") is None for m in doc["messages"])
+                else "All expectations held."
                 if s["expectations_failed"] == 0
                 else f"{s['expectations_failed']} expectation(s) FAILED."
             )

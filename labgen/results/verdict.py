@@ -25,6 +25,7 @@ from .contracts import (
     Delivered,
     Discarded,
     DroppedBy,
+    EopRelay,
     GatewayStatus,
     Hop,
     MessageResult,
@@ -42,7 +43,7 @@ from .contracts import (
 )
 from .contracts import Verdict as VerdictValue  # the outcome values; `Verdict` below is the builder
 
-_RANK = {"traffic": 0, "gateway": 1, "eop": 2, "sink": 2}
+_RANK = {"traffic": 0, "gateway": 1, "eop": 2, "sink": 3}  # EOP may relay to a sink
 # Services that log every recipient they answer: a reply of theirs that another hop logged is
 # only final once their own record of it is there too.
 _LEDGERED = ("eop", "sink")
@@ -214,16 +215,24 @@ def _recorded(idx: _Index, msgid: str, rcpt: str, e: Submitted | GatewayStatus) 
     return svc not in _LEDGERED or any(x.service == svc for x in idx.by_key.get((msgid, rcpt), []))
 
 
-def _downstream_done(idx: _Index, msgid: str, rcpt: str, e: Submitted | GatewayStatus) -> bool:
-    """A 2xx hand-off to a lab service is final once that service delivered or discarded it."""
+def _downstream_done(
+    idx: _Index, msgid: str, rcpt: str, e: Submitted | GatewayStatus | EopRelay, depth: int = 0
+) -> bool:
+    """A 2xx hand-off to a lab service is final once that service delivered or discarded it, or
+    (EOP) relayed it on and that relay is final in turn."""
     svc = idx.service_at(e.relay)
-    done = (
-        idx.find(msgid, rcpt, svc, Delivered, "delivered") + idx.find(msgid, rcpt, svc, Discarded, "discarded")
-        if svc
-        else []
-    )
-    # EOP's message trace line for a delivery is written right after it, in trace.jsonl.
-    return bool(done) and not (isinstance(done[-1], Delivered) and done[-1].tenant and (msgid, rcpt) not in idx.trace)
+    if not svc:
+        return False
+    done = idx.find(msgid, rcpt, svc, Delivered, "delivered") + idx.find(msgid, rcpt, svc, Discarded, "discarded")
+    if done:
+        # EOP's message trace line for a delivery is written right after it, in trace.jsonl.
+        return not (isinstance(done[-1], Delivered) and done[-1].tenant and (msgid, rcpt) not in idx.trace)
+    relays = [x for x in idx.by_key.get((msgid, rcpt), []) if isinstance(x, EopRelay) and x.service == svc]
+    if not relays or depth > 3:
+        return False
+    last = relays[-1]
+    # EOP does not retry in the lab: a deferral or a bounce of its relay is its last word.
+    return last.event != "relayed" or _downstream_done(idx, msgid, rcpt, last, depth + 1)
 
 
 def _follow_ndr(res: RcptResult, idx: _Index, bounce: GatewayStatus) -> None:
@@ -327,12 +336,15 @@ def classify_one(plan: Plan, idx: _Index, msgid: str, sender: str, rcpt: str, ex
         if (isinstance(e, GatewayStatus) and e.event == "bounced")
         or (isinstance(e, (Submitted, GatewayStatus)) and e.event in ("submitted", "sent") and _code(e.reply) >= 500)
         or (isinstance(e, RcptDecision) and e.action == "reject" and _code(e.reply) >= 500)
+        or (isinstance(e, EopRelay) and e.event == "relay_bounced")
     ]
     if rejects:
         r = next((x for x in rejects if isinstance(x, RcptDecision)), rejects[-1])
         res.outcome = "rejected"
         reason = getattr(r, "reason", None)
         res.why = f"{r.service} rejected it: {r.reply}" + (f" ({reason})" if reason else "")
+        if isinstance(r, EopRelay):
+            res.why = f"EOP relayed it to {r.relay_host or r.relay}, which rejected it: {r.reply}"
         res.final = chain_done
         # The gateway accepted it, so the gateway owes the sender an NDR (a rejection at
         # submission is told to the submitting client instead).
@@ -341,6 +353,15 @@ def classify_one(plan: Plan, idx: _Index, msgid: str, sender: str, rcpt: str, ex
             _follow_ndr(res, idx, bounce)
             if res.ndr_lost:
                 res.why += f"; the sender got no non-delivery report: {res.ndr_lost}"
+        return res
+
+    eop_relays = [e for e in evs if isinstance(e, EopRelay)]
+    if eop_relays and eop_relays[-1].event == "relay_deferred":
+        last_relay = eop_relays[-1]
+        res.outcome = "deferred"
+        via = f" by outbound connector '{last_relay.connector}'" if last_relay.connector else ""
+        res.why = f"EOP accepted it and could not relay it to {last_relay.relay_host}{via}: {last_relay.reply}"
+        res.final = chain_done
         return res
 
     # Not final: find where it is now.

@@ -13,9 +13,12 @@ What it writes:
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import itertools
 import re
+import secrets
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,6 +29,7 @@ from ...results.contracts import (
     Certificate,
     Delivered,
     Discarded,
+    EopRelay,
     RcptDecision,
     Session,
     TlsFailed,
@@ -35,7 +39,7 @@ from ..dsn import note_ndr
 from ..ledger import Ledger, clip, header, write_mailbox
 from ..pki import TrustStore, cert_info
 from ..smtpd import LabEnvelope, LabSession, LabSMTP, message_id, server_tls_context
-from . import rules
+from . import relay, rules
 
 BANNER = "Microsoft ESMTP MAIL Service ready at {date}"
 MAX_SIZE = 157286400  # EOP's 150 MB
@@ -54,8 +58,21 @@ EHLO_KEYWORDS = (
 )
 
 
+# The internal server name real rejections end with: [<server>.<region>.prod.outlook.com <time> <id>]
+# (TLS Certificates in Exchange Hybrid, Exchange Team blog 2025).
+DIAGNOSTIC_HOST = "DM6PR12MB4011.namprd12.prod.outlook.test"
+
+
 def tenant_guid(tenant: str) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_DNS, f"{tenant}.onmicrosoft.test"))
+
+
+def with_diagnostic(reply: str, session_id: str) -> str:
+    """A 4xx/5xx reply as EOP ends it: with the bracketed server, time and session id admins grep."""
+    if reply[:1] not in ("4", "5"):
+        return reply
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return f"{reply} [{DIAGNOSTIC_HOST} {now} {session_id}]"
 
 
 class EopSession(LabSession):
@@ -66,6 +83,7 @@ class EopSession(LabSession):
         super().__init__(loop)
         self.facts: rules.Session | None = None
         self.cert: Certificate | None = None  # the client certificate, as the ledger shows it
+        self.session_id = secrets.token_hex(8).upper()  # as EOP's banner and replies carry one
 
 
 class EopEnvelope(LabEnvelope):
@@ -73,6 +91,7 @@ class EopEnvelope(LabEnvelope):
         super().__init__()
         # Each accepted recipient's attribution and decision, acted on at the end of DATA.
         self.decisions: dict[str, tuple[rules.Attribution, rules.Decision]] = {}
+        self.prior_from_ip = 0  # transactions from the client's address before this one
 
 
 class EopSMTP(LabSMTP):
@@ -93,7 +112,10 @@ class EopHandler:
         self.ledger = Ledger(run_dir, "eop")
         self.trace = Ledger(run_dir, "trace")
         self.mailroot = Path(run_dir) / "mailboxes"
+        self.ca_root = str(labdir / plan.ca_root)
         self._ids = itertools.count(1)
+        self._from_ip: Counter[str] = Counter()  # messages per source address (throttling)
+        self._relays: set[asyncio.Future] = set()
 
     # --- aiosmtpd hooks
     async def handle_EHLO(
@@ -140,9 +162,13 @@ class EopHandler:
     async def handle_MAIL(
         self, server: EopSMTP, session: EopSession, envelope: EopEnvelope, address: str, options: list[str]
     ) -> str:
-        self._facts(server, session)
+        facts = self._facts(server, session)
         envelope.mail_from = address
         envelope.mail_options.extend(options)
+        # Throttling counts transactions per source address; which of them crosses the limit
+        # follows their arrival, how many do not.
+        envelope.prior_from_ip = self._from_ip[facts.source_ip]
+        self._from_ip[facts.source_ip] += 1
         return "250 2.1.0 Sender OK"
 
     async def handle_RCPT(
@@ -152,8 +178,10 @@ class EopHandler:
         mail_from = envelope.mail_from
         if mail_from is None:  # aiosmtpd answers a RCPT before MAIL itself
             raise RuntimeError("RCPT before MAIL reached the handler")
+        facts.messages_from_ip = envelope.prior_from_ip
         att = rules.attribute(self.s, facts, mail_from, address)
         dec = rules.decide(self.s, facts, mail_from, address, att)
+        reply = with_diagnostic(dec.reply, session.session_id)
         self.ledger.emit(
             RcptDecision(
                 event="rcpt",
@@ -165,19 +193,17 @@ class EopHandler:
                 certificate=session.cert,
                 attribution=Attribution(**att.as_dict()),
                 action=dec.action,
-                reply=clip(dec.reply),
+                reply=clip(reply),
                 reason=clip(dec.reason),
                 tenant=dec.tenant,
             )
         )
         if dec.action == "reject":
-            if dec.trace_visible and dec.tenant:
-                self._trace(dec.tenant, envelope.envid, mail_from, address, "Failed")
-            return dec.reply
+            return reply  # a protocol-level rejection: in nobody's message trace
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(options)
         envelope.decisions[address] = (att, dec)
-        return dec.reply
+        return reply
 
     async def handle_DATA(self, server: EopSMTP, session: EopSession, envelope: EopEnvelope) -> str:
         facts = self._facts(server, session)  # known since the first RCPT
@@ -200,17 +226,16 @@ class EopHandler:
                 **refused,
             )
         )
+        relays: dict[rules.Route, list[str]] = {}
         for rcpt, (att, dec) in envelope.decisions.items():
+            if dec.action != "deliver":  # a delivery's trace line follows it (below)
+                for traced, status in dec.traces:
+                    self._trace(traced, msgid, envelope.mail_from, rcpt, status)
             if dec.action == "deliver":
-                attributed, tenant, mailbox = att.tenant, dec.tenant, dec.mailbox
-                if attributed is None or tenant is None or mailbox is None:  # rules.decide names all three
+                tenant, mailbox = dec.tenant, dec.mailbox
+                if tenant is None or mailbox is None:  # rules.decide names both
                     raise RuntimeError(f"delivery to {clip(rcpt)} names no tenant or mailbox")
-                stamped = (
-                    f"Received: from {session.host_name} ({session.client_ip}) by {EOP_POOL_HOST} "
-                    f"with ESMTP{'S' if facts.tls else ''}; id {internal}\r\n"
-                    f"X-EOPTenantAttributedMessage: {tenant_guid(attributed)}:0\r\n"
-                    f"X-EOPAttributedMessage: 0\r\n"
-                ).encode() + data
+                stamped = self._stamp(session, facts, att, tenant, internal) + data
                 path = write_mailbox(self.mailroot, mailbox, msgid, stamped)
                 self.ledger.emit(
                     Delivered(
@@ -223,7 +248,10 @@ class EopHandler:
                     )
                 )
                 note_ndr(self.ledger, data, mailbox, path, self.mailroot)
-                self._trace(tenant, msgid, envelope.mail_from, rcpt, "Delivered")
+                for t, status in dec.traces:  # after the delivery: the verdict waits for the trace line
+                    self._trace(t, msgid, envelope.mail_from, rcpt, status)
+            elif dec.action == "relay" and dec.route is not None:
+                relays.setdefault(dec.route, []).append(rcpt)
             else:
                 self.ledger.emit(
                     Discarded(
@@ -236,7 +264,61 @@ class EopHandler:
                         client_ip=session.client_ip,
                     )
                 )
+        for route, rcpts in relays.items():
+            att = envelope.decisions[rcpts[0]][0]
+            stamped = self._stamp(session, facts, att, route.tenant, internal) + data
+            task = asyncio.ensure_future(self._relay(route, stamped, envelope.mail_from or "", rcpts, msgid))
+            self._relays.add(task)
+            task.add_done_callback(self._relays.discard)
         return reply
+
+    def _stamp(
+        self, session: EopSession, facts: rules.Session, att: rules.Attribution, tenant: str | None, internal: int
+    ) -> bytes:
+        """The headers EOP adds: its Received line and how it classified the message
+        (Message Attribution blog; Demystifying hybrid mail flow; eopfieldnotes)."""
+        attributed = att.tenant or tenant
+        internal_mail = att.by in ("certificate", "ip")
+        auth_as = "Internal" if internal_mail else "Anonymous"
+        lines = [
+            f"Received: from {session.host_name} ({session.client_ip}) by {EOP_POOL_HOST} "
+            f"with ESMTP{'S' if facts.tls else ''}; id {internal}",
+            f"X-MS-Exchange-Organization-AuthAs: {auth_as}",
+            f"X-MS-Exchange-Organization-AuthSource: {EOP_POOL_HOST}",
+            f"X-MS-Exchange-CrossTenant-AuthAs: {auth_as}",
+        ]
+        if attributed:
+            org = self.s.tenants[attributed].domains[0].name
+            lines += [
+                f"X-MS-Exchange-CrossTenant-Id: {tenant_guid(attributed)}",
+                f"X-OriginatorOrg: {org}",
+                f"X-EOPTenantAttributedMessage: {tenant_guid(attributed)}:0",
+            ]
+        lines.append("X-EOPAttributedMessage: 0")
+        return ("\r\n".join(lines) + "\r\n").encode()
+
+    async def _relay(
+        self, route: rules.Route, data: bytes, mail_from: str, rcpts: list[str], msgid: str | None
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        outcomes = await loop.run_in_executor(
+            None, relay.send, self.plan, self.ca_root, route, data, mail_from, rcpts, msgid
+        )
+        for rcpt in rcpts:
+            o = outcomes[rcpt]
+            self.ledger.emit(
+                EopRelay(
+                    event=o.event,
+                    msgid=msgid,
+                    rcpt=clip(rcpt.lower()),
+                    tenant=route.tenant,
+                    connector=route.connector,
+                    relay=o.relay,
+                    relay_host=o.relay_host,
+                    reply=clip(o.reply),
+                    tls=o.tls,
+                )
+            )
 
     def _trace(self, tenant: str, msgid: str | None, sender: str | None, rcpt: str, status: str) -> None:
         self.trace.emit(
