@@ -61,6 +61,10 @@ def hop_lines(m: dict[str, Any]) -> list[str]:
                 f"EOP: attributed to {a.get('tenant') or 'no tenant'} by {a.get('by') or '-'}{conn} "
                 f"→ {action}: {_short(h.get('reply'), 50)}"
             )
+        elif svc == "eop" and ev in ("relayed", "relay_deferred", "relay_bounced"):
+            conn = f" by outbound connector '{h['connector']}'" if h.get("connector") else ""
+            tls = f" over {h['tls']}" if h.get("tls") else ""
+            lines.append(f"EOP relayed it{conn} → {h.get('relay') or '-'}{tls}: {ev} ({_short(h.get('reply'), 120)})")
         elif ev == "delivered":
             lines.append(f"{'EOP' if svc == 'eop' else 'internet sink'}: in mailbox {h.get('mailbox')}")
         elif ev == "discarded":

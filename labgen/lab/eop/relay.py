@@ -6,7 +6,6 @@ thread after it has answered the client."""
 
 from __future__ import annotations
 
-import smtplib
 import ssl
 from dataclasses import dataclass
 from typing import Literal
@@ -15,8 +14,8 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from ...model.plan import Plan
-from .. import nexthop
-from ..smtp_client import Result, _reply, client_tls_context
+from .. import nexthop, smtp_client
+from ..smtp_client import client_tls_context
 from . import rules
 
 EXO_OUTBOUND_HELO = "outbound.protection.outlook.test"  # as the traffic generator's Exchange Online
@@ -82,67 +81,45 @@ def send(
         if e.permanent:
             return {r: Outcome("relay_bounced", f"550 {e.reply}", None, route.host, None) for r in rcpts}
         return {r: Outcome("relay_deferred", f"451 {e.reply}", None, route.host, None) for r in rcpts}
-    required = route.tls_settings is not None
     ctx = client_tls_context(*(client_cert or (None, None)))
     if route.tls_settings in ("CertificateValidation", "DomainValidation"):
-        ctx.verify_mode = ssl.CERT_OPTIONAL
+        ctx.verify_mode = ssl.CERT_REQUIRED
         ctx.load_verify_locations(labdir_ca)
-    relay = f"{hop.host}[{hop.ip}]:{plan.smtp_port}"
-    try:
-        smtp = smtplib.SMTP(timeout=10, source_address=(plan.ip("eop"), 0))
-        smtp.connect(hop.ip, plan.smtp_port)
-        smtp.ehlo(EXO_OUTBOUND_HELO)
-        tls = None
-        if smtp.has_extn("starttls"):
-            try:
-                smtp.starttls(context=ctx)
-            except ssl.SSLCertVerificationError as e:
-                smtp.close()
-                msg = f"450 4.4.317 Cannot connect to remote server [Message=UntrustedRoot {e.verify_message}]"
-                return {r: Outcome("relay_deferred", msg, relay, hop.host, None) for r in rcpts}
-            sock = smtp.sock
-            if isinstance(sock, ssl.SSLSocket):
-                tls = sock.version()
-                problem = check_server_certificate(
-                    route, sock.getpeercert(binary_form=True), verified=ctx.verify_mode != ssl.CERT_NONE
-                )
-                if problem:
-                    smtp.close()
-                    return {r: Outcome("relay_deferred", problem, relay, hop.host, tls) for r in rcpts}
-            smtp.ehlo(EXO_OUTBOUND_HELO)
-        elif required:
-            smtp.close()
-            msg = "451 5.7.3 STARTTLS is required to send mail"  # the connector requires TLS; the host offers none
-            return {r: Outcome("relay_deferred", msg, relay, hop.host, None) for r in rcpts}
-        res = Result(host=hop.host, ip=hop.ip, port=plan.smtp_port, tls_version=tls)
-        dsn = smtp.has_extn("dsn")
-        code, text = smtp.mail(mail_from, [f"ENVID={envid}"] if envid and dsn else [])
-        if code >= 300:
-            res.replies = {r: (code, _reply(code, text)) for r in rcpts}
-        else:
-            accepted: list[str] = []
-            for r in rcpts:
-                rcode, rtext = smtp.rcpt(r)
-                res.replies[r] = (rcode, _reply(rcode, rtext))
-                if rcode < 300:
-                    accepted.append(r)
-            if accepted:
-                dcode, dtext = smtp.data(data)
-                res.replies.update({r: (dcode, _reply(dcode, dtext)) for r in accepted})
-        try:
-            smtp.quit()
-        except (OSError, smtplib.SMTPException):
-            smtp.close()
-    except (TimeoutError, OSError, smtplib.SMTPException) as e:
-        return {
-            r: Outcome("relay_deferred", f"451 4.4.0 conversation with {relay} failed: {e}", relay, hop.host, None)
-            for r in rcpts
-        }
-    out: dict[str, Outcome] = {}
-    for r in rcpts:
-        c, reply = res.replies.get(r, (0, "no answer"))
-        if 200 <= c < 300:
-            out[r] = Outcome("relayed", reply, relay, hop.host, tls)
-        else:
-            out[r] = Outcome("relay_bounced" if c >= 500 else "relay_deferred", reply, relay, hop.host, tls)
-    return out
+    session = smtp_client.Session(
+        host=hop.host,
+        ip=hop.ip,
+        port=plan.smtp_port,
+        helo=EXO_OUTBOUND_HELO,
+        source_ip=plan.ip("eop"),
+        tls="encrypt" if route.tls_settings else "may",
+        tls_context=ctx,
+    )
+    relay = session.relay
+    failed = session.open()
+    if failed is not None:
+        code, text = failed
+        if code == 0:
+            # Exchange Online reports a next hop it could not talk to as 4.4.317 and retries.
+            why = "UntrustedRoot" if "CERTIFICATE_VERIFY_FAILED" in text else text
+            text = f"450 4.4.317 Cannot connect to remote server [Message={why}]"
+        return {r: _outcome(code or 450, text, relay, hop.host, None) for r in rcpts}
+    tls = session.tls_version
+    sock = session.smtp.sock if session.smtp else None
+    if isinstance(sock, ssl.SSLSocket):
+        problem = check_server_certificate(route, sock.getpeercert(binary_form=True), verified=True)
+        if problem:
+            session.close()
+            return {r: _outcome(450, problem, relay, hop.host, tls) for r in rcpts}
+    res = session.transact(data, mail_from, rcpts, envid)
+    session.quit()
+    return {r: _outcome(*res.replies.get(r, (0, res.error or "no answer")), relay, hop.host, tls) for r in rcpts}
+
+
+def _outcome(code: int, reply: str, relay: str | None, host: str, tls: str | None) -> Outcome:
+    if 200 <= code < 300:
+        return Outcome("relayed", reply, relay, host, tls)
+    if code >= 500:
+        return Outcome("relay_bounced", reply, relay, host, tls)
+    if code == 0:
+        reply = f"450 4.4.317 Cannot connect to remote server [Message={reply}]"
+    return Outcome("relay_deferred", reply, relay, host, tls)

@@ -301,9 +301,13 @@ class EopHandler:
         self, route: rules.Route, data: bytes, mail_from: str, rcpts: list[str], msgid: str | None
     ) -> None:
         loop = asyncio.get_running_loop()
-        outcomes = await loop.run_in_executor(
-            None, relay.send, self.plan, self.ca_root, route, data, mail_from, rcpts, msgid
-        )
+        try:
+            outcomes = await loop.run_in_executor(
+                None, relay.send, self.plan, self.ca_root, route, data, mail_from, rcpts, msgid
+            )
+        except Exception as e:  # a lab fault, not EOP behaviour: say so in the ledger, keep serving
+            why = f"451 4.3.0 the lab's EOP failed to relay: {type(e).__name__}: {e}"
+            outcomes = {r: relay.Outcome("relay_deferred", why, None, route.host, None) for r in rcpts}
         for rcpt in rcpts:
             o = outcomes[rcpt]
             self.ledger.emit(
