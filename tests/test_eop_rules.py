@@ -10,7 +10,7 @@ import yaml
 
 from labgen.lab.eop.rules import (
     REPLY_DBEB,
-    REPLY_QUEUED,
+    REPLY_RCPT_OK,
     REPLY_RELAY_DENIED,
     REPLY_TLS_REQUIRED,
     Attribution,
@@ -112,17 +112,25 @@ def _attribution_scenario():
 
     def patch(d):
         d["tenants"]["contoso"]["inbound_connectors"] = [
-            {"name": "Contoso cert", "type": "OnPremises", "tls_sender_certificate_name": "*.contoso.example"},
-            {"name": "Contoso IP", "type": "OnPremises", "sender_ip_addresses": [f"{GW_IP}/32", "198.51.100.200"]},
+            {"Name": "Contoso cert", "ConnectorType": "OnPremises", "TlsSenderCertificateName": "*.contoso.example"},
+            {
+                "Name": "Contoso IP",
+                "ConnectorType": "OnPremises",
+                "SenderIPAddresses": [f"{GW_IP}/32", "198.51.100.200"],
+            },
         ]
         d["tenants"]["fabrikam"]["inbound_connectors"] = [
-            {"name": "Fabrikam IP", "type": "OnPremises", "sender_ip_addresses": ["198.51.100.192/26"]},
+            {"Name": "Fabrikam IP", "ConnectorType": "OnPremises", "SenderIPAddresses": ["198.51.100.192/26"]},
         ]
         d["tenants"]["tailspin"] = {
             "domains": [{"name": "tailspin.example"}],
             "mailboxes": ["tom@tailspin.example"],
             "inbound_connectors": [
-                {"name": "Partner northwind", "type": "Partner", "tls_sender_certificate_name": "mx.northwind.example"}
+                {
+                    "Name": "Partner northwind",
+                    "ConnectorType": "Partner",
+                    "TlsSenderCertificateName": "mx.northwind.example",
+                }
             ],
         }
 
@@ -306,38 +314,57 @@ def test_certificate_detail_names_the_matching_names():
 
 # ---------------------------------------------------------------- decide
 
-IP_CONNECTOR = contoso_connector(sender_ip_addresses=[f"{GW_IP}/32"])
+IP_CONNECTOR = contoso_connector(SenderIPAddresses=[f"{GW_IP}/32"])
 CONTOSO_CERT = tls("gw.contoso.example")  # the broken scenario's self-signed gateway certificate
 
 # Partner connectors on fabrikam for mail from northwind.example.
 PARTNER_TLS = fabrikam_connectors(
-    {"name": "From northwind", "type": "Partner", "sender_domains": ["northwind.example"], "require_tls": True}
+    {"Name": "From northwind", "ConnectorType": "Partner", "SenderDomains": ["northwind.example"], "RequireTls": True}
 )
 PARTNER_CERT = fabrikam_connectors(
     {
-        "name": "From northwind",
-        "type": "Partner",
-        "sender_domains": ["northwind.example"],
-        "tls_sender_certificate_name": "mx.northwind.example",
+        "Name": "From northwind",
+        "ConnectorType": "Partner",
+        "SenderDomains": ["northwind.example"],
+        "TlsSenderCertificateName": "mx.northwind.example",
+        "RestrictDomainsToCertificate": True,
+    }
+)
+# Without RestrictDomainsToCertificate a Partner connector's certificate restricts nothing.
+PARTNER_CERT_UNRESTRICTED = fabrikam_connectors(
+    {
+        "Name": "From northwind",
+        "ConnectorType": "Partner",
+        "SenderDomains": ["northwind.example"],
+        "TlsSenderCertificateName": "mx.northwind.example",
     }
 )
 PARTNER_IP = fabrikam_connectors(
     {
-        "name": "From northwind",
-        "type": "Partner",
-        "sender_domains": ["northwind.example"],
-        "sender_ip_addresses": ["203.0.113.0/24"],
+        "Name": "From northwind",
+        "ConnectorType": "Partner",
+        "SenderDomains": ["northwind.example"],
+        "SenderIPAddresses": ["203.0.113.0/24"],
+        "RestrictDomainsToIPAddresses": True,
+    }
+)
+PARTNER_IP_UNRESTRICTED = fabrikam_connectors(
+    {
+        "Name": "From northwind",
+        "ConnectorType": "Partner",
+        "SenderDomains": ["northwind.example"],
+        "SenderIPAddresses": ["203.0.113.0/24"],
     }
 )
 PARTNER_ANY = fabrikam_connectors(
-    {"name": "From anyone", "type": "Partner", "sender_domains": ["*"], "require_tls": True}
+    {"Name": "From anyone", "ConnectorType": "Partner", "SenderDomains": ["*"], "RequireTls": True}
 )
 PARTNER_SUBDOMAINS = fabrikam_connectors(
     {
-        "name": "From northwind subdomains",
-        "type": "Partner",
-        "sender_domains": ["*.northwind.example"],
-        "require_tls": True,
+        "Name": "From northwind subdomains",
+        "ConnectorType": "Partner",
+        "SenderDomains": ["*.northwind.example"],
+        "RequireTls": True,
     }
 )
 
@@ -349,7 +376,7 @@ DECIDE_CASES = [
         CONTOSO_CERT,
         "alice@contoso.example",
         "bob@contoso.example",
-        ("deliver", REPLY_QUEUED, "bob@contoso.example", "contoso"),
+        ("deliver", REPLY_RCPT_OK, "bob@contoso.example", "contoso"),
     ),
     (
         "routing-domain-maps-to-mailbox",
@@ -357,7 +384,7 @@ DECIDE_CASES = [
         CONTOSO_CERT,
         "alice@contoso.example",
         "bob@contoso.mail.onmicrosoft.test",
-        ("deliver", REPLY_QUEUED, "bob@contoso.example", "contoso"),
+        ("deliver", REPLY_RCPT_OK, "bob@contoso.example", "contoso"),
     ),
     (
         "routing-domain-case-insensitive",
@@ -365,7 +392,7 @@ DECIDE_CASES = [
         CONTOSO_CERT,
         "alice@contoso.example",
         "BOB@Contoso.Mail.OnMicrosoft.Test",
-        ("deliver", REPLY_QUEUED, "bob@contoso.example", "contoso"),
+        ("deliver", REPLY_RCPT_OK, "bob@contoso.example", "contoso"),
     ),
     (
         "mailbox-case-insensitive",
@@ -373,7 +400,7 @@ DECIDE_CASES = [
         plain(),
         "erin@northwind.example",
         "Carol@Fabrikam.Example",
-        ("deliver", REPLY_QUEUED, "carol@fabrikam.example", "fabrikam"),
+        ("deliver", REPLY_RCPT_OK, "carol@fabrikam.example", "fabrikam"),
     ),
     (
         "internet-sender-delivers",
@@ -381,7 +408,7 @@ DECIDE_CASES = [
         plain(),
         "erin@northwind.example",
         "carol@fabrikam.example",
-        ("deliver", REPLY_QUEUED, "carol@fabrikam.example", "fabrikam"),
+        ("deliver", REPLY_RCPT_OK, "carol@fabrikam.example", "fabrikam"),
     ),
     (
         "cross-tenant-cert-discard",
@@ -433,11 +460,11 @@ DECIDE_CASES = [
     ),
     (
         "require-tls-not-set",
-        [IP_CONNECTOR, contoso_connector(require_tls=False)],
+        [IP_CONNECTOR, contoso_connector(RequireTls=False)],
         plain(ip=GW_IP),
         "alice@contoso.example",
         "bob@contoso.example",
-        ("deliver", REPLY_QUEUED, "bob@contoso.example", "contoso"),
+        ("deliver", REPLY_RCPT_OK, "bob@contoso.example", "contoso"),
     ),
     (
         "untrusted-cert-rejected-when-required",
@@ -461,7 +488,7 @@ DECIDE_CASES = [
         tls("gw.contoso.example", trusted=True),
         "alice@contoso.example",
         "bob@contoso.example",
-        ("deliver", REPLY_QUEUED, "bob@contoso.example", "contoso"),
+        ("deliver", REPLY_RCPT_OK, "bob@contoso.example", "contoso"),
     ),
     (
         "untrusted-cert-fine-when-not-required",
@@ -469,15 +496,15 @@ DECIDE_CASES = [
         CONTOSO_CERT,
         "alice@contoso.example",
         "bob@contoso.example",
-        ("deliver", REPLY_QUEUED, "bob@contoso.example", "contoso"),
+        ("deliver", REPLY_RCPT_OK, "bob@contoso.example", "contoso"),
     ),
     (
         "trust-rule-ignores-ip-attribution",
-        [IP_CONNECTOR, contoso_connector(tls_sender_certificate_name=None), eop(require_trusted_certificate=True)],
+        [IP_CONNECTOR, contoso_connector(TlsSenderCertificateName=None), eop(require_trusted_certificate=True)],
         tls("mta.northwind.example", ip=GW_IP),
         "alice@contoso.example",
         "bob@contoso.example",
-        ("deliver", REPLY_QUEUED, "bob@contoso.example", "contoso"),
+        ("deliver", REPLY_RCPT_OK, "bob@contoso.example", "contoso"),
     ),
     (
         "unknown-mailbox-dbeb",
@@ -542,7 +569,7 @@ DECIDE_CASES = [
         tls(ip=INTERNET_IP),
         "erin@northwind.example",
         "carol@fabrikam.example",
-        ("deliver", REPLY_QUEUED, "carol@fabrikam.example", "fabrikam"),
+        ("deliver", REPLY_RCPT_OK, "carol@fabrikam.example", "fabrikam"),
     ),
     (
         "partner-other-sender-domain-not-applied",
@@ -550,7 +577,7 @@ DECIDE_CASES = [
         plain(),
         "tom@tailspin.example",
         "carol@fabrikam.example",
-        ("deliver", REPLY_QUEUED, "carol@fabrikam.example", "fabrikam"),
+        ("deliver", REPLY_RCPT_OK, "carol@fabrikam.example", "fabrikam"),
     ),
     (
         "partner-star-applies-to-anyone",
@@ -574,7 +601,7 @@ DECIDE_CASES = [
         tls("mx.northwind.example", ip=INTERNET_IP),
         "erin@northwind.example",
         "carol@fabrikam.example",
-        ("deliver", REPLY_QUEUED, "carol@fabrikam.example", "fabrikam"),
+        ("deliver", REPLY_RCPT_OK, "carol@fabrikam.example", "fabrikam"),
     ),
     (
         "partner-cert-name-wrong",
@@ -598,7 +625,7 @@ DECIDE_CASES = [
         plain(ip="203.0.113.7"),
         "erin@northwind.example",
         "carol@fabrikam.example",
-        ("deliver", REPLY_QUEUED, "carol@fabrikam.example", "fabrikam"),
+        ("deliver", REPLY_RCPT_OK, "carol@fabrikam.example", "fabrikam"),
     ),
     (
         "partner-ip-outside",
@@ -607,6 +634,22 @@ DECIDE_CASES = [
         "erin@northwind.example",
         "carol@fabrikam.example",
         ("reject", "550 5.7.51", None, "fabrikam"),
+    ),
+    (
+        "partner-cert-without-restrict-flag-does-not-restrict",
+        [PARTNER_CERT_UNRESTRICTED],
+        tls("mail.tailspin.example", ip=INTERNET_IP),
+        "erin@northwind.example",
+        "carol@fabrikam.example",
+        ("deliver", REPLY_RCPT_OK, "carol@fabrikam.example", "fabrikam"),
+    ),
+    (
+        "partner-ip-without-restrict-flag-does-not-restrict",
+        [PARTNER_IP_UNRESTRICTED],
+        plain(ip=INTERNET_IP),
+        "erin@northwind.example",
+        "carol@fabrikam.example",
+        ("deliver", REPLY_RCPT_OK, "carol@fabrikam.example", "fabrikam"),
     ),
     (
         "partner-passes-then-dbeb",
@@ -638,7 +681,7 @@ def test_discard_is_the_seed_silent_loss():
     att = attribute(s, CONTOSO_CERT, "alice@contoso.example", "carol@fabrikam.example")
     dec = decide(s, CONTOSO_CERT, "alice@contoso.example", "carol@fabrikam.example", att)
     assert (att.tenant, att.by) == ("contoso", "certificate")
-    assert dec.action == "discard" and dec.reply == REPLY_QUEUED
+    assert dec.action == "discard" and dec.reply == REPLY_RCPT_OK
     assert dec.mailbox is None and dec.trace_visible is False
     assert "misattribution" in dec.reason and "contoso" in dec.reason and "fabrikam" in dec.reason
 
@@ -647,9 +690,9 @@ def test_discard_is_the_seed_silent_loss():
     "patches, session, rcpt, reply, trace_visible",
     [
         ([eop(misattribution="reject")], CONTOSO_CERT, "carol@fabrikam.example", REPLY_RELAY_DENIED, False),
-        ([], plain(), "nobody@fabrikam.example", REPLY_DBEB, True),
+        ([], plain(), "nobody@fabrikam.example", REPLY_DBEB, False),
         ([IP_CONNECTOR], plain(ip=GW_IP), "bob@contoso.example", REPLY_TLS_REQUIRED, False),
-        ([], plain(), "carol@fabrikam.example", REPLY_QUEUED, True),
+        ([], plain(), "carol@fabrikam.example", REPLY_RCPT_OK, True),
     ],
     ids=["misattribution-reject", "dbeb", "tls-required", "deliver"],
 )

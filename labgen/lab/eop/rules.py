@@ -357,7 +357,9 @@ def _onprem(
     """Mail an OnPremises connector attributed to `tenant`: the tenant's own, to relay."""
     connector = next(c for c in s.tenants[tenant].inbound_connectors if c.name == att.connector)
     current = s.eop.profile == "current"
-    if connector.require_tls and not session.tls:
+    # Set-InboundConnector: RequireTls "applies only to Partner type connectors"; the seed's EOP
+    # enforced it on OnPremises connectors too (unsourced).
+    if not current and connector.require_tls and not session.tls:
         return _reject(REPLY_TLS_REQUIRED, f"connector '{connector.name}' of {tenant} requires TLS", rcpt_tenant)
     name = connector.tls_sender_certificate_name
     if not current and att.by == "certificate" and s.eop.trusted_certificate_required and not session.cert_trusted:
