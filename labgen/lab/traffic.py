@@ -13,13 +13,14 @@ from pathlib import Path
 import dns.resolver
 
 from ..model.plan import Plan, message_entry
-from ..model.scenario import Message
+from ..model.scenario import Message, OutboundConnector
 from ..results.contracts import Injected, PlannedMessage, Submitted, TrafficStart
 from . import nexthop
+from .eop import relay
 from .ledger import MSGID_HEADER, Ledger
 from .smtp_client import Result, Session
 
-TRAFFIC_HELO = {"gateway": "outbound.protection.outlook.test", "mx": "sender.internet.test"}
+TRAFFIC_HELO = {"gateway": relay.EXO_OUTBOUND_HELO, "mx": "sender.internet.test"}
 
 
 def build(plan: Plan, m: Message) -> bytes:
@@ -34,18 +35,20 @@ def build(plan: Plan, m: Message) -> bytes:
     return msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))
 
 
-def _targets(plan: Plan, m: Message) -> list[tuple[str, list[str], str, bool]]:
-    """(entry, recipients, name, by_mx) groups: the gateway (Exchange Online's outbound connector
-    to it), or each recipient domain's MX."""
-    to_gateway: list[str] = []
+def _targets(plan: Plan, m: Message) -> list[tuple[str, list[str], str, bool, OutboundConnector | None]]:
+    """(entry, recipients, name, by_mx, connector) groups: the gateway, by the Exchange Online
+    outbound connector that sends there, or each recipient domain's MX."""
+    to_gateway: dict[str, tuple[OutboundConnector, list[str]]] = {}
     groups: dict[str, list[str]] = {}
     for r in m.to:
-        if message_entry(plan.scenario, m, r)[0] == "gateway":
-            to_gateway.append(r)
+        entry, connector = message_entry(plan.scenario, m, r)
+        if entry == "gateway" and connector is not None:
+            to_gateway.setdefault(connector.name, (connector, []))[1].append(r)
         else:
             groups.setdefault(r.rpartition("@")[2], []).append(r)
-    out = [("gateway", to_gateway, plan.scenario.gateway.hostname, False)] if to_gateway else []
-    return out + [("mx", rcpts, domain, True) for domain, rcpts in groups.items()]
+    host = plan.scenario.gateway.hostname
+    out = [("gateway", rcpts, host, False, c) for c, rcpts in to_gateway.values()]
+    return out + [("mx", rcpts, domain, True, None) for domain, rcpts in groups.items()]
 
 
 # Several messages per SMTP session, as an MTA's connection cache sends them (Postfix's
@@ -57,12 +60,23 @@ WORKERS = 8
 class _Sender:
     """One sending thread's sessions, one per next hop (address, source address, HELO name)."""
 
-    def __init__(self, plan: Plan, ledger: Ledger, resolver: dns.resolver.Resolver):
+    def __init__(self, plan: Plan, ledger: Ledger, resolver: dns.resolver.Resolver, ca_root: Path):
         self.plan, self.ledger, self.resolver = plan, ledger, resolver
-        self.sessions: dict[tuple[str, str, str], Session] = {}
+        self.sessions: dict[tuple[str | None, ...], Session] = {}
+        self.ca_root = str(ca_root)
 
-    def _send(self, hop: nexthop.Hop, source: str, helo: str, data: bytes, m: Message, rcpts: list[str]) -> Result:
-        key = (hop.ip, source, helo)
+    def _send(
+        self,
+        hop: nexthop.Hop,
+        source: str,
+        helo: str,
+        data: bytes,
+        m: Message,
+        rcpts: list[str],
+        connector: OutboundConnector | None,
+    ) -> Result:
+        tls = (connector.tls_settings, connector.tls_domain) if connector else (None, None)
+        key = (hop.ip, source, helo, *tls)
         for attempt in (1, 2):
             session = self.sessions.get(key)
             if session is not None and (session.smtp is None or session.used >= REUSE_LIMIT):
@@ -70,12 +84,17 @@ class _Sender:
                 session = None
             fresh = session is None
             if session is None:
-                session = Session(
-                    host=hop.host, ip=hop.ip, port=self.plan.smtp_port, helo=helo, source_ip=source, tls="may"
-                )
-                failed = session.open()
-                if failed is not None:
-                    return Result.unopened(hop.host, hop.ip, self.plan.smtp_port, rcpts, failed)
+                if connector is not None:  # Exchange Online, by its outbound connector's TlsSettings
+                    session, failed = relay.open_session(
+                        self.plan, self.ca_root, hop, connector.tls_settings, connector.tls_domain, source
+                    )
+                else:
+                    session = Session(
+                        host=hop.host, ip=hop.ip, port=self.plan.smtp_port, helo=helo, source_ip=source, tls="may"
+                    )
+                    failed = session.open()
+                if session is None or failed is not None:
+                    return Result.unopened(hop.host, hop.ip, self.plan.smtp_port, rcpts, failed or (0, "no session"))
                 self.sessions[key] = session
             res = session.transact(data, m.sender, rcpts, envid=m.id)
             # A reused connection the server has meanwhile closed (idle timeout) is no answer
@@ -87,8 +106,11 @@ class _Sender:
     def submit(self, m: Message) -> None:
         plan, ledger = self.plan, self.ledger
         data = build(plan, m)
-        for entry, rcpts, name, by_mx in _targets(plan, m):
-            source = plan.hosts["traffic"][1] if entry == "gateway" else plan.hosts["traffic"][0]
+        for entry, rcpts, name, by_mx, connector in _targets(plan, m):
+            if entry == "gateway":  # Exchange Online's outbound servers
+                source, helo = plan.hosts["traffic"][1], TRAFFIC_HELO["gateway"]
+            else:
+                source, helo = m.source_ip or plan.hosts["traffic"][0], m.helo or TRAFFIC_HELO["mx"]
             try:
                 hop = nexthop.next_hops(self.resolver, name, mx=by_mx)[0]
             except nexthop.DnsFailure as e:
@@ -99,7 +121,7 @@ class _Sender:
                         )
                     )
                 continue
-            res = self._send(hop, source, TRAFFIC_HELO[entry], data, m, rcpts)
+            res = self._send(hop, source, helo, data, m, rcpts, connector)
             for rcpt in rcpts:
                 code, reply = res.replies.get(rcpt, (0, res.error or "no answer"))
                 ledger.emit(
@@ -137,7 +159,7 @@ def run_traffic(plan: Plan, run_dir: Path) -> None:
     lock = threading.Lock()
 
     def work() -> None:
-        sender = _Sender(plan, ledger, resolver)
+        sender = _Sender(plan, ledger, resolver, run_dir.parent / plan.ca_root)
         try:
             while True:
                 with lock:

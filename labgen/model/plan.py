@@ -159,6 +159,21 @@ def _host_addresses(s: Scenario, net: ipaddress.IPv4Network) -> dict[str, list[s
     # The traffic host speaks for two parties: internet senders (its own address) and Exchange
     # Online's outbound servers (the second), which the gateway trusts to relay.
     hosts["traffic"].append(chosen["exo"])
+    # Internet senders with an address of their own (traffic[i].source_ip) speak from it too.
+    for m in s.traffic:
+        if m.source_ip is None or m.source_ip in hosts["traffic"]:
+            continue
+        ip = m.source_ip
+        path = f"traffic[{m._origin}].source_ip"
+        _check_in_subnet(ip, net, path)
+        if ip in owner or ip in [c.source_ip for c in s.gateway.connectors]:
+            who = owner.get(ip, "gateway")
+            raise InputError(
+                f"{path}: {ip} is the {who}'s address; a sender needs one no lab host uses "
+                "(a connector may still list it, or a range around it)"
+            )
+        owner[ip] = "traffic"
+        hosts["traffic"].append(ip)
     for i, c in enumerate(s.gateway.connectors):
         if c.source_ip is None:
             continue
@@ -330,10 +345,14 @@ def _translated_scenario(s: Scenario, move: Callable[[str], str]) -> Scenario:
     for sc in s.gateway.connectors:
         if sc.source_ip:
             sc.source_ip = move(sc.source_ip)
+    for m in s.traffic:
+        if m.source_ip:
+            m.source_ip = move(m.source_ip)
     for t in s.tenants.values():
         for c in t.inbound_connectors:
             # Connector ranges outside the lab subnet keep their offset relative to it.
             c.sender_ip_addresses = [_translate_cidr(n, move) for n in c.sender_ip_addresses]
+            c.ef_skip_ips = [_translate_cidr(n, move) for n in c.ef_skip_ips]
     return s
 
 

@@ -63,9 +63,51 @@ def check_server_certificate(route: rules.Route, der: bytes | None, verified: bo
     return None
 
 
+def open_session(
+    plan: Plan,
+    ca_root: str,
+    hop: nexthop.Hop,
+    tls_settings: str | None,
+    tls_domain: str | None,
+    source_ip: str,
+    client_cert: tuple[str, str] | None = None,
+) -> tuple[smtp_client.Session | None, tuple[int, str] | None]:
+    """Exchange Online's outbound SMTP session to a host, its TLS as an outbound connector's
+    TlsSettings ask (None: opportunistic): the open session, or what every recipient is told."""
+    ctx = client_tls_context(*(client_cert or (None, None)))
+    if tls_settings in ("CertificateValidation", "DomainValidation"):
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(ca_root)
+    session = smtp_client.Session(
+        host=hop.host,
+        ip=hop.ip,
+        port=plan.smtp_port,
+        helo=EXO_OUTBOUND_HELO,
+        source_ip=source_ip,
+        tls="encrypt" if tls_settings else "may",
+        tls_context=ctx,
+    )
+    failed = session.open()
+    if failed is not None:
+        code, text = failed
+        if code == 0:
+            # Exchange Online reports a next hop it could not talk to as 4.4.317 and retries.
+            why = "UntrustedRoot" if "CERTIFICATE_VERIFY_FAILED" in text else text
+            return None, (450, f"450 4.4.317 Cannot connect to remote server [Message={why}]")
+        return None, failed
+    sock = session.smtp.sock if session.smtp else None
+    if isinstance(sock, ssl.SSLSocket):
+        route = rules.Route("smtp", hop.host, tls_settings=tls_settings, tls_domain=tls_domain)
+        problem = check_server_certificate(route, sock.getpeercert(binary_form=True), verified=True)
+        if problem:
+            session.close()
+            return None, (450, problem)
+    return session, None
+
+
 def send(
     plan: Plan,
-    labdir_ca: str,
+    ca_root: str,
     route: rules.Route,
     data: bytes,
     mail_from: str,
@@ -81,35 +123,14 @@ def send(
         if e.permanent:
             return {r: Outcome("relay_bounced", f"550 {e.reply}", None, route.host, None) for r in rcpts}
         return {r: Outcome("relay_deferred", f"451 {e.reply}", None, route.host, None) for r in rcpts}
-    ctx = client_tls_context(*(client_cert or (None, None)))
-    if route.tls_settings in ("CertificateValidation", "DomainValidation"):
-        ctx.verify_mode = ssl.CERT_REQUIRED
-        ctx.load_verify_locations(labdir_ca)
-    session = smtp_client.Session(
-        host=hop.host,
-        ip=hop.ip,
-        port=plan.smtp_port,
-        helo=EXO_OUTBOUND_HELO,
-        source_ip=plan.ip("eop"),
-        tls="encrypt" if route.tls_settings else "may",
-        tls_context=ctx,
+    relay = f"{hop.host}[{hop.ip}]:{plan.smtp_port}"
+    session, failed = open_session(
+        plan, ca_root, hop, route.tls_settings, route.tls_domain, plan.ip("eop"), client_cert
     )
-    relay = session.relay
-    failed = session.open()
-    if failed is not None:
-        code, text = failed
-        if code == 0:
-            # Exchange Online reports a next hop it could not talk to as 4.4.317 and retries.
-            why = "UntrustedRoot" if "CERTIFICATE_VERIFY_FAILED" in text else text
-            text = f"450 4.4.317 Cannot connect to remote server [Message={why}]"
-        return {r: _outcome(code or 450, text, relay, hop.host, None) for r in rcpts}
+    if session is None:
+        code, text = failed or (450, "no session")
+        return {r: _outcome(code, text, relay, hop.host, None) for r in rcpts}
     tls = session.tls_version
-    sock = session.smtp.sock if session.smtp else None
-    if isinstance(sock, ssl.SSLSocket):
-        problem = check_server_certificate(route, sock.getpeercert(binary_form=True), verified=True)
-        if problem:
-            session.close()
-            return {r: _outcome(450, problem, relay, hop.host, tls) for r in rcpts}
     res = session.transact(data, mail_from, rcpts, envid)
     session.quit()
     return {r: _outcome(*res.replies.get(r, (0, res.error or "no answer")), relay, hop.host, tls) for r in rcpts}
