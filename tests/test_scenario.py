@@ -71,7 +71,7 @@ def test_values_are_normalised():
     data = broken(
         lambda d: d["traffic"][0].update({"to": ["Carol@FABRIKAM.Example"]}),
         lambda d: d["tenants"]["contoso"]["inbound_connectors"][0].update(
-            {"tls_sender_certificate_name": "*.Contoso.Example"}
+            {"TlsSenderCertificateName": "*.Contoso.Example"}
         ),
     )
     s = parse_scenario(data, "x.yaml")
@@ -121,14 +121,14 @@ BAD = [
     ),
     (
         "embedded-wildcard-cert-name",
-        _set(["tenants", "contoso", "inbound_connectors", 0, "tls_sender_certificate_name"], "mail*.contoso.example"),
-        "tenants.contoso.inbound_connectors[0].tls_sender_certificate_name",
+        _set(["tenants", "contoso", "inbound_connectors", 0, "TlsSenderCertificateName"], "mail*.contoso.example"),
+        "tenants.contoso.inbound_connectors[0].TlsSenderCertificateName",
         ["mail*.contoso.example", "wildcard"],
     ),
     (
         "double-wildcard-cert-name",
-        _set(["tenants", "contoso", "inbound_connectors", 0, "tls_sender_certificate_name"], "*.*.contoso.example"),
-        "tenants.contoso.inbound_connectors[0].tls_sender_certificate_name",
+        _set(["tenants", "contoso", "inbound_connectors", 0, "TlsSenderCertificateName"], "*.*.contoso.example"),
+        "tenants.contoso.inbound_connectors[0].TlsSenderCertificateName",
         ["wildcard"],
     ),
     (
@@ -165,8 +165,8 @@ BAD = [
     ("subnet-private", _set(["lab", "subnet"], "10.0.0.0/24"), "lab.subnet", ["10.0.0.0/24", "documentation ranges"]),
     (
         "sender-ip-range-private",
-        _set(["tenants", "contoso", "inbound_connectors", 0, "sender_ip_addresses"], ["10.0.0.0/8"]),
-        "tenants.contoso.inbound_connectors[0].sender_ip_addresses[0]",
+        _set(["tenants", "contoso", "inbound_connectors", 0, "SenderIPAddresses"], ["10.0.0.0/8"]),
+        "tenants.contoso.inbound_connectors[0].SenderIPAddresses[0]",
         ["10.0.0.0/8"],
     ),
     (
@@ -231,7 +231,7 @@ BAD = [
     ),
     (
         "onpremises-connector-without-criteria",
-        _set(["tenants", "contoso", "inbound_connectors", 0, "tls_sender_certificate_name"], None),
+        _set(["tenants", "contoso", "inbound_connectors", 0, "TlsSenderCertificateName"], None),
         "tenants.contoso.inbound_connectors[0]",
         ["TlsSenderCertificateName or SenderIPAddresses"],
     ),
@@ -406,3 +406,33 @@ def test_duplicate_host_address_names_the_file(tmp_path):
     with pytest.raises(InputError) as exc:
         make_plan(load_scenario(str(path)), "docker")
     assert exc.value.message.startswith(f"{path}: gateway.address: duplicate host address")
+
+
+def test_both_spellings_of_one_setting_are_refused(tmp_path):
+    """Exchange Online's name and labgen's older one for the same connector setting: keep one."""
+
+    def both(d):
+        d["tenants"]["contoso"]["inbound_connectors"][0]["tls_sender_certificate_name"] = "gw.contoso.example"
+
+    message = input_error(broken(both), "bad-lab.yaml")
+    assert message.startswith("bad-lab.yaml: tenants.contoso.inbound_connectors[0]: "), message
+    assert "TlsSenderCertificateName and tls_sender_certificate_name are the same setting" in message
+
+
+def test_older_snake_case_connector_keys_still_load():
+    data = yaml.safe_load((resource_dir("scenarios") / "broken.yaml").read_text())
+    c = data["tenants"]["contoso"]["inbound_connectors"][0]
+    data["tenants"]["contoso"]["inbound_connectors"][0] = {
+        "name": c["Name"],
+        "type": c["ConnectorType"],
+        "tls_sender_certificate_name": c["TlsSenderCertificateName"],
+        "require_tls": True,
+    }
+    s = parse_scenario(data, "old.yaml")
+    got = s.tenants["contoso"].inbound_connectors[0]
+    assert (got.name, got.type, got.tls_sender_certificate_name, got.require_tls) == (
+        "Inbound from gateway",
+        "OnPremises",
+        "gw.contoso.example",
+        True,
+    )

@@ -332,8 +332,8 @@ MODEL = [
     ),
     (
         "inbound-connector-name-long",
-        _set(["tenants", "contoso", "inbound_connectors", 0, "name"], "n" * 65),
-        "tenants.contoso.inbound_connectors[0].name",
+        _set(["tenants", "contoso", "inbound_connectors", 0, "Name"], "n" * 65),
+        "tenants.contoso.inbound_connectors[0].Name",
         "at most 64 characters",
     ),
     ("description-multiline", _set(["description"], "one\ntwo"), "description", "printable text on one line"),
@@ -469,8 +469,8 @@ MODEL = [
     ),
     (
         "sender-ip-item",
-        _set(["tenants", "contoso", "inbound_connectors", 0, "sender_ip_addresses"], ["198.51.100.10", "10.0.0.0/8"]),
-        "tenants.contoso.inbound_connectors[0].sender_ip_addresses[1]",
+        _set(["tenants", "contoso", "inbound_connectors", 0, "SenderIPAddresses"], ["198.51.100.10", "10.0.0.0/8"]),
+        "tenants.contoso.inbound_connectors[0].SenderIPAddresses[1]",
         "'10.0.0.0/8' is outside",
     ),
     (

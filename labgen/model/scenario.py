@@ -31,6 +31,7 @@ from pydantic import (
     PrivateAttr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from ..errors import InputError, escape, one_line, quote
@@ -225,6 +226,20 @@ ConnectorName = Annotated[str, AfterValidator(text_line("a connector name", MAX_
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_spelling(cls, data: Any) -> Any:
+        """A setting written both as Exchange Online's name and as labgen's older one."""
+        if isinstance(data, dict):
+            for f in cls.model_fields.values():
+                choices = f.validation_alias.choices if isinstance(f.validation_alias, AliasChoices) else []
+                given = [str(c) for c in choices if isinstance(c, str) and c in data]
+                if len(given) > 1:
+                    raise ValueError(
+                        f"{' and '.join(given)} are the same setting ({given[0]} is Exchange Online's name); keep one"
+                    )
+        return data
 
 
 def exo(param: str, description: str = "", **kw) -> Any:
