@@ -178,7 +178,9 @@ def test_lab_dns_answers_lab_names_only(lab):
     r = dns.resolver.Resolver(configure=False)
     r.nameservers, r.port = [plan.ip("dns")], plan.dns_port
     mx = r.resolve("fabrikam.example", "MX")
-    assert [str(m.exchange).rstrip(".") for m in mx] == ["fabrikam.mail.protection.outlook.test"]
+    assert [str(m.exchange).rstrip(".") for m in mx] == [
+        "fabrikam-example.mail.protection.outlook.test"
+    ]  # Microsoft's per-domain name
     assert [a.address for a in r.resolve("contoso.mail.protection.outlook.test", "A")] == [plan.ip("eop")]
     assert [str(m.exchange).rstrip(".") for m in r.resolve("contoso.example", "MX")] == ["gw.contoso.example"]
     with pytest.raises(dns.resolver.NXDOMAIN):

@@ -143,10 +143,9 @@ def eop_discarded(reason="cross-tenant misattribution; accepted and discarded"):
     )
 
 
-def trace(status="Delivered", msgid="to-fabrikam", rcpt="carol@fabrikam.example"):
-    return ev(
-        "trace", "trace", msgid=msgid, rcpt=rcpt, tenant="fabrikam", sender="alice@contoso.example", status=status
-    )
+def trace(status="Delivered", msgid="to-fabrikam", rcpt="carol@fabrikam.example", tenant=None):
+    tenant = tenant or ("contoso" if "contoso" in rcpt else "fabrikam")  # the recipient's, unless given
+    return ev("trace", "trace", msgid=msgid, rcpt=rcpt, tenant=tenant, sender="alice@contoso.example", status=status)
 
 
 def hop_through_gateway(*after):
@@ -333,6 +332,14 @@ def test_trace_visibility_comes_from_the_trace(plan):
     base = hop_through_gateway(eop_rcpt("deliver", "250 2.1.5 Recipient OK", FABRIKAM_RCPT_ATT), eop_delivered())
     assert result_for(plan, base).recipient_trace_visible is False
     assert result_for(plan, base + [trace()]).recipient_trace_visible is True
+
+
+def test_only_the_recipient_tenants_trace_makes_it_visible_to_its_admin(plan):
+    """The attributed (sender) tenant's trace line is shown as such, not as the recipient's."""
+    base = hop_through_gateway(eop_rcpt("discard", "250 2.1.5 Recipient OK"), eop_discarded())
+    r = result_for(plan, base + [trace("Failed", tenant="contoso")])
+    assert r.recipient_trace_visible is False
+    assert [(t.tenant, t.status) for t in r.trace] == [("contoso", "Failed")]
 
 
 def test_recipient_case_is_ignored(plan):

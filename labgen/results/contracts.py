@@ -394,6 +394,13 @@ class DroppedBy(_Contract):
     client_ip: str | None
 
 
+class TraceSeen(_Contract):
+    """One tenant's message trace line for a recipient: what that tenant's admin sees."""
+
+    tenant: str
+    status: str
+
+
 class MessageResult(_OmitNone):
     """One recipient of one message: its outcome and why."""
 
@@ -407,6 +414,7 @@ class MessageResult(_OmitNone):
     hops: list[Hop]
     attribution: ResultAttribution | None
     recipient_trace_visible: bool
+    trace: list[TraceSeen] = []  # every tenant whose message trace shows it (the sender's too)
     recipient_tenant: str | None  # None: an internet recipient
     ndr: NdrFound | None
     ndr_lost: str | None

@@ -130,6 +130,9 @@ def print_result(result: ResultDoc, console: Console) -> None:
                 )
             if not m["recipient_trace_visible"] and m.get("recipient_tenant"):
                 console.print(_text(f"    ⇒ {m['recipient_tenant']}'s admin finds nothing in message trace"))
+            for t in m.get("trace") or []:
+                if t["tenant"] != m.get("recipient_tenant"):
+                    console.print(_text(f"    ⇒ {t['tenant']}'s message trace shows it as {t['status']}"))
     for m in shown:
         if m["outcome"] == "silently_discarded":
             console.print(_text(silent_loss_line(m), "red"))

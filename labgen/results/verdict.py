@@ -39,6 +39,7 @@ from .contracts import (
     Submitted,
     Summary,
     TraceEntry,
+    TraceSeen,
     dump,
 )
 from .contracts import Verdict as VerdictValue  # the outcome values; `Verdict` below is the builder
@@ -59,6 +60,7 @@ class RcptResult:
     hops: list[Hop] = field(default_factory=list)
     attribution: ResultAttribution | None = None
     recipient_trace_visible: bool = False
+    trace: list[TraceSeen] = field(default_factory=list)  # every tenant's message trace line for it
     why: str = ""  # one sentence a person can read
     dropped_by: DroppedBy | None = None  # for silently_discarded: the hop, reason and certificate
     recipient_tenant: str | None = None  # None: an internet (non-Microsoft 365) recipient
@@ -84,6 +86,7 @@ class RcptResult:
             hops=self.hops,
             attribution=self.attribution,
             recipient_trace_visible=self.recipient_trace_visible,
+            trace=self.trace,
             recipient_tenant=self.recipient_tenant,
             ndr=self.ndr,
             ndr_lost=self.ndr_lost,
@@ -119,7 +122,8 @@ class _Index:
         self.ip_service = {ip: svc for svc, ips in reversed(plan.hosts.items()) for ip in reversed(ips)}
         self.by_key: dict[tuple[str | None, str], list[AnyEvent]] = defaultdict(list)
         self.received: dict[str, Received] = {}
-        self.trace: set[tuple[str | None, str]] = set()
+        # (msgid, rcpt) -> the tenants whose message trace shows it, with the status shown
+        self.trace: dict[tuple[str | None, str], dict[str, str]] = defaultdict(dict)
         self.ndr: dict[str | None, list[Ndr]] = defaultdict(list)
         self.ndr_queued: dict[str, list[NdrQueued]] = defaultdict(list)  # original queue id -> NDRs
         self.by_qid: dict[str, list[GatewayStatus]] = defaultdict(list)  # gateway delivery status per queue id
@@ -170,7 +174,7 @@ class _Index:
             msgs |= self.qid_msgids.get(e.original_queue_id, set())
         elif isinstance(e, TraceEntry):
             stored = False
-            self.trace.add((msgid, rcpt))
+            self.trace[(msgid, rcpt)][e.tenant] = e.status
             if msgid:
                 pairs.add((msgid, rcpt))
         elif isinstance(e, Received) and msgid:
@@ -226,7 +230,8 @@ def _downstream_done(
     done = idx.find(msgid, rcpt, svc, Delivered, "delivered") + idx.find(msgid, rcpt, svc, Discarded, "discarded")
     if done:
         # EOP's message trace line for a delivery is written right after it, in trace.jsonl.
-        return not (isinstance(done[-1], Delivered) and done[-1].tenant and (msgid, rcpt) not in idx.trace)
+        last = done[-1]
+        return not (isinstance(last, Delivered) and last.tenant and last.tenant not in idx.trace.get((msgid, rcpt), {}))
     relays = [x for x in idx.by_key.get((msgid, rcpt), []) if isinstance(x, EopRelay) and x.service == svc]
     if not relays or depth > 3:
         return False
@@ -277,7 +282,9 @@ def classify_one(plan: Plan, idx: _Index, msgid: str, sender: str, rcpt: str, ex
     if eop_rcpt and eop_rcpt[-1].attribution:
         a = eop_rcpt[-1].attribution
         res.attribution = ResultAttribution(tenant=a.tenant, by=a.by, connector=a.connector)
-    res.recipient_trace_visible = (msgid, rcpt) in idx.trace
+    traced = idx.trace.get((msgid, rcpt), {})
+    res.recipient_trace_visible = res.recipient_tenant in traced
+    res.trace = [TraceSeen(tenant=t, status=st) for t, st in sorted(traced.items())]
     submitted = idx.find(msgid, rcpt, "traffic", Submitted, "submitted")
     sub: Submitted | None = submitted[-1] if submitted else None
     gw = [e for e in evs if isinstance(e, GatewayStatus) and e.service == "gateway"]
