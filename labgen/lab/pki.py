@@ -169,10 +169,11 @@ def _read_user_file(path: Path, what: str) -> bytes:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as e:
         raise ValueError(f"cannot read it ({e.strerror})") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise ValueError(f"not a regular file; the {what} is a PEM file")
     with os.fdopen(fd, "rb") as f:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ValueError(f"not a regular file; the {what} is a PEM file")
         if st.st_size > MAX_USER_PEM:
             raise ValueError(f"larger than {MAX_USER_PEM} bytes, too large for a PEM {what}")
         try:
