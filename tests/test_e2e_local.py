@@ -163,7 +163,9 @@ def test_expired_certificate_is_accepted_at_tls_and_recorded(tmp_path):
     lost = by_id(doc)[("to-fabrikam", "carol@fabrikam.example")]
     assert lost["outcome"] == "silently_discarded"
     cert = lost["dropped_by"]["certificate"]
-    assert cert["trusted"] is False and cert["trust_detail"] == "expired" and cert["self_signed"] is False
+    assert cert["trusted"] is False and cert["self_signed"] is False
+    assert cert["problem"].startswith("expired on ") and cert["trust_detail"] == cert["problem"]
+    assert cert["chain_presented"] == 2  # the leaf and the lab's intermediate, as the gateway sends them
 
 
 def test_untrusted_certificate_rejected_by_a_strict_eop(tmp_path):

@@ -18,6 +18,7 @@ from typing import Any, AnyStr, cast
 from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException
 
 from .ledger import MSGID_HEADER, clip, header, safe_id
+from .tls import ServerTls, TlsProtocol
 
 # aiosmtpd logs every failed session with a traceback; the lab's ledger is the record instead.
 logging.getLogger("mail.log").setLevel(logging.CRITICAL)
@@ -163,34 +164,46 @@ def message_id(envelope: LabEnvelope, data: bytes) -> tuple[str | None, dict[str
     return msgid, ({"refused_id": clip(refused, 80)} if refused is not None else {})
 
 
-def server_tls_context(chain: str, key: str, client_ca_bundle: str | None = None) -> ssl.SSLContext:
-    """TLS 1.2+ server context. With a client CA bundle it asks for (but does not require) a
-    client certificate and accepts any certificate in the bundle as an anchor, in or out of date,
-    so that every certificate a scenario declares reaches EOP's rules; the rules judge it."""
+def server_tls_context(chain: str, key: str) -> ssl.SSLContext:
+    """TLS 1.2+ server context (Python's ssl) for the lab's sinks and built-in gateway, which ask
+    for no client certificate. EOP uses tls.ServerTls instead (any client certificate)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(chain, key)
-    if client_ca_bundle:
-        ctx.load_verify_locations(client_ca_bundle)
-        ctx.verify_mode = ssl.CERT_OPTIONAL
-        # X509_V_FLAG_NO_CHECK_TIME (OpenSSL 1.1+): expired or not-yet-valid declared certs pass
-        # the handshake; EOP records their validity instead.
-        ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN | 0x200000
     return ctx
 
 
 class LabSMTP(SMTP):
+    """aiosmtpd's SMTP with the lab's extensions. STARTTLS runs either on Python's ssl
+    (`tls_context`, aiosmtpd's own) or, with `tls=ServerTls(...)`, on tls.TlsProtocol: the fake
+    EOP's, which accepts any client certificate and sees the chain as presented."""
+
     guard: Guard | None = None  # set by serve(): the listening service's connection cap
     # What _create_session and _create_envelope make (aiosmtpd's hooks for subclassing them).
     session: LabSession | None
     envelope: LabEnvelope | None
 
-    def __init__(self, handler: object, *, banner_host: str, banner_text: str | None = None, **kw: Any) -> None:
+    def __init__(
+        self,
+        handler: object,
+        *,
+        banner_host: str,
+        banner_text: str | None = None,
+        tls: ServerTls | None = None,
+        **kw: Any,
+    ) -> None:
         kw.setdefault("enable_SMTPUTF8", True)
         kw.setdefault("decode_data", False)
         kw.setdefault("hostname", banner_host)
         kw.setdefault("timeout", IDLE_TIMEOUT_S)
+        if tls is not None and kw.get("tls_context") is not None:
+            raise ValueError("one of tls and tls_context")
         super().__init__(handler, **kw)
+        self._server_tls = tls
+        if tls is not None:
+            # aiosmtpd reads tls_context after __init__ only as "is STARTTLS offered?"
+            # (EHLO, HELP, require_starttls): the pyOpenSSL configuration answers yes.
+            self.tls_context = tls  # type: ignore[assignment]  # see above: only its truth is read
         self._banner_text = banner_text
         self._bdat: list[bytes] = []
         self._bdat_size = 0
@@ -319,14 +332,42 @@ class LabSMTP(SMTP):
             await self.push("503 5.5.1 Already in TLS")
             return
         try:
-            await super().smtp_STARTTLS(arg)
+            if self._server_tls is None:
+                await super().smtp_STARTTLS(arg)
+            else:
+                await self._starttls(arg, self._server_tls)
         except TLSSetupException as e:
-            # A failed handshake (e.g. a client certificate nobody declared) ends this session
-            # only; the handler gets to record why.
+            # A failed handshake ends this session only; the handler gets to record why.
             hook = getattr(self.event_handler, "tls_failed", None)
             if hook:
                 hook(self.session, clip(str(e.__cause__ or e) or type(e.__cause__).__name__))
             raise
+
+    async def _starttls(self, arg: str, config: ServerTls) -> None:
+        """STARTTLS on tls.TlsProtocol, with aiosmtpd's semantics: its connection_made sees the
+        upgrade (`_original_transport` set), clears what the client pipelined in plaintext, makes
+        a new session (EHLO again) and copies the layer's `_extra` into session.ssl; a failure is
+        TLSSetupException, after which aiosmtpd ends the session."""
+        if arg:
+            await self.push("501 Syntax: STARTTLS")  # aiosmtpd's texts, as on the ssl path
+            return
+        await self.push("220 Ready to start TLS")
+        tcp = self.transport
+        if tcp is None:  # set while a command is served
+            raise RuntimeError("STARTTLS outside a served connection")
+        waiter: asyncio.Future[None] = self.loop.create_future()
+        layer = TlsProtocol(config, self, waiter)
+        self._original_transport = tcp
+        # aiosmtpd reads it as "TLS is on" and its `_extra` as session.ssl; nothing else.
+        self._tls_protocol = layer  # type: ignore[assignment]
+        self.transport = layer.transport
+        layer.attach(tcp)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            raise TLSSetupException() from error
 
     async def smtp_BDAT(self, arg: str) -> None:
         """RFC 3030 CHUNKING: BDAT <size> [LAST]. A chunk is read in pieces; the message is kept
@@ -378,13 +419,43 @@ class LabSMTP(SMTP):
             return False
         return True
 
+    def _tls_layer(self) -> TlsProtocol | None:
+        layer = self._tls_protocol
+        return layer if isinstance(layer, TlsProtocol) and layer.established else None
+
+    def _ssl_object(self) -> ssl.SSLObject | None:
+        return self.transport.get_extra_info("ssl_object") if self.transport else None
+
+    def peer_chain(self) -> list[bytes]:
+        """The client's certificates as it presented them (DER, leaf first). Python's ssl (the
+        sinks, the gateway) shows only the leaf."""
+        layer = self._tls_layer()
+        if layer is not None:
+            return list(layer.peer_chain)
+        leaf = self.peer_certificate()
+        return [leaf] if leaf else []
+
     def peer_certificate(self) -> bytes | None:
-        obj = self.transport.get_extra_info("ssl_object") if self.transport else None
+        layer = self._tls_layer()
+        if layer is not None:
+            return layer.peer_chain[0] if layer.peer_chain else None
+        obj = self._ssl_object()
         return obj.getpeercert(binary_form=True) if obj else None
 
     def tls_version(self) -> str | None:
-        obj = self.transport.get_extra_info("ssl_object") if self.transport else None
+        layer = self._tls_layer()
+        if layer is not None:
+            return layer.version
+        obj = self._ssl_object()
         return obj.version() if obj else None
+
+    def tls_cipher(self) -> str | None:
+        layer = self._tls_layer()
+        if layer is not None:
+            return layer.cipher
+        obj = self._ssl_object()
+        cipher = obj.cipher() if obj else None
+        return cipher[0] if cipher else None
 
     def local_ip(self) -> str | None:
         sock = self.transport.get_extra_info("sockname") if self.transport else None

@@ -67,9 +67,8 @@ class Plan(BaseModel):
     certs: dict[str, CertFiles]  # scenario certificates and the services' own server certs
     ca_root: str
     ca_intermediate: str
-    # What the fake EOP accepts at the TLS layer: the public root and intermediate plus every
-    # self-signed certificate the scenario declares.
-    eop_accept_bundle: str
+    # (Plans written before the fake EOP accepted any client certificate also name an
+    # "eop_accept_bundle"; loading ignores it.)
     scenario: Scenario
 
     # ----- views
@@ -235,7 +234,7 @@ def _records(s: Scenario, hosts: dict[str, list[str]]) -> tuple[list[str], list[
 # component of characters that need no quoting anywhere, never '.' or '..' (it starts with a
 # letter or digit).
 CERT_STEM = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
-# Files the PKI writes into certs/ itself: no certificate may be named like them.
+# Files the PKI writes (or wrote: eop-accept) into certs/ itself: no certificate may be named like them.
 _RESERVED_STEMS = frozenset({"ca-root", "ca-intermediate", "eop-accept", "spec"})
 
 
@@ -318,7 +317,6 @@ def make_plan(s: Scenario, engine: Placement | str, subnet: str | None = None) -
         certs=_cert_files(s),
         ca_root="certs/ca-root.crt",
         ca_intermediate="certs/ca-intermediate.crt",
-        eop_accept_bundle="certs/eop-accept.pem",
         scenario=s,
     )
 

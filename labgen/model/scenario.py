@@ -445,8 +445,18 @@ def _specificity(pattern: str, domain: str) -> int:
     return 0
 
 
+MAX_PATH = 1024  # a certificate or key file's name as written in the scenario
+
+
 class Certificate(_Model):
-    cn: str = Field(min_length=1, max_length=64)  # X.509's upper bound for a CN
+    """A certificate labgen makes (cn, sans, issuer, ...) or the user's own (cert_file, key_file)."""
+
+    cn: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,  # X.509's upper bound for a CN
+        description="Subject CN of a certificate labgen makes (required unless cert_file is given).",
+    )
     sans: list[CertName] = Field([], max_length=MAX_ITEMS, description="DNS names; the CN when empty.")
     issuer: Literal["self", "public"] = Field(
         "public",
@@ -467,13 +477,54 @@ class Certificate(_Model):
         le=MAX_VALID_DAYS,
         description=("Length of validity in days (expired: not_before_days + valid_days < 0)."),
     )
+    cert_file: str | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_PATH,
+        description=(
+            "Your own certificate instead of one labgen makes: a PEM file (the leaf first, then any "
+            "intermediates it presents), relative to the scenario file's directory. Needs key_file."
+        ),
+    )
+    key_file: str | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_PATH,
+        description="The PEM private key of cert_file (unencrypted), relative to the scenario file's directory.",
+    )
 
     @field_validator("cn")
     @classmethod
     def _cn(cls, v):
-        if not v.isascii() or not v.isprintable():
+        if v is not None and (not v.isascii() or not v.isprintable()):
             raise ValueError(f"{quote(v)}: a certificate CN is printable ASCII")
         return v
+
+    @field_validator("cert_file", "key_file")
+    @classmethod
+    def _file(cls, v):
+        if v is not None and (not v.isprintable()):
+            raise ValueError(f"{quote(v)}: a file name is one printable line")
+        return v
+
+    @model_validator(mode="after")
+    def _made_or_given(self) -> Certificate:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together: give both or neither")
+        if self.cert_file is None and self.cn is None:
+            raise ValueError("cn: required for a certificate labgen makes (or give cert_file and key_file)")
+        if self.cert_file is not None and set(self.model_fields_set) & _MADE_ONLY:
+            given = ", ".join(sorted(set(self.model_fields_set) & _MADE_ONLY))
+            raise ValueError(f"{given}: only for a certificate labgen makes, not with cert_file")
+        return self
+
+    @property
+    def user_supplied(self) -> bool:
+        return self.cert_file is not None
+
+
+# What describes a certificate labgen makes: meaningless next to the user's own files.
+_MADE_ONLY = frozenset({"cn", "sans", "issuer", "key", "not_before_days", "valid_days"})
 
 
 class Smarthost(_Model):
@@ -715,10 +766,18 @@ class Scenario(_Model):
     )
     # The file it came from, for error messages raised after validation (e.g. by the planner).
     _source: str = PrivateAttr(default="")
+    # The directory of the file it came from: certificates' cert_file/key_file are relative to it.
+    _base_dir: Path | None = PrivateAttr(default=None)
 
     @property
     def source(self) -> str:
         return self._source
+
+    @property
+    def base_dir(self) -> Path:
+        """Where a certificate's cert_file and key_file are looked for: the scenario file's
+        directory (the working directory for a scenario that came from no file)."""
+        return self._base_dir or Path.cwd()
 
     @field_validator("name")
     @classmethod
@@ -962,9 +1021,10 @@ def _first_error(exc: ValidationError) -> tuple[str, str]:
     return _format_loc(tuple(err["loc"])), msg
 
 
-def parse_scenario(data, source: str, default_name: str | None = None) -> Scenario:
+def parse_scenario(data, source: str, default_name: str | None = None, base_dir: Path | None = None) -> Scenario:
     """Validate loaded YAML. `source` is the file as the user named it (shown in errors);
-    `default_name` the lab name when the file has none (by default: the file's stem)."""
+    `default_name` the lab name when the file has none (by default: the file's stem); `base_dir`
+    the directory that certificates' cert_file/key_file are relative to (the file's)."""
     label = escape(source, 100)
     if not isinstance(data, dict):
         raise InputError(f"{label}: (top level): expected a mapping of scenario keys")
@@ -982,6 +1042,7 @@ def parse_scenario(data, source: str, default_name: str | None = None) -> Scenar
     try:
         scenario = Scenario.model_validate(data)
         scenario._source = label  # escaped: the planner quotes it in its errors
+        scenario._base_dir = base_dir
         _cross_check(scenario)
     except ValidationError as exc:
         path, msg = _first_error(exc)
@@ -1147,7 +1208,7 @@ def load_scenario(ref: str) -> Scenario:
     path = scenario_path(ref)
     label = escape(ref, 100)
     data = load_yaml(read_scenario_text(path, label), label)
-    return parse_scenario(data, ref, default_name=path.stem)
+    return parse_scenario(data, ref, default_name=path.stem, base_dir=path.resolve().parent)
 
 
 def json_schema() -> dict:

@@ -51,8 +51,10 @@ class Certificate(_Contract):
     not_before: str | None = None
     not_after: str | None = None
     names: list[str] = []  # the names EOP compares with TlsSenderCertificateName
-    trusted: bool | None = None  # chains to the lab's public root and is in date
+    trusted: bool | None = None  # the chain as presented leads to the lab's public root, all in date
     trust_detail: str | None = None
+    problem: str | None = None  # why it is not trusted ("self-signed", "incomplete chain: ...", "expired on ...")
+    chain_presented: int | None = None  # certificates the client presented, leaf included
 
 
 class Attribution(_Contract):

@@ -38,7 +38,8 @@ from ...results.contracts import (
 from ..dsn import note_ndr
 from ..ledger import Ledger, clip, header, write_mailbox
 from ..pki import TrustStore, cert_info
-from ..smtpd import LabEnvelope, LabSession, LabSMTP, message_id, server_tls_context
+from ..smtpd import LabEnvelope, LabSession, LabSMTP, message_id
+from ..tls import ServerTls
 from . import relay, rules
 
 BANNER = "Microsoft ESMTP MAIL Service ready at {date}"
@@ -137,13 +138,16 @@ class EopHandler:
     def _facts(self, server: EopSMTP, session: EopSession) -> rules.Session:
         facts = session.facts
         if facts is None:
-            der = server.peer_certificate()
-            cert = cert_info(der, self.trust) if der else None
+            # The chain as the client presented it: any certificate passes the TLS layer (tls.py),
+            # and is judged here, as EOP judges it after the handshake.
+            chain = server.peer_chain()
+            cert = cert_info(chain, self.trust) if chain else None
             facts = rules.Session(
                 source_ip=session.client_ip,
                 tls=server.tls_version() is not None,
                 cert_names=cert["names"] if cert else [],
                 cert_trusted=bool(cert and cert["trusted"]),
+                cert_problem=cert["problem"] if cert else None,
             )
             session.facts = facts
             session.cert = Certificate.model_validate(cert) if cert else None
@@ -335,13 +339,10 @@ class EopHandler:
 def eop_factory(plan: Plan, labdir: Path, run_dir: Path) -> Callable[[], EopSMTP]:
     handler = EopHandler(plan, labdir, run_dir)
     files = plan.certs["eop-server"]
-    tls = server_tls_context(
-        str(labdir / files.chain), str(labdir / files.key), client_ca_bundle=str(labdir / plan.eop_accept_bundle)
-    )
+    # EOP asks for a client certificate and takes any at the TLS layer (pyOpenSSL: tls.py).
+    tls = ServerTls(str(labdir / files.chain), str(labdir / files.key), request_client_cert=True)
 
     def factory() -> EopSMTP:
-        return EopSMTP(
-            handler, banner_host=EOP_POOL_HOST, banner_text=BANNER, tls_context=tls, data_size_limit=MAX_SIZE
-        )
+        return EopSMTP(handler, banner_host=EOP_POOL_HOST, banner_text=BANNER, tls=tls, data_size_limit=MAX_SIZE)
 
     return factory
