@@ -4,6 +4,7 @@ header that joins every service's log, and record each recipient's answer."""
 
 from __future__ import annotations
 
+import ssl
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from email.message import EmailMessage
@@ -17,9 +18,17 @@ from ..model.scenario import Message
 from ..results.contracts import Injected, PlannedMessage, Submitted, TrafficStart
 from . import nexthop
 from .ledger import MSGID_HEADER, Ledger
-from .smtp_client import Result, Session
+from .pki import exo_client_files
+from .smtp_client import Result, Session, client_tls_context
 
 TRAFFIC_HELO = {"gateway": "outbound.protection.outlook.test", "mx": "sender.internet.test"}
+
+
+def exo_client_context(plan: Plan, labdir: Path) -> ssl.SSLContext:
+    """The TLS client context of Exchange Online's servers: they present their certificate
+    (pki.exo_client_files) to a gateway that asks for one."""
+    files = exo_client_files(plan)
+    return client_tls_context(str(Path(labdir) / files.chain), str(Path(labdir) / files.key))
 
 
 def build(plan: Plan, m: Message) -> bytes:
@@ -57,9 +66,10 @@ WORKERS = 8
 class _Sender:
     """One sending thread's sessions, one per next hop (address, source address, HELO name)."""
 
-    def __init__(self, plan: Plan, ledger: Ledger, resolver: dns.resolver.Resolver):
+    def __init__(self, plan: Plan, ledger: Ledger, resolver: dns.resolver.Resolver, labdir: Path):
         self.plan, self.ledger, self.resolver = plan, ledger, resolver
         self.sessions: dict[tuple[str, str, str], Session] = {}
+        self.exo_tls = exo_client_context(plan, labdir)
 
     def _send(self, hop: nexthop.Hop, source: str, helo: str, data: bytes, m: Message, rcpts: list[str]) -> Result:
         key = (hop.ip, source, helo)
@@ -70,8 +80,10 @@ class _Sender:
                 session = None
             fresh = session is None
             if session is None:
+                # Exchange Online presents its client certificate to the gateway.
+                tls = self.exo_tls if helo == TRAFFIC_HELO["gateway"] else None
                 session = Session(
-                    host=hop.host, ip=hop.ip, port=self.plan.smtp_port, helo=helo, source_ip=source, tls="may"
+                    host=hop.host, ip=hop.ip, port=self.plan.smtp_port, helo=helo, source_ip=source, tls_context=tls
                 )
                 failed = session.open()
                 if failed is not None:
@@ -137,7 +149,7 @@ def run_traffic(plan: Plan, run_dir: Path) -> None:
     lock = threading.Lock()
 
     def work() -> None:
-        sender = _Sender(plan, ledger, resolver)
+        sender = _Sender(plan, ledger, resolver, run_dir.parent)
         try:
             while True:
                 with lock:
