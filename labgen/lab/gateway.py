@@ -543,8 +543,10 @@ def gateway_factory(
     files = plan.certs[gateway_server_cert(plan)]
     # smtpd_tls_ask_ccert = yes, smtpd_tls_CAfile = the lab root: a client certificate is asked for,
     # never required. (Unlike Postfix, Python's ssl fails the handshake on a client certificate that
-    # does not chain to the root; in the lab only Exchange Online presents one, and its does.)
+    # does not chain to the lab's CA; in the lab only Exchange Online presents one, and its does.)
     tls = server_tls_context(str(labdir / files.chain), str(labdir / files.key), str(labdir / plan.ca_root))
+    # And the intermediate: a client that sends its leaf alone still gets through the handshake.
+    tls.load_verify_locations(str(labdir / plan.ca_intermediate))
 
     def factory() -> LabSMTP:
         return LabSMTP(handler, banner_host=plan.scenario.gateway.hostname, banner_text="ESMTP", tls_context=tls)
