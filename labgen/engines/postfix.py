@@ -13,9 +13,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal, cast
 
-from ..errors import InfraError
+from ..errors import InfraError, InputError
+from ..lab.gateway import (
+    postmaster_address,
+    postmaster_alias,
+    postmaster_domain,
+    relay_recipients,
+    relay_sender_domains,
+)
 from ..lab.routing import inbound_domains
-from ..model.plan import CertFiles, Plan, gateway_server_cert
+from ..model.plan import CertFiles, Plan, exo_client_access, gateway_server_cert
 from ..model.scenario import SendConnector
 from ..results.contracts import GatewayStatus, GatewayTls, NdrQueued, Ready, Received
 from ..textsafe import Checked, checked, one_line, shown
@@ -76,13 +83,43 @@ def render_context(plan: Plan) -> dict:
     s = plan.scenario
     relay = inbound_domains(s)
     server_cert = plan.certs[gateway_server_cert(plan)]
+    hostname = _ok("hostname", s.gateway.hostname, "gateway.hostname")
+    by_ip = s.gateway.exchange_online_relay == "ip"
+    exo_ip = _ok("ipv4", plan.hosts["traffic"][1], "Exchange Online's address")
+    recipients = relay_recipients(s)
+    alias, alias_domain = postmaster_alias(s), postmaster_domain(s)
+    aliases = (
+        _inline({_address(postmaster_address(s), "the postmaster"): _address(alias, "the postmaster's mailbox")})
+        if alias
+        else Checked("")
+    )
+    senders = {_ok("hostname", d, "a relay sender domain"): Checked("exo_client") for d in relay_sender_domains(s)}
+    # The access table the PKI wrote next to Exchange Online's client certificate (its fingerprint).
+    exo_cert = _ok("cert path", plan.certs["exo-client"].cert, "Exchange Online's client certificate")
+    exo_access = Checked(exo_cert.removesuffix(".crt") + ".access")
+    if exo_access != exo_client_access(plan):
+        raise InfraError("the exo-client access table is not where the PKI writes it (a labgen bug)")
     return {
         "lab": comment(plan.lab, 64),
-        "gateway_hostname": _ok("hostname", s.gateway.hostname, "gateway.hostname"),
-        "exo_ip": _ok("ipv4", plan.hosts["traffic"][1], "Exchange Online's address"),
+        "gateway_hostname": hostname,
+        "mynetworks": Checked("127.0.0.0/8" + (f" {exo_ip}/32" if by_ip else "")),
+        "relay_restrictions": Checked(
+            "permit_mynetworks, reject_unauth_destination"
+            if by_ip or not senders
+            else f"permit_mynetworks, check_sender_access {_inline(senders)}, reject_unauth_destination"
+        ),
+        "exo_access": exo_access,
+        "ca_root": _ok("cert path", plan.ca_root, "the lab's root CA"),
         "relay_domains": Checked(
             ", ".join(_ok("hostname", d, "relay domain") for d in relay) if relay else "$mydestination"
         ),
+        "relay_recipient_maps": (
+            Checked("")
+            if recipients is None or not relay
+            else _inline({_address(r, "a relay recipient"): Checked("OK") for r in recipients})
+        ),
+        "virtual_alias_domains": Checked(hostname if alias_domain else ""),
+        "virtual_alias_maps": aliases,
         "server_key": _ok("cert path", server_cert.key, "the gateway's server key"),
         "server_chain": _ok("cert path", server_cert.chain, "the gateway's server chain"),
         "transports": [
@@ -92,7 +129,9 @@ def render_context(plan: Plan) -> dict:
                     f'Send connector "{t.connector.name}": address space {", ".join(t.connector.address_space)}', 160
                 ),
                 "source_ip": _ok("ipv4", t.source_ip, f"connector {t.name}'s source_ip"),
+                "helo": _ok("hostname", t.connector.helo or s.gateway.hostname, f"connector {t.name}'s helo"),
                 "tls": _ok("tls level", t.connector.tls, f"connector {t.name}'s tls"),
+                "ca_file": _ok("cert path", plan.ca_root, "the lab's root CA") if t.connector.tls == "secure" else None,
                 "cert_file": _ok("cert path", t.cert.chain, f"connector {t.name}'s certificate") if t.cert else None,
                 "key_file": _ok("cert path", t.cert.key, f"connector {t.name}'s key") if t.cert else None,
             }
@@ -106,6 +145,27 @@ def render_context(plan: Plan) -> dict:
 
 def _ok(kind: str, value: object, what: str) -> Checked:
     return checked(kind, value, what, "the gateway's Postfix configuration")
+
+
+# A mailbox as a key of an inline: table in main.cf: none of the characters that end a key or a
+# table ('=', ',', '{', '}', space) nor '$' (main.cf expands it). RFC 5321 admits them in a local
+# part, and the scenario does; such a mailbox cannot be listed, and the Docker lab says so.
+_INLINE_ADDRESS = re.compile(r"[a-z0-9!#%&'*+/?^_`|~.-]{1,64}@(?:[a-z0-9-]+\.)+[a-z0-9-]+")
+
+
+def _address(value: str, what: str) -> Checked:
+    value = value.lower()  # Postfix's tables fold case
+    if not _INLINE_ADDRESS.fullmatch(value):
+        raise InputError(
+            f"{what} {shown(value)}: the Docker gateway cannot list an address with '=', '{{', '}}' or '$' "
+            "in Postfix's main.cf; use another address or gateway.recipient_validation: false"
+        )
+    return Checked(value)
+
+
+def _inline(table: dict[Checked, Checked]) -> Checked:
+    """A Postfix inline: table (Postfix >= 3.0) of checked keys and values."""
+    return Checked("inline:{ " + ", ".join(f"{k}={v}" for k, v in table.items()) + " }")
 
 
 def comment(value: object, limit: int) -> Checked:
@@ -124,10 +184,10 @@ def only_checked(value: object) -> object:
 # Whatever the templates and the checks above missed: each rendered line must have the shape
 # labgen writes. A violation is a labgen bug; the file is never written.
 
-_MAIN_LINE = re.compile(r"([a-z][a-z0-9_]*) =(?: ([!-~][ -~]*))?\Z")  # printable ASCII value
-_TEMPLATE_PARAM = re.compile(r"^([a-z][a-z0-9_]*) =", re.M)
-_MASTER_OPTION = re.compile(r"  -o ([a-z][a-z0-9_]*)=([^\s#{}\\,]+)\Z")
-_TEMPLATE_OPTION = re.compile(r"^\s+-o ([a-z][a-z0-9_]*)=", re.M)
+_MAIN_LINE = re.compile(r"([a-z][A-Za-z0-9_]*) =(?: ([!-~][ -~]*))?\Z")  # printable ASCII value
+_TEMPLATE_PARAM = re.compile(r"^([a-z][A-Za-z0-9_]*) =", re.M)
+_MASTER_OPTION = re.compile(r"  -o ([a-z][A-Za-z0-9_]*)=([^\s#{}\\,]+)\Z")
+_TEMPLATE_OPTION = re.compile(r"^\s+-o ([a-z][A-Za-z0-9_]*)=", re.M)
 _CONN_SERVICE = re.compile(r"conn[0-9]{1,4} unix +- +- +n +- +- +smtp\Z")
 _MAP_LINE = re.compile(r"(\*|\.?(?:[a-z0-9-]+\.)+[a-z0-9-]+) +(conn[0-9]{1,4}):(?:\[(?:[a-z0-9-]+\.)+[a-z0-9-]+\])?\Z")
 

@@ -24,7 +24,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import crypto
 
 from ..errors import InfraError, InputError, quote
-from ..model.plan import EOP_POOL_HOST, Plan, sink_host
+from ..model.plan import EOP_POOL_HOST, EXO_CLIENT_CERT, CertFiles, Plan, exo_client_access, sink_host
 from ..model.scenario import PROTECTION_SUFFIX, Certificate
 
 ROOT_CN = "Labgen Public Root CA"
@@ -136,6 +136,8 @@ def service_cert_specs(plan: Plan) -> dict[str, Certificate]:
         "sink-server": Certificate(
             cn=sink_host(s), sans=[f"mx.{d}" for d in s.internet.domains] or ["mx.internet.example"], key="ec256"
         ),
+        # Exchange Online's client certificate (towards the gateway), from the lab's public CA.
+        EXO_CLIENT_CERT: Certificate(cn=PROTECTION_SUFFIX, sans=[PROTECTION_SUFFIX], key="ec256"),
     }
     if "gateway-server" in plan.certs:
         specs["gateway-server"] = Certificate(cn=s.gateway.hostname, key="ec256")
@@ -262,6 +264,7 @@ def make_pki(plan: Plan, labdir: Path) -> None:
         )
     try:
         _make_pki(plan, labdir, certs)
+        _write_exo_client_access(plan, labdir)
     except OSError as e:
         raise InfraError(
             f"cannot write the lab's certificates in {certs}: {e.strerror}; choose a writable directory with --workdir"
@@ -307,6 +310,30 @@ def _make_pki(plan: Plan, labdir: Path, certs: Path) -> None:
         (labdir / files.chain).write_bytes(chain)
         _write_key(labdir / files.key, key)
     stamp.write_text(digest)
+
+
+# ---------------------------------------------------------------- Exchange Online's client certificate
+
+
+def exo_client_files(plan: Plan) -> CertFiles:
+    """The certificate (chain and key, relative to the lab directory) Exchange Online presents when
+    it relays to the gateway: the traffic's Exchange Online sender uses it, and so may the EOP."""
+    return plan.certs[EXO_CLIENT_CERT]
+
+
+def exo_client_fingerprint(plan: Plan, labdir: Path) -> str:
+    """Its SHA-256 fingerprint as Postfix prints it (AB:CD:...), what the gateway pins."""
+    cert = x509.load_pem_x509_certificate((Path(labdir) / exo_client_files(plan).cert).read_bytes())
+    return cert.fingerprint(hashes.SHA256()).hex(":").upper()
+
+
+def _write_exo_client_access(plan: Plan, labdir: Path) -> None:
+    """Postfix's check_ccert_access table for it (texthash: one `fingerprint OK` line)."""
+    text = (
+        "# Exchange Online's client certificate (CN " + PROTECTION_SUFFIX + "): the gateway relays for it.\n"
+        f"{exo_client_fingerprint(plan, labdir)} OK\n"
+    )
+    (Path(labdir) / exo_client_access(plan)).write_text(text)
 
 
 # ---------------------------------------------------------------- facts about a certificate

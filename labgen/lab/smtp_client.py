@@ -37,6 +37,46 @@ def _reply(code: int, msg: bytes | str) -> str:
     return f"{code} {' '.join(text.split())}"
 
 
+# Postfix's smtp client, word for word (smtp_proto.c): the status text of a delivery it defers.
+TLS_HANDSHAKE_FAILED = "4.7.5 Cannot start TLS: handshake failure"
+SERVER_NOT_VERIFIED = "4.7.5 Server certificate not verified"
+
+
+def secure_tls_context(ca_file: str, chain: str | None, key: str | None) -> ssl.SSLContext:
+    """smtp_tls_security_level = secure with smtp_tls_CAfile: the server's chain must verify
+    against the CA file; its name is checked after the handshake (`cert_matches`), as Postfix's
+    smtp_tls_secure_cert_match does, not by Python's hostname check."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_verify_locations(ca_file)
+    if chain and key:
+        ctx.load_cert_chain(chain, key)
+    return ctx
+
+
+def cert_names(peer: dict) -> list[str]:
+    """The DNS names of a certificate as ssl.getpeercert() gives it: its DNS subjectAltNames, or
+    its CN when it has none (OpenSSL's X509_check_host)."""
+    sans = [v.lower() for k, v in peer.get("subjectAltName", ()) if k == "DNS"]
+    if sans:
+        return sans
+    return [v.lower() for rdn in peer.get("subject", ()) for k, v in rdn if k == "commonName"]
+
+
+def cert_matches(names: list[str], nexthop: str) -> bool:
+    """Postfix's default smtp_tls_secure_cert_match = nexthop, dot-nexthop: a name equal to the
+    next-hop domain or in a subdomain of it; a wildcard '*.' stands for one whole left-most label."""
+    nexthop = nexthop.lower().rstrip(".")
+    for name in names:
+        if name == nexthop or name.endswith("." + nexthop):  # nexthop; dot-nexthop
+            return True
+        if name.startswith("*.") and "." in nexthop and nexthop.split(".", 1)[1] == name[2:]:
+            return True
+    return False
+
+
 def client_tls_context(chain: str | None, key: str | None) -> ssl.SSLContext:
     # Like an MTA's opportunistic TLS: encrypt, but do not authenticate the server.
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -64,9 +104,11 @@ class Session:
         tls: str = "may",
         tls_context: ssl.SSLContext | None = None,
         timeout: float = 10.0,
+        tls_nexthop: str | None = None,
     ):
         self.host, self.ip, self.port = host, ip, port
         self.helo, self.source_ip, self.tls, self.tls_context, self.timeout = helo, source_ip, tls, tls_context, timeout
+        self.tls_nexthop = tls_nexthop or host  # what a 'secure' server certificate must name
         self.smtp: smtplib.SMTP | None = None
         self.tls_version: str | None = None
         self.dsn = False
@@ -97,12 +139,10 @@ class Session:
             smtp.ehlo()
             if self.tls != "none":
                 if smtp.has_extn("starttls"):
-                    smtp.starttls(context=self.tls_context or client_tls_context(None, None))
-                    smtp.ehlo()
-                    if not isinstance(smtp.sock, ssl.SSLSocket):  # starttls() wraps the socket or raises
-                        raise RuntimeError(f"STARTTLS with {self.relay} left no TLS socket")
-                    self.tls_version = smtp.sock.version()
-                elif self.tls == "encrypt":
+                    failed = self._starttls(smtp)
+                    if failed is not None:
+                        return failed
+                elif self.tls in ("encrypt", "secure"):
                     smtp.quit()
                     self.smtp = None
                     return 0, f"TLS is required, but was not offered by host {self.relay}"
@@ -110,6 +150,28 @@ class Session:
         except (OSError, ValueError, smtplib.SMTPException) as e:
             self.close()
             return 0, f"conversation with {self.relay} failed: {e}"
+        return None
+
+    def _starttls(self, smtp: smtplib.SMTP) -> tuple[int, str] | None:
+        """STARTTLS, then (at 'secure') the server's name. A failure is Postfix's deferral text;
+        whether to retry in plaintext is the caller's decision (Postfix: only at 'may', after
+        minimal_backoff_time)."""
+        try:
+            smtp.starttls(context=self.tls_context or client_tls_context(None, None))
+        except ssl.SSLCertVerificationError:
+            self.close()  # the chain does not verify against smtp_tls_CAfile
+            return 0, SERVER_NOT_VERIFIED
+        except (ssl.SSLError, ConnectionError):
+            self.close()
+            return 0, TLS_HANDSHAKE_FAILED
+        sock = smtp.sock
+        if not isinstance(sock, ssl.SSLSocket):  # wrap_socket() gives one or raises
+            raise RuntimeError(f"STARTTLS with {self.relay} left no TLS socket")
+        if self.tls == "secure" and not cert_matches(cert_names(sock.getpeercert() or {}), self.tls_nexthop):
+            self.quit()  # Postfix ends the session politely over TLS
+            return 0, SERVER_NOT_VERIFIED
+        self.tls_version = sock.version()
+        smtp.ehlo()
         return None
 
     def transact(self, data: bytes, mail_from: str, rcpts: list[str], envid: str | None = None) -> Result:

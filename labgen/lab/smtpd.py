@@ -450,12 +450,16 @@ class LabSMTP(SMTP):
         return obj.version() if obj else None
 
     def tls_cipher(self) -> str | None:
+        return (self.tls_cipher_bits() or (None, 0))[0]
+
+    def tls_cipher_bits(self) -> tuple[str, int] | None:
+        """The cipher's name and secret bits, as Postfix's Received line shows them."""
         layer = self._tls_layer()
         if layer is not None:
-            return layer.cipher
+            return (layer.cipher, layer.cipher_bits or 0) if layer.cipher else None
         obj = self._ssl_object()
         cipher = obj.cipher() if obj else None
-        return cipher[0] if cipher else None
+        return (cipher[0], cipher[2]) if cipher else None
 
     def local_ip(self) -> str | None:
         sock = self.transport.get_extra_info("sockname") if self.transport else None

@@ -142,6 +142,7 @@ class TlsProtocol(asyncio.Protocol):
         self.established = False
         self.version: str | None = None  # "TLSv1.2", "TLSv1.3"
         self.cipher: str | None = None  # OpenSSL's name, e.g. "TLS_AES_256_GCM_SHA384"
+        self.cipher_bits: int | None = None
         self.peer_chain: list[bytes] = []  # DER, leaf first, as the client presented them
         self._waiter = waiter
         self._failed = False
@@ -215,6 +216,7 @@ class TlsProtocol(asyncio.Protocol):
         self.established = True
         self.version = self._conn.get_protocol_version_name()
         self.cipher = self._conn.get_cipher_name()
+        self.cipher_bits = self._conn.get_cipher_bits()
         self.peer_chain = self._presented_chain()
         self._extra.update(version=self.version, cipher=self.cipher, peer_chain=self.peer_chain)
         self._flush()

@@ -18,6 +18,7 @@ from ..results.contracts import Injected, PlannedMessage, Submitted, TrafficStar
 from . import nexthop
 from .eop import relay
 from .ledger import MSGID_HEADER, Ledger
+from .pki import exo_client_files
 from .smtp_client import Result, Session
 
 TRAFFIC_HELO = {"gateway": relay.EXO_OUTBOUND_HELO, "mx": "sender.internet.test"}
@@ -60,10 +61,13 @@ WORKERS = 8
 class _Sender:
     """One sending thread's sessions, one per next hop (address, source address, HELO name)."""
 
-    def __init__(self, plan: Plan, ledger: Ledger, resolver: dns.resolver.Resolver, ca_root: Path):
+    def __init__(self, plan: Plan, ledger: Ledger, resolver: dns.resolver.Resolver, labdir: Path):
         self.plan, self.ledger, self.resolver = plan, ledger, resolver
         self.sessions: dict[tuple[str | None, ...], Session] = {}
-        self.ca_root = str(ca_root)
+        self.ca_root = str(labdir / plan.ca_root)
+        # Exchange Online presents its client certificate to the gateway (pki.exo_client_files).
+        files = exo_client_files(plan)
+        self.exo_cert = (str(labdir / files.chain), str(labdir / files.key))
 
     def _send(
         self,
@@ -86,7 +90,13 @@ class _Sender:
             if session is None:
                 if connector is not None:  # Exchange Online, by its outbound connector's TlsSettings
                     session, failed = relay.open_session(
-                        self.plan, self.ca_root, hop, connector.tls_settings, connector.tls_domain, source
+                        self.plan,
+                        self.ca_root,
+                        hop,
+                        connector.tls_settings,
+                        connector.tls_domain,
+                        source,
+                        client_cert=self.exo_cert,
                     )
                 else:
                     session = Session(
@@ -159,7 +169,7 @@ def run_traffic(plan: Plan, run_dir: Path) -> None:
     lock = threading.Lock()
 
     def work() -> None:
-        sender = _Sender(plan, ledger, resolver, run_dir.parent / plan.ca_root)
+        sender = _Sender(plan, ledger, resolver, run_dir.parent)
         try:
             while True:
                 with lock:

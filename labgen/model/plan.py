@@ -38,6 +38,9 @@ HOSTS = ("dns", "eop", "gateway", "sink", "traffic")
 _OFFSETS = {"gateway": 10, "eop": 25, "exo": 40, "dns": 53, "sink": 80, "traffic": 100}
 # The name the shared EOP front end gives itself, like the real pool servers do.
 EOP_POOL_HOST = f"dm6nam12ft011.{PROTECTION_SUFFIX}"
+# The client certificate Exchange Online presents when it relays to the gateway (real Exchange
+# Online's is issued by a public CA to mail.protection.outlook.com).
+EXO_CLIENT_CERT = "exo-client"
 
 
 class Record(BaseModel):
@@ -265,6 +268,7 @@ def _cert_files(s: Scenario) -> dict[str, CertFiles]:
                 *s.certificates,
                 "eop-server",
                 "sink-server",
+                EXO_CLIENT_CERT,
                 *([] if s.gateway.server_certificate else ["gateway-server"]),
             ]
         )
@@ -279,6 +283,12 @@ def _cert_files(s: Scenario) -> dict[str, CertFiles]:
 def sink_host(s: Scenario) -> str:
     """The internet sink's own name: the MX of the first internet domain."""
     return f"mx.{s.internet.domains[0]}" if s.internet.domains else "mx.internet.example"
+
+
+def exo_client_access(plan: Plan) -> str:
+    """The Postfix access(5) table the PKI writes next to Exchange Online's client certificate:
+    its SHA-256 fingerprint (check_ccert_access), the way a gateway pins a client certificate."""
+    return plan.certs[EXO_CLIENT_CERT].cert.removesuffix(".crt") + ".access"
 
 
 def gateway_server_cert(plan: Plan) -> str:

@@ -69,7 +69,15 @@ MAX_TEXT = 200  # description, subject: one printable line
 # Keys of `certificates` name files (certs/<key>.crt): a strict grammar, and the names the lab
 # uses for its own certificates and CAs are taken.
 _CERT_KEY_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
-RESERVED_CERT_KEYS = ("ca-root", "ca-intermediate", "eop-accept", "eop-server", "sink-server", "gateway-server")
+RESERVED_CERT_KEYS = (
+    "ca-root",
+    "ca-intermediate",
+    "eop-accept",
+    "eop-server",
+    "sink-server",
+    "gateway-server",
+    "exo-client",
+)
 
 # X.509 (via cryptography) takes dates from 1950 to 9999; these bounds keep every certificate
 # between about 1976 and 2176 for the next decades.

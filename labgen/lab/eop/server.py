@@ -37,7 +37,7 @@ from ...results.contracts import (
 )
 from ..dsn import note_ndr
 from ..ledger import Ledger, clip, header, write_mailbox
-from ..pki import TrustStore, cert_info
+from ..pki import TrustStore, cert_info, exo_client_files
 from ..smtpd import LabEnvelope, LabSession, LabSMTP, message_id
 from ..tls import ServerTls
 from . import relay, rules
@@ -114,6 +114,9 @@ class EopHandler:
         self.trace = Ledger(run_dir, "trace")
         self.mailroot = Path(run_dir) / "mailboxes"
         self.ca_root = str(labdir / plan.ca_root)
+        # Exchange Online presents its certificate when it sends on (a gateway may ask for it).
+        exo = exo_client_files(plan)
+        self.exo_cert = (str(labdir / exo.chain), str(labdir / exo.key))
         self._ids = itertools.count(1)
         self._from_ip: Counter[str] = Counter()  # messages per source address (throttling)
         self._relays: set[asyncio.Future] = set()
@@ -307,7 +310,7 @@ class EopHandler:
         loop = asyncio.get_running_loop()
         try:
             outcomes = await loop.run_in_executor(
-                None, relay.send, self.plan, self.ca_root, route, data, mail_from, rcpts, msgid
+                None, relay.send, self.plan, self.ca_root, route, data, mail_from, rcpts, msgid, self.exo_cert
             )
         except Exception as e:  # a lab fault, not EOP behaviour: say so in the ledger, keep serving
             why = f"451 4.3.0 the lab's EOP failed to relay: {type(e).__name__}: {e}"
