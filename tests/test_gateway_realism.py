@@ -88,8 +88,14 @@ def test_render_certificate_mode_pins_the_exo_certificate_and_validates_recipien
         "contoso.mail.onmicrosoft.test=exo_client }, reject_unauth_destination"
     )
     assert ctx["exo_access"] == "certs/exo-client.access"
-    assert ctx["relay_recipient_maps"] == "inline:{ alice@contoso.example=OK, bob@contoso.example=OK }"
-    assert ctx["virtual_alias_maps"] == "inline:{ postmaster@gw.contoso.example=alice@contoso.example }"
+    assert ctx["relay_recipient_maps"] == "texthash:/etc/postfix/relay_recipients"
+    assert ctx["virtual_alias_maps"] == "texthash:/etc/postfix/virtual"
+    files = postfix.map_files(make_plan(load_scenario("broken"), "docker"))
+    assert [line for line in files["relay_recipients"].splitlines() if not line.startswith("#")] == [
+        "alice@contoso.example OK",
+        "bob@contoso.example OK",
+    ]
+    assert "postmaster@gw.contoso.example alice@contoso.example" in files["virtual"].splitlines()
 
 
 def test_render_ip_mode_and_no_validation_keep_the_old_behaviour():
@@ -99,13 +105,21 @@ def test_render_ip_mode_and_no_validation_keep_the_old_behaviour():
     assert ctx["relay_recipient_maps"] == ""
 
 
-def test_a_mailbox_main_cf_cannot_carry_is_refused_with_a_clear_error():
+def test_any_mailbox_the_scenario_accepts_is_a_plain_table_key():
+    """The tables are files, not main.cf values: '=', braces and '$' are plain key characters."""
+    s = load_scenario("broken")
+    s.tenants["contoso"].mailboxes.append("a=b{$x}@contoso.example")
+    files = postfix.map_files(make_plan(s, "docker"))
+    assert "a=b{$x}@contoso.example OK" in files["relay_recipients"].splitlines()
+
+
+def test_a_mailbox_a_table_cannot_carry_is_refused_with_a_clear_error():
     from labgen.errors import InputError
 
     s = load_scenario("broken")
-    s.tenants["contoso"].mailboxes.append("a=b{$x}@contoso.example")
+    s.tenants["contoso"].mailboxes.append("#x@contoso.example")  # a comment line in a table file
     with pytest.raises(InputError, match="cannot list an address"):
-        postfix.render_context(make_plan(s, "docker"))
+        postfix.map_files(make_plan(s, "docker"))
 
 
 # ---------------------------------------------------------------- swaks against both gateways

@@ -215,6 +215,7 @@ def _postfix_files(plan: Plan) -> dict[str, str]:
         source = env.loader.get_source(env, template)[0]
         out[f"gateway/postfix/{name}"] = check(env.get_template(template).render(ctx), source)
     out["gateway/postfix/transport"] = postfix.transport_map(plan)
+    out.update({f"gateway/postfix/{name}": text for name, text in postfix.map_files(plan).items()})
     return out
 
 

@@ -86,13 +86,7 @@ def render_context(plan: Plan) -> dict:
     hostname = _ok("hostname", s.gateway.hostname, "gateway.hostname")
     by_ip = s.gateway.exchange_online_relay == "ip"
     exo_ip = _ok("ipv4", plan.hosts["traffic"][1], "Exchange Online's address")
-    recipients = relay_recipients(s)
-    alias, alias_domain = postmaster_alias(s), postmaster_domain(s)
-    aliases = (
-        _inline({_address(postmaster_address(s), "the postmaster"): _address(alias, "the postmaster's mailbox")})
-        if alias
-        else Checked("")
-    )
+    alias_domain = postmaster_domain(s)
     senders = {_ok("hostname", d, "a relay sender domain"): Checked("exo_client") for d in relay_sender_domains(s)}
     # The access table the PKI wrote next to Exchange Online's client certificate (its fingerprint).
     exo_cert = _ok("cert path", plan.certs["exo-client"].cert, "Exchange Online's client certificate")
@@ -113,13 +107,11 @@ def render_context(plan: Plan) -> dict:
         "relay_domains": Checked(
             ", ".join(_ok("hostname", d, "relay domain") for d in relay) if relay else "$mydestination"
         ),
-        "relay_recipient_maps": (
-            Checked("")
-            if recipients is None or not relay
-            else _inline({_address(r, "a relay recipient"): Checked("OK") for r in recipients})
+        "relay_recipient_maps": Checked(
+            f"texthash:/etc/postfix/{RECIPIENT_MAP}" if relay and relay_recipients(s) is not None else ""
         ),
         "virtual_alias_domains": Checked(hostname if alias_domain else ""),
-        "virtual_alias_maps": aliases,
+        "virtual_alias_maps": Checked(f"texthash:/etc/postfix/{ALIAS_MAP}" if postmaster_alias(s) else ""),
         "server_key": _ok("cert path", server_cert.key, "the gateway's server key"),
         "server_chain": _ok("cert path", server_cert.chain, "the gateway's server chain"),
         "transports": [
@@ -147,24 +139,49 @@ def _ok(kind: str, value: object, what: str) -> Checked:
     return checked(kind, value, what, "the gateway's Postfix configuration")
 
 
-# A mailbox as a key of an inline: table in main.cf: none of the characters that end a key or a
-# table ('=', ',', '{', '}', space) nor '$' (main.cf expands it). RFC 5321 admits them in a local
-# part, and the scenario does; such a mailbox cannot be listed, and the Docker lab says so.
-_INLINE_ADDRESS = re.compile(r"[a-z0-9!#%&'*+/?^_`|~.-]{1,64}@(?:[a-z0-9-]+\.)+[a-z0-9-]+")
+# Lookup tables written next to main.cf (texthash: read at start, no postmap). A key ends at
+# white space and a line starting with '#' is a comment, so those are what an address must not
+# have there; everything else RFC 5321 allows in a local part is a plain key ($ is not expanded).
+RECIPIENT_MAP = "relay_recipients"
+ALIAS_MAP = "virtual"
+MAP_FILES = (RECIPIENT_MAP, ALIAS_MAP)
+_TABLE_KEY = re.compile(r"[!-~]{1,254}")
 
 
-def _address(value: str, what: str) -> Checked:
+def _table_address(value: str, what: str) -> str:
     value = value.lower()  # Postfix's tables fold case
-    if not _INLINE_ADDRESS.fullmatch(value):
+    if not _TABLE_KEY.fullmatch(value) or value.startswith("#"):
         raise InputError(
-            f"{what} {shown(value)}: the Docker gateway cannot list an address with '=', '{{', '}}' or '$' "
-            "in Postfix's main.cf; use another address or gateway.recipient_validation: false"
+            f"{what} {shown(value)}: Postfix cannot list an address with white space or a leading '#' "
+            "in a lookup table; use another address or gateway.recipient_validation: false"
         )
-    return Checked(value)
+    return value
+
+
+def _table(rows: dict[str, str], about: str) -> str:
+    return f"# {about} (texthash: key value)\n" + "".join(f"{k} {v}\n" for k, v in rows.items())
+
+
+def map_files(plan: Plan) -> dict[str, str]:
+    """relay_recipient_maps (the tenants' mailboxes, when the gateway validates recipients) and
+    virtual_alias_maps (its postmaster), as lookup-table files."""
+    s = plan.scenario
+    recipients = relay_recipients(s) or []
+    rows = {_table_address(r, "a relay recipient"): "OK" for r in recipients}
+    alias = postmaster_alias(s)
+    aliases = (
+        {_table_address(postmaster_address(s), "the postmaster"): _table_address(alias, "the postmaster's mailbox")}
+        if alias
+        else {}
+    )
+    return {
+        RECIPIENT_MAP: _table(rows, "the recipients the gateway relays for"),
+        ALIAS_MAP: _table(aliases, "postmaster@ the gateway's name: a mailbox that reads it"),
+    }
 
 
 def _inline(table: dict[Checked, Checked]) -> Checked:
-    """A Postfix inline: table (Postfix >= 3.0) of checked keys and values."""
+    """A Postfix inline: table (Postfix >= 3.0) of checked keys and values (domain names here)."""
     return Checked("inline:{ " + ", ".join(f"{k}={v}" for k, v in table.items()) + " }")
 
 

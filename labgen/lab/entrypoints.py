@@ -105,7 +105,7 @@ def run_postfix(lab: Path) -> NoReturn:
     # (it might still be being written): freshly copied files cost ~2 s on every lab's critical
     # path. Their content is final here, so their mtime is set a minute back.
     stale = time.time() - 60
-    for name in ("main.cf", "master.cf", "transport"):
+    for name in ("main.cf", "master.cf", "transport", "relay_recipients", "virtual"):  # postfix.MAP_FILES
         shutil.copy(lab / "gateway" / "postfix" / name, f"/etc/postfix/{name}")
         os.utime(f"/etc/postfix/{name}", (stale, stale))
     # No `postfix check` here, and start-fg's own two checks are skipped through the queue
