@@ -1,4 +1,4 @@
-"""The lab DNS: authoritative for the lab's zones (MX and A records from the plan), never
+"""The lab DNS: authoritative for the lab's zones (MX, A and SPF TXT records from the plan), never
 recursive, NXDOMAIN for everything else; every query is logged to the ledger.
 
 Clients may be hostile, so it answers like a careful authoritative server: a packet whose header
@@ -13,7 +13,7 @@ import asyncio
 import struct
 from pathlib import Path
 
-from dnslib import CLASS, MX, OPCODE, QTYPE, RCODE, RR, SOA, A, DNSBuffer, DNSHeader, DNSLabel, DNSRecord
+from dnslib import CLASS, MX, OPCODE, QTYPE, RCODE, RR, SOA, TXT, A, DNSBuffer, DNSHeader, DNSLabel, DNSRecord
 
 from ..model.plan import Plan
 from ..results.contracts import BadQuery, Query
@@ -32,7 +32,7 @@ class LabResolver:
         self.own_ip = plan.ip("dns")
         self.records: dict[tuple[str, str], list] = {}
         for r in plan.records:
-            rdata = A(r.value) if r.type == "A" else MX(r.value, r.preference)
+            rdata = A(r.value) if r.type == "A" else TXT(r.value) if r.type == "TXT" else MX(r.value, r.preference)
             self.records.setdefault((r.name.lower().rstrip("."), r.type), []).append(rdata)
         self.ledger = ledger
 

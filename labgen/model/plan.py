@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from ..errors import InputError
 from .scenario import (
     PROTECTION_SUFFIX,
+    SPF_INCLUDE,
     Message,
     OutboundConnector,
     Scenario,
@@ -45,7 +46,7 @@ EXO_CLIENT_CERT = "exo-client"
 
 class Record(BaseModel):
     name: str
-    type: str  # "A" or "MX"
+    type: str  # "A", "MX" or "TXT"
     value: str
     preference: int = 10
 
@@ -221,11 +222,21 @@ def _records(s: Scenario, hosts: dict[str, list[str]]) -> tuple[list[str], list[
                 rec.append(Record(name=endpoint, type="A", value=eop))
             target = (endpoint or protection_host(tname)) if d.mx == "eop" else s.gateway.hostname
             rec.append(Record(name=d.name, type="MX", value=target))
+            rec.append(Record(name=d.name, type="TXT", value=d.spf or f"v=spf1 include:{SPF_INCLUDE} -all"))
             zones.add(d.name)
     for name in s.internet.domains:
         rec.append(Record(name=name, type="MX", value=f"mx.{name}"))
         rec.append(Record(name=f"mx.{name}", type="A", value=sink))
+        # An internet domain's senders are the traffic host and the addresses its messages use.
+        senders = [hosts["traffic"][0]] + sorted(
+            {m.source_ip for m in s.traffic if m.source_ip and domain_of(m.sender) == name}
+        )
+        rec.append(Record(name=name, type="TXT", value="v=spf1 " + " ".join(f"ip4:{ip}" for ip in senders) + " -all"))
         zones.add(name)
+    # Microsoft's SPF include: Exchange Online's outbound addresses (EOP relaying, and the
+    # traffic host speaking as Exchange Online).
+    rec.append(Record(name=SPF_INCLUDE, type="TXT", value=f"v=spf1 ip4:{eop} ip4:{hosts['traffic'][1]} -all"))
+    zones.add(SPF_INCLUDE)
     if not any(s.gateway.hostname == z or s.gateway.hostname.endswith("." + z) for z in zones):
         zones.add(s.gateway.hostname.split(".", 1)[1])
     return sorted(zones), rec

@@ -41,6 +41,7 @@ from ..textsafe import MESSAGE_ID
 # Lab names mirror the real ones under reserved TLDs (DESIGN.md §2).
 PROTECTION_SUFFIX = "mail.protection.outlook.test"  # real: mail.protection.outlook.com
 ROUTING_SUFFIX = "mail.onmicrosoft.test"  # real: mail.onmicrosoft.com
+SPF_INCLUDE = "spf.protection.outlook.test"  # real: spf.protection.outlook.com
 
 # Documentation and benchmarking ranges only: realistic "public" addresses that route nowhere.
 ALLOWED_RANGES = [
@@ -216,6 +217,17 @@ def text_line(what: str, max_len: int, min_len: int = 0) -> Callable[[str], str]
     return check
 
 
+_SPF_RE = re.compile(r"v=spf1( [!-~]{1,200}){0,30}")
+
+
+def check_spf(value: str) -> str:
+    """An SPF record as one TXT string: 'v=spf1' and printable ASCII terms, at most 255 octets."""
+    value = " ".join(value.split())
+    if len(value) > 255 or not _SPF_RE.fullmatch(value):
+        raise ValueError(f"{quote(value)} is not an SPF record (v=spf1 and terms, printable ASCII, at most 255)")
+    return value
+
+
 def domain_of(address: str) -> str:
     return address.rpartition("@")[2].lower()
 
@@ -270,6 +282,14 @@ class Domain(_Model):
         description=(
             "Where the domain's public MX points: straight at EOP, or at the customer's gateway "
             "(centralized mail flow, inbound)."
+        ),
+    )
+    spf: Annotated[str, AfterValidator(check_spf)] | None = Field(
+        None,
+        description=(
+            "The SPF TXT record the lab DNS publishes for the domain. Default: Microsoft's guidance for a "
+            "Microsoft 365 domain, 'v=spf1 include:spf.protection.outlook.test -all' (a gateway that sends "
+            "mail out directly must be added)."
         ),
     )
     domain_type: Literal["Authoritative", "InternalRelay"] = exo(

@@ -230,6 +230,7 @@ class Delivered(_Event):
     mailbox: str
     tenant: str | None = None
     file: str
+    spf: str | None = None  # EOP: "fail (sender IP is 192.0.2.10)", for inbound mail it judged
     client_ip: str | None = None
     tls: str | None = None
     refused_id: str | None = None
@@ -362,6 +363,7 @@ class Hop(_OmitNone):
             "certificate",
             "attribution",
             "file",
+            "spf",
         }
     )
     service: Service | None
@@ -380,6 +382,7 @@ class Hop(_OmitNone):
     certificate: Certificate | None = None
     attribution: Attribution | None = None
     file: str | None = None
+    spf: str | None = None
 
 
 class NdrFound(_Contract):

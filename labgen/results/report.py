@@ -66,7 +66,8 @@ def hop_lines(m: dict[str, Any]) -> list[str]:
             tls = f" over {h['tls']}" if h.get("tls") else ""
             lines.append(f"EOP relayed it{conn} → {h.get('relay') or '-'}{tls}: {ev} ({_short(h.get('reply'), 120)})")
         elif ev == "delivered":
-            lines.append(f"{'EOP' if svc == 'eop' else 'internet sink'}: in mailbox {h.get('mailbox')}")
+            spf = f" (spf={h['spf']})" if h.get("spf") else ""
+            lines.append(f"{'EOP' if svc == 'eop' else 'internet sink'}: in mailbox {h.get('mailbox')}{spf}")
         elif ev == "discarded":
             lines.append("EOP: discarded after 250, no NDR")
         elif svc == "sink" and ev == "rcpt":

@@ -40,7 +40,7 @@ from ..ledger import Ledger, clip, header, write_mailbox
 from ..pki import TrustStore, cert_info, exo_client_files
 from ..smtpd import LabEnvelope, LabSession, LabSMTP, message_id
 from ..tls import ServerTls
-from . import relay, rules
+from . import relay, rules, spf
 
 BANNER = "Microsoft ESMTP MAIL Service ready at {date}"
 MAX_SIZE = 157286400  # EOP's 150 MB
@@ -114,6 +114,7 @@ class EopHandler:
         self.trace = Ledger(run_dir, "trace")
         self.mailroot = Path(run_dir) / "mailboxes"
         self.ca_root = str(labdir / plan.ca_root)
+        spf.use_lab_dns(plan)
         # Exchange Online presents its certificate when it sends on (a gateway may ask for it).
         exo = exo_client_files(plan)
         self.exo_cert = (str(labdir / exo.chain), str(labdir / exo.key))
@@ -234,6 +235,7 @@ class EopHandler:
             )
         )
         relays: dict[rules.Route, list[str]] = {}
+        checked = await self._spf(session, facts, envelope, data)
         for rcpt, (att, dec) in envelope.decisions.items():
             if dec.action != "deliver":  # a delivery's trace line follows it (below)
                 for traced, status in dec.traces:
@@ -242,7 +244,8 @@ class EopHandler:
                 tenant, mailbox = dec.tenant, dec.mailbox
                 if tenant is None or mailbox is None:  # rules.decide names both
                     raise RuntimeError(f"delivery to {clip(rcpt)} names no tenant or mailbox")
-                stamped = self._stamp(session, facts, att, tenant, internal) + data
+                verdict = checked.get(tenant) if att.by == "recipient" else None
+                stamped = self._stamp(session, facts, att, tenant, internal, verdict) + data
                 path = write_mailbox(self.mailroot, mailbox, msgid, stamped)
                 self.ledger.emit(
                     Delivered(
@@ -252,6 +255,7 @@ class EopHandler:
                         mailbox=mailbox,
                         tenant=tenant,
                         file=str(path.relative_to(self.mailroot.parent)),
+                        **({"spf": f"{verdict[0].result} (sender IP is {verdict[0].ip})"} if verdict else {}),
                     )
                 )
                 note_ndr(self.ledger, data, mailbox, path, self.mailroot)
@@ -273,14 +277,42 @@ class EopHandler:
                 )
         for route, rcpts in relays.items():
             att = envelope.decisions[rcpts[0]][0]
-            stamped = self._stamp(session, facts, att, route.tenant, internal) + data
+            verdict = checked.get(route.tenant or "") if att.by == "recipient" else None
+            stamped = self._stamp(session, facts, att, route.tenant, internal, verdict) + data
             task = asyncio.ensure_future(self._relay(route, stamped, envelope.mail_from or "", rcpts, msgid))
             self._relays.add(task)
             task.add_done_callback(self._relays.discard)
         return reply
 
+    async def _spf(
+        self, session: EopSession, facts: rules.Session, envelope: EopEnvelope, data: bytes
+    ) -> dict[str, tuple[spf.SpfVerdict, str | None]]:
+        """SPF for inbound (unattributed) mail, once per recipient tenant (its connectors decide
+        Enhanced Filtering). Mail an OnPremises connector attributed is the tenant's own."""
+        tenants = {
+            dec.tenant
+            for att, dec in envelope.decisions.values()
+            if att.by == "recipient" and dec.tenant and dec.action in ("deliver", "relay")
+        }
+        loop = asyncio.get_running_loop()
+        out = {}
+        for tenant in sorted(tenants):
+            try:
+                out[tenant] = await loop.run_in_executor(
+                    None, spf.evaluate, self.s, facts, session.host_name, envelope.mail_from or "", tenant, data
+                )
+            except Exception as e:  # a lab fault (DNS gone): say so in the header, keep the mail
+                out[tenant] = (spf.SpfVerdict("temperror", facts.source_ip, f"lab fault: {type(e).__name__}"), None)
+        return out
+
     def _stamp(
-        self, session: EopSession, facts: rules.Session, att: rules.Attribution, tenant: str | None, internal: int
+        self,
+        session: EopSession,
+        facts: rules.Session,
+        att: rules.Attribution,
+        tenant: str | None,
+        internal: int,
+        checked: tuple[spf.SpfVerdict, str | None] | None = None,
     ) -> bytes:
         """The headers EOP adds: its Received line and how it classified the message
         (Message Attribution blog; Demystifying hybrid mail flow; eopfieldnotes)."""
@@ -301,6 +333,9 @@ class EopHandler:
                 f"X-OriginatorOrg: {org}",
                 f"X-EOPTenantAttributedMessage: {tenant_guid(attributed)}:0",
             ]
+        if checked is not None:
+            verdict, helo = checked
+            lines += verdict.headers(helo)
         lines.append("X-EOPAttributedMessage: 0")
         return ("\r\n".join(lines) + "\r\n").encode()
 
