@@ -132,3 +132,41 @@ def test_labs_or_none(request):
     if "docker" in request.node.name:
         return request.getfixturevalue("test_labs")
     return None
+
+
+@pytest.mark.parametrize("engine", ["local", pytest.param("docker", marks=pytest.mark.docker)])
+def test_an_internet_sender_inside_a_too_broad_connector_range_is_taken_for_the_tenant(request, tmp_path, engine):
+    """MC1226222's IP anti-pattern: contoso's OnPremises connector lists a whole /24. An internet
+    sender with its own address in it (traffic[].source_ip, its own HELO) spoofing a contoso
+    sender is attributed to contoso by IP: its mail to fabrikam is relayed through contoso as
+    contoso's own (Internal, in contoso's trace). The same sender with its own domain is plain
+    inbound mail for fabrikam."""
+    data = yaml.safe_load((REPO / "examples" / "recommended-topology.yaml").read_text())
+    data["tenants"]["contoso"]["inbound_connectors"] = [
+        {"Name": "Gateway range", "ConnectorType": "OnPremises", "SenderIPAddresses": ["192.0.2.0/24"]}
+    ]
+    own = {"source_ip": "192.0.2.77", "helo": "mail.attacker.example", "via": "internet"}
+    data["traffic"] = [
+        {"id": "spoofed", "from": "alice@contoso.example", "to": ["carol@fabrikam.example"], **own},
+        {"id": "honest", "from": "erin@northwind.example", "to": ["carol@fabrikam.example"], **own},
+    ]
+    src = tmp_path / "spoof.yaml"
+    src.write_text(yaml.safe_dump(data, sort_keys=False))
+    args = ["up", str(src), "--engine", engine]
+    if engine == "docker":
+        lab = request.getfixturevalue("test_labs").new(str(src), "spoof")
+        args = ["up", str(lab.scenario), "--engine", engine, "--subnet", lab.subnet]
+    code, doc = labgen_json(*args, cwd=tmp_path)
+    m = by_id(doc)
+    spoofed = m[("spoofed", "carol@fabrikam.example")]
+    assert spoofed["outcome"] == "delivered"
+    assert spoofed["attribution"] == {"tenant": "contoso", "by": "ip", "connector": "Gateway range"}
+    assert {t["tenant"] for t in spoofed["trace"]} == {"contoso", "fabrikam"}
+    rcpt = next(h for h in spoofed["hops"] if h["service"] == "eop")
+    assert rcpt["client_ip"].endswith(".77")  # its own address, moved with the lab's subnet
+    delivered = next(h for h in spoofed["hops"] if h["event"] == "delivered")
+    eml = (Path(doc["lab_dir"]) / "run" / delivered["file"]).read_text()
+    assert "X-MS-Exchange-Organization-AuthAs: Internal" in eml and "X-OriginatorOrg: contoso.example" in eml
+    assert "from mail.attacker.example (" in eml  # EOP's Received line names its HELO
+    honest = m[("honest", "carol@fabrikam.example")]
+    assert honest["outcome"] == "delivered" and honest["attribution"]["by"] == "recipient"
