@@ -41,6 +41,18 @@ def labgen_json(*args, cwd, **kw) -> tuple[int, dict]:
         ) from e
 
 
+def set_path(path: list, value):
+    """A patch for a loaded scenario: d[path...] = value (path: keys and list indexes)."""
+
+    def patch(d):
+        target = d
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = value
+
+    return patch
+
+
 def by_id(doc: dict) -> dict:
     return {(m["id"], m["to"]): m for m in doc["messages"]}
 

@@ -12,6 +12,7 @@ import copy
 
 import pytest
 import yaml
+from conftest import set_path
 
 from labgen.lab.eop import rules
 from labgen.lab.eop.rules import (
@@ -39,16 +40,6 @@ def scenario(*patches):
     for patch in patches:
         patch(data)
     return parse_scenario(data, "test.yaml")
-
-
-def set_(path, value):
-    def patch(d):
-        node = d
-        for key in path[:-1]:
-            node = node[key]
-        node[path[-1]] = value
-
-    return patch
 
 
 def connector(**values):
@@ -82,8 +73,8 @@ PARTIAL_TO_GATEWAY = tenant(
         {"Name": "fabrikam via gateway", "RecipientDomains": ["fabrikam.example"], "SmartHosts": ["gw.contoso.example"]}
     ],
 )
-INTERNAL_RELAY = set_(["tenants", "contoso", "domains", 0, "DomainType"], "InternalRelay")
-FABRIKAM_INTERNAL_RELAY = set_(["tenants", "fabrikam", "domains", 0, "DomainType"], "InternalRelay")
+INTERNAL_RELAY = set_path(["tenants", "contoso", "domains", 0, "DomainType"], "InternalRelay")
+FABRIKAM_INTERNAL_RELAY = set_path(["tenants", "fabrikam", "domains", 0, "DomainType"], "InternalRelay")
 REJECT_DIRECT_SEND = tenant("contoso", RejectDirectSend=True)
 PARTNER_FROM_INTERNET_IP = tenant(
     "contoso",
@@ -92,7 +83,7 @@ PARTNER_FROM_INTERNET_IP = tenant(
         {"Name": "App server", "ConnectorType": "Partner", "SenderIPAddresses": [f"{INTERNET_IP}/32"]},
     ],
 )
-THROTTLE = set_(["eop", "throttle_new_ips_after"], 2)
+THROTTLE = set_path(["eop", "throttle_new_ips_after"], 2)
 DISABLED = connector(Enabled=False)
 
 # id, patches, session, mail_from, rcpt,
@@ -201,7 +192,7 @@ def test_most_exact_name_wins_across_tenants():
     session = trusted("sub.contoso.example")
     s = scenario(two_tenants)
     assert attribute(s, session, "", "dave@northwind.example").tenant == "fabrikam"
-    seed = scenario(two_tenants, set_(["eop", "profile"], "seed"))
+    seed = scenario(two_tenants, set_path(["eop", "profile"], "seed"))
     assert attribute(seed, session, "", "dave@northwind.example").tenant == "contoso"
 
 

@@ -7,6 +7,7 @@ import copy
 
 import pytest
 import yaml
+from conftest import set_path
 
 from labgen.errors import InputError
 from labgen.model.plan import make_plan
@@ -87,16 +88,7 @@ def test_message_ids_default_to_position():
 # ---------------------------------------------------------------- bad input -> one line, file and YAML path
 
 
-def _set(path, value):
-    """A patch that sets d[...path] = value; path is a list of keys and indexes."""
-
-    def patch(d):
-        target = d
-        for key in path[:-1]:
-            target = target[key]
-        target[path[-1]] = value
-
-    return patch
+_set = set_path  # conftest: a patch that sets one value of a loaded scenario
 
 
 BAD = [

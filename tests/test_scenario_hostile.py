@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import set_path
 
 from labgen.errors import InputError, escape, one_line, quote
 from labgen.model.plan import make_plan
@@ -23,14 +24,7 @@ BROKEN_TEXT = (resource_dir("scenarios") / "broken.yaml").read_text()
 BROKEN = yaml.safe_load(BROKEN_TEXT)
 
 
-def _set(path, value):
-    def patch(d):
-        target = d
-        for key in path[:-1]:
-            target = target[key]
-        target[path[-1]] = value
-
-    return patch
+_set = set_path  # conftest: a patch that sets one value of a loaded scenario
 
 
 def _do(*patches):
