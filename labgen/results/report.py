@@ -203,7 +203,10 @@ def silent_loss_line(m: dict[str, Any]) -> str:
 def print_compare(compared: CompareDoc, console: Console) -> None:
     doc = dump(compared)
     a, b = doc["a"], doc["b"]
-    table = Table(title=_text(f"labgen compare · {a['scenario']} vs {b['scenario']}"), show_lines=True, expand=True)
+    profiles = {a.get("profile"), b.get("profile")} - {None}
+    under = f" · EOP profile {'/'.join(sorted(profiles))}" if profiles else ""
+    title = f"labgen compare · {a['scenario']} vs {b['scenario']}{under}"
+    table = Table(title=_text(title), show_lines=True, expand=True)
     table.add_column("message", no_wrap=True)
     table.add_column("to")
     table.add_column(a["scenario"], no_wrap=True)
