@@ -265,3 +265,120 @@ def test_relay_route_keeps_the_outbound_connector_tls_settings():
 def test_documented_texts(constant, text):
     """The reply texts as Microsoft's pages print them (docs/fidelity.md quotes each source)."""
     assert constant == text
+
+
+# ---------------------------------------------------------------- more routing rows
+
+
+def test_mx_back_to_the_gateway_is_a_loop():
+    """R5: on-premises mail for a domain whose MX is the gateway it came from."""
+    s = scenario(set_path(["tenants", "fabrikam", "domains", 0, "mx"], "gateway"))
+    dec = decide(s, CERT, "alice@contoso.example", "carol@fabrikam.example", attribute(s, CERT, "", "x@y.example"))
+    assert (dec.action, dec.reply) == ("reject", REPLY_HOP_COUNT)
+
+
+def test_onprem_mail_is_not_judged_by_the_recipient_tenants_partner_connectors():
+    """D6: mail an OnPremises connector attributed is relayed through its tenant; the recipient
+    tenant's Partner lock-down applies to inbound mail only."""
+    lockdown = tenant(
+        "fabrikam",
+        inbound_connectors=[
+            {
+                "Name": "Only the filter",
+                "ConnectorType": "Partner",
+                "TlsSenderCertificateName": "filter.fabrikam.example",
+                "RestrictDomainsToCertificate": True,
+            }
+        ],
+    )
+    s = scenario(lockdown)
+    att = attribute(s, CERT, "alice@contoso.example", "carol@fabrikam.example")
+    assert decide(s, CERT, "alice@contoso.example", "carol@fabrikam.example", att).action == "deliver"
+    inbound = plain()
+    att = attribute(s, inbound, "erin@northwind.example", "carol@fabrikam.example")
+    assert decide(s, inbound, "erin@northwind.example", "carol@fabrikam.example", att).reply == REPLY_RESTRICTED
+
+
+@pytest.mark.parametrize(
+    "connectors, domain, expected",
+    [
+        ([("all", ["*"]), ("fab", ["fabrikam.example"])], "fabrikam.example", "fab"),
+        ([("all", ["*"]), ("sub", ["*.fabrikam.example"])], "eu.fabrikam.example", "sub"),
+        ([("sub", ["*.fabrikam.example"]), ("exact", ["eu.fabrikam.example"])], "eu.fabrikam.example", "exact"),
+        ([("sub", ["*.fabrikam.example"])], "fabrikam.example", "sub"),
+        ([("fab", ["fabrikam.example"])], "northwind.example", None),
+        ([("all", ["*"])], "contoso.example", None),  # the tenant's own domain: only CMT takes it
+    ],
+    ids=["exact-over-star", "wildcard-over-star", "exact-over-wildcard", "wildcard-covers-apex", "no-match", "own"],
+)
+def test_the_most_specific_recipient_domains_entry_wins(connectors, domain, expected):
+    """R3: New-OutboundConnector RecipientDomains; the most specific entry picks the connector."""
+    s = scenario(
+        tenant(
+            "contoso",
+            outbound_via_gateway=False,
+            outbound_connectors=[
+                {"Name": n, "RecipientDomains": d, "SmartHosts": ["gw.contoso.example"]} for n, d in connectors
+            ],
+        )
+    )
+    c = s.tenants["contoso"].outbound_for(domain, s.gateway.hostname)
+    assert (c.name if c else None) == expected
+
+
+# ---------------------------------------------------------------- the outbound leg's TLS check
+
+
+def _cert_der(cn: str, sans: list[str]) -> bytes:
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in sans]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+CANNOT = "450 4.4.317 Cannot connect to remote server [Message="
+
+
+@pytest.mark.parametrize(
+    "settings, tls_domain, cert, verified, expected",
+    [
+        (None, None, ("gw.contoso.example", []), False, None),
+        ("EncryptionOnly", None, ("anything.example", []), False, None),
+        ("CertificateValidation", None, ("anything.example", []), True, None),
+        ("CertificateValidation", None, ("gw.contoso.example", []), False,
+         CANNOT + "UntrustedRoot Presented Subject: CN=gw.contoso.example]"),
+        ("DomainValidation", "gw.contoso.example", ("gw.contoso.example", []), True, None),
+        ("DomainValidation", "*.contoso.example", ("x", ["mail.contoso.example"]), True, None),
+        ("DomainValidation", "mail.contoso.example", ("gw.contoso.example", ["gw.contoso.example"]), True,
+         CANNOT + "SubjectMismatch Expected Subject: mail.contoso.example. Presented Subject: CN=gw.contoso.example]"),
+        ("DomainValidation", "gw.contoso.example", None, True, CANNOT + "no certificate was presented]"),
+    ],
+    ids=["opportunistic", "encryption-only", "cert-validation", "cert-validation-untrusted", "domain-validation",
+         "domain-validation-wildcard", "subject-mismatch", "no-certificate"],
+)  # fmt: skip
+def test_outbound_connector_tls_settings(settings, tls_domain, cert, verified, expected):
+    """R6: New-OutboundConnector TlsSettings/TlsDomain; the 450 4.4.317 form of the TLS
+    certificates blog."""
+    from labgen.lab.eop import relay
+
+    route = rules.Route("smtp", "gw.contoso.example", tls_settings=settings, tls_domain=tls_domain)
+    der = _cert_der(*cert) if cert else None
+    assert relay.check_server_certificate(route, der, verified) == expected

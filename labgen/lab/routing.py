@@ -28,8 +28,11 @@ def pick_connector(domain: str, connectors: list[SendConnector]) -> SendConnecto
 
 
 def inbound_domains(s: Scenario) -> list[str]:
-    """Domains whose MX is the gateway: it accepts mail for them from anyone."""
-    return sorted(d.name for t in s.tenants.values() for d in t.domains if d.mx == "gateway")
+    """Domains the gateway accepts mail for from anyone: those whose MX it is, and InternalRelay
+    domains (it stands for the on-premises side that holds their other recipients)."""
+    return sorted(
+        d.name for t in s.tenants.values() for d in t.domains if d.mx == "gateway" or d.domain_type == "InternalRelay"
+    )
 
 
 def may_relay(s: Scenario, client_trusted: bool, rcpt: str) -> bool:

@@ -380,7 +380,9 @@ def message_entry(s: Scenario, m: Message, rcpt: str) -> tuple[str, OutboundConn
     outbound connector that sends it there) or ('mx', None: the recipient domain's MX)."""
     tenant = s.tenant_of_domain(domain_of(m.sender))
     if message_via(s, m) == "exchange-online" and tenant:
-        c = s.tenants[tenant].outbound_for(domain_of(rcpt), s.gateway.hostname)
+        t = s.tenants[tenant]
+        resident = rcpt.lower() in {x.lower() for x in t.mailboxes} or domain_of(rcpt) == routing_domain(tenant)
+        c = t.outbound_for(domain_of(rcpt), s.gateway.hostname, resident)
         if c is not None and not c.use_mx_record:
             return "gateway", c
     return "mx", None

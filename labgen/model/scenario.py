@@ -447,16 +447,20 @@ class Tenant(_Model):
         )
         return [*self.outbound_connectors, cmt]
 
-    def outbound_for(self, domain: str, gateway_host: str) -> OutboundConnector | None:
+    def outbound_for(self, domain: str, gateway_host: str, resident: bool = False) -> OutboundConnector | None:
         """The enabled outbound connector Exchange Online picks for a recipient domain: the most
-        specific RecipientDomains entry wins ('contoso.com' over '*.contoso.com' over '*'). The
-        tenant's own domains go out only by centralized mail transport."""
+        specific RecipientDomains entry wins ('contoso.com' over '*.contoso.com' over '*').
+        Mail for the tenant's own domains leaves by centralized mail transport, or for a
+        recipient who is not in the tenant (`resident` False: an InternalRelay domain) by a
+        connector naming the domain; '*' alone never takes them."""
         own = any(d.name == domain for d in self.domains)
         best: tuple[int, OutboundConnector] | None = None
         for c in self.outbound(gateway_host):
-            if not c.enabled or (own and not c.route_all_messages_via_on_premises):
+            if not c.enabled:
                 continue
             score = max((_specificity(p, domain) for p in c.recipient_domains), default=0)
+            if own and not c.route_all_messages_via_on_premises and (resident or score < 2):
+                continue
             if score and (best is None or score > best[0]):
                 best = (score, c)
         return best[1] if best else None

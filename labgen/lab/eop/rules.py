@@ -245,7 +245,7 @@ def route(s: Scenario, tenant: str, rcpt: str, from_onprem: bool) -> Route | Dec
     Centralized Mail Transport), any other connector or MX that leads back would loop until the
     hop count runs out (5.4.14)."""
     domain = domain_of(rcpt)
-    c = s.tenants[tenant].outbound_for(domain, s.gateway.hostname)
+    c = s.tenants[tenant].outbound_for(domain, s.gateway.hostname, resident=False)
     if c is not None and c.route_all_messages_via_on_premises and from_onprem:
         c = None  # CMT "will not send the message back to Exchange on-premises"
     if c is not None and not c.use_mx_record:
@@ -287,7 +287,9 @@ def _reject(reply: str, reason: str, tenant: str | None = None) -> Decision:
     return Decision("reject", reply, reason, tenant=tenant)
 
 
-def _deliver_in(s: Scenario, tenant: str, rcpt: str, why: str, traces: tuple = ()) -> Decision:
+def _deliver_in(
+    s: Scenario, tenant: str, rcpt: str, why: str, traces: tuple = (), from_onprem: bool = False
+) -> Decision:
     """Delivery into one of the lab's tenants: its mailbox, DBEB for an Authoritative domain,
     routing on for an InternalRelay domain."""
     mailbox = mailbox_for(s, tenant, rcpt)
@@ -303,7 +305,7 @@ def _deliver_in(s: Scenario, tenant: str, rcpt: str, why: str, traces: tuple = (
     domain = domain_of(rcpt)
     d = next((d for d in s.tenants[tenant].domains if d.name == domain), None)
     if d is not None and d.domain_type == "InternalRelay":
-        r = route(s, tenant, rcpt, from_onprem=False)
+        r = route(s, tenant, rcpt, from_onprem=from_onprem)
         if isinstance(r, Decision):
             return r
         if r.kind == "internal":  # the MX is EOP itself: routing would go round in circles
@@ -371,7 +373,7 @@ def _onprem(
             rcpt_tenant,
         )
     if rcpt_tenant == tenant:
-        return _deliver_in(s, tenant, rcpt, f"attributed to {tenant} by {att.by}; ", traces=())
+        return _deliver_in(s, tenant, rcpt, f"attributed to {tenant} by {att.by}; ", from_onprem=True)
     policy = s.eop.misattribution_policy
     where = f"tenant {rcpt_tenant}" if rcpt_tenant else f"the internet ({domain_of(rcpt)})"
     why = f"attributed to tenant {tenant} by {att.by} (connector '{att.connector}') but the recipient is in {where}"
