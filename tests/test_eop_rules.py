@@ -652,6 +652,24 @@ DECIDE_CASES = [
         ("deliver", REPLY_RCPT_OK, "carol@fabrikam.example", "fabrikam"),
     ),
     (
+        # A seed lab with misattribution: relay follows the Nov 2023 relay rule: neither the
+        # certificate's name nor the (null) sender is an accepted domain of contoso.
+        "seed-relay-needs-an-accepted-domain",
+        [eop(misattribution="relay")],
+        CONTOSO_CERT,
+        "",
+        "dave@northwind.example",
+        ("reject", REPLY_RELAY_DENIED, None, None),
+    ),
+    (
+        "seed-relay-with-an-own-sender",
+        [eop(misattribution="relay")],
+        CONTOSO_CERT,
+        "alice@contoso.example",
+        "dave@northwind.example",
+        ("relay", REPLY_RCPT_OK, None, None),
+    ),
+    (
         "partner-passes-then-dbeb",
         [PARTNER_TLS],
         tls(ip=INTERNET_IP),
