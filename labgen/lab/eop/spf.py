@@ -34,7 +34,7 @@ class SpfVerdict:
     result: str  # pass, fail, softfail, neutral, none, permerror, temperror
     ip: str  # the address judged
     domain: str  # the identity's domain (MAIL FROM, or HELO for a null sender)
-    skipped: tuple[str, str] | None = None  # the skip-listed hop (ip, helo), Enhanced Filtering on
+    skipped: tuple[str, str] | None = None  # the skip-listed hop (ip, helo) when Enhanced Filtering applied
 
     def headers(self, helo: str | None) -> list[str]:
         """The lines EOP stamps: Authentication-Results and Received-SPF, and with Enhanced
@@ -46,9 +46,12 @@ class SpfVerdict:
             f"{designates} {self.ip} as permitted sender)",
         ]
         if self.skipped is not None:
+            # Both carry "the true source address" (Enhanced Filtering for Connectors), as real
+            # ones do: ip=[<original client>];domain=<its HELO>.
+            source = f"ip=[{self.ip}];domain={helo or self.domain}"
             lines += [
-                f"X-MS-Exchange-SkipListedInternetSender: ip=[{self.skipped[0]}];domain={self.skipped[1]}",
-                f"X-MS-Exchange-ExternalOriginalInternetSender: ip=[{self.ip}];domain={helo or self.domain}",
+                f"X-MS-Exchange-SkipListedInternetSender: {source}",
+                f"X-MS-Exchange-ExternalOriginalInternetSender: {source}",
             ]
         return lines
 
