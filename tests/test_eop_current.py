@@ -296,7 +296,8 @@ def test_onprem_mail_is_not_judged_by_the_recipient_tenants_partner_connectors()
     assert decide(s, CERT, "alice@contoso.example", "carol@fabrikam.example", att).action == "deliver"
     inbound = plain()
     att = attribute(s, inbound, "erin@northwind.example", "carol@fabrikam.example")
-    assert decide(s, inbound, "erin@northwind.example", "carol@fabrikam.example", att).reply == REPLY_RESTRICTED
+    dec = decide(s, inbound, "erin@northwind.example", "carol@fabrikam.example", att)
+    assert dec.reply == REPLY_RESTRICTED and dec.traces == ()  # a protocol-level rejection: no trace line
 
 
 @pytest.mark.parametrize(
