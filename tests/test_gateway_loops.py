@@ -409,11 +409,6 @@ def test_the_gateway_adds_a_postfix_like_received_header(local_lab):
     assert hop_count(eml) == 2  # the gateway's and EOP's
 
 
-class FakeTransport:
-    def get_extra_info(self, name):
-        return None  # no TLS
-
-
 @pytest.mark.parametrize(
     "helo, rcpts, first_line, for_line",
     [
@@ -446,7 +441,8 @@ def test_received_header_from_client_text_is_safe(tmp_path, helo, rcpts, first_l
     handler = GatewayHandler(plan, labdir, labdir / "run", time.monotonic() + 10)
     session = SimpleNamespace(peer=("192.0.2.7", 1025), host_name=helo, extended_smtp=True)
     header = handler._received_header(
-        SimpleNamespace(transport=FakeTransport()), session, SimpleNamespace(rcpt_tos=rcpts), "ABCDE12345"
+        SimpleNamespace(tls_cipher_bits=lambda: None),
+        session,  # a plaintext session SimpleNamespace(rcpt_tos=rcpts), "ABCDE12345"
     ).decode("ascii")
     handler.ledger.close()
     lines = header.split("\r\n")

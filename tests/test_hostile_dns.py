@@ -18,6 +18,7 @@ import dns.query
 import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
+import dns.resolver
 import dns.update
 import pytest
 
@@ -176,7 +177,7 @@ def test_any_answers_every_rrset_of_the_name(lab):
         dns.message.make_query("fabrikam.example", "ANY"), plan.ip("dns"), port=plan.dns_port, timeout=60
     )
     assert reply.rcode() == dns.rcode.NOERROR and reply.flags & dns.flags.AA
-    assert {dns.rdatatype.to_text(r.rdtype) for r in reply.answer} == {"MX"}
+    assert {dns.rdatatype.to_text(r.rdtype) for r in reply.answer} == {"MX", "TXT"}  # its MX and its SPF record
 
 
 def test_no_recursion_for_names_outside_the_lab(lab):
@@ -228,3 +229,17 @@ def test_idle_tcp_client_is_dropped(lab, monkeypatch):
         with socket.create_connection(addr(plan), timeout=60) as s:  # the timeout is an upper bound
             s.sendall(partial)
             assert s.recv(1) == b""
+
+
+def test_spf_records_are_answered_as_txt(lab):
+    """The SPF records EOP's checks read (dnspython, as pyspf asks): Microsoft's include for a tenant
+    domain, Exchange Online's addresses behind it."""
+    plan, labdir = lab
+    resolver = dns.resolver.Resolver(configure=False)
+    resolver.nameservers, resolver.port = [plan.ip("dns")], plan.dns_port
+
+    def txt(name):
+        return [b"".join(r.strings).decode() for r in resolver.resolve(name, "TXT")]
+
+    assert txt("fabrikam.example") == ["v=spf1 include:spf.protection.outlook.test -all"]
+    assert txt("spf.protection.outlook.test") == [f"v=spf1 ip4:{plan.ip('eop')} ip4:{plan.hosts['traffic'][1]} -all"]
