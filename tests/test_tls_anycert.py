@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
+from conftest import REPO
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -381,3 +383,23 @@ def test_certificate_is_made_or_given(spec, msg):
     with pytest.raises(ValidationError) as e:
         Certificate.model_validate(spec)
     assert msg in str(e.value)
+
+
+def test_a_saved_plan_with_user_certificate_files_loads_again(tmp_path):
+    """plan.json holds every field of a user-supplied certificate (defaults too); the services
+    reload it in their containers, where only the scenario file's own keys are checked."""
+    from labgen.model.plan import Plan, make_plan
+
+    crt, key = tmp_path / "c.crt", tmp_path / "c.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3", "-subj", "/CN=mail.contoso.example"]
+        + ["-keyout", str(key), "-out", str(crt)],
+        check=True,
+        capture_output=True,
+    )
+    data = yaml.safe_load((REPO / "examples" / "recommended-topology.yaml").read_text())
+    data["certificates"]["gw-public"] = {"cert_file": str(crt), "key_file": str(key)}
+    src = tmp_path / "mine.yaml"
+    src.write_text(yaml.safe_dump(data))
+    make_plan(load_scenario(str(src)), "docker").save(tmp_path / "plan.json")
+    assert Plan.load(tmp_path / "plan.json").scenario.certificates["gw-public"].cert_file == str(crt)

@@ -545,7 +545,8 @@ class Certificate(_Model):
             raise ValueError("cert_file and key_file go together: give both or neither")
         if self.cert_file is None and self.cn is None:
             raise ValueError("cn: required for a certificate labgen makes (or give cert_file and key_file)")
-        if self.cert_file is not None and set(self.model_fields_set) & _MADE_ONLY:
+        # A saved plan writes every field, defaults too; only a scenario file's own keys count.
+        if self.cert_file is not None and set(self.model_fields_set) & _MADE_ONLY and not _PLANNED.get():
             given = ", ".join(sorted(set(self.model_fields_set) & _MADE_ONLY))
             raise ValueError(f"{given}: only for a certificate labgen makes, not with cert_file")
         return self
