@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 from email import message_from_bytes
+from email.message import Message
 from pathlib import Path
 
 import pytest
@@ -110,7 +111,7 @@ def _run(tmp_path: Path, engine: str, connector: dict, test_labs=None) -> dict:
     return doc
 
 
-def _delivered(doc: dict) -> tuple[dict, object]:
+def _delivered(doc: dict) -> tuple[dict, Message]:
     m = by_id(doc)[("from-internet", "bob@contoso.example")]
     hop = next(h for h in m["hops"] if h["event"] == "delivered")
     eml = message_from_bytes((Path(doc["lab_dir"]) / "run" / hop["file"]).read_bytes())

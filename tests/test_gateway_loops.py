@@ -440,10 +440,8 @@ def test_received_header_from_client_text_is_safe(tmp_path, helo, rcpts, first_l
     plan, labdir = prepare_lab(load_scenario(str(LOOPS / "e-loop-mx.yaml")), LocalEngine(), tmp_path)
     handler = GatewayHandler(plan, labdir, labdir / "run", time.monotonic() + 10)
     session = SimpleNamespace(peer=("192.0.2.7", 1025), host_name=helo, extended_smtp=True)
-    header = handler._received_header(
-        SimpleNamespace(tls_cipher_bits=lambda: None),
-        session,  # a plaintext session SimpleNamespace(rcpt_tos=rcpts), "ABCDE12345"
-    ).decode("ascii")
+    plaintext = SimpleNamespace(tls_cipher_bits=lambda: None)  # the server of a session without TLS
+    header = handler._received_header(plaintext, session, SimpleNamespace(rcpt_tos=rcpts), "ABCDE12345").decode("ascii")
     handler.ledger.close()
     lines = header.split("\r\n")
     assert header.endswith("\r\n") and lines[-1] == ""

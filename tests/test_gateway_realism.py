@@ -39,7 +39,7 @@ needs_swaks = pytest.mark.skipif(shutil.which("swaks") is None, reason="swaks is
 
 UNKNOWN = "nobody@contoso.example"
 # (case, swaks options, expected final line prefix of the RCPT answer or "250")
-CASES = {
+CASES: dict[str, tuple[dict, str]] = {
     "unknown-recipient": ({"from": "erin@northwind.example", "to": UNKNOWN}, UNKNOWN_RELAY_RECIPIENT.format(UNKNOWN)),
     "known-recipient": ({"from": "erin@northwind.example", "to": "bob@contoso.example"}, "250"),
     "relay-without-cert": (

@@ -122,7 +122,9 @@ def test_outbound_connectors_end_to_end(request, tmp_path, engine):
         "Authentication-Results: spf=pass",
     ):
         assert header in eml, header
-    guid = re.search(r"X-MS-Exchange-CrossTenant-Id: ([0-9a-f-]{36})", eml).group(1)
+    found = re.search(r"X-MS-Exchange-CrossTenant-Id: ([0-9a-f-]{36})", eml)
+    assert found, eml
+    guid = found.group(1)
     assert f"X-EOPTenantAttributedMessage: {guid}:0" in eml
 
 
