@@ -15,6 +15,9 @@ say() { printf '\033[1msetup:\033[0m %s\n' "$*" >&2; }
 need=()
 command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
 command -v swaks >/dev/null || need+=(swaks)
+# graphviz draws `labgen graph`'s diagrams (dot); the tests also drive a real headless browser.
+command -v dot >/dev/null || need+=(graphviz)
+if [ "${1:-}" = "--test" ]; then command -v chromium >/dev/null || need+=(chromium); fi
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
