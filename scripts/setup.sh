@@ -17,7 +17,7 @@ command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
 command -v swaks >/dev/null || need+=(swaks)
 # graphviz draws `labgen graph`'s diagrams (dot); the tests also drive a real headless browser.
 command -v dot >/dev/null || need+=(graphviz)
-if [ "${1:-}" = "--test" ]; then command -v chromium >/dev/null || need+=(chromium); fi
+if [ "$want_test" = 1 ]; then command -v chromium >/dev/null || need+=(chromium); fi
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
