@@ -31,7 +31,7 @@ from labgen.lab.gateway import (
 from labgen.lab.pki import exo_client_files
 from labgen.lab.smtp_client import SERVER_NOT_VERIFIED, cert_matches
 from labgen.model.plan import make_plan
-from labgen.model.scenario import load_scenario
+from labgen.model.scenario import Domain, load_scenario
 from labgen.run import prepare_lab
 
 REPO = Path(__file__).resolve().parent.parent
@@ -88,8 +88,8 @@ def test_render_certificate_mode_pins_the_exo_certificate_and_validates_recipien
         "contoso.mail.onmicrosoft.test=exo_client }, reject_unauth_destination"
     )
     assert ctx["exo_access"] == "certs/exo-client.access"
-    assert ctx["relay_recipient_maps"] == "texthash:/etc/postfix/relay_recipients"
-    assert ctx["virtual_alias_maps"] == "texthash:/etc/postfix/virtual"
+    assert ctx["relay_recipient_maps"] == " texthash:/etc/postfix/relay_recipients"
+    assert ctx["virtual_alias_maps"] == " texthash:/etc/postfix/virtual"
     files = postfix.map_files(make_plan(load_scenario("broken"), "docker"))
     assert [line for line in files["relay_recipients"].splitlines() if not line.startswith("#")] == [
         "alice@contoso.example OK",
@@ -249,3 +249,22 @@ def test_secure_connector_docker_agrees(test_labs, tmp_path):
 def test_exo_client_files_are_the_plans(tmp_path):
     plan = make_plan(load_scenario("broken"), "local")
     assert exo_client_files(plan).chain == "certs/exo-client.chain.pem"
+
+
+@pytest.mark.parametrize(
+    "patch",
+    [
+        lambda s: setattr(s.gateway, "recipient_validation", False),
+        lambda s: s.tenants["contoso"].domains.append(Domain(name="gw.contoso.example", mx="gateway")),
+    ],
+    ids=["no-recipient-validation", "gateway-name-is-an-accepted-domain"],
+)
+def test_empty_table_settings_render_a_valid_main_cf(patch):
+    """relay_recipient_maps / virtual_alias_* left empty still give `name =` lines the final
+    guard accepts (no trailing blank)."""
+    from labgen.engines.compose import _postfix_files
+
+    s = load_scenario("broken")
+    patch(s)
+    main_cf = _postfix_files(make_plan(s, "docker"))["gateway/postfix/main.cf"]
+    assert any(line in ("relay_recipient_maps =", "virtual_alias_domains =") for line in main_cf.splitlines())

@@ -107,11 +107,12 @@ def render_context(plan: Plan) -> dict:
         "relay_domains": Checked(
             ", ".join(_ok("hostname", d, "relay domain") for d in relay) if relay else "$mydestination"
         ),
+        # Each with its own leading space (main.cf.j2): an empty value leaves no trailing blank.
         "relay_recipient_maps": Checked(
-            f"texthash:/etc/postfix/{RECIPIENT_MAP}" if relay and relay_recipients(s) is not None else ""
+            f" texthash:/etc/postfix/{RECIPIENT_MAP}" if relay and relay_recipients(s) is not None else ""
         ),
-        "virtual_alias_domains": Checked(hostname if alias_domain else ""),
-        "virtual_alias_maps": Checked(f"texthash:/etc/postfix/{ALIAS_MAP}" if postmaster_alias(s) else ""),
+        "virtual_alias_domains": Checked(f" {hostname}" if alias_domain else ""),
+        "virtual_alias_maps": Checked(f" texthash:/etc/postfix/{ALIAS_MAP}" if postmaster_alias(s) else ""),
         "server_key": _ok("cert path", server_cert.key, "the gateway's server key"),
         "server_chain": _ok("cert path", server_cert.chain, "the gateway's server chain"),
         "transports": [
