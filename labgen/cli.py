@@ -191,25 +191,90 @@ def main(debug, verbose, quiet):
 # ---------------------------------------------------------------- scenarios, validate, schema, certs
 
 
-@main.command()
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def scenarios(as_json):
-    """List the built-in scenarios."""
-    from rich.text import Text
-
-    from .model.scenario import builtin_names
+def _catalogue_rows() -> list[dict[str, Any]]:
+    from .model.scenario import catalogue_entries
 
     rows = []
-    for name in builtin_names():
+    for name, fixed in catalogue_entries():
         s = load_scenario(name)
-        rows.append({"name": name, "description": s.description, "messages": len(s.traffic)})
+        about = s.about.model_dump() if s.about else {}
+        rows.append(
+            {
+                "name": name,
+                "fixed": fixed,
+                "description": s.description,
+                "messages": len(s.traffic),
+                "profile": s.eop.profile,
+                **about,
+            }
+        )
+    return rows
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (labgen.scenarios/v1).")
+def scenarios(as_json):
+    """The catalogue: documented mail-flow failures, each a broken scenario and its fix
+    (`labgen up NAME`, `labgen up NAME:fixed`, `labgen explain NAME`)."""
+    rows = _catalogue_rows()
     if as_json:
         from .results.contracts import ScenariosDoc
 
         _print_json(ScenariosDoc.model_validate({"scenarios": rows}))
         return
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(show_lines=True, expand=True)
+    for col in ("scenario", "tags", "symptom", "source"):
+        table.add_column(col, overflow="fold")
     for r in rows:
-        out.print(Text.assemble(_text(f"{r['name']:<10}", "bold"), " ", _text(r["description"])))
+        names = Text.assemble(_text(r["name"], "bold"), *(("\n", _text(r["fixed"])) if r["fixed"] else ()))
+        table.add_row(
+            names,
+            _text(", ".join(r.get("tags") or [])),
+            _text(r.get("symptom") or r["description"]),
+            _text((r.get("sources") or [""])[0]),
+        )
+    out.print(table)
+    out.print(_text("labgen explain NAME tells the story; labgen up NAME runs it, NAME:fixed its fix", "dim"))
+
+
+@main.command()
+@click.argument("name")
+def explain(name):
+    """The story of a catalogue scenario: what is configured, what each party sees, why, the fix."""
+    from rich.text import Text
+
+    s = load_scenario(name)
+    if s.about is None:
+        raise InputError(f"{escape(name, 80)}: not a catalogue scenario (no about:); `labgen scenarios` lists them")
+    a = s.about
+    lines: list[tuple[str, str]] = [(a.title, "bold"), ("", "")]
+    lines += [("Symptom: " + a.symptom, ""), ("", "")]
+    lines.append((f"What is configured (EOP profile {s.eop.profile}):", "bold"))
+    for c in s.gateway.connectors:
+        cert = s.certificates.get(c.certificate) if c.certificate else None
+        who = f"certificate {cert.cn or c.certificate} ({cert.issuer})" if cert else "no certificate"
+        route = c.smarthost or "MX"
+        lines.append(
+            (f"  gateway send connector '{c.name}': {', '.join(c.address_space)} -> {route}, TLS {c.tls}, {who}", "")
+        )
+    for tname, t in s.tenants.items():
+        for ic in t.inbound_connectors:
+            crit = ic.tls_sender_certificate_name or ", ".join(ic.sender_ip_addresses)
+            lines.append((f"  {tname}: inbound connector '{ic.name}' ({ic.type}) for {crit}", ""))
+        for oc in t.outbound(s.gateway.hostname):
+            lines.append((f"  {tname}: outbound connector '{oc.name}' for {', '.join(oc.recipient_domains)}", ""))
+    lines += [("", ""), ("What happens (the scenario's expectations):", "bold")]
+    for m in s.traffic:
+        for rcpt in m.to:
+            lines.append((f"  {m.id}: {m.sender} -> {rcpt}: {m.expected_for(rcpt) or 'not stated'}", ""))
+    lines += [("", ""), ("Why: " + a.cause, ""), ("Fix: " + a.fix, ""), ("", ""), ("Sources:", "bold")]
+    lines += [("  " + u, "") for u in a.sources]
+    for text, style in lines:
+        out.print(Text.assemble(_text(text, style)))
+    out.print(_text(f"Run it: labgen up {name}   (each hop's log: labgen logs, labgen trace TENANT)", "dim"))
 
 
 @main.command()

@@ -772,10 +772,42 @@ class Message(_Model):
         return self.expect
 
 
+_TAG_RE = re.compile(r"[a-z0-9][a-z0-9.-]{0,30}")
+_URL_RE = re.compile(r"https://[!-~]{1,300}")
+
+
+def _tag(value: str) -> str:
+    if not _TAG_RE.fullmatch(value):
+        raise ValueError(f"tag {quote(value)} must be lower-case letters, digits, '.' and '-' (at most 31)")
+    return value
+
+
+def _url(value: str) -> str:
+    if not _URL_RE.fullmatch(value):
+        raise ValueError(f"{quote(value)} is not an https:// URL (printable ASCII, at most 308 characters)")
+    return value
+
+
+class About(_Model):
+    """What a catalogue scenario shows: the documented failure, as an admin meets it."""
+
+    title: Annotated[str, AfterValidator(text_line("a title", 120, min_len=1))]
+    symptom: Annotated[str, AfterValidator(text_line("a symptom", 400, min_len=1))] = Field(
+        description="What the admin sees: the exact reply or NDR text, what the logs say."
+    )
+    cause: Annotated[str, AfterValidator(text_line("a cause", 600, min_len=1))]
+    fix: Annotated[str, AfterValidator(text_line("a fix", 400, min_len=1))]
+    sources: list[Annotated[str, AfterValidator(_url)]] = Field(min_length=1, max_length=10)
+    tags: list[Annotated[str, AfterValidator(_tag)]] = Field([], max_length=10)
+
+
 class Scenario(_Model):
     name: str
     description: Annotated[str, AfterValidator(text_line("a description", MAX_TEXT))] = Field(
         "", description=(f"One line of printable text, at most {MAX_TEXT} characters (shown in terminals and reports).")
+    )
+    about: About | None = Field(
+        None, description="Catalogue scenarios: the failure it shows, its cause, fix and sources."
     )
     lab: LabNet = LabNet()
     eop: Eop = Eop()
@@ -1182,8 +1214,28 @@ def load_yaml(text: str, label: str) -> object:
 EXAMPLE_PREFIX = "example:"  # `example:NAME` runs the shipped examples/NAME.yaml
 
 
+FIXED_SUFFIX = ":fixed"  # `labgen up NAME:fixed` runs a catalogue entry's fixed variant
+
+
 def builtin_names() -> list[str]:
-    return sorted(p.stem for p in resource_dir("scenarios").glob("*.yaml"))
+    """Every built-in scenario a user can name: catalogue entries, and each fixed variant as NAME:fixed."""
+    stems = sorted(p.stem for p in resource_dir("scenarios").glob("*.yaml"))
+    return [stem.removesuffix(".fixed") + FIXED_SUFFIX if stem.endswith(".fixed") else stem for stem in stems]
+
+
+def catalogue_entries() -> list[tuple[str, str | None]]:
+    """(broken ref, fixed ref or None) per catalogue entry; the field report's pair is broken/fixed."""
+    names = set(builtin_names())
+    out = []
+    for name in sorted(n for n in names if not n.endswith(FIXED_SUFFIX) and n != "fixed"):
+        fixed = "fixed" if name == "broken" else name + FIXED_SUFFIX
+        out.append((name, fixed if fixed in names else None))
+    return out
+
+
+def _builtin_file(ref: str) -> Path:
+    stem = ref[: -len(FIXED_SUFFIX)] + ".fixed" if ref.endswith(FIXED_SUFFIX) else ref
+    return resource_dir("scenarios") / f"{stem}.yaml"
 
 
 def example_names() -> list[str]:
@@ -1208,12 +1260,12 @@ def scenario_path(ref: str) -> Path:
         if not p.is_file():
             raise InputError(f"{label}: no such scenario file; check the path")
         return p
-    if ref in builtin_names():
-        return resource_dir("scenarios") / f"{ref}.yaml"
-    hint = f"; did you mean {EXAMPLE_PREFIX}{ref}?" if ref in example_names() else ""
+    if ref in builtin_names():  # looked up in the listing, never joined as typed
+        return _builtin_file(ref)
+    hint = f"did you mean {EXAMPLE_PREFIX}{ref}? " if ref in example_names() else ""
     raise InputError(
-        f"{label}: unknown scenario; built-ins are {', '.join(builtin_names())}, shipped examples "
-        f"run as {EXAMPLE_PREFIX}NAME (`labgen examples`), or give a path to a .yaml file{hint}"
+        f"{label}: unknown scenario; {hint}built-ins are broken, fixed and the catalogue (`labgen scenarios`), "
+        f"shipped examples run as {EXAMPLE_PREFIX}NAME (`labgen examples`), or give a path to a .yaml file"
     )
 
 

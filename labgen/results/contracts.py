@@ -475,9 +475,17 @@ class CompareDoc(_Contract):
 
 
 class ScenarioRow(_Contract):
-    name: str
+    name: str  # what `labgen up` takes
+    fixed: str | None = None  # the fixed variant's name (NAME:fixed), if the entry has one
     description: str
     messages: int
+    profile: Literal["seed", "current"] | None = None
+    title: str | None = None
+    symptom: str | None = None
+    cause: str | None = None
+    fix: str | None = None
+    sources: list[str] = []
+    tags: list[str] = []
 
 
 class ScenariosDoc(_Contract):
