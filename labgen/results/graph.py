@@ -19,12 +19,16 @@ needed anyway; the DOT written below is a few lines of fixed syntax.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
-from ..errors import InfraError, escape
+import pydantic
+
+from ..errors import InfraError, InputError, escape
 from ..lab.routing import pick_connector
 from ..model.plan import Plan
 from ..model.scenario import (
@@ -589,3 +593,68 @@ def to_mermaid(g: Graph) -> str:
     for n in g.nodes.values():
         out.append(f"  class {n.id} {'lost' if n.lost else n.kind}")
     return "\n".join(out) + "\n"
+
+
+# ---------------------------------------------------------------- what to draw
+
+MAX_RESULT_BYTES = 64 << 20
+_LAB_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,30}")
+
+
+def read_result(path: Path, label: str) -> ResultDoc:
+    """A labgen.result/v1 file; anything else is one InputError line naming it."""
+    try:
+        with path.open("rb") as f:
+            raw = f.read(MAX_RESULT_BYTES + 1)
+    except OSError as e:
+        raise InputError(f"{label}: cannot read the result ({escape(e.strerror or e, 80)})") from None
+    if len(raw) > MAX_RESULT_BYTES:
+        raise InputError(f"{label}: larger than {MAX_RESULT_BYTES >> 20} MiB; not a labgen result")
+    try:
+        return ResultDoc.model_validate_json(raw)
+    except pydantic.ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        raise InputError(
+            f"{label}: not a labgen.result/v1 document ({escape(where, 60)}: {escape(first['msg'], 100)})"
+        ) from None
+
+
+def last_run(labdir: Path, plan: Plan) -> ResultDoc | None:
+    """The lab's last run: run/result.json (a Docker lab's own verdict), else the verdict made
+    again from run/'s ledgers (what `labgen up` printed); None when nothing ran."""
+    run = labdir / "run"
+    if (run / "result.json").is_file():
+        return read_result(run / "result.json", str(run / "result.json"))
+    if not any(run.glob("*.jsonl")):
+        return None
+    from ..run import result_document
+    from .collect import Collector
+    from .verdict import Verdict
+
+    v = Verdict(plan)
+    v.add(Collector(labdir, plan).poll())
+    return result_document(plan, labdir, v.results(), 0.0)
+
+
+def load_source(source: str, workdir: Path, result_file: str | None = None) -> tuple[Plan, ResultDoc | None]:
+    """`labgen graph`'s SCENARIO|LAB: a lab directory labgen-<name> in the work directory that has
+    run (its plan, its last run drawn over it), else a scenario as `labgen up` reads it."""
+    from ..model.plan import AsWritten, make_plan
+    from ..model.scenario import load_scenario
+
+    labdir = workdir / f"labgen-{source}"
+    doc: ResultDoc | None = None
+    if _LAB_NAME.fullmatch(source) and (labdir / "plan.json").is_file() and not labdir.is_symlink():
+        plan = Plan.load(labdir / "plan.json")
+        doc = last_run(labdir, plan)
+    else:
+        plan = make_plan(load_scenario(source), AsWritten())
+    if result_file is not None:
+        doc = read_result(Path(result_file), escape(result_file, 100))
+        if doc.scenario != plan.lab:
+            raise InputError(
+                f"{escape(result_file, 100)}: the result of lab {escape(doc.scenario, 40)}, not of {plan.lab}; "
+                "draw it over its own scenario"
+            )
+    return plan, doc
