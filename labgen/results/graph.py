@@ -8,9 +8,10 @@ where it was lost or rejected in red with the reply. `to_dot` and `to_mermaid` o
 
 Every label is untrusted text (scenario strings, a result file's replies): each is made one
 printable line and cut (`textsafe.one_line`), then escaped for where it lands — HTML-like labels
-in DOT (entities only: Graphviz does not read `\\N` or `\\G` escapes in them, and a label never
-holds a raw '<', '>', '"' or '&'), Mermaid's quoted strings as Mermaid's own `#code;` entities (no
-'"', '#', '<', '>', '&' or backtick survives). Node and cluster ids are labgen's own ASCII names.
+in DOT (entities for '<', '>', '"', '&', and each backslash in a text span of its own: Graphviz
+expands `\\N`, `\\G`, ... in HTML-like labels too, even a backslash written as an entity),
+Mermaid's quoted strings as Mermaid's own `#code;` entities (no '"', '#', '<', '>', '&' or
+backtick survives). Node and cluster ids are labgen's own ASCII names.
 
 Why no DOT library: the `graphviz` package on PyPI only assembles DOT source (rendering still
 runs `dot`), and an HTML-like label passes through it unescaped, so the escaping here would be
@@ -48,7 +49,7 @@ DOT_TIMEOUT_S = 60
 
 Kind = Literal["source", "gateway", "connector", "eop", "inbound", "outbound", "tenant", "dns", "sink"]
 
-GREEN, RED, GREY = "#1a7f37", "#cf222e", "#57606a"
+GREEN, RED, GREY, AMBER = "#1a7f37", "#cf222e", "#57606a", "#bf8700"
 FILL = {
     "source": "#ddf4ff",
     "gateway": "#fff8c5",
@@ -357,15 +358,20 @@ class _Builder:
             delivered = m.outcome == "delivered"
             color = GREEN if delivered else RED
             label = f"{m.id} → {m.to}"
-            for a, b in zip(path, path[1:], strict=False):
-                last = b == path[-1]
+            steps = list(zip(path, path[1:], strict=False))
+            drawn: set[tuple[str, str]] = set()  # a retried hop (a deferral) is drawn once
+            for i, (a, b) in enumerate(steps):
+                last = i == len(steps) - 1
+                if (a, b) in drawn and not last:
+                    continue
+                drawn.add((a, b))
                 self.g.edges.append(
                     Edge(
                         a,
                         b,
-                        label if (last or a == path[0]) else "",
+                        label if (last or i == 0) else "",
                         kind="path",
-                        color=color if (delivered or last) else "#bf8700",
+                        color=color if (delivered or last) else AMBER,
                         bold=last,
                     )
                 )
@@ -391,6 +397,7 @@ class _Builder:
                 nodes.append(nid)
 
         tenant_of_sender = s.tenant_of_domain(domain_of(m.sender))
+        eop_side = {nid for nid, n in self.g.nodes.items() if n.cluster and _under(self.g, n.cluster, "c_eop")}
         attributed: str | None = None
         for h in m.hops:
             if h.service == "traffic":
@@ -405,7 +412,8 @@ class _Builder:
                 if h.relay:
                     go(self.host_node(_relay_host(h)))
             elif h.service == "eop":
-                go("eop")
+                if not nodes or nodes[-1] not in eop_side:  # EOP's later events about it: still inside
+                    go("eop")
                 a = h.attribution
                 if a and a.tenant in self.tenant_ids:
                     attributed = a.tenant
@@ -464,15 +472,18 @@ def build(plan: Plan, doc: ResultDoc | None = None) -> Graph:
 
 
 def html(value: object, limit: int = VALUE_LIMIT) -> str:
-    """Untrusted text as the content of a Graphviz HTML-like label: one line, entities only."""
+    """Untrusted text as the content of a Graphviz HTML-like label: one line, markup characters
+    as entities, and each backslash in a text span of its own: Graphviz expands its escapes
+    (\\N, \\G, \\E, \\\\ ...) in HTML-like labels too, even a backslash written as &#92;."""
     text = one_line(value, limit)
-    return (
+    text = (
         text.replace("&", "&amp;")
         .replace("<", "&lt;")
         .replace(">", "&gt;")
         .replace('"', "&quot;")
         .replace("'", "&#39;")
     )
+    return text.replace("\\", "<FONT>\\</FONT>")
 
 
 def _dot_label(n: Node) -> str:
@@ -520,7 +531,11 @@ def to_dot(g: Graph) -> str:
 
 
 def _in_cluster(g: Graph, n: Node, cid: str) -> bool:
-    c = n.cluster
+    return n.cluster is not None and _under(g, n.cluster, cid)
+
+
+def _under(g: Graph, cluster: str, cid: str) -> bool:
+    c: str | None = cluster
     while c is not None:
         if c == cid:
             return True
