@@ -562,6 +562,37 @@ def trace(tenant, lab, workdir, as_json):
         out.print("  (nothing)")
 
 
+@main.command()
+@click.argument("source", metavar="SCENARIO|LAB")
+@click.option("--result", "result_file", help="A labgen.result/v1 file (up --json) whose paths to draw over it.")
+@click.option("--format", "fmt", type=click.Choice(["svg", "dot", "mermaid"]), default="svg", show_default=True)
+@click.option("-o", "--output", help="File to write ('-': stdout; default: ./labgen-<lab>.svg, .dot or .mmd).")
+@click.option("--workdir", help="Where lab directories live (default: current directory or $LABGEN_WORKDIR).")
+def graph(source, result_file, fmt, output, workdir):
+    """Draw a lab's mail flow: a scenario's, or a lab's with its last run's paths (labgen-LAB here)."""
+    from .results import graph as g
+
+    plan, doc = g.load_source(source, _workdir(workdir), result_file)
+    if fmt == "svg":
+        g.dot_binary()  # missing: exit 3 naming it, before anything is drawn
+    diagram = g.build(plan, doc)
+    data = (
+        g.render_svg(g.to_dot(diagram))
+        if fmt == "svg"
+        else (g.to_dot(diagram) if fmt == "dot" else g.to_mermaid(diagram)).encode()
+    )
+    if output == "-":
+        sys.stdout.buffer.write(data)
+        return
+    suffix = {"svg": "svg", "dot": "dot", "mermaid": "mmd"}[fmt]
+    path = Path(output or f"labgen-{plan.scenario.name}.{suffix}")
+    try:
+        path.write_bytes(data)
+    except OSError as e:
+        raise InputError(f"{escape(path, 100)}: cannot write the diagram ({escape(e.strerror or e, 80)})") from None
+    out.print(_text(f"wrote {path}" + (f" (with the paths of run {doc.run_id})" if doc else "")))
+
+
 # ---------------------------------------------------------------- a running lab's lifecycle (every engine)
 
 
