@@ -87,11 +87,10 @@ def test_dot_and_mermaid_carry_the_same_graph():
     assert set(re.findall(r'^\s*"(\w+)" \[label=<', dot, re.M)) == set(g.nodes)
     mmd = graph.to_mermaid(g).splitlines()
     assert mmd[0] == "flowchart LR"
-    assert {
-        tuple(m)
-        for m in (re.fullmatch(r"  (\w+) [-=.>]+(?:\|.*\|)? (\w+)", x).groups() for x in mmd if " -" in x or " =" in x)
-    } == {(e.src, e.dst) for e in g.edges}  # type: ignore[union-attr]
-    assert {re.match(r'\s*(\w+)\["', x).group(1) for x in mmd if re.match(r'\s*\w+\["', x)} == set(g.nodes)  # type: ignore[union-attr]
+    edges = [re.fullmatch(r"  (\w+) [-=.>]+(?:\|.*\|)? (\w+)", x) for x in mmd if " -" in x or " =" in x]
+    assert all(edges) and {e.groups() for e in edges if e} == {(e.src, e.dst) for e in g.edges}
+    nodes = [re.match(r'\s*(\w+)\["', x) for x in mmd]
+    assert {n.group(1) for n in nodes if n} == set(g.nodes)
 
 
 def test_labgen_graph_broken_writes_valid_svg(tmp_path):
