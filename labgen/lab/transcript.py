@@ -153,10 +153,11 @@ class Recorder:
             finally:
                 os.close(fd)
         except OSError as e:
-            # A transcript is no ground truth: a lab that cannot write one still runs.
+            # A transcript is no ground truth: a lab that cannot write one still runs, and a full
+            # disk is the lab's fault already, said once by the ledger (ledger.note_fault).
             if self.path not in _warned:
                 _warned.add(self.path)
-                log.warning("cannot write transcripts to %s: %s", self.path, e.strerror or e)
+                log.debug("cannot write transcripts to %s: %s", self.path, e.strerror or e)
 
 
 # ---------------------------------------------------------------- reading them back
