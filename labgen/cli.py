@@ -351,6 +351,7 @@ SCHEMAS = (
     "validate",
     "certs",
     "trace",
+    "transcript",
     "status",
     "down",
     "images",
@@ -591,6 +592,46 @@ def graph(source, result_file, fmt, output, workdir):
     except OSError as e:
         raise InputError(f"{escape(path, 100)}: cannot write the diagram ({escape(e.strerror or e, 80)})") from None
     out.print(_text(f"wrote {path}" + (f" (with the paths of run {doc.run_id})" if doc else "")))
+
+
+@main.command()
+@click.argument("message_id")
+@click.option("--lab", help="Which lab (default: the most recent run in the work directory).")
+@click.option("--workdir", help="Where lab directories live (default: current directory or $LABGEN_WORKDIR).")
+@click.option("--json", "as_json", is_flag=True)
+def transcript(message_id, lab, workdir, as_json):
+    """The SMTP conversation of every hop a message took, as each lab server recorded it: EHLO,
+    STARTTLS, the TLS version and the client certificate, each command and reply."""
+    from .errors import quote
+    from .lab.ledger import safe_id
+    from .lab.transcript import read_sessions, render, transcript_doc
+    from .model.plan import Plan
+    from .run import lab_dir
+    from .textsafe import GRAMMARS
+
+    if not safe_id(message_id):
+        raise InputError(f"{quote(message_id)} is no message id (a traffic id such as to-fabrikam)")
+    wd = _workdir(workdir)
+    if lab:
+        if not GRAMMARS["lab name"][1](lab):
+            raise InputError(f"--lab {quote(lab)}: not a lab name (lower-case letters, digits, '-')")
+        labdir = lab_dir(wd, lab)
+    else:
+        runs = sorted(wd.glob("labgen-*/run"), key=lambda p: p.stat().st_mtime)
+        if not runs:
+            raise InputError(f"{wd}: no lab has run here; run `labgen up SCENARIO` first or pass --workdir")
+        labdir = runs[-1].parent
+    lab = labdir.name.removeprefix("labgen-")
+    if not (labdir / "plan.json").is_file():
+        raise InputError(f"{labdir}: no lab '{lab}' has run here; run `labgen up {lab}` first or pass --workdir")
+    doc = transcript_doc(lab, message_id, read_sessions(labdir / "run"), Plan.load(labdir / "plan.json"))
+    if as_json:
+        _print_json(doc)
+    else:
+        for line in render(doc):
+            out.print(line)
+    if not doc.hops:
+        sys.exit(1)  # no recorded session carried it
 
 
 # ---------------------------------------------------------------- a running lab's lifecycle (every engine)

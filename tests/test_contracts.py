@@ -24,6 +24,7 @@ NAMES = [
     "validate",
     "certs",
     "trace",
+    "transcript",
     "status",
     "down",
     "images",

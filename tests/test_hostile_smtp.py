@@ -118,12 +118,17 @@ def server_addr(plan, service: str) -> tuple[str, int]:
 
 
 def assert_only_mailboxes_written(before: set[str], after: set[str]) -> None:
-    """Everything new in the lab's work tree is a ledger or run/mailboxes/<one segment>/<file>."""
+    """Everything new in the lab's work tree is a ledger, run/transcripts/<service>.jsonl or
+    run/mailboxes/<one segment>/<file>."""
     for path in sorted(after - before):
         parts = Path(path).parts
         assert parts[:2] == ("labgen-broken", "run"), path
         if parts[2:3] == ("mailboxes",):  # the root, a mailbox, a message
             assert len(parts) <= 5 and not {".", ".."} & set(parts), path
+        elif parts[2:3] == ("transcripts",):  # the directory, a service's file
+            assert len(parts) == 3 or (len(parts) == 4 and parts[3] in {"eop.jsonl", "sink.jsonl", "gateway.jsonl"}), (
+                path
+            )
         else:
             assert len(parts) == 3 and parts[2].endswith(".jsonl"), path
 

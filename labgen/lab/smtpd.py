@@ -17,8 +17,9 @@ from typing import Any, AnyStr, cast
 
 from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException
 
-from .ledger import MSGID_HEADER, clip, header, safe_id
+from .ledger import MSGID_HEADER, Ledger, clip, header, safe_id
 from .tls import ServerTls, TlsProtocol
+from .transcript import Recorder
 
 # aiosmtpd logs every failed session with a traceback; the lab's ledger is the record instead.
 logging.getLogger("mail.log").setLevel(logging.CRITICAL)
@@ -209,6 +210,64 @@ class LabSMTP(SMTP):
         self._bdat_size = 0
         self._admitted: Guard | None = None  # the guard that admitted this connection, until released
         self._refused = False
+        # The session's transcript (transcript.py), into the run directory of the handler's ledger.
+        ledger = getattr(handler, "ledger", None)
+        self._transcript_to = (ledger.path.parent, ledger.service) if isinstance(ledger, Ledger) else None
+        self.transcript: Recorder | None = None
+        self._in_data = False  # between 354 and the end of the message: lines are data, not commands
+        self._data_bytes = 0
+        self._overrun = False  # the rest of a too-long command line comes next
+        self._write_after_reply = False
+
+    def _hear_reader(self) -> None:
+        """Record what the client says: aiosmtpd reads command lines (and DATA lines) with
+        readuntil; data lines are only counted."""
+        reader = self._reader
+        readuntil, read = reader.readuntil, reader.read
+
+        async def heard_until(separator: Any = b"\n") -> bytes:
+            try:
+                line = await readuntil(separator)
+            except asyncio.LimitOverrunError as e:
+                rec = self.transcript
+                if self._in_data:
+                    self._data_bytes += e.consumed
+                elif rec is not None and not self._overrun:
+                    rec.note(f"<a command line of more than {e.consumed} octets, not recorded>")
+                self._overrun = True
+                raise
+            self._heard(line)
+            return line
+
+        async def heard_read(n: int = -1) -> bytes:
+            data = await read(n)
+            if self._in_data:
+                self._data_bytes += len(data)
+            return data
+
+        reader.readuntil = heard_until  # type: ignore[method-assign]
+        reader.read = heard_read  # type: ignore[method-assign]
+
+    def _heard(self, line: bytes) -> None:
+        rec = self.transcript
+        if self._in_data:
+            if line == b".\r\n":
+                if rec is not None:
+                    rec.note(f"<message data: {self._data_bytes} octets, not recorded>")
+                    rec.client(line)
+                self._in_data = False
+                self._write_after_reply = True
+            else:
+                self._data_bytes += len(line)
+            return
+        if self._overrun:  # the tail of a line already noted as too long
+            self._overrun = False
+            return
+        if rec is not None:
+            rec.client(line)
+            verb = line[:5].rstrip(b"\r\n").upper()
+            if verb in (b"QUIT", b"RSET") or (verb == b"BDAT " and b"LAST" in line.upper()):
+                self._write_after_reply = True
 
     def _create_session(self) -> LabSession:
         return LabSession(self.loop)
@@ -226,9 +285,18 @@ class LabSMTP(SMTP):
                     transport.close()  # after the reply is flushed; no session starts
                     return
                 self._admitted = self.guard
+            if self._transcript_to is not None:
+                self.transcript = Recorder(
+                    *self._transcript_to,
+                    peer=transport.get_extra_info("peername"),
+                    local=transport.get_extra_info("sockname"),
+                )
             if self._banner_text is not None:
                 # EOP's banner carries the date of the connection.
                 self.__ident__ = self._banner_text.format(date=format_datetime(dt.datetime.now(dt.UTC)))
+            super().connection_made(transport)
+            self._hear_reader()  # the reader exists now; the session's task has not run yet
+            return
         super().connection_made(transport)
 
     def connection_lost(self, error: Exception | None) -> None:
@@ -237,6 +305,10 @@ class LabSMTP(SMTP):
         if self._admitted is not None:  # once: aiosmtpd may report a failed TLS upgrade's loss twice
             guard, self._admitted = self._admitted, None
             guard.release()
+        rec, self.transcript = self.transcript, None  # once: see above
+        if rec is not None:
+            rec.note("connection closed" if error is None else clip(f"connection lost: {error}"))
+            rec.write(final=True)
         super().connection_lost(error)
 
     def _timeout_cb(self) -> None:
@@ -252,9 +324,29 @@ class LabSMTP(SMTP):
 
     async def push(self, status: AnyStr) -> None:
         if isinstance(status, str):
-            await super().push(_STOCK_REPLIES.get(status, status))
-        else:
-            await super().push(status)
+            status = _STOCK_REPLIES.get(status, status)
+        rec = self.transcript
+        if rec is not None:
+            text = status if isinstance(status, str) else status.decode("utf-8", "replace")
+            rec.server(text)
+            if text.startswith("354"):
+                self._in_data, self._data_bytes = True, 0
+            if self._write_after_reply and text[3:4] != "-":
+                self._write_after_reply = False
+                rec.write()
+        await super().push(status)
+
+    async def smtp_DATA(self, arg: str) -> None:
+        try:
+            await super().smtp_DATA(arg)
+        finally:
+            self._in_data = False
+
+    async def _call_handler_hook(self, command: str, *args: Any) -> Any:
+        # The message is in: its traffic id joins this session to the message (as message_id).
+        if command == "DATA" and self.transcript is not None and self.envelope is not None:
+            self.transcript.msgid(message_id(self.envelope, self.envelope.original_content or b"")[0])
+        return await super()._call_handler_hook(command, *args)
 
     async def handle_exception(self, error: Exception) -> str:
         # aiosmtpd's default answers "500 Error: (Type) text", which can carry a server path.
@@ -302,6 +394,8 @@ class LabSMTP(SMTP):
         if self.envelope is not None and not self.envelope.mail_from:
             self.envelope.envid = safe_id(raw)
             self.envelope.refused_envid = raw if raw is not None and safe_id(raw) is None else None
+            if self.transcript is not None:
+                self.transcript.msgid(self.envelope.envid)
         arg = _DSN_MAIL.sub("", arg or "")
         await super().smtp_MAIL(_BODY.sub(" BODY=8BITMIME", arg))
 
@@ -336,7 +430,12 @@ class LabSMTP(SMTP):
                 await super().smtp_STARTTLS(arg)
             else:
                 await self._starttls(arg, self._server_tls)
+            rec = self.transcript
+            if rec is not None and self.tls_version() is not None:
+                rec.tls(self.tls_version(), self.tls_cipher_bits(), self.peer_chain())
         except TLSSetupException as e:
+            if self.transcript is not None:
+                self.transcript.note(clip(f"TLS handshake failed: {e.__cause__ or e}"))
             # A failed handshake ends this session only; the handler gets to record why.
             hook = getattr(self.event_handler, "tls_failed", None)
             if hook:

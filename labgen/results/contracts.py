@@ -547,6 +547,61 @@ class TraceDoc(_Contract):
     entries: list[TraceRow]
 
 
+class TranscriptCert(_Contract):
+    """A certificate the client presented during STARTTLS (leaf first, as it came)."""
+
+    subject: str  # the full subject, RFC 4514 (e.g. "CN=gw.contoso.example")
+    issuer: str
+    fingerprint_sha256: str  # upper-case hex, colon-separated
+
+
+class TranscriptTls(_Contract):
+    version: str | None  # "TLSv1.3"
+    cipher: str | None
+    bits: int | None = None
+    client_certificates: list[TranscriptCert]  # empty: the client presented none
+
+
+class TranscriptLine(_Contract):
+    """One step of a conversation: `at` seconds after connect; a server reply holds all its lines
+    (a multi-line EHLO reply is one step); client text is escaped and clipped; message data is
+    never recorded, only its size (a "note")."""
+
+    at: float
+    side: Literal["server", "client", "tls", "note"]
+    lines: list[str]
+
+
+class TranscriptSession(_Contract):
+    """One SMTP session as a lab server recorded it (run/transcripts/<service>.jsonl; a session
+    may be written more than once as it goes on: the last line with its `session` id stands)."""
+
+    session: str  # unique within the run
+    service: Service  # the server that recorded it
+    started: float  # epoch seconds
+    ended: float | None = None  # None while the session was still open when written
+    client_ip: str
+    client_port: int | None = None
+    server_ip: str | None = None
+    server_port: int | None = None
+    helo: str | None = None
+    msgids: list[str]  # traffic ids of the transactions in the session (X-Labgen-Id / ENVID)
+    tls: TranscriptTls | None = None
+    steps: list[TranscriptLine]
+    omitted_lines: int = 0  # lines past the per-session cap, counted only
+
+
+class TranscriptHop(TranscriptSession):
+    hop: str  # "gateway → eop": the client (a lab host by its address, else the address) and the server
+
+
+class TranscriptDoc(_Contract):
+    schema_: Literal["labgen.transcript/v1"] = Field("labgen.transcript/v1", alias="schema")
+    lab: str
+    msgid: str
+    hops: list[TranscriptHop]  # every recorded session carrying the message, in the order they began
+
+
 class ContainerRow(_Contract):
     lab: str | None
     service: str | None
@@ -615,6 +670,7 @@ DOCUMENTS: dict[str, type[BaseModel]] = {
     "validate": ValidateDoc,
     "certs": CertsDoc,
     "trace": TraceDoc,
+    "transcript": TranscriptDoc,
     "status": StatusDoc,
     "down": DownDoc,
     "images": ImagesDoc,
