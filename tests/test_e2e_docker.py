@@ -253,7 +253,13 @@ def test_rendered_project_runs_by_hand(test_labs, tmp_path):
             ("internal-routing", "bob@contoso.mail.onmicrosoft.test"): "delivered",
         }
         assert "status=sent (250 2.6.0" in (out / "run" / "postfix.log").read_text()
-        logs = subprocess.run(["docker", "logs", f"labgen-{lab.name}-traffic"], capture_output=True, text=True)
+        # The traffic container writes result.json, then prints its report: wait for the print.
+        deadline = time.monotonic() + 60
+        while True:
+            logs = subprocess.run(["docker", "logs", f"labgen-{lab.name}-traffic"], capture_output=True, text=True)
+            if "SILENT LOSS: to-fabrikam" in logs.stdout or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
         assert "SILENT LOSS: to-fabrikam" in logs.stdout
     finally:
         subprocess.run(
