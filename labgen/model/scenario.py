@@ -746,6 +746,13 @@ class Message(_Model):
     expect: Outcome | dict[Address, Outcome] | None = Field(
         None, description=("The expected outcome for every recipient, or a map recipient -> outcome.")
     )
+    expect_reply: Annotated[str, AfterValidator(text_line("an expected reply", 120, min_len=1))] | None = Field(
+        None,
+        description=(
+            "A text that one of the replies along each recipient's path contains, case-insensitively "
+            "(e.g. '550 5.7.64' or '5.4.1'): pins the documented reply, not just the outcome."
+        ),
+    )
     count: int = Field(
         1,
         ge=1,
@@ -900,6 +907,7 @@ def with_profile(s: Scenario, profile: str) -> Scenario:
     out.eop.profile = profile  # type: ignore[assignment]  # the CLI offers only the profiles
     for m in out.traffic:
         m.expect = None
+        m.expect_reply = None
     return out
 
 

@@ -409,12 +409,13 @@ class TraceSeen(_Contract):
 class MessageResult(_OmitNone):
     """One recipient of one message: its outcome and why."""
 
-    OMIT_NONE = frozenset({"dropped_by"})
+    OMIT_NONE = frozenset({"dropped_by", "expected_reply"})
     id: str
     sender: str = Field(alias="from")
     to: str
     outcome: Verdict
     expected: Outcome | None
+    expected_reply: str | None = None  # scenario's expect_reply: a text one of the hops' replies contains
     ok: bool | None  # None: no expectation
     hops: list[Hop]
     attribution: ResultAttribution | None

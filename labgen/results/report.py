@@ -101,7 +101,8 @@ def print_result(result: ResultDoc, console: Console) -> None:
     table.add_column("outcome", no_wrap=True)
     table.add_column("expected", no_wrap=True)
     for m in shown:
-        exp = "" if m["expected"] is None else ("✓ " if m["ok"] else "✗ ") + m["expected"]
+        stated = expectation_text(m)
+        exp = "" if not stated else ("✓ " if m["ok"] else "✗ ") + stated
         table.add_row(
             _text(m["id"]),
             _text(f"{m['from']} → {m['to']}"),
@@ -163,6 +164,14 @@ def print_result(result: ResultDoc, console: Console) -> None:
         )
 
 
+def expectation_text(m: dict[str, Any]) -> str:
+    """What the scenario expected of one recipient: its outcome, and a reply text if it names one."""
+    parts = [m["expected"] or ""]
+    if m.get("expected_reply"):
+        parts.append(f"reply '{m['expected_reply']}'")
+    return " with ".join(p for p in parts if p) if m["expected"] else " ".join(p for p in parts if p)
+
+
 def print_expectation_failures(result: ResultDoc, console: Console) -> None:
     _expectation_failures(dump(result), console)
 
@@ -174,7 +183,7 @@ def _expectation_failures(doc: dict[str, Any], console: Console) -> None:
             console.print(
                 _text(
                     f"  expectation failed in {doc['scenario']}: {m['id']} → {m['to']}: expected "
-                    f"{m['expected']}, got {m['outcome']} ({m['why']})",
+                    f"{expectation_text(m)}, got {m['outcome']} ({m['why']})",
                     "red",
                 )
             )

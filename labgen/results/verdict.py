@@ -57,6 +57,7 @@ class RcptResult:
     rcpt: str
     outcome: str  # one of scenario.OUTCOMES, or "unaccounted"
     expected: str | None
+    expected_reply: str | None = None  # a text one of its hops' replies must contain
     hops: list[Hop] = field(default_factory=list)
     attribution: ResultAttribution | None = None
     recipient_trace_visible: bool = False
@@ -73,7 +74,17 @@ class RcptResult:
 
     @property
     def ok(self) -> bool | None:
-        return None if self.expected is None else self.expected == self.outcome
+        if self.expected is None and self.expected_reply is None:
+            return None
+        return (self.expected is None or self.expected == self.outcome) and self.reply_seen in (None, True)
+
+    @property
+    def reply_seen(self) -> bool | None:
+        """Did a hop answer with the expected reply text (None: none is expected)?"""
+        if self.expected_reply is None:
+            return None
+        want = self.expected_reply.lower()
+        return any(want in (h.reply or "").lower() for h in self.hops)
 
     def as_model(self) -> MessageResult:
         return MessageResult(
@@ -82,6 +93,7 @@ class RcptResult:
             to=self.rcpt,
             outcome=cast(VerdictValue, self.outcome),
             expected=cast(Outcome | None, self.expected),
+            expected_reply=self.expected_reply,
             ok=self.ok,
             hops=self.hops,
             attribution=self.attribution,
@@ -419,14 +431,14 @@ class Verdict:
         self.plan = plan
         self.idx = _Index(plan)
         self.keys: list[tuple[str, str]] = []
-        self._meta: dict[tuple[str, str], tuple[str, str | None]] = {}  # sender, expected
+        self._meta: dict[tuple[str, str], tuple[str, str | None, str | None]] = {}  # sender, expected, reply
         self.rcpts_of: dict[str, list[str]] = defaultdict(list)
         for m in plan.scenario.traffic:
             msgid = cast(str, m.id)  # every message has an id once validated
             for rcpt in m.to:
                 key = (msgid, rcpt.lower())
                 self.keys.append(key)
-                self._meta[key] = (m.sender, m.expected_for(rcpt))
+                self._meta[key] = (m.sender, m.expected_for(rcpt), m.expect_reply)
                 self.rcpts_of[msgid].append(key[1])
         self._results: dict[tuple[str, str], RcptResult] = {}
         self._dirty: set[tuple[str, str]] = set(self.keys)
@@ -442,8 +454,9 @@ class Verdict:
     def results(self) -> list[RcptResult]:
         for key in self._dirty:
             old = self._results.get(key)
-            sender, expected = self._meta[key]
+            sender, expected, reply = self._meta[key]
             new = classify_one(self.plan, self.idx, key[0], sender, key[1], expected)
+            new.expected_reply = reply
             self._open += (not new.final) - (old is not None and not old.final) - (old is None)
             self._results[key] = new
         self._dirty.clear()
