@@ -12,7 +12,13 @@ from labgen.resources import resource_dir
 
 ENTRIES = catalogue_entries()
 ALL = builtin_names()
-DOCKER_SUBSET = ["cert-name-not-accepted", "reject-direct-send", "outbound-subject-mismatch"]
+DOCKER_SUBSET = [
+    "cert-name-not-accepted",
+    "reject-direct-send",
+    "outbound-subject-mismatch",
+    "dbeb-backscatter",
+    "shared-egress-ip",
+]
 
 
 @pytest.mark.parametrize("ref", ALL)
@@ -32,9 +38,12 @@ def test_each_entry_carries_its_story_and_a_fix(name, fixed):
     f = load_scenario(fixed)
     assert f.eop.profile == s.eop.profile
     # The fix changes what happens to at least one message.
-    before = {(m.id, r): m.expected_for(r) for m in s.traffic for r in m.to}
-    after = {(m.id, r): m.expected_for(r) for m in f.traffic for r in m.to}
+    before = {(m.id, r): (m.expected_for(r), m.expect_reply) for m in s.traffic for r in m.to}
+    after = {(m.id, r): (m.expected_for(r), m.expect_reply) for m in f.traffic for r in m.to}
     assert before != after
+    # The symptom is pinned: every message that is not delivered names the reply it gets.
+    unpinned = [m.id for m in s.traffic if m.expect in ("rejected", "deferred") and not m.expect_reply]
+    assert not unpinned, f"{name}: say which reply {unpinned} get (expect_reply)"
 
 
 def test_every_file_is_an_entry_or_its_fix():
@@ -81,3 +90,25 @@ def test_docker_postfix_agrees_on_a_representative_subset(test_labs, tmp_path, n
         assert code == 0, [m for m in docker["messages"] if m["ok"] is False]
         assert {k: m["outcome"] for k, m in by_id(docker).items()} == {k: m["outcome"] for k, m in by_id(local).items()}
         assert Path(docker["lab_dir"]).is_dir()
+
+
+@pytest.mark.parametrize(
+    "reply, ok",
+    [("550 5.7.68", True), ("5.7.68", True), ("direct send NOT allowed", True), ("550 5.7.64", False), ("4.7.68", False)],
+)
+def test_expect_reply_holds_only_when_a_hop_gave_that_reply(tmp_path, reply, ok):
+    """expect_reply pins the documented reply: the right outcome with another reply fails."""
+    import yaml
+
+    from labgen.model.scenario import scenario_path
+
+    doc = yaml.safe_load(scenario_path("reject-direct-send").read_text())
+    doc.pop("about")
+    for m in doc["traffic"]:
+        if m["id"] == "app-to-bob":
+            m["expect_reply"] = reply
+    path = tmp_path / "pinned.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    code, result = labgen_json("up", str(path), "--engine", "local", cwd=tmp_path)
+    m = by_id(result)[("app-to-bob", "bob@contoso.example")]
+    assert (m["outcome"], m["expected_reply"], m["ok"], code) == ("rejected", reply, ok, 0 if ok else 1)
