@@ -18,6 +18,7 @@ DOCKER_SUBSET = [
     "outbound-subject-mismatch",
     "dbeb-backscatter",
     "shared-egress-ip",
+    "spf-not-listing-gateway",
 ]
 
 

@@ -3,20 +3,30 @@ their domains, keep each message as an .eml file, and log what they received."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from pathlib import Path
+
+import spf
 
 from ..model.plan import Plan, sink_host
 from ..model.scenario import domain_of
 from ..results.contracts import Delivered, RcptDecision
 from .dsn import note_ndr
+from .eop.spf import use_lab_dns
 from .ledger import Ledger, clip, write_mailbox
 from .smtpd import LabEnvelope, LabSession, LabSMTP, message_id, server_tls_context
+
+
+# Fix NDR error 550 5.7.23 in Exchange Online: the destination checks SPF and the sending
+# address is not in the sender domain's record.
+REPLY_SPF_FAIL = "550 5.7.23 The message was rejected because of Sender Policy Framework violation"
 
 
 class SinkHandler:
     def __init__(self, plan: Plan, run_dir: Path):
         self.domains = set(plan.scenario.internet.domains)
+        self.check_spf = plan.scenario.internet.check_spf
         self.ledger = Ledger(run_dir, "sink")
         self.mailroot = Path(run_dir) / "mailboxes"
 
@@ -36,8 +46,37 @@ class SinkHandler:
                 )
             )
             return "554 5.7.1 Relay access denied"
+        failed = await self._spf_fail(session, envelope) if self.check_spf else None
+        if failed:
+            self.ledger.emit(
+                RcptDecision(
+                    event="rcpt",
+                    msgid=envelope.envid,
+                    rcpt=clip(address.lower()),
+                    action="reject",
+                    reply=REPLY_SPF_FAIL,
+                    reason=clip(failed),
+                    client_ip=session.client_ip,
+                    mail_from=clip(envelope.mail_from or ""),
+                )
+            )
+            return REPLY_SPF_FAIL
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 Ok"
+
+    async def _spf_fail(self, session: LabSession, envelope: LabEnvelope) -> str | None:
+        """Why the sender's SPF hard-fails for this client (None: it does not). Judged once per
+        transaction; the MAIL FROM identity, or postmaster@HELO for a null sender (RFC 7208 2.4)."""
+        if envelope.spf_result is None:
+            identity = envelope.mail_from or f"postmaster@{session.host_name or 'unknown'}"
+            try:
+                result, _ = await asyncio.to_thread(
+                    spf.check2, i=session.client_ip, s=identity, h=session.host_name or "unknown"
+                )
+            except Exception as e:  # a lab fault (DNS gone): temperror, which refuses nothing
+                result = f"temperror ({type(e).__name__})"
+            envelope.spf_result = f"spf={result} for {domain_of(identity)} from {session.client_ip}"
+        return envelope.spf_result if envelope.spf_result.startswith("spf=fail ") else None
 
     async def handle_DATA(self, server: LabSMTP, session: LabSession, envelope: LabEnvelope) -> str:
         data = envelope.original_content or b""
@@ -62,6 +101,8 @@ class SinkHandler:
 
 def sink_factory(plan: Plan, labdir: Path, run_dir: Path) -> Callable[[], LabSMTP]:
     handler = SinkHandler(plan, run_dir)
+    if plan.scenario.internet.check_spf:
+        use_lab_dns(plan)
     files = plan.certs["sink-server"]
     tls = server_tls_context(str(labdir / files.chain), str(labdir / files.key))
     host = sink_host(plan.scenario)

@@ -153,6 +153,7 @@ class LabEnvelope(Envelope):
         super().__init__()
         self.envid: str | None = None  # a well-formed ENVID: the traffic's message id
         self.refused_envid: str | None = None  # an ENVID outside the ids' grammar, as the client sent it
+        self.spf_result: str | None = None  # a receiving server's SPF verdict, once per transaction
 
 
 def message_id(envelope: LabEnvelope, data: bytes) -> tuple[str | None, dict[str, str]]:

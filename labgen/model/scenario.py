@@ -692,6 +692,14 @@ class Internet(_Model):
     """Non-Microsoft domains; each gets an MX sink that accepts any recipient."""
 
     domains: list[Annotated[str, AfterValidator(_internet_domain)]] = Field([], max_length=MAX_DOMAINS)
+    check_spf: bool = Field(
+        False,
+        description=(
+            "The MX sinks check the sender's SPF (RFC 7208, against the lab DNS) and refuse a hard fail at RCPT "
+            "with 550 5.7.23, as receiving systems that enforce SPF do (Microsoft's NDR 5.7.23 names this case: "
+            "on-premises addresses missing from the sender domain's SPF record)."
+        ),
+    )
 
 
 class LabNet(_Model):

@@ -364,6 +364,9 @@ def classify_one(plan: Plan, idx: _Index, msgid: str, sender: str, rcpt: str, ex
         res.why = f"{r.service} rejected it: {r.reply}" + (f" ({reason})" if reason else "")
         if isinstance(r, EopRelay):
             res.why = f"EOP relayed it to {r.relay_host or r.relay}, which rejected it: {r.reply}"
+        elif isinstance(r, GatewayStatus) and r.event == "bounced" and (r.relay_host or r.relay):
+            # The next hop refused it (its reply is quoted); a hop without a ledger says no more.
+            res.why = f"{r.relay_host or r.relay} refused it and the gateway bounced it: {r.reply}"
         res.final = chain_done
         # The gateway accepted it, so the gateway owes the sender an NDR (a rejection at
         # submission is told to the submitting client instead).
