@@ -39,8 +39,8 @@ def test_each_entry_carries_its_story_and_a_fix(name, fixed):
     f = load_scenario(fixed)
     assert f.eop.profile == s.eop.profile
     # The fix changes what happens to at least one message.
-    before = {(m.id, r): (m.expected_for(r), m.expect_reply) for m in s.traffic for r in m.to}
-    after = {(m.id, r): (m.expected_for(r), m.expect_reply) for m in f.traffic for r in m.to}
+    before = {(m.id, r): (m.expected_for(r), m.expect_reply, m.expect_spf) for m in s.traffic for r in m.to}
+    after = {(m.id, r): (m.expected_for(r), m.expect_reply, m.expect_spf) for m in f.traffic for r in m.to}
     assert before != after
     # The symptom is pinned: every message that is not delivered names the reply it gets.
     unpinned = [m.id for m in s.traffic if m.expect in ("rejected", "deferred") and not m.expect_reply]
@@ -95,7 +95,13 @@ def test_docker_postfix_agrees_on_a_representative_subset(test_labs, tmp_path, n
 
 @pytest.mark.parametrize(
     "reply, ok",
-    [("550 5.7.68", True), ("5.7.68", True), ("direct send NOT allowed", True), ("550 5.7.64", False), ("4.7.68", False)],
+    [
+        ("550 5.7.68", True),
+        ("5.7.68", True),
+        ("direct send NOT allowed", True),
+        ("550 5.7.64", False),
+        ("4.7.68", False),
+    ],
 )
 def test_expect_reply_holds_only_when_a_hop_gave_that_reply(tmp_path, reply, ok):
     """expect_reply pins the documented reply: the right outcome with another reply fails."""
@@ -113,3 +119,29 @@ def test_expect_reply_holds_only_when_a_hop_gave_that_reply(tmp_path, reply, ok)
     code, result = labgen_json("up", str(path), "--engine", "local", cwd=tmp_path)
     m = by_id(result)[("app-to-bob", "bob@contoso.example")]
     assert (m["outcome"], m["expected_reply"], m["ok"], code) == ("rejected", reply, ok, 0 if ok else 1)
+
+
+@pytest.mark.parametrize(
+    "ref, spf, ok",
+    [
+        ("no-enhanced-filtering", "fail", True),
+        ("no-enhanced-filtering", "pass", False),
+        ("no-enhanced-filtering:fixed", "pass", True),
+        ("no-enhanced-filtering:fixed", "fail", False),
+    ],
+)
+def test_expect_spf_holds_only_when_eop_recorded_that_result(tmp_path, ref, spf, ok):
+    import yaml
+
+    from labgen.model.scenario import scenario_path
+
+    doc = yaml.safe_load(scenario_path(ref).read_text())
+    doc.pop("about", None)
+    for m in doc["traffic"]:
+        if m["id"] == "from-internet":
+            m["expect_spf"] = spf
+    path = tmp_path / "spf.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    code, result = labgen_json("up", str(path), "--engine", "local", cwd=tmp_path)
+    m = by_id(result)[("from-internet", "bob@contoso.example")]
+    assert (m["outcome"], m["expected_spf"], m["ok"], code) == ("delivered", spf, ok, 0 if ok else 1)

@@ -761,6 +761,13 @@ class Message(_Model):
             "(e.g. '550 5.7.64' or '5.4.1'): pins the documented reply, not just the outcome."
         ),
     )
+    expect_spf: Literal["pass", "fail", "softfail", "neutral", "none", "temperror", "permerror"] | None = Field(
+        None,
+        description=(
+            "The SPF result Exchange Online records for each recipient it delivers this message to (its "
+            "Authentication-Results: spf=...): e.g. 'fail' behind a gateway without Enhanced Filtering."
+        ),
+    )
     count: int = Field(
         1,
         ge=1,
@@ -916,6 +923,7 @@ def with_profile(s: Scenario, profile: str) -> Scenario:
     for m in out.traffic:
         m.expect = None
         m.expect_reply = None
+        m.expect_spf = None
     return out
 
 

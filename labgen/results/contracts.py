@@ -409,13 +409,14 @@ class TraceSeen(_Contract):
 class MessageResult(_OmitNone):
     """One recipient of one message: its outcome and why."""
 
-    OMIT_NONE = frozenset({"dropped_by", "expected_reply"})
+    OMIT_NONE = frozenset({"dropped_by", "expected_reply", "expected_spf"})
     id: str
     sender: str = Field(alias="from")
     to: str
     outcome: Verdict
     expected: Outcome | None
     expected_reply: str | None = None  # scenario's expect_reply: a text one of the hops' replies contains
+    expected_spf: str | None = None  # scenario's expect_spf: the SPF result EOP recorded delivering it
     ok: bool | None  # None: no expectation
     hops: list[Hop]
     attribution: ResultAttribution | None

@@ -165,11 +165,10 @@ def print_result(result: ResultDoc, console: Console) -> None:
 
 
 def expectation_text(m: dict[str, Any]) -> str:
-    """What the scenario expected of one recipient: its outcome, and a reply text if it names one."""
-    parts = [m["expected"] or ""]
-    if m.get("expected_reply"):
-        parts.append(f"reply '{m['expected_reply']}'")
-    return " with ".join(p for p in parts if p) if m["expected"] else " ".join(p for p in parts if p)
+    """What the scenario expected of one recipient: its outcome, a reply text, an SPF result."""
+    extra = [f"reply '{m['expected_reply']}'"] if m.get("expected_reply") else []
+    extra += [f"spf={m['expected_spf']}"] if m.get("expected_spf") else []
+    return " ".join(filter(None, [m["expected"] or "", f"({', '.join(extra)})" if extra else ""]))
 
 
 def print_expectation_failures(result: ResultDoc, console: Console) -> None:

@@ -58,6 +58,7 @@ class RcptResult:
     outcome: str  # one of scenario.OUTCOMES, or "unaccounted"
     expected: str | None
     expected_reply: str | None = None  # a text one of its hops' replies must contain
+    expected_spf: str | None = None  # the SPF result EOP must have recorded delivering it
     hops: list[Hop] = field(default_factory=list)
     attribution: ResultAttribution | None = None
     recipient_trace_visible: bool = False
@@ -74,9 +75,20 @@ class RcptResult:
 
     @property
     def ok(self) -> bool | None:
-        if self.expected is None and self.expected_reply is None:
+        if self.expected is None and self.expected_reply is None and self.expected_spf is None:
             return None
-        return (self.expected is None or self.expected == self.outcome) and self.reply_seen in (None, True)
+        return (
+            (self.expected is None or self.expected == self.outcome)
+            and self.reply_seen in (None, True)
+            and self.spf_seen in (None, True)
+        )
+
+    @property
+    def spf_seen(self) -> bool | None:
+        """Did EOP record the expected SPF result where it delivered it (None: none is expected)?"""
+        if self.expected_spf is None:
+            return None
+        return any((h.spf or "").split(" ", 1)[0] == self.expected_spf for h in self.hops)
 
     @property
     def reply_seen(self) -> bool | None:
@@ -94,6 +106,7 @@ class RcptResult:
             outcome=cast(VerdictValue, self.outcome),
             expected=cast(Outcome | None, self.expected),
             expected_reply=self.expected_reply,
+            expected_spf=self.expected_spf,
             ok=self.ok,
             hops=self.hops,
             attribution=self.attribution,
@@ -434,14 +447,16 @@ class Verdict:
         self.plan = plan
         self.idx = _Index(plan)
         self.keys: list[tuple[str, str]] = []
-        self._meta: dict[tuple[str, str], tuple[str, str | None, str | None]] = {}  # sender, expected, reply
+        self._meta: dict[
+            tuple[str, str], tuple[str, str | None, str | None, str | None]
+        ] = {}  # sender, expected, reply, spf
         self.rcpts_of: dict[str, list[str]] = defaultdict(list)
         for m in plan.scenario.traffic:
             msgid = cast(str, m.id)  # every message has an id once validated
             for rcpt in m.to:
                 key = (msgid, rcpt.lower())
                 self.keys.append(key)
-                self._meta[key] = (m.sender, m.expected_for(rcpt), m.expect_reply)
+                self._meta[key] = (m.sender, m.expected_for(rcpt), m.expect_reply, m.expect_spf)
                 self.rcpts_of[msgid].append(key[1])
         self._results: dict[tuple[str, str], RcptResult] = {}
         self._dirty: set[tuple[str, str]] = set(self.keys)
@@ -457,9 +472,9 @@ class Verdict:
     def results(self) -> list[RcptResult]:
         for key in self._dirty:
             old = self._results.get(key)
-            sender, expected, reply = self._meta[key]
+            sender, expected, reply, spf = self._meta[key]
             new = classify_one(self.plan, self.idx, key[0], sender, key[1], expected)
-            new.expected_reply = reply
+            new.expected_reply, new.expected_spf = reply, spf
             self._open += (not new.final) - (old is not None and not old.final) - (old is None)
             self._results[key] = new
         self._dirty.clear()
