@@ -17,7 +17,6 @@ from .eop.spf import use_lab_dns
 from .ledger import Ledger, clip, write_mailbox
 from .smtpd import LabEnvelope, LabSession, LabSMTP, message_id, server_tls_context
 
-
 # Fix NDR error 550 5.7.23 in Exchange Online: the destination checks SPF and the sending
 # address is not in the sender domain's record.
 REPLY_SPF_FAIL = "550 5.7.23 The message was rejected because of Sender Policy Framework violation"
