@@ -32,6 +32,7 @@ from conftest import REPO, labgen, labgen_json
 HOSTILE = "<script>alert(1)</script>"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 README_PNG_MAX = 400 * 1024
+GRAPH_WIDTH = 2600  # the lab's diagram is wide: its labels stay legible at this width
 
 
 # ---------------------------------------------------------------- runs the tests share
@@ -374,12 +375,17 @@ def test_browser_loads_report_without_errors(runs, browser, tmp_path):
     assert got["held"].strip() == "✓ All expectations held"
     assert got["lost"] == ["to-fabrikam"]
     assert got["certificates"] >= 2 and got["tenants"] == 2 and got["transcripts"] == 4, got
-    # The print script ran (the CSP allowed it): printing opens every transcript.
+    # Printed, every transcript shows: the print style alone, and the script (which the CSP let run) opens them.
+    visible = "[...document.querySelectorAll('pre.transcript')].filter(p => p.checkVisibility()).length"
+    assert browser.eval(visible) == 0  # closed on screen
+    browser.call("Emulation.setEmulatedMedia", {"media": "print"}, session=True)
+    assert browser.eval(visible) == got["transcripts"] * 2  # two hops each
+    assert browser.eval("getComputedStyle(document.querySelector('.runs')).display") == "block"
+    browser.call("Emulation.setEmulatedMedia", {"media": "screen"}, session=True)
     assert browser.eval("document.querySelectorAll('details[open]').length") == 0
     browser.eval("dispatchEvent(new Event('beforeprint'))")
     assert browser.eval("document.querySelectorAll('details:not([open])').length") == 0
-    browser.call("Emulation.setEmulatedMedia", {"media": "print"}, session=True)
-    assert browser.eval("getComputedStyle(document.querySelector('.runs')).display") == "block"
+    assert browser.eval(visible) == got["transcripts"] * 2
     shot = browser.screenshot(tmp_path / "report.png")
     assert shot.startswith(PNG_MAGIC) and len(shot) > 10_000
     assert browser.problems() == []
@@ -442,9 +448,9 @@ def test_readme_screenshots(runs, browser, tmp_path):
         "<style>body{margin:0;background:#fff}img{display:block;width:100%}</style>"
         f'<img id="g" alt="labgen graph broken" src="data:image/svg+xml;base64,{data}">'
     )
-    browser.open(holder.as_uri(), width=1600, height=900)
+    browser.open(holder.as_uri(), width=GRAPH_WIDTH, height=900)
     assert browser.problems() == []
     box = json.loads(browser.eval("JSON.stringify(document.getElementById('g').getBoundingClientRect())"))
-    assert box["width"] == 1600 and box["height"] > 200, box
+    assert box["width"] == GRAPH_WIDTH and box["height"] > 200, box
     shot = browser.screenshot(dest / "graph.png", clip={"x": 0, "y": 0, "width": box["width"], "height": box["height"]})
     assert shot.startswith(PNG_MAGIC) and 10_000 < len(shot) < README_PNG_MAX
