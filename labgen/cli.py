@@ -500,6 +500,8 @@ def _write_report(docs: list[ResultDoc], path: Path, workdir: Path) -> Path | No
     never another verdict (the run's result stands, in run/result.json)."""
     import logging
 
+    from jinja2 import TemplateError
+
     from .results import html
 
     try:
@@ -511,6 +513,9 @@ def _write_report(docs: list[ResultDoc], path: Path, workdir: Path) -> Path | No
         html.write(path, html.render(runs))
     except LabgenError as e:
         logging.getLogger("labgen").warning("no HTML report: %s", one_line(e.message))
+        return None
+    except (OSError, TemplateError) as e:  # an install without the report's template, a read that failed
+        logging.getLogger("labgen").warning("no HTML report: %s", one_line(f"{type(e).__name__}: {e}"))
         return None
     return path
 
