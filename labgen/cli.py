@@ -483,13 +483,41 @@ def _exit_for(doc: ResultDoc) -> int:
 def up(scenario, engine, workdir, subnet, as_json, force, keep, profile):
     """Bring a lab up, send its traffic, and show what happened to every message."""
     doc = run_one(scenario, engine, workdir, subnet, as_json, force, keep, profile)
+    where = _write_report([doc], Path(doc.lab_dir) / "run" / "report.html", _workdir(workdir))
     if as_json:
         _print_json(doc)
     else:
         from .results.report import print_result
 
         print_result(doc, out)
+        if where:
+            out.print(_text(f"Report: {where}"))
     sys.exit(_exit_for(doc))
+
+
+def _write_report(docs: list[ResultDoc], path: Path, workdir: Path) -> Path | None:
+    """The HTML report of a run (or two) just made; a report that cannot be written is a warning,
+    never another verdict (the run's result stands, in run/result.json)."""
+    import logging
+
+    from jinja2 import TemplateError
+
+    from .results import html
+
+    try:
+        runs = []
+        for doc in docs:
+            run = html.Run(doc=doc, source=f"labgen up {doc.scenario}")
+            html._attach_lab(run, Path(doc.lab_dir))
+            runs.append(run)
+        html.write(path, html.render(runs))
+    except LabgenError as e:
+        logging.getLogger("labgen").warning("no HTML report: %s", one_line(e.message))
+        return None
+    except (OSError, TemplateError) as e:  # an install without the report's template, a read that failed
+        logging.getLogger("labgen").warning("no HTML report: %s", one_line(f"{type(e).__name__}: {e}"))
+        return None
+    return path
 
 
 @main.command()
@@ -507,6 +535,8 @@ def compare(a, b, engine, workdir, as_json, profile):
     doc_a = run_one(a, engine, workdir, None, as_json, profile=profile)
     doc_b = run_one(b, engine, workdir, None, True, profile=profile)
     doc = compare_docs(doc_a, doc_b)
+    wd = _workdir(workdir)
+    where = _write_report([doc_a, doc_b], wd / f"labgen-compare-{doc_a.scenario}-vs-{doc_b.scenario}.html", wd)
     if as_json:
         _print_json(doc)
     else:
@@ -515,8 +545,36 @@ def compare(a, b, engine, workdir, as_json, profile):
         print_compare(doc, out)
         print_expectation_failures(doc_a, out)
         print_expectation_failures(doc_b, out)
+        if where:
+            out.print(_text(f"Report: {where}"))
     codes = [_exit_for(doc_a), _exit_for(doc_b)]
     sys.exit(max(codes))
+
+
+@main.command()
+@click.argument("sources", nargs=-1, metavar="LAB|RESULT.json [LAB|RESULT.json]")
+@click.option(
+    "-o",
+    "--output",
+    help="File to write ('-': stdout; default: ./labgen-<lab>-report.html, "
+    "./labgen-compare-<a>-vs-<b>.html for two runs).",
+)
+@click.option("--workdir", help="Where lab directories live (default: current directory or $LABGEN_WORKDIR).")
+def report(sources, output, workdir):
+    """One self-contained HTML report: a lab's last run (labgen-LAB here), a result file (up --json),
+    or two runs side by side (two labs or results, or a compare --json file)."""
+    from .results import html
+
+    if not sources:
+        raise InputError("report: name a lab (labgen-LAB in the work directory) or a result.json, or two of them")
+    runs = html.load_runs(list(sources), _workdir(workdir))
+    page = html.render(runs)
+    if output == "-":
+        sys.stdout.write(page)
+        return
+    path = Path(output or html.default_name(runs))
+    html.write(path, page)
+    out.print(_text(f"wrote {path}"))
 
 
 @main.command()

@@ -218,7 +218,29 @@ def _run_locked(
         raise
     engine.finish(plan, labdir)
     doc = result_document(plan, labdir, results, time.monotonic() - t0)
+    write_result(doc, run_dir)
     return doc
+
+
+RESULT_FILE = "result.json"
+
+
+def write_result(doc: ResultDoc, run_dir: Path) -> Path:
+    """run/result.json: the document `up --json` prints, for `labgen report` and `labgen graph`.
+    Written to a temporary file and renamed over it (a Docker lab's traffic container writes its
+    own verdict there too; a reader sees one whole document or the other, never half of one)."""
+    path = run_dir / RESULT_FILE
+    tmp = run_dir / f".{RESULT_FILE}.{os.getpid()}.tmp"
+    try:
+        tmp.write_text(doc.model_dump_json(indent=2, by_alias=True))
+        os.replace(tmp, path)
+    except OSError as e:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise InfraError(cannot_write("the run's result", path, e)) from None
+    return path
 
 
 def result_document(plan: Plan, labdir: Path, results: list[verdict.RcptResult], duration: float) -> ResultDoc:
