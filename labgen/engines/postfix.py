@@ -127,6 +127,14 @@ def render_context(plan: Plan) -> dict:
                 "ca_file": _ok("cert path", plan.ca_root, "the lab's root CA") if t.connector.tls == "secure" else None,
                 "cert_file": _ok("cert path", t.cert.chain, f"connector {t.name}'s certificate") if t.cert else None,
                 "key_file": _ok("cert path", t.cert.key, f"connector {t.name}'s key") if t.cert else None,
+                "tls_protocols": _ok("tls protocols", t.connector.tls_protocols, f"connector {t.name}'s tls_protocols")
+                if t.connector.tls_protocols
+                else None,
+                # Debian's OpenSSL 3 refuses TLS 1.0/1.1 above security level 0: only a connector
+                # that asks for them lowers it (its own smtp process; the 'medium' grade is the default).
+                "tls_cipherlist": _ok("tls cipherlist", "DEFAULT:@SECLEVEL=0", f"connector {t.name}'s cipher list")
+                if t.connector.legacy_tls
+                else None,
             }
             for t in transports(plan)
         ],
