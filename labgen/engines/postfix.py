@@ -127,7 +127,10 @@ def render_context(plan: Plan) -> dict:
                 "ca_file": _ok("cert path", plan.ca_root, "the lab's root CA") if t.connector.tls == "secure" else None,
                 "cert_file": _ok("cert path", t.cert.chain, f"connector {t.name}'s certificate") if t.cert else None,
                 "key_file": _ok("cert path", t.cert.key, f"connector {t.name}'s key") if t.cert else None,
-                "tls_protocols": _ok("tls protocols", t.connector.tls_protocols, f"connector {t.name}'s tls_protocols")
+                # Both bounds, always: a lone '<=V' would leave the oldest version to main.cf's '>=TLSv1.2'.
+                "tls_protocols": _ok(
+                    "tls protocols", ">={}:<={}".format(*t.connector.tls_range), f"connector {t.name}'s tls_protocols"
+                )
                 if t.connector.tls_protocols
                 else None,
                 # Debian's OpenSSL 3 refuses TLS 1.0/1.1 above security level 0: only a connector
