@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from labgen.engines.compose import _postfix_files
 from labgen.engines.local import LocalEngine
+from labgen.engines.postfix import postfix_tls_level
 from labgen.lab.eop import rules
 from labgen.model.scenario import SendConnector, load_scenario, scenario_path
 from labgen.run import prepare_lab
@@ -116,21 +117,42 @@ def _conn0_options(plan) -> list[str]:
     return [line.strip() for line in block.splitlines()[1:] if line.startswith("  -o ")]
 
 
-def test_postfix_gets_the_range_and_level_0_only_for_a_legacy_connector(tmp_path):
+def test_postfix_gets_the_range_and_encrypt_for_a_secure_connector_below_tls_1_2(tmp_path):
+    # Postfix verifies peers at OpenSSL security level 1, where OpenSSL 3 has no TLS < 1.2: at 'secure'
+    # it would fail its own handshake ('no protocols available') and never offer TLS 1.1.
     plan, _ = _plan(BROKEN, tmp_path / "b")
+    assert plan.scenario.gateway.connectors[0].tls == "secure"
     opts = _conn0_options(plan)
     for line in (
         "-o smtp_tls_protocols=>=TLSv1:<=TLSv1.1",
         "-o smtp_tls_mandatory_protocols=>=TLSv1:<=TLSv1.1",
-        "-o smtp_tls_mandatory_ciphers=medium",
-        "-o tls_medium_cipherlist=DEFAULT:@SECLEVEL=0",
-        "-o smtp_tls_security_level=secure",
+        "-o smtp_tls_security_level=encrypt",
     ):
         assert line in opts, opts
+    # No cipher-list override: Postfix's client context is at security level 0 already.
+    assert not [o for o in opts if "cipher" in o], opts
     fixed, _ = _plan(FIXED, tmp_path / "f")
     opts = _conn0_options(fixed)
     assert "-o smtp_tls_mandatory_protocols=>=TLSv1.2:<=TLSv1.3" in opts, opts
-    assert not [o for o in opts if "cipher" in o], opts  # TLS 1.2+: OpenSSL's own level stays
+    assert "-o smtp_tls_security_level=secure" in opts, opts
+
+
+@pytest.mark.parametrize(
+    "tls, tls_protocols, level",
+    [
+        ("secure", "<=TLSv1.1", "encrypt"),
+        ("secure", ">=TLSv1:<=TLSv1", "encrypt"),
+        ("secure", ">=TLSv1.1", "secure"),  # TLS 1.2 is in range: verified, at level 1
+        ("secure", "<=TLSv1.2", "secure"),
+        ("secure", None, "secure"),
+        ("encrypt", "<=TLSv1.1", "encrypt"),
+        ("may", "<=TLSv1.1", "may"),
+        ("none", "<=TLSv1.1", "none"),
+    ],
+)
+def test_only_secure_below_tls_1_2_runs_at_encrypt(tls, tls_protocols, level):
+    c = SendConnector.model_validate({"name": "c", "address_space": ["*"], "tls": tls, "tls_protocols": tls_protocols})
+    assert postfix_tls_level(c) == level
 
 
 def test_a_connector_without_the_knob_renders_as_before(tmp_path):
@@ -225,13 +247,6 @@ def test_openssl_s_client_with_old_tls_gets_a_protocol_version_alert(lab, flag, 
 
 
 @pytest.mark.docker
-@pytest.mark.xfail(
-    strict=True,
-    reason="open: real Postfix 3.10 on the lab image fails its own handshake ('SSL routines::no protocols "
-    "available') with smtp_tls_protocols=>=TLSv1:<=TLSv1.1 and tls_medium_cipherlist=DEFAULT:@SECLEVEL=0 at "
-    "tls: secure with a client certificate, so EOP never sees the attempt (posttls-finger without a client "
-    "certificate does reach TLSv1.1). The outcome is deferred, for the wrong reason.",
-)
 def test_real_postfix_limited_to_tls_1_1_is_deferred_and_with_1_2_delivered(test_labs, tmp_path):
     expected = {BROKEN: "deferred", FIXED: "delivered"}
     for ref, outcome in expected.items():
@@ -247,6 +262,8 @@ def test_real_postfix_limited_to_tls_1_1_is_deferred_and_with_1_2_delivered(test
             assert "alert protocol version" in log, log[-3000:]
             assert "status=deferred (Cannot start TLS: handshake failure)" in log, log[-3000:]
             assert failed and all("offered at most TLSv1.1" in f["reason"] for f in failed), failed
+            assert "no protocols available" not in log, log[-3000:]  # Postfix's own refusal, before EOP
+            assert not eop_events(labdir, "session")
         else:
             assert "status=sent" in log and not failed
             sessions = eop_events(labdir, "session")
