@@ -98,6 +98,13 @@ GRAMMARS: dict[str, tuple[str, Callable[[str], object]]] = {
         "a Postfix TLS security level",
         frozenset({"none", "may", "encrypt", "dane", "dane-only", "fingerprint", "verify", "secure"}).__contains__,
     ),
+    # smtp_tls_protocols / smtp_tls_mandatory_protocols, as SendConnector.tls_protocols writes them.
+    "tls protocols": (
+        "a Postfix TLS protocol range",
+        re.compile(r">=TLSv1(?:\.[123])?(?::<=TLSv1(?:\.[123])?)?|<=TLSv1(?:\.[123])?").fullmatch,
+    ),
+    # The one cipher list labgen writes: OpenSSL's default at security level 0 (TLS 1.0/1.1 allowed).
+    "tls cipherlist": ("labgen's legacy-TLS cipher list", frozenset({"DEFAULT:@SECLEVEL=0"}).__contains__),
     # Compose project, container and network names are built from it.
     "lab name": ("a lab name (lower-case letters, digits, '-')", re.compile(r"[a-z0-9][a-z0-9-]{0,62}").fullmatch),
     "image": (

@@ -123,14 +123,35 @@ def render_context(plan: Plan) -> dict:
                 ),
                 "source_ip": _ok("ipv4", t.source_ip, f"connector {t.name}'s source_ip"),
                 "helo": _ok("hostname", t.connector.helo or s.gateway.hostname, f"connector {t.name}'s helo"),
-                "tls": _ok("tls level", t.connector.tls, f"connector {t.name}'s tls"),
+                "tls": _ok("tls level", postfix_tls_level(t.connector), f"connector {t.name}'s tls"),
+                "tls_unverified": postfix_tls_level(t.connector) != t.connector.tls,
                 "ca_file": _ok("cert path", plan.ca_root, "the lab's root CA") if t.connector.tls == "secure" else None,
                 "cert_file": _ok("cert path", t.cert.chain, f"connector {t.name}'s certificate") if t.cert else None,
                 "key_file": _ok("cert path", t.cert.key, f"connector {t.name}'s key") if t.cert else None,
+                # Both bounds, always: a lone '<=V' would leave the oldest version to main.cf's '>=TLSv1.2'.
+                "tls_protocols": _ok(
+                    "tls protocols", ">={}:<={}".format(*t.connector.tls_range), f"connector {t.name}'s tls_protocols"
+                )
+                if t.connector.tls_protocols
+                else None,
             }
             for t in transports(plan)
         ],
     }
+
+
+def postfix_tls_level(c: SendConnector) -> str:
+    """The smtp_tls_security_level Postfix can run the connector at: its own `tls`, except that a
+    connector limited to TLS 1.0/1.1 at `secure` gets `encrypt`. Postfix sets OpenSSL security level 1
+    on every session that authenticates its peer (tls_client.c: `if (TLS_MUST_MATCH(level))
+    SSL_set_security_level(con, 1)`), and OpenSSL 3 allows TLS 1.0/1.1 only at level 0, so at `secure`
+    such a connector fails its own handshake ("no protocols available") and never offers TLS 1.1.
+    At `encrypt` TLS stays mandatory (no plaintext fallback) on the level-0 context Postfix sets up
+    for its client, so the old version is offered; only the peer certificate goes unverified (which
+    EOP's refusal of the ClientHello never reaches)."""
+    if c.tls == "secure" and c.TLS_VERSIONS.index(c.tls_range[1]) < c.TLS_VERSIONS.index("TLSv1.2"):
+        return "encrypt"
+    return c.tls
 
 
 # ---------------------------------------------------------------- grammar of config values

@@ -183,10 +183,11 @@ class GatewayHandler:
         for c in self.s.gateway.connectors:
             files = plan.certs[c.certificate] if c.certificate else None
             chain, key = (str(labdir / files.chain), str(labdir / files.key)) if files else (None, None)
+            versions = c.tls_range  # smtp_tls_protocols
             if c.tls == "secure":  # smtp_tls_CAfile: the lab's root
-                self._tls[c.name] = secure_tls_context(str(labdir / plan.ca_root), chain, key)
+                self._tls[c.name] = secure_tls_context(str(labdir / plan.ca_root), chain, key, versions)
             else:
-                self._tls[c.name] = client_tls_context(chain, key)
+                self._tls[c.name] = client_tls_context(chain, key, versions)
 
     def _exo_client(self, server: LabSMTP) -> bool:
         """Did the client present Exchange Online's certificate (check_ccert_access by its

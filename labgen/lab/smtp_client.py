@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import smtplib
 import ssl
+import warnings
 from dataclasses import dataclass, field
 
 
@@ -42,14 +43,39 @@ TLS_HANDSHAKE_FAILED = "4.7.5 Cannot start TLS: handshake failure"
 SERVER_NOT_VERIFIED = "4.7.5 Server certificate not verified"
 
 
-def secure_tls_context(ca_file: str, chain: str | None, key: str | None) -> ssl.SSLContext:
+# Postfix's protocol names (SendConnector.TLS_VERSIONS) as Python's.
+_TLS_VERSIONS = {
+    "TLSv1": ssl.TLSVersion.TLSv1,
+    "TLSv1.1": ssl.TLSVersion.TLSv1_1,
+    "TLSv1.2": ssl.TLSVersion.TLSv1_2,
+    "TLSv1.3": ssl.TLSVersion.TLSv1_3,
+}
+# OpenSSL's default cipher list at security level 0: OpenSSL 3 allows TLS 1.0/1.1 only there.
+LEGACY_CIPHERS = "DEFAULT:@SECLEVEL=0"
+
+
+def _versions(ctx: ssl.SSLContext, versions: tuple[str, str] | None) -> None:
+    """smtp_tls_protocols: the connector's (oldest, newest) TLS version; None = TLS 1.2 or later.
+    A range that reaches below TLS 1.2 lowers the security level, as Postfix's
+    tls_medium_cipherlist with @SECLEVEL=0 does for such a connector (master.cf.j2)."""
+    low, high = versions or ("TLSv1.2", "TLSv1.3")
+    with warnings.catch_warnings():  # Python deprecates TLS 1.0/1.1; a legacy connector is the point
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ctx.minimum_version, ctx.maximum_version = _TLS_VERSIONS[low], _TLS_VERSIONS[high]
+    if ctx.minimum_version < ssl.TLSVersion.TLSv1_2:
+        ctx.set_ciphers(LEGACY_CIPHERS)
+
+
+def secure_tls_context(
+    ca_file: str, chain: str | None, key: str | None, versions: tuple[str, str] | None = None
+) -> ssl.SSLContext:
     """smtp_tls_security_level = secure with smtp_tls_CAfile: the server's chain must verify
     against the CA file; its name is checked after the handshake (`cert_matches`), as Postfix's
     smtp_tls_secure_cert_match does, not by Python's hostname check."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_REQUIRED
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    _versions(ctx, versions)
     ctx.load_verify_locations(ca_file)
     if chain and key:
         ctx.load_cert_chain(chain, key)
@@ -77,12 +103,12 @@ def cert_matches(names: list[str], nexthop: str) -> bool:
     return False
 
 
-def client_tls_context(chain: str | None, key: str | None) -> ssl.SSLContext:
+def client_tls_context(chain: str | None, key: str | None, versions: tuple[str, str] | None = None) -> ssl.SSLContext:
     # Like an MTA's opportunistic TLS: encrypt, but do not authenticate the server.
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    _versions(ctx, versions)
     if chain and key:
         ctx.load_cert_chain(chain, key)
     return ctx

@@ -21,6 +21,7 @@ chain of every session.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -47,14 +48,37 @@ def describe(error: Exception) -> str:
     return str(error) or type(error).__name__
 
 
-class ServerTls:
-    """A TLS server configuration: TLS 1.2 or later, the server's chain and key, and (with
-    request_client_cert) a request for a client certificate that any certificate satisfies,
-    as does none."""
+# A fatal protocol_version alert (RFC 5246 7.2: level 2, description 70) in a TLS record of the
+# given minor version (1: TLS 1.0, 2: TLS 1.1): what a TLS 1.2-minimum server answers an older client.
+def protocol_version_alert(minor: int) -> bytes:
+    return bytes((21, 3, minor, 0, 2, 2, 70))
 
-    def __init__(self, chain: str, key: str, *, request_client_cert: bool = True):
+
+class ServerTls:
+    """A TLS server configuration: the server's chain and key, and (with request_client_cert) a
+    request for a client certificate that any certificate satisfies, as does none.
+
+    Versions: TLS 1.2 or later, refused below that by OpenSSL itself. With `refuse_version`, the
+    server *sees* older clients instead (OpenSSL allows TLS 1.0 and, at security level 0, its
+    ciphers) and asks refuse_version(version) once the ClientHello chose one: a reason refuses the
+    session with a protocol_version alert, as a TLS 1.2-minimum server does, and is the handshake's
+    error; None lets the handshake go on."""
+
+    def __init__(
+        self,
+        chain: str,
+        key: str,
+        *,
+        request_client_cert: bool = True,
+        refuse_version: Callable[[str], str | None] | None = None,
+    ):
         ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
-        ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
+        if refuse_version is None:
+            ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
+        else:
+            ctx.set_min_proto_version(SSL.TLS1_VERSION)
+            ctx.set_cipher_list(b"DEFAULT:@SECLEVEL=0")
+        self.refuse_version = refuse_version
         ctx.use_certificate_chain_file(chain)
         ctx.use_privatekey_file(key)
         ctx.check_privatekey()
@@ -147,6 +171,7 @@ class TlsProtocol(asyncio.Protocol):
         self._waiter = waiter
         self._failed = False
         self._app_lost = False
+        self._config = config
         self._conn = SSL.Connection(config.context, None)
         self._conn.set_accept_state()
         # aiosmtpd copies this into session.ssl when the upgraded connection is made.
@@ -207,6 +232,8 @@ class TlsProtocol(asyncio.Protocol):
         try:
             self._conn.do_handshake()
         except SSL.WantReadError:
+            if self._refused():
+                return False
             self._flush()
             return False
         except SSL.Error as e:
@@ -223,6 +250,29 @@ class TlsProtocol(asyncio.Protocol):
         self.app.connection_made(self.transport)
         if not self._waiter.done():
             self._waiter.set_result(None)
+        return True
+
+    def _refused(self) -> bool:
+        """After a handshake step: did the ClientHello choose a version below TLS 1.2 that the
+        configuration refuses? Then the server's answer (still in the memory BIO) is dropped, a
+        protocol_version alert goes out instead and the handshake fails with the reason. (Before
+        the ClientHello, OpenSSL reports the method's newest version.)"""
+        refuse = self._config.refuse_version
+        version = self._conn.get_protocol_version()
+        if refuse is None or version >= SSL.TLS1_2_VERSION or version < SSL.TLS1_VERSION:
+            return False
+        reason = refuse(self._conn.get_protocol_version_name())
+        if reason is None:
+            return False
+        while True:  # the ServerHello OpenSSL wrote: never sent
+            try:
+                if not self._conn.bio_read(_READ):
+                    break
+            except SSL.WantReadError:
+                break
+        if self.tcp is not None and not self.tcp.is_closing():
+            self.tcp.write(protocol_version_alert(version & 0xFF))
+        self._fail(TlsHandshakeError(reason))
         return True
 
     def _presented_chain(self) -> list[bytes]:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
@@ -588,6 +588,59 @@ class SendConnector(_Model):
     )
     certificate: CertKey | None = Field(None, description="The client certificate it presents (a key of certificates).")
     source_ip: LabIp | None = Field(None, description="Egress address (smtp_bind_address); default: the gateway's.")
+    tls_protocols: str | None = Field(
+        None,
+        max_length=40,
+        description=(
+            "The TLS versions this connector may use, in Postfix's smtp_tls_protocols range syntax (both "
+            "smtp_tls_protocols and smtp_tls_mandatory_protocols get it): '>=V', '<=V' or both, separated by a "
+            "space, comma or colon, V one of TLSv1, TLSv1.1, TLSv1.2, TLSv1.3; e.g. '<=TLSv1.1' for a gateway that "
+            "speaks only TLS 1.0/1.1 (its OpenSSL security level is then lowered to 0 for this connector, as such "
+            "a gateway's is). Unset: TLS 1.2 or later."
+        ),
+    )
+
+    # Postfix's names, oldest first; the index orders them.
+    TLS_VERSIONS: ClassVar[tuple[str, ...]] = ("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3")
+    _TLS_BOUND: ClassVar[re.Pattern[str]] = re.compile(r"(>=|<=)(TLSv1(?:\.[123])?)")
+
+    @field_validator("tls_protocols")
+    @classmethod
+    def _tls_protocols(cls, v: str | None) -> str | None:
+        """A strict subset of Postfix's syntax, written back in one canonical form ('>=A:<=B')."""
+        if v is None:
+            return None
+        tokens = [t for t in re.split(r"[ ,:]+", v) if t]
+        if not tokens or len(tokens) > 2:
+            raise ValueError(f"{quote(v)}: give '>=V', '<=V' or both (V one of {', '.join(cls.TLS_VERSIONS)})")
+        bounds: dict[str, str] = {}
+        for token in tokens:
+            m = cls._TLS_BOUND.fullmatch(token)
+            if m is None:
+                raise ValueError(
+                    f"{quote(token)} is not '>=V' or '<=V' with V one of {', '.join(cls.TLS_VERSIONS)} "
+                    "(SSLv2/SSLv3 and exclusions such as '!TLSv1' are not supported)"
+                )
+            if m.group(1) in bounds:
+                raise ValueError(f"{quote(v)}: '{m.group(1)}' is given twice")
+            bounds[m.group(1)] = m.group(2)
+        low, high = bounds.get(">=", cls.TLS_VERSIONS[0]), bounds.get("<=", cls.TLS_VERSIONS[-1])
+        if cls.TLS_VERSIONS.index(low) > cls.TLS_VERSIONS.index(high):
+            raise ValueError(f"{quote(v)} leaves no TLS version: {low} is newer than {high}")
+        return ":".join(f"{op}{bounds[op]}" for op in (">=", "<=") if op in bounds)
+
+    @property
+    def tls_range(self) -> tuple[str, str]:
+        """(oldest, newest) TLS version the connector may use; unset: TLS 1.2 to 1.3."""
+        if self.tls_protocols is None:
+            return ("TLSv1.2", "TLSv1.3")
+        bounds = {t[:2]: t[2:] for t in self.tls_protocols.split(":")}  # canonical: see _tls_protocols
+        return (bounds.get(">=", self.TLS_VERSIONS[0]), bounds.get("<=", self.TLS_VERSIONS[-1]))
+
+    @property
+    def legacy_tls(self) -> bool:
+        """Does it allow TLS 1.0 or 1.1 (which OpenSSL 3 refuses above security level 0)?"""
+        return self.TLS_VERSIONS.index(self.tls_range[0]) < self.TLS_VERSIONS.index("TLSv1.2")
 
     @property
     def smarthost(self) -> str | None:

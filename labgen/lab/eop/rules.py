@@ -46,6 +46,27 @@ REPLY_THROTTLED = "451 4.7.500 Server busy. Please try again later from [{ip}]. 
 REPLY_HOP_COUNT = "554 5.4.14 Hop count exceeded - possible mail loop"
 
 
+# TLS 1.0 and 1.1 on EOP's mail flow endpoints (docs/fidelity.md S12): refused since MC229914
+# (enforced from 2021-01-11; "we will no longer accept TLS 1.0 and TLS 1.1 email connections from
+# external sources", Exchange Team blog 2021). What the sender sees is a failed TLS negotiation
+# (KB "Can't send or receive email when using TLS 1.1 or TLS 1.0": "TLS negotiation failed with
+# error SocketError"), not an SMTP reply: no page documents one for port 25 (421 4.7.66 is SMTP
+# AUTH client submission's), so EOP refuses the handshake with a protocol_version alert.
+LEGACY_TLS = ("TLSv1", "TLSv1.1")
+
+
+def tls_refusal(version: str) -> str | None:
+    """Why EOP refuses a TLS session whose ClientHello chose `version` (OpenSSL's name, e.g.
+    "TLSv1.1"); None when it does not. Both profiles: the field report says nothing of TLS
+    versions, so the seed keeps today's floor."""
+    if version in LEGACY_TLS:
+        return (
+            f"the client offered at most {version}; Exchange Online accepts TLS 1.2 or later "
+            "(TLS 1.0 and 1.1 deprecated): protocol_version alert"
+        )
+    return None
+
+
 @dataclass(frozen=True)
 class Attribution:
     tenant: str | None

@@ -377,8 +377,11 @@ class EopHandler:
 def eop_factory(plan: Plan, labdir: Path, run_dir: Path) -> Callable[[], EopSMTP]:
     handler = EopHandler(plan, labdir, run_dir)
     files = plan.certs["eop-server"]
-    # EOP asks for a client certificate and takes any at the TLS layer (pyOpenSSL: tls.py).
-    tls = ServerTls(str(labdir / files.chain), str(labdir / files.key), request_client_cert=True)
+    # EOP asks for a client certificate and takes any at the TLS layer (pyOpenSSL: tls.py). It sees
+    # a TLS 1.0/1.1 client's attempt and refuses it itself (rules.tls_refusal), not OpenSSL's floor.
+    tls = ServerTls(
+        str(labdir / files.chain), str(labdir / files.key), request_client_cert=True, refuse_version=rules.tls_refusal
+    )
 
     def factory() -> EopSMTP:
         return EopSMTP(handler, banner_host=EOP_POOL_HOST, banner_text=BANNER, tls=tls, data_size_limit=MAX_SIZE)
