@@ -103,8 +103,6 @@ GRAMMARS: dict[str, tuple[str, Callable[[str], object]]] = {
         "a Postfix TLS protocol range",
         re.compile(r">=TLSv1(?:\.[123])?(?::<=TLSv1(?:\.[123])?)?|<=TLSv1(?:\.[123])?").fullmatch,
     ),
-    # The one cipher list labgen writes: OpenSSL's default at security level 0 (TLS 1.0/1.1 allowed).
-    "tls cipherlist": ("labgen's legacy-TLS cipher list", frozenset({"DEFAULT:@SECLEVEL=0"}).__contains__),
     # Compose project, container and network names are built from it.
     "lab name": ("a lab name (lower-case letters, digits, '-')", re.compile(r"[a-z0-9][a-z0-9-]{0,62}").fullmatch),
     "image": (

@@ -32,7 +32,7 @@ from conftest import REPO, labgen, labgen_json
 HOSTILE = "<script>alert(1)</script>"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 README_PNG_MAX = 400 * 1024
-GRAPH_WIDTH = 2600  # the lab's diagram is wide: its labels stay legible at this width
+GRAPH_WIDTH = 1600
 
 
 # ---------------------------------------------------------------- runs the tests share

@@ -56,8 +56,8 @@ LEGACY_CIPHERS = "DEFAULT:@SECLEVEL=0"
 
 def _versions(ctx: ssl.SSLContext, versions: tuple[str, str] | None) -> None:
     """smtp_tls_protocols: the connector's (oldest, newest) TLS version; None = TLS 1.2 or later.
-    A range that reaches below TLS 1.2 lowers the security level, as Postfix's
-    tls_medium_cipherlist with @SECLEVEL=0 does for such a connector (master.cf.j2)."""
+    A range that reaches below TLS 1.2 lowers OpenSSL's security level to 0, the only one that
+    allows TLS 1.0/1.1 (Postfix's client context is at level 0 already; master.cf.j2)."""
     low, high = versions or ("TLSv1.2", "TLSv1.3")
     with warnings.catch_warnings():  # Python deprecates TLS 1.0/1.1; a legacy connector is the point
         warnings.simplefilter("ignore", DeprecationWarning)

@@ -350,6 +350,11 @@ class LabSMTP(SMTP):
         return await super()._call_handler_hook(command, *args)
 
     async def handle_exception(self, error: Exception) -> str:
+        if isinstance(error, TLSSetupException):
+            # A failed handshake is the client's or the policy's (an old TLS version refused):
+            # smtp_STARTTLS recorded it in the ledger and the transcript; aiosmtpd closes the session.
+            log.debug("SMTP %s: TLS handshake failed: %s", self.hostname, clip(repr(error.__cause__ or error), 300))
+            return "454 4.7.0 TLS not available due to local problem"
         # aiosmtpd's default answers "500 Error: (Type) text", which can carry a server path.
         log.error(
             "SMTP %s: internal error serving %s: %s",

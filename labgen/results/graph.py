@@ -496,7 +496,7 @@ def _dot_label(n: Node) -> str:
 def to_dot(g: Graph) -> str:
     out = [
         "digraph labgen {",
-        f"  graph [rankdir=LR, fontname=Helvetica, fontsize=11, compound=true, label=<{html(g.title)}>, labelloc=t];",
+        f"  graph [rankdir=TB, fontname=Helvetica, fontsize=11, compound=true, label=<{html(g.title)}>, labelloc=t];",
         '  node [shape=box, style="rounded,filled", fontname=Helvetica, fontsize=10];',
         "  edge [fontname=Helvetica, fontsize=9];",
     ]
