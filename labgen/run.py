@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .engines.base import Engine
 from .errors import InfraError, InputError
+from .files import write_whole
 from .lab.ledger import cannot_write, clear_fault
 from .lab.pki import make_pki
 from .model.plan import Plan, make_plan
@@ -220,7 +221,7 @@ def _run_locked(
     doc = result_document(plan, labdir, results, time.monotonic() - t0)
     # A Docker lab's traffic container writes its own verdict there (the lab's, checked against
     # this one by the tests); the host's fills in only where the lab wrote none.
-    if engine.name == "local" or not (run_dir / RESULT_FILE).is_file():
+    if not engine.writes_own_result or not (run_dir / RESULT_FILE).is_file():
         write_result(doc, run_dir)
     return doc
 
@@ -232,15 +233,9 @@ def write_result(doc: ResultDoc, run_dir: Path) -> Path:
     """run/result.json: the document `up --json` prints, for `labgen report` and `labgen graph`.
     Written to a temporary file and renamed over it, so a reader never sees half of one."""
     path = run_dir / RESULT_FILE
-    tmp = run_dir / f".{RESULT_FILE}.{os.getpid()}.tmp"
     try:
-        tmp.write_text(doc.model_dump_json(indent=2, by_alias=True))
-        os.replace(tmp, path)
+        write_whole(path, doc.model_dump_json(indent=2, by_alias=True), mode=0o600)
     except OSError as e:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
         raise InfraError(cannot_write("the run's result", path, e)) from None
     return path
 

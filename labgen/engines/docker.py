@@ -288,6 +288,7 @@ class DockerEngine:
 
     name = "docker"
     can_render = True
+    writes_own_result = True
 
     def __init__(self, keep: bool = True):  # keep: what `up --keep` asks is this engine's default
         self.image: str | None = None

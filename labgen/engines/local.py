@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InfraError, InputError, LabgenError, one_line
+from ..files import write_whole
 from ..lab.dns_server import serve_dns
 from ..lab.eop.server import eop_factory
 from ..lab.gateway import gateway_factory
@@ -97,6 +98,7 @@ class _FaultEchoes(logging.Filter):
 class LocalEngine:
     name = "local"
     can_render = False
+    writes_own_result = False
 
     def render(self, plan: Plan, labdir: Path) -> str:
         raise InputError("the local engine runs labs in this process: it has no project to render")
@@ -361,11 +363,7 @@ def _read_json(path: Path) -> dict | None:
 
 def _write_json(path: Path, data: dict) -> None:
     """Atomic (rename), so a reader never sees half a file; 0600 like everything in the lab."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f)
-    os.replace(tmp, path)
+    write_whole(path, json.dumps(data), mode=0o600)
 
 
 def _entry_path(lab: str) -> Path:

@@ -35,33 +35,27 @@ class SinkHandler:
         self, server: LabSMTP, session: LabSession, envelope: LabEnvelope, address: str, options: list[str]
     ) -> str:
         if domain_of(address) not in self.domains:
-            self.ledger.emit(
-                RcptDecision(
-                    event="rcpt",
-                    msgid=envelope.envid,
-                    rcpt=clip(address.lower()),
-                    action="reject",
-                    reply="554 5.7.1 Relay access denied",
-                )
-            )
-            return "554 5.7.1 Relay access denied"
+            return self._refuse(envelope, address, "554 5.7.1 Relay access denied")
         failed = await self._spf_fail(session, envelope) if self.check_spf else None
         if failed:
-            self.ledger.emit(
-                RcptDecision(
-                    event="rcpt",
-                    msgid=envelope.envid,
-                    rcpt=clip(address.lower()),
-                    action="reject",
-                    reply=REPLY_SPF_FAIL,
-                    reason=clip(failed),
-                    client_ip=session.client_ip,
-                    mail_from=clip(envelope.mail_from or ""),
-                )
-            )
-            return REPLY_SPF_FAIL
+            return self._refuse(envelope, address, REPLY_SPF_FAIL, reason=failed, client_ip=session.client_ip)
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 Ok"
+
+    def _refuse(self, envelope: LabEnvelope, address: str, reply: str, **why: str) -> str:
+        """A refused recipient, in the ledger as the verdict reads it."""
+        self.ledger.emit(
+            RcptDecision(
+                event="rcpt",
+                msgid=envelope.envid,
+                rcpt=clip(address.lower()),
+                action="reject",
+                reply=reply,
+                mail_from=clip(envelope.mail_from or "") if why else None,
+                **{k: clip(v) for k, v in why.items()},
+            )
+        )
+        return reply
 
     async def _spf_fail(self, session: LabSession, envelope: LabEnvelope) -> str | None:
         """Why the sender's SPF hard-fails for this client (None: it does not). Judged once per

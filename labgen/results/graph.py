@@ -27,8 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import pydantic
-
 from ..errors import InfraError, InputError, escape
 from ..lab.routing import pick_connector
 from ..model.plan import Plan
@@ -42,6 +40,7 @@ from ..model.scenario import (
 )
 from ..textsafe import one_line
 from .contracts import Hop, MessageResult, ResultDoc
+from .documents import read_json, validated
 
 VALUE_LIMIT = 90  # characters of one value in a label
 LIST_LIMIT = 6  # items of a list shown in a label before "(+N more)"
@@ -612,27 +611,12 @@ def to_mermaid(g: Graph) -> str:
 
 # ---------------------------------------------------------------- what to draw
 
-MAX_RESULT_BYTES = 64 << 20
 _LAB_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,30}")
 
 
 def read_result(path: Path, label: str) -> ResultDoc:
     """A labgen.result/v1 file; anything else is one InputError line naming it."""
-    try:
-        with path.open("rb") as f:
-            raw = f.read(MAX_RESULT_BYTES + 1)
-    except OSError as e:
-        raise InputError(f"{label}: cannot read the result ({escape(e.strerror or e, 80)})") from None
-    if len(raw) > MAX_RESULT_BYTES:
-        raise InputError(f"{label}: larger than {MAX_RESULT_BYTES >> 20} MiB; not a labgen result")
-    try:
-        return ResultDoc.model_validate_json(raw)
-    except pydantic.ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        raise InputError(
-            f"{label}: not a labgen.result/v1 document ({escape(where, 60)}: {escape(first['msg'], 100)})"
-        ) from None
+    return validated(ResultDoc, read_json(path, label), label)
 
 
 def last_run(labdir: Path, plan: Plan) -> ResultDoc | None:

@@ -17,25 +17,24 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pydantic
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from .. import __version__
 from ..errors import InfraError, InputError, escape
+from ..files import write_whole
 from ..model.plan import Plan
 from ..resources import resource_dir
 from .compare import compare_docs
 from .contracts import CompareDoc, MessageResult, ResultDoc, TranscriptHop, dump
+from .documents import read_json, validated
 from .report import LABEL
 
-MAX_JSON_BYTES = 64 << 20
 SHOWN_MAX = 60  # recipients shown in full (hops, transcripts); a `count:` load run lists the ones needing a look
 TRANSCRIPT_LINES = 200  # lines of one session shown
 _LAB_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,30}")
@@ -70,32 +69,6 @@ class Run:
 
 
 # ---------------------------------------------------------------- reading sources
-
-
-def _read_json(path: Path, label: str) -> Any:
-    try:
-        with path.open("rb") as f:
-            raw = f.read(MAX_JSON_BYTES + 1)
-    except OSError as e:
-        raise InputError(f"{label}: cannot read it ({escape(e.strerror or e, 80)})") from None
-    if len(raw) > MAX_JSON_BYTES:
-        raise InputError(f"{label}: larger than {MAX_JSON_BYTES >> 20} MiB; not a labgen result")
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise InputError(f"{label}: not JSON ({escape(e, 100)})") from None
-
-
-def _validate(model: type[ResultDoc] | type[CompareDoc], data: Any, label: str) -> Any:
-    try:
-        return model.model_validate(data)
-    except pydantic.ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        schema = "labgen.result/v1" if model is ResultDoc else "labgen.compare/v1"
-        raise InputError(
-            f"{label}: not a {schema} document ({escape(where, 60)}: {escape(first['msg'], 100)})"
-        ) from None
 
 
 def _plan(labdir: Path) -> Plan | None:
@@ -138,7 +111,7 @@ def lab_run(lab: str, workdir: Path) -> Run:
     path = labdir / "run" / "result.json"
     if not path.is_file():
         raise InputError(f"{escape(path, 120)}: missing; run `labgen up {lab}` again to write it")
-    doc = _validate(ResultDoc, _read_json(path, escape(path, 120)), escape(path, 120))
+    doc = validated(ResultDoc, read_json(path, escape(path, 120)), escape(path, 120))
     run = Run(doc=doc, source=f"lab {lab}")
     _attach_lab(run, labdir)
     return run
@@ -146,14 +119,14 @@ def lab_run(lab: str, workdir: Path) -> Run:
 
 def file_runs(path: Path, label: str, workdir: Path) -> list[Run]:
     """A result file (one run) or a compare file (two)."""
-    data = _read_json(path, label)
+    data = read_json(path, label)
     schema = data.get("schema") if isinstance(data, dict) else None
     docs: list[ResultDoc]
     if schema == "labgen.compare/v1":
-        cmp = _validate(CompareDoc, data, label)
+        cmp = validated(CompareDoc, data, label)
         docs = [cmp.a, cmp.b]
     else:
-        docs = [_validate(ResultDoc, data, label)]
+        docs = [validated(ResultDoc, data, label)]
     runs = []
     for doc in docs:
         run = Run(doc=doc, source=label)
@@ -572,15 +545,9 @@ def default_name(runs: list[Run]) -> str:
 
 
 def write(path: Path, page: str) -> None:
-    """Write the page (a temporary file renamed over it: a reader never sees half a report)."""
+    """Write the page whole (a reader never sees half a report)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(page, encoding="utf-8")
-        os.replace(tmp, path)
+        write_whole(path, page)
     except OSError as e:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
         raise InputError(f"{escape(path, 120)}: cannot write the report ({escape(e.strerror or e, 80)})") from None

@@ -1,0 +1,42 @@
+"""Reading a labgen JSON document someone hands over (a result or compare file): bounded in
+size, and anything that is not one is a single InputError line naming the file and the field."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pydantic
+
+from ..errors import InputError, escape
+from .contracts import CompareDoc, ResultDoc
+
+MAX_JSON_BYTES = 64 << 20
+Doc = TypeVar("Doc", ResultDoc, CompareDoc)
+
+
+def read_json(path: Path, label: str) -> Any:
+    try:
+        with path.open("rb") as f:
+            raw = f.read(MAX_JSON_BYTES + 1)
+    except OSError as e:
+        raise InputError(f"{label}: cannot read it ({escape(e.strerror or e, 80)})") from None
+    if len(raw) > MAX_JSON_BYTES:
+        raise InputError(f"{label}: larger than {MAX_JSON_BYTES >> 20} MiB; not a labgen result")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InputError(f"{label}: not JSON ({escape(e, 100)})") from None
+
+
+def validated(model: type[Doc], data: Any, label: str) -> Doc:
+    try:
+        return model.model_validate(data)
+    except pydantic.ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        schema = "labgen.result/v1" if model is ResultDoc else "labgen.compare/v1"
+        raise InputError(
+            f"{label}: not a {schema} document ({escape(where, 60)}: {escape(first['msg'], 100)})"
+        ) from None
