@@ -93,6 +93,24 @@ def test_docker_postfix_agrees_on_a_representative_subset(test_labs, tmp_path, n
         assert Path(docker["lab_dir"]).is_dir()
 
 
+def _run_with(tmp_path, ref: str, msg_id: str, rcpt: str, **fields) -> tuple[int, dict]:
+    """A catalogue scenario with one message's fields changed, run on the local engine: that
+    recipient's result, and the run's exit code."""
+    import yaml
+
+    from labgen.model.scenario import scenario_path
+
+    doc = yaml.safe_load(scenario_path(ref).read_text())
+    doc.pop("about", None)
+    for m in doc["traffic"]:
+        if m["id"] == msg_id:
+            m.update(fields)
+    path = tmp_path / "changed.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    code, result = labgen_json("up", str(path), "--engine", "local", cwd=tmp_path)
+    return code, by_id(result)[(msg_id, rcpt)]
+
+
 @pytest.mark.parametrize(
     "reply, ok",
     [
@@ -105,19 +123,7 @@ def test_docker_postfix_agrees_on_a_representative_subset(test_labs, tmp_path, n
 )
 def test_expect_reply_holds_only_when_a_hop_gave_that_reply(tmp_path, reply, ok):
     """expect_reply pins the documented reply: the right outcome with another reply fails."""
-    import yaml
-
-    from labgen.model.scenario import scenario_path
-
-    doc = yaml.safe_load(scenario_path("reject-direct-send").read_text())
-    doc.pop("about")
-    for m in doc["traffic"]:
-        if m["id"] == "app-to-bob":
-            m["expect_reply"] = reply
-    path = tmp_path / "pinned.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    code, result = labgen_json("up", str(path), "--engine", "local", cwd=tmp_path)
-    m = by_id(result)[("app-to-bob", "bob@contoso.example")]
+    code, m = _run_with(tmp_path, "reject-direct-send", "app-to-bob", "bob@contoso.example", expect_reply=reply)
     assert (m["outcome"], m["expected_reply"], m["ok"], code) == ("rejected", reply, ok, 0 if ok else 1)
 
 
@@ -131,17 +137,6 @@ def test_expect_reply_holds_only_when_a_hop_gave_that_reply(tmp_path, reply, ok)
     ],
 )
 def test_expect_spf_holds_only_when_eop_recorded_that_result(tmp_path, ref, spf, ok):
-    import yaml
-
-    from labgen.model.scenario import scenario_path
-
-    doc = yaml.safe_load(scenario_path(ref).read_text())
-    doc.pop("about", None)
-    for m in doc["traffic"]:
-        if m["id"] == "from-internet":
-            m["expect_spf"] = spf
-    path = tmp_path / "spf.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    code, result = labgen_json("up", str(path), "--engine", "local", cwd=tmp_path)
-    m = by_id(result)[("from-internet", "bob@contoso.example")]
+    """expect_spf pins the SPF result EOP stamped (Authentication-Results), not just delivery."""
+    code, m = _run_with(tmp_path, ref, "from-internet", "bob@contoso.example", expect_spf=spf)
     assert (m["outcome"], m["expected_spf"], m["ok"], code) == ("delivered", spf, ok, 0 if ok else 1)
