@@ -14,6 +14,7 @@ from ..model.scenario import domain_of
 from ..results.contracts import Delivered, RcptDecision
 from .dsn import note_ndr
 from .eop.spf import use_lab_dns
+from .faults import Facts, Faults, fault_disconnect, fault_no_starttls, fault_reply
 from .ledger import Ledger, clip, write_mailbox
 from .smtpd import LabEnvelope, LabSession, LabSMTP, message_id, server_tls_context
 
@@ -26,6 +27,7 @@ class SinkHandler:
     def __init__(self, plan: Plan, run_dir: Path):
         self.domains = set(plan.scenario.internet.domains)
         self.check_spf = plan.scenario.internet.check_spf
+        self.faults = Faults(plan.scenario, "sink")
         self.ledger = Ledger(run_dir, "sink")
         self.mailroot = Path(run_dir) / "mailboxes"
 
@@ -36,11 +38,17 @@ class SinkHandler:
     ) -> str:
         if domain_of(address) not in self.domains:
             return self._refuse(envelope, address, "554 5.7.1 Relay access denied")
+        hit = self.faults.take("reply", Facts(session.client_ip, (), envelope.mail_from, (address,)))
+        if hit is not None:
+            return fault_reply(self.ledger, hit, envelope.envid, address, session.client_ip, envelope.mail_from)
         failed = await self._spf_fail(session, envelope) if self.check_spf else None
         if failed:
             return self._refuse(envelope, address, REPLY_SPF_FAIL, reason=failed, client_ip=session.client_ip)
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 Ok"
+
+    def starttls_refused(self, session: LabSession) -> str | None:
+        return fault_no_starttls(self.ledger, self.faults, session.client_ip)
 
     def _refuse(self, envelope: LabEnvelope, address: str, reply: str, **why: str) -> str:
         """A refused recipient, in the ledger as the verdict reads it."""
@@ -74,6 +82,9 @@ class SinkHandler:
     async def handle_DATA(self, server: LabSMTP, session: LabSession, envelope: LabEnvelope) -> str:
         data = envelope.original_content or b""
         msgid, refused = message_id(envelope, data)
+        hit = self.faults.take("disconnect", Facts(session.client_ip, (), envelope.mail_from, tuple(envelope.rcpt_tos)))
+        if hit is not None:
+            return fault_disconnect(self.ledger, hit[0], server, session.client_ip, msgid, envelope.rcpt_tos)
         for rcpt in envelope.rcpt_tos:
             path = write_mailbox(self.mailroot, rcpt.lower(), msgid, data)
             self.ledger.emit(

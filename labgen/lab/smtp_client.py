@@ -184,6 +184,16 @@ class Session:
         minimal_backoff_time)."""
         try:
             smtp.starttls(context=self.tls_context or client_tls_context(None, None))
+        except smtplib.SMTPResponseException as e:
+            # The server refused STARTTLS (e.g. 454). Postfix (smtp_proto.c) goes on in plaintext
+            # at 'may' and defers when TLS is mandatory, in these words.
+            if self.tls == "may":
+                return None
+            self.quit()
+            return (
+                0,
+                f"TLS is required, but host {self.relay} refused to start TLS: {_reply(e.smtp_code, e.smtp_error)}",
+            )
         except ssl.SSLCertVerificationError:
             self.close()  # the chain does not verify against smtp_tls_CAfile
             return 0, SERVER_NOT_VERIFIED

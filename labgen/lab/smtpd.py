@@ -431,6 +431,12 @@ class LabSMTP(SMTP):
             # aiosmtpd would start TLS inside TLS; RFC 3207 allows one negotiation per session.
             await self.push("503 5.5.1 Already in TLS")
             return
+        # A scenario fault (faults.py) may refuse it: the handler says with which reply.
+        refused = getattr(self.event_handler, "starttls_refused", None)
+        reply = refused(self.session) if refused is not None and not arg else None
+        if reply:
+            await self.push(reply)
+            return
         try:
             if self._server_tls is None:
                 await super().smtp_STARTTLS(arg)

@@ -367,6 +367,9 @@ def _translated_scenario(s: Scenario, move: Callable[[str], str]) -> Scenario:
     for m in s.traffic:
         if m.source_ip:
             m.source_ip = move(m.source_ip)
+    for f in s.faults:
+        if f.when.source_ip:
+            f.when.source_ip = move(f.when.source_ip)
     for t in s.tenants.values():
         for c in t.inbound_connectors:
             # Connector ranges outside the lab subnet keep their offset relative to it.

@@ -847,6 +847,65 @@ class Message(_Model):
         return self.expect
 
 
+# An SMTP reply a fault answers with: a 4xx/5xx code, its enhanced status code, printable text.
+_FAULT_REPLY_RE = re.compile(r"[45][0-9][0-9] [45]\.[0-9]{1,3}\.[0-9]{1,3}( [ -~]{1,200})?")
+
+
+def _fault_reply(value: str) -> str:
+    if not _FAULT_REPLY_RE.fullmatch(value):
+        raise ValueError(
+            f"{quote(value)}: a fault's reply is '4xx x.y.z text' or '5xx x.y.z text' (printable ASCII, "
+            "e.g. '451 4.3.0 Temporary failure')"
+        )
+    return value
+
+
+class FaultMatch(_Model):
+    """Which transactions a fault applies to: every given field must match (none given: all)."""
+
+    rcpt: Address | None = Field(None, description="The recipient (RCPT TO).")
+    sender: Address | None = Field(None, description="The P1 sender (MAIL FROM); '' matches nothing.")
+    certificate: CertName | None = Field(
+        None, description="A name (CN or SAN) of the client certificate presented over TLS."
+    )
+    source_ip: LabIp | None = Field(None, description="The client's address.")
+
+
+class Fault(_Model):
+    """A deterministic failure a lab server injects at one hop, to test the gateway's retry,
+    fallback and bounce configuration: the same faults give the same verdict on every run."""
+
+    at: Literal["eop", "sink"] = Field(description="The hop: Exchange Online Protection, or the internet MX sinks.")
+    when: FaultMatch = Field(FaultMatch(), description="Which transactions (default: all).")
+    do: Literal["reply", "disconnect", "no-starttls"] = Field(
+        description=(
+            "'reply': answer RCPT with `reply` instead; 'disconnect': close the connection when the message "
+            "data has arrived, with no reply (the client cannot know whether it was taken); 'no-starttls': "
+            "answer STARTTLS with 454 4.7.0 TLS not available (a client at tls 'may' goes on in plaintext)."
+        )
+    )
+    reply: Annotated[str, AfterValidator(_fault_reply)] | None = Field(
+        None, description="For do: reply, e.g. '451 4.3.0 Temporary failure' (4xx: the gateway retries) or a 5xx."
+    )
+    times: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_COUNT,
+        description=(
+            "Apply to the first N matches (reply: recipients; disconnect: messages; no-starttls: sessions), "
+            "counted per lab server, then let them through. Unset: always."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _reply_for_reply(self) -> Fault:
+        if (self.do == "reply") != (self.reply is not None):
+            raise ValueError("reply: give it for do: reply, and only then")
+        if self.do == "no-starttls" and (self.when.rcpt or self.when.sender or self.when.certificate):
+            raise ValueError("when: STARTTLS comes before MAIL, RCPT and the certificate; match it by source_ip only")
+        return self
+
+
 _TAG_RE = re.compile(r"[a-z0-9][a-z0-9.-]{0,30}")
 _URL_RE = re.compile(r"https://[!-~]{1,300}")
 
@@ -897,6 +956,11 @@ class Scenario(_Model):
     traffic: list[Message] = Field(
         min_length=1,
         description=(f"At most {MAX_RECIPIENTS} message × recipient pairs in all (LABGEN_MAX_RECIPIENTS raises it)."),
+    )
+    faults: list[Fault] = Field(
+        [],
+        max_length=MAX_ITEMS,
+        description="Failures the lab's EOP or internet sinks inject, the same on every run (see Fault).",
     )
     deadline_s: float = Field(
         default=15.0,

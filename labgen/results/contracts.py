@@ -200,6 +200,18 @@ class TlsFailed(_Event):
     reason: str
 
 
+class FaultInjected(_Event):
+    """A lab server did what a scenario fault says instead of answering normally (faults[index])."""
+
+    event: Literal["fault"]
+    index: int
+    do: Literal["reply", "disconnect", "no-starttls"]
+    client_ip: str
+    msgid: str | None = None
+    rcpts: list[str] | None = None
+    reply: str | None = None  # what it answered ('disconnect': nothing)
+
+
 class Session(_Event):
     """EOP: a client's facts, once per session that sends MAIL."""
 
@@ -310,6 +322,7 @@ AnyEvent = (
     | NdrQueued
     | GatewayStatus
     | TlsFailed
+    | FaultInjected
     | Session
     | Accepted
     | Delivered

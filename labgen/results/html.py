@@ -216,7 +216,9 @@ def _hop(h: dict[str, Any]) -> dict[str, str]:
         a = h.get("attribution") or {}
         if ev == "rcpt":
             conn = f", connector '{a['connector']}'" if a.get("connector") else ""
-            what = f"attributed to {a.get('tenant') or 'no tenant'} by {a.get('by') or '-'}{conn}"
+            what = f"attributed to {a.get('tenant') or 'no tenant'} by {a.get('by') or '-'}{conn}" if a else "answered"
+            if not a and h.get("reason"):  # no rule decided it: an injected fault says why
+                what += f" ({h['reason']})"
             what += f" → {h.get('action') or '?'}"
         elif ev in ("relayed", "relay_deferred", "relay_bounced"):
             what = f"{ev}" + (f" by outbound connector '{h['connector']}'" if h.get("connector") else "")

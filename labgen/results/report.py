@@ -57,10 +57,10 @@ def hop_lines(m: dict[str, Any]) -> list[str]:
             a = h.get("attribution") or {}
             conn = f" (connector '{a['connector']}')" if a.get("connector") else ""
             action = "defer" if (h.get("reply") or "").startswith("4") else h.get("action")
-            lines.append(
-                f"EOP: attributed to {a.get('tenant') or 'no tenant'} by {a.get('by') or '-'}{conn} "
-                f"→ {action}: {_short(h.get('reply'), 50)}"
-            )
+            who = f"attributed to {a.get('tenant') or 'no tenant'} by {a.get('by') or '-'}{conn}" if a else "answered"
+            if not a and h.get("reason"):  # no rule decided it: an injected fault says why
+                who += f" ({h['reason']})"
+            lines.append(f"EOP: {who} → {action}: {_short(h.get('reply'), 50)}")
         elif svc == "eop" and ev in ("relayed", "relay_deferred", "relay_bounced"):
             conn = f" by outbound connector '{h['connector']}'" if h.get("connector") else ""
             tls = f" over {h['tls']}" if h.get("tls") else ""

@@ -36,6 +36,7 @@ from ...results.contracts import (
     TraceEntry,
 )
 from ..dsn import note_ndr
+from ..faults import Facts, Faults, fault_disconnect, fault_no_starttls, fault_reply
 from ..ledger import Ledger, clip, header, write_mailbox
 from ..pki import TrustStore, cert_info, exo_client_files
 from ..smtpd import LabEnvelope, LabSession, LabSMTP, message_id
@@ -121,6 +122,7 @@ class EopHandler:
         self._ids = itertools.count(1)
         self._from_ip: Counter[str] = Counter()  # messages per source address (throttling)
         self._relays: set[asyncio.Future] = set()
+        self.faults = Faults(self.s, "eop")
 
     # --- aiosmtpd hooks
     async def handle_EHLO(
@@ -131,6 +133,10 @@ class EopHandler:
         words = [k for k in EHLO_KEYWORDS if not (k == "STARTTLS" and tls_active)]
         lines = [f"{EOP_POOL_HOST} Hello [{session.client_ip}]"] + words
         return [("250-" if i < len(lines) - 1 else "250 ") + line for i, line in enumerate(lines)]
+
+    def starttls_refused(self, session: EopSession) -> str | None:
+        """A no-starttls fault for this client: STARTTLS gets 454 (RFC 3207) and the session goes on."""
+        return fault_no_starttls(self.ledger, self.faults, session.client_ip)
 
     def tls_failed(self, session: EopSession, reason: str) -> None:
         self.ledger.emit(
@@ -187,6 +193,9 @@ class EopHandler:
         if mail_from is None:  # aiosmtpd answers a RCPT before MAIL itself
             raise RuntimeError("RCPT before MAIL reached the handler")
         facts.messages_from_ip = envelope.prior_from_ip
+        hit = self.faults.take("reply", Facts(facts.source_ip, tuple(facts.cert_names), mail_from, (address,)))
+        if hit is not None:
+            return fault_reply(self.ledger, hit, envelope.envid, address, facts.source_ip, mail_from)
         att = rules.attribute(self.s, facts, mail_from, address)
         dec = rules.decide(self.s, facts, mail_from, address, att)
         reply = with_diagnostic(dec.reply, session.session_id)
@@ -217,6 +226,11 @@ class EopHandler:
         facts = self._facts(server, session)  # known since the first RCPT
         data = envelope.original_content or b""
         msgid, refused = message_id(envelope, data)
+        hit = self.faults.take(
+            "disconnect", Facts(facts.source_ip, tuple(facts.cert_names), envelope.mail_from, tuple(envelope.rcpt_tos))
+        )
+        if hit is not None:
+            return fault_disconnect(self.ledger, hit[0], server, facts.source_ip, msgid, envelope.rcpt_tos)
         internal = next(self._ids)
         # EOP quotes the message's Message-ID; the client wrote it, so only a well-formed one.
         header_id = header(data, "Message-ID")
