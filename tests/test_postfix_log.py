@@ -300,6 +300,18 @@ STATUS_CASES = [
         "4.4.1",
     ),
     (
+        # The status line quotes the TLS failure: it is a delivery attempt, not the error line.
+        "deferred-tls-handshake",
+        f"Dec 07 07:05:16 gw postfix/conn0/smtp[48]: {QID}: to=<carol@fabrikam.example>, "
+        "relay=fabrikam.mail.protection.outlook.test[198.51.100.25]:25, delay=2.6, delays=0.89/1.6/0.08/0, "
+        "dsn=4.7.5, status=deferred (Cannot start TLS: handshake failure)",
+        "deferred",
+        "Internet",
+        "fabrikam.mail.protection.outlook.test",
+        "4.7.5 Cannot start TLS: handshake failure",
+        "4.7.5",
+    ),
+    (
         "bounced-by-postfix-dns",
         BOUNCED_DNS,
         "bounced",

@@ -376,10 +376,13 @@ class LogReader:
                 "trust": tls.group("trust"),
             }
             return None
-        if proc.endswith("/smtp") and ("Cannot start TLS" in msg or "SSL_connect error" in msg):
+        q = _QID.match(msg)
+        # A TLS failure forgets the process's last TLS peer. Only the error line itself: a
+        # queue file's status line that quotes it ("status=deferred (Cannot start TLS: ...)") is a
+        # delivery attempt like any other.
+        if not q and proc.endswith("/smtp") and ("Cannot start TLS" in msg or "SSL_connect error" in msg):
             self.tls_by_pid.pop(pid, None)
             return None
-        q = _QID.match(msg)
         if not q:
             return None
         qid, rest = q.group("qid"), q.group("rest")

@@ -15,6 +15,8 @@ from .ledger import Ledger, clip
 
 # RFC 3207: the reply to STARTTLS when TLS is temporarily unavailable.
 REPLY_NO_STARTTLS = "454 4.7.0 TLS not available due to local problem"
+# RFC 5321 4.2.3/3.8: a server that is not available answers the connection 421 and closes it.
+REPLY_DOWN = "421 4.3.2 Service not available, closing transmission channel"
 
 
 @dataclass(frozen=True)
@@ -104,12 +106,11 @@ def fault_disconnect(
     return "421 4.4.2 connection dropped"  # aiosmtpd writes it to a closed transport: nobody reads it
 
 
-def fault_no_starttls(ledger: Ledger, faults: Faults, client_ip: str) -> str | None:
-    """do: no-starttls: the reply to this client's STARTTLS (None: answer it normally)."""
-    hit = faults.take("no-starttls", Facts(client_ip))
+def connection_fault(ledger: Ledger, faults: Faults, do: str, client_ip: str) -> bool:
+    """do: no-starttls, tls-fail or down for this client's connection: is there one (recorded)?"""
+    hit = faults.take(do, Facts(client_ip))
     if hit is None:
-        return None
-    ledger.emit(
-        FaultInjected(event="fault", index=hit[0], do="no-starttls", client_ip=client_ip, reply=REPLY_NO_STARTTLS)
-    )
-    return REPLY_NO_STARTTLS
+        return False
+    reply = {"no-starttls": REPLY_NO_STARTTLS, "down": REPLY_DOWN}.get(do)
+    ledger.emit(FaultInjected(event="fault", index=hit[0], do=do, client_ip=client_ip, reply=reply))
+    return True

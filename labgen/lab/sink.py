@@ -14,7 +14,7 @@ from ..model.scenario import domain_of
 from ..results.contracts import Delivered, RcptDecision
 from .dsn import note_ndr
 from .eop.spf import use_lab_dns
-from .faults import Facts, Faults, fault_disconnect, fault_no_starttls, fault_reply
+from .faults import Facts, Faults, connection_fault, fault_disconnect, fault_reply
 from .ledger import Ledger, clip, write_mailbox
 from .smtpd import LabEnvelope, LabSession, LabSMTP, message_id, server_tls_context
 
@@ -47,8 +47,9 @@ class SinkHandler:
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 Ok"
 
-    def starttls_refused(self, session: LabSession) -> str | None:
-        return fault_no_starttls(self.ledger, self.faults, session.client_ip)
+    def connection_fault(self, do: str, client_ip: str) -> bool:
+        """A scenario fault for this connection (down, no-starttls, tls-fail): smtpd acts on it."""
+        return connection_fault(self.ledger, self.faults, do, client_ip)
 
     def _refuse(self, envelope: LabEnvelope, address: str, reply: str, **why: str) -> str:
         """A refused recipient, in the ledger as the verdict reads it."""

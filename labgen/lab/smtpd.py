@@ -17,6 +17,7 @@ from typing import Any, AnyStr, cast
 
 from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException
 
+from .faults import REPLY_DOWN, REPLY_NO_STARTTLS
 from .ledger import MSGID_HEADER, Ledger, clip, header, safe_id
 from .tls import ServerTls, TlsProtocol
 from .transcript import Recorder
@@ -278,6 +279,14 @@ class LabSMTP(SMTP):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self._original_transport is None:  # the TCP connection, not its TLS upgrade
+            fault = getattr(self.event_handler, "connection_fault", None)
+            peer = transport.get_extra_info("peername")
+            if fault is not None and peer and fault("down", peer[0]):  # a scenario fault: down for it
+                self._refused = True
+                if isinstance(transport, asyncio.WriteTransport):
+                    transport.write(f"{REPLY_DOWN}\r\n".encode())
+                transport.close()
+                return
             if self.guard is not None:
                 if not self.guard.admit():
                     self._refused = True
@@ -431,12 +440,17 @@ class LabSMTP(SMTP):
             # aiosmtpd would start TLS inside TLS; RFC 3207 allows one negotiation per session.
             await self.push("503 5.5.1 Already in TLS")
             return
-        # A scenario fault (faults.py) may refuse it: the handler says with which reply.
-        refused = getattr(self.event_handler, "starttls_refused", None)
-        reply = refused(self.session) if refused is not None and not arg else None
-        if reply:
-            await self.push(reply)
-            return
+        # A scenario fault (faults.py): STARTTLS refused, or a handshake that cannot happen.
+        fault = getattr(self.event_handler, "connection_fault", None)
+        if fault is not None and not arg and self.session is not None:
+            if fault("no-starttls", self.session.client_ip):
+                await self.push(REPLY_NO_STARTTLS)
+                return
+            if fault("tls-fail", self.session.client_ip):
+                await self.push("220 Ready to start TLS")
+                if isinstance(self.transport, asyncio.Transport):
+                    self.transport.abort()
+                return
         try:
             if self._server_tls is None:
                 await super().smtp_STARTTLS(arg)

@@ -877,11 +877,13 @@ class Fault(_Model):
 
     at: Literal["eop", "sink"] = Field(description="The hop: Exchange Online Protection, or the internet MX sinks.")
     when: FaultMatch = Field(FaultMatch(), description="Which transactions (default: all).")
-    do: Literal["reply", "disconnect", "no-starttls"] = Field(
+    do: Literal["reply", "disconnect", "no-starttls", "tls-fail", "down"] = Field(
         description=(
             "'reply': answer RCPT with `reply` instead; 'disconnect': close the connection when the message "
             "data has arrived, with no reply (the client cannot know whether it was taken); 'no-starttls': "
-            "answer STARTTLS with 454 4.7.0 TLS not available (a client at tls 'may' goes on in plaintext)."
+            "answer STARTTLS with 454 4.7.0 TLS not available (a client at tls 'may' goes on in plaintext); "
+            "'tls-fail': say 220 to STARTTLS, then drop the connection (the handshake fails); 'down': greet a "
+            "connection with 421 4.3.2 Service not available and close it (the service is down for it)."
         )
     )
     reply: Annotated[str, AfterValidator(_fault_reply)] | None = Field(
@@ -892,7 +894,7 @@ class Fault(_Model):
         ge=1,
         le=MAX_COUNT,
         description=(
-            "Apply to the first N matches (reply: recipients; disconnect: messages; no-starttls: sessions), "
+            "Apply to the first N matches (reply: recipients; disconnect: messages; the others: connections), "
             "counted per lab server, then let them through. Unset: always."
         ),
     )
@@ -901,8 +903,15 @@ class Fault(_Model):
     def _reply_for_reply(self) -> Fault:
         if (self.do == "reply") != (self.reply is not None):
             raise ValueError("reply: give it for do: reply, and only then")
-        if self.do == "no-starttls" and (self.when.rcpt or self.when.sender or self.when.certificate):
-            raise ValueError("when: STARTTLS comes before MAIL, RCPT and the certificate; match it by source_ip only")
+        if self.do in ("no-starttls", "tls-fail", "down") and (
+            self.when.rcpt or self.when.sender or self.when.certificate
+        ):
+            raise ValueError(
+                f"when: do: {self.do} acts before MAIL, RCPT and the certificate; match it by source_ip only"
+            )
+        if self.do == "down" and self.when.source_ip is None:
+            # The lab's own readiness checks connect too: which connection comes first is no contract.
+            raise ValueError("when.source_ip: do: down needs the client it is down for (e.g. the gateway's address)")
         return self
 
 

@@ -205,7 +205,7 @@ class FaultInjected(_Event):
 
     event: Literal["fault"]
     index: int
-    do: Literal["reply", "disconnect", "no-starttls"]
+    do: Literal["reply", "disconnect", "no-starttls", "tls-fail", "down"]
     client_ip: str
     msgid: str | None = None
     rcpts: list[str] | None = None

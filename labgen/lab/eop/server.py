@@ -36,7 +36,7 @@ from ...results.contracts import (
     TraceEntry,
 )
 from ..dsn import note_ndr
-from ..faults import Facts, Faults, fault_disconnect, fault_no_starttls, fault_reply
+from ..faults import Facts, Faults, connection_fault, fault_disconnect, fault_reply
 from ..ledger import Ledger, clip, header, write_mailbox
 from ..pki import TrustStore, cert_info, exo_client_files
 from ..smtpd import LabEnvelope, LabSession, LabSMTP, message_id
@@ -134,9 +134,9 @@ class EopHandler:
         lines = [f"{EOP_POOL_HOST} Hello [{session.client_ip}]"] + words
         return [("250-" if i < len(lines) - 1 else "250 ") + line for i, line in enumerate(lines)]
 
-    def starttls_refused(self, session: EopSession) -> str | None:
-        """A no-starttls fault for this client: STARTTLS gets 454 (RFC 3207) and the session goes on."""
-        return fault_no_starttls(self.ledger, self.faults, session.client_ip)
+    def connection_fault(self, do: str, client_ip: str) -> bool:
+        """A scenario fault for this connection (down, no-starttls, tls-fail): smtpd acts on it."""
+        return connection_fault(self.ledger, self.faults, do, client_ip)
 
     def tls_failed(self, session: EopSession, reason: str) -> None:
         self.ledger.emit(
