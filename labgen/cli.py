@@ -708,7 +708,9 @@ def import_group():
     metavar="FILE",
     help="Get-InboundConnector | ConvertTo-Json -Depth 5",
 )
-@click.option("--outbound-connectors", "outbound", metavar="FILE", help="Get-OutboundConnector | ConvertTo-Json -Depth 5")
+@click.option(
+    "--outbound-connectors", "outbound", metavar="FILE", help="Get-OutboundConnector | ConvertTo-Json -Depth 5"
+)
 @click.option("--accepted-domains", "domains", metavar="FILE", help="Get-AcceptedDomain | ConvertTo-Json -Depth 5")
 @click.option("--certs", metavar="DIR", help="The gateway's certificates: NAME.crt (or .pem) with NAME.key.")
 @click.option("--tenant", metavar="NAME", help="The tenant's name in the lab (default: from the onmicrosoft domain).")
@@ -731,9 +733,7 @@ def import_exo_cmd(inbound, outbound, domains, certs, tenant, output, force):
     def opt(value: str | None) -> tuple[Path, str] | None:
         return None if value is None else (Path(value), escape(value, 100))
 
-    result = import_exo(
-        Path(inbound), escape(inbound, 100), opt(outbound), opt(domains), opt(certs), tenant, out_path
-    )
+    result = import_exo(Path(inbound), escape(inbound, 100), opt(outbound), opt(domains), opt(certs), tenant, out_path)
     try:
         write_whole(out_path, result.text)
     except OSError as e:

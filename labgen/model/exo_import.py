@@ -208,11 +208,15 @@ def read_export(path: Path, label: str) -> list[tuple[dict[str, Any], _Where]]:
         why = "nested too deeply" if isinstance(exc, RecursionError) else escape(exc, 120)
         raise InputError(f"{label}: not JSON that labgen reads ({why})") from None
     if not _depth(data, MAX_EXPORT_DEPTH):
-        raise InputError(f"{label}: nested deeper than {MAX_EXPORT_DEPTH} levels; export with `ConvertTo-Json -Depth 5`")
+        raise InputError(
+            f"{label}: nested deeper than {MAX_EXPORT_DEPTH} levels; export with `ConvertTo-Json -Depth 5`"
+        )
     data = _unwrap(data)
     if data is None:
         return []
-    items = [(x, _Where(label).index(i)) for i, x in enumerate(data)] if isinstance(data, list) else [(data, _Where(label))]
+    items = (
+        [(x, _Where(label).index(i)) for i, x in enumerate(data)] if isinstance(data, list) else [(data, _Where(label))]
+    )
     for item, where in items:
         if not isinstance(item, dict):
             raise where.fail(f"expected an object (a connector or domain), got {_json(item, 40)}")
@@ -376,7 +380,9 @@ class _Importer:
         out: dict[str, Any] = {"Name": name}
         value, w = get("ConnectorType")
         out["ConnectorType"] = (
-            "OnPremises" if value is None else _enum("ConnectorType", value, w, ("OnPremises", "Partner"), self.numbered)
+            "OnPremises"
+            if value is None
+            else _enum("ConnectorType", value, w, ("OnPremises", "Partner"), self.numbered)
         )
         value, w = get("TlsSenderCertificateName")
         if value not in (None, ""):
@@ -427,7 +433,9 @@ class _Importer:
         domains = [_checked(check_domain_pattern, _address_space(v), iw) for v, iw in _strings(value, w)]
         if not domains:
             domains = ["*"]
-            self.note(at.label, name, "RecipientDomains", value, "empty (a connector scoped by transport rules); '*' here")
+            self.note(
+                at.label, name, "RecipientDomains", value, "empty (a connector scoped by transport rules); '*' here"
+            )
         out["RecipientDomains"] = list(dict.fromkeys(domains))
         value, w = get("UseMXRecord")
         use_mx = _bool(value, w) if value is not None else False
@@ -474,7 +482,7 @@ def _first_smarthost(outbound: list[tuple[dict[str, Any], _Where]]) -> str | Non
         if str(ctype).lower() not in ("onpremises", "2") or enabled in (False, "False", "false"):
             continue
         key = p.get("smarthosts", "SmartHosts")
-        for v, w in _strings(obj.get(key), at.key(key)):
+        for v, _ in _strings(obj.get(key), at.key(key)):
             try:
                 host = check_domain(v)
             except ValueError:
@@ -544,7 +552,9 @@ def _tenant_name(wanted: str | None, domains: list[str], initial: str | None) ->
             return check_tenant_name(wanted)
         except ValueError as exc:
             raise InputError(f"--tenant: {exc}") from None
-    for candidate in ([initial.split(".")[0]] if initial else []) + [d.split(".")[0] for d in domains]:
+    # The initial domain (<tenant>.onmicrosoft.com) names the tenant; else the shortest domain's first label.
+    shortest = sorted(domains, key=lambda d: (d.count("."), domains.index(d)))
+    for candidate in ([initial.split(".")[0]] if initial else []) + [d.split(".")[0] for d in shortest]:
         name = re.sub(r"[^a-z0-9-]+", "-", candidate.lower()).strip("-")[:41].strip("-")
         if name:
             return name
@@ -591,7 +601,9 @@ def import_exo(
             if dname.endswith(ONMICROSOFT):
                 if is_initial or initial is None:
                     initial = dname
-                imp.note(domains[1], dname, "DomainName", raw, "the lab's routing domain <tenant>.mail.onmicrosoft.test")
+                imp.note(
+                    domains[1], dname, "DomainName", raw, "the lab's routing domain <tenant>.mail.onmicrosoft.test"
+                )
                 imp.leftovers(obj, DOMAIN_MODELLED, domains[1], dname)
                 continue
             tkey = p.get("domaintype", "DomainType")
@@ -634,7 +646,9 @@ def import_exo(
             guessed = [f"{tenant or 'contoso'}.example"]
         for g in guessed:
             tenant_domains.append({"name": g})
-            imp.note("(none)", g, "DomainName", g, "no --accepted-domains: an accepted domain assumed from the connectors")
+            imp.note(
+                "(none)", g, "DomainName", g, "no --accepted-domains: an accepted domain assumed from the connectors"
+            )
     tname = _tenant_name(tenant, [d["name"] for d in tenant_domains], initial)
     first = tenant_domains[0]["name"]
     if gateway_host is None:
@@ -749,5 +763,7 @@ def stderr_lines(notes: list[Note], output: str) -> list[str]:
     for (prop, kind), group in by_prop.items():
         wheres = ", ".join(dict.fromkeys(n.where for n in group))
         verb = "not modelled by the lab" if kind == "not modelled" else "mapped onto the lab"
-        lines.append(one_line(f"labgen: import exo: {prop}: {verb} ({len(group)}: {wheres}); listed at the top of {output}"))
+        lines.append(
+            one_line(f"labgen: import exo: {prop}: {verb} ({len(group)}: {wheres}); listed at the top of {output}")
+        )
     return lines
