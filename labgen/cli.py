@@ -692,6 +692,63 @@ def transcript(message_id, lab, workdir, as_json):
         sys.exit(1)  # no recorded session carried it
 
 
+# ---------------------------------------------------------------- labgen import exo (issue 10)
+
+
+@main.group("import")
+def import_group():
+    """Make a scenario from what another system exports."""
+
+
+@import_group.command("exo")
+@click.option(
+    "--inbound-connectors",
+    "inbound",
+    required=True,
+    metavar="FILE",
+    help="Get-InboundConnector | ConvertTo-Json -Depth 5",
+)
+@click.option(
+    "--outbound-connectors", "outbound", metavar="FILE", help="Get-OutboundConnector | ConvertTo-Json -Depth 5"
+)
+@click.option("--accepted-domains", "domains", metavar="FILE", help="Get-AcceptedDomain | ConvertTo-Json -Depth 5")
+@click.option("--certs", metavar="DIR", help="The gateway's certificates: NAME.crt (or .pem) with NAME.key.")
+@click.option("--tenant", metavar="NAME", help="The tenant's name in the lab (default: from the onmicrosoft domain).")
+@click.option("-o", "--output", required=True, metavar="FILE", help="The scenario file to write.")
+@click.option("--force", is_flag=True, help="Overwrite FILE if it exists.")
+def import_exo_cmd(inbound, outbound, domains, certs, tenant, output, force):
+    """A scenario from Exchange Online PowerShell exports (ConvertTo-Json): the tenant's connectors and
+    accepted domains as they are, a skeleton gateway and traffic to complete; every value the lab
+    cannot model is listed at the top of the file and on stderr."""
+    from .files import write_whole
+    from .model.exo_import import import_exo, stderr_lines
+
+    out_path = Path(output)
+    label = escape(output, 100)
+    if out_path.exists() and not force:
+        raise InputError(f"{label}: exists; pass --force to overwrite it")
+    if not out_path.parent.is_dir():
+        raise InputError(f"{label}: no such directory {escape(out_path.parent, 100)}")
+
+    def opt(value: str | None) -> tuple[Path, str] | None:
+        return None if value is None else (Path(value), escape(value, 100))
+
+    result = import_exo(Path(inbound), escape(inbound, 100), opt(outbound), opt(domains), opt(certs), tenant, out_path)
+    try:
+        write_whole(out_path, result.text)
+    except OSError as e:
+        raise InputError(f"{label}: cannot write the scenario ({escape(e.strerror or e, 80)})") from None
+    for line in stderr_lines(result.notes, label):
+        click.echo(line, err=True)
+    n = result.counts
+    out.print(
+        _text(
+            f"wrote {output}: {n['inbound']} inbound and {n['outbound']} outbound connector(s), {n['domains']} "
+            f"domain(s); complete its gateway and traffic, then `labgen validate {output}` and `labgen up {output}`"
+        )
+    )
+
+
 # ---------------------------------------------------------------- a running lab's lifecycle (every engine)
 
 
