@@ -355,6 +355,7 @@ SCHEMAS = (
     "status",
     "down",
     "images",
+    "lint",
 )
 
 
@@ -747,6 +748,72 @@ def import_exo_cmd(inbound, outbound, domains, certs, tenant, output, force):
             f"domain(s); complete its gateway and traffic, then `labgen validate {output}` and `labgen up {output}`"
         )
     )
+
+
+# ---------------------------------------------------------------- lint (static checks of a scenario)
+
+
+@main.command()
+@click.argument("scenario")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json", "sarif"]),
+    default="text",
+    show_default=True,
+    help="text; json: the labgen.lint/v1 document; sarif: SARIF 2.1.0, for code-scanning UIs.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
+@click.option("-o", "--output", help="Write the json or sarif document to this file instead of stdout.")
+@PROFILE_OPTION
+def lint(scenario, fmt, as_json, output, profile):
+    """Check a scenario's configuration against the sourced rules, before any lab runs: each
+    finding has a stable id, severity, what it concerns, its source and the fix. Exit 1 when any
+    finding is an error."""
+    from .model import lint as lg
+
+    fmt = "json" if as_json else fmt
+    report = lg.lint(scenario, profile)
+    if fmt in ("json", "sarif"):
+        from .results.contracts import LintDoc
+
+        data = (
+            LintDoc.model_validate(lg.to_doc(report)).model_dump(mode="json", by_alias=True)
+            if fmt == "json"
+            else lg.to_sarif(report, __version__)
+        )
+        text = lg.dumps(data)
+        if output and output != "-":
+            from .files import write_whole
+
+            try:
+                write_whole(Path(output), text)
+            except OSError as e:
+                raise InputError(f"{escape(output, 100)}: cannot write ({escape(e.strerror or e, 80)})") from None
+        else:
+            click.echo(text, nl=False)
+    else:
+        from rich.text import Text
+
+        styles = {"error": "bold red", "warning": "yellow", "note": "cyan"}
+        for f in report.findings:
+            rule = lg.RULE_BY_ID[f.rule]
+            where = f"{scenario}:{f.line}" if f.line else scenario
+            out.print(
+                Text.assemble(
+                    _text(f"{f.severity:<7}", styles[f.severity]),
+                    " ",
+                    _text(f"{f.rule} {rule.name}", "bold"),
+                    "  ",
+                    _text(f"{where} {f.path_text}", "dim"),
+                )
+            )
+            out.print(Text.assemble("    ", _text(f.message)))
+            out.print(Text.assemble("    fix: ", _text(rule.fix)))
+            out.print(Text.assemble("    source: ", _text(", ".join(rule.sources), "dim")))
+        counts = ", ".join(f"{report.count(sev)} {sev}(s)" for sev in lg.SEVERITIES)
+        out.print(_text(f"{scenario} (lab '{report.scenario}', EOP profile {report.profile}): {counts}"))
+    sys.exit(report.exit_code)
 
 
 # ---------------------------------------------------------------- a running lab's lifecycle (every engine)

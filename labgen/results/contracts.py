@@ -707,3 +707,36 @@ def json_schema(name: str) -> dict[str, Any]:
 def dump(doc: BaseModel) -> Any:
     """A document as the JSON-ready value the CLI prints."""
     return doc.model_dump(mode="json", by_alias=True)
+
+
+# ---------------------------------------------------------------- labgen lint (model/lint.py)
+
+
+class LintFinding(_Contract):
+    rule: str  # a stable id, LG001 ...
+    name: str  # the rule's name (the catalogue entry it comes from)
+    severity: Literal["error", "warning", "note"]
+    message: str
+    subject: str  # the connector, certificate or domain it concerns
+    path: str  # the YAML path of the setting to change
+    line: int | None  # its line in the scenario file, when found
+    sources: list[str]
+    fix: str
+
+
+class LintSummary(_Contract):
+    error: int
+    warning: int
+    note: int
+
+
+class LintDoc(_Contract):
+    schema_: Literal["labgen.lint/v1"] = Field("labgen.lint/v1", alias="schema")
+    scenario: str
+    file: str
+    profile: Literal["seed", "current"]
+    findings: list[LintFinding]
+    summary: LintSummary
+
+
+DOCUMENTS["lint"] = LintDoc
