@@ -14,6 +14,7 @@ import yaml
 from conftest import REPO, labgen, labgen_json
 
 SCHEMAS = REPO / "docs" / "schemas"
+# Every document `labgen schema` publishes (cli.SCHEMAS; checked below).
 NAMES = [
     "scenario",
     "result",
@@ -28,6 +29,7 @@ NAMES = [
     "status",
     "down",
     "images",
+    "lint",
 ]
 
 
@@ -40,6 +42,12 @@ def check(name: str, doc: object) -> None:
     jsonschema.Draft202012Validator(schema(name)).validate(doc)
     if isinstance(doc, dict) and name not in ("scenario", "event"):
         assert doc["schema"] == f"labgen.{name}/v1"
+
+
+def test_every_published_schema_is_checked_here():
+    from labgen.cli import SCHEMAS as PUBLISHED
+
+    assert sorted(PUBLISHED) == sorted(NAMES)
 
 
 @pytest.mark.parametrize("name", NAMES)
