@@ -22,3 +22,19 @@ def write_whole(path: Path, text: str, mode: int = 0o644) -> None:
         except OSError:
             pass
         raise
+
+
+def read_limited(path: Path, label: str, limit: int, what: str, env: str | None = None) -> bytes:
+    """A file someone handed over, read only up to `limit` bytes: a larger one is refused before
+    more of it is read. Any failure is one InputError line naming the file."""
+    from .errors import InputError, escape
+
+    try:
+        with path.open("rb") as f:
+            raw = f.read(limit + 1)
+    except OSError as exc:
+        raise InputError(f"{label}: cannot read it ({escape(exc.strerror or exc, 80)})") from None
+    if len(raw) > limit:
+        raise_it = f"; raise it with {env}=N if the file is meant to be this big" if env else ""
+        raise InputError(f"{label}: larger than {limit} bytes, the limit for {what}{raise_it}")
+    return raw

@@ -32,6 +32,7 @@ from typing import Any
 import yaml
 
 from ..errors import InputError, escape, one_line, quote
+from ..files import read_limited
 from .scenario import (
     MAX_NAME,
     RESERVED_CERT_KEYS,
@@ -180,16 +181,7 @@ def read_export(path: Path, label: str) -> list[tuple[dict[str, Any], _Where]]:
     """The objects of one export, each with its JSON path: a JSON array of objects, or one object
     (PowerShell writes a single result without the array, at $), or nothing (null, empty)."""
     limit = env_limit("LABGEN_MAX_EXPORT_BYTES", MAX_EXPORT_BYTES)
-    try:
-        with path.open("rb") as f:
-            raw = f.read(limit + 1)
-    except OSError as exc:
-        raise InputError(f"{label}: cannot read the file ({escape(exc.strerror or exc, 80)})") from None
-    if len(raw) > limit:
-        raise InputError(
-            f"{label}: larger than {limit} bytes, the limit for an export file; "
-            "raise it with LABGEN_MAX_EXPORT_BYTES=N if the file is meant to be this big"
-        )
+    raw = read_limited(path, label, limit, "an export file", "LABGEN_MAX_EXPORT_BYTES")
     text = decode_export(raw, label)
     if not text.strip():
         return []
@@ -368,12 +360,19 @@ class _Importer:
         """Property names as the file spells them, by lower case (PowerShell's are case-insensitive)."""
         return {k.lower(): k for k in obj}
 
-    def inbound(self, obj: dict[str, Any], at: _Where) -> dict[str, Any]:
-        p = self.props(obj)
+    @classmethod
+    def getter(cls, obj: dict[str, Any], at: _Where) -> Callable[[str], tuple[Any, _Where]]:
+        """A property's value by any spelling of its name, with its JSON path."""
+        p = cls.props(obj)
 
         def get(name: str) -> tuple[Any, _Where]:
             key = p.get(name.lower(), name)
             return obj.get(key), at.key(key)
+
+        return get
+
+    def inbound(self, obj: dict[str, Any], at: _Where) -> dict[str, Any]:
+        get = self.getter(obj, at)
 
         value, w = get("Name")
         name = _checked(text_line("a connector name", MAX_NAME, min_len=1), _string(value, w), w)
@@ -415,11 +414,7 @@ class _Importer:
         return out
 
     def outbound(self, obj: dict[str, Any], at: _Where, gateway_host: str) -> dict[str, Any]:
-        p = self.props(obj)
-
-        def get(name: str) -> tuple[Any, _Where]:
-            key = p.get(name.lower(), name)
-            return obj.get(key), at.key(key)
+        get = self.getter(obj, at)
 
         value, w = get("Name")
         name = _checked(text_line("a connector name", MAX_NAME, min_len=1), _string(value, w), w)

@@ -35,6 +35,7 @@ from pydantic import (
 )
 
 from ..errors import InputError, escape, one_line, quote
+from ..files import read_limited
 from ..resources import resource_dir
 from ..textsafe import MESSAGE_ID
 
@@ -1422,16 +1423,7 @@ def scenario_path(ref: str) -> Path:
 def read_scenario_text(path: Path, label: str) -> str:
     """The file's text, refusing files over the size limit before reading more than it."""
     limit = env_limit("LABGEN_MAX_SCENARIO_BYTES", MAX_SCENARIO_BYTES)
-    try:
-        with path.open("rb") as f:
-            raw = f.read(limit + 1)
-    except OSError as exc:
-        raise InputError(f"{label}: cannot read the file ({escape(exc.strerror or exc, 80)})") from None
-    if len(raw) > limit:
-        raise InputError(
-            f"{label}: larger than {limit} bytes, the limit for a scenario file; "
-            "raise it with LABGEN_MAX_SCENARIO_BYTES=N if the file is meant to be this big"
-        )
+    raw = read_limited(path, label, limit, "a scenario file", "LABGEN_MAX_SCENARIO_BYTES")
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import pydantic
 
 from ..errors import InputError, escape
+from ..files import read_limited
 from .contracts import CompareDoc, ResultDoc
 
 MAX_JSON_BYTES = 64 << 20
@@ -17,13 +18,7 @@ Doc = TypeVar("Doc", ResultDoc, CompareDoc)
 
 
 def read_json(path: Path, label: str) -> Any:
-    try:
-        with path.open("rb") as f:
-            raw = f.read(MAX_JSON_BYTES + 1)
-    except OSError as e:
-        raise InputError(f"{label}: cannot read it ({escape(e.strerror or e, 80)})") from None
-    if len(raw) > MAX_JSON_BYTES:
-        raise InputError(f"{label}: larger than {MAX_JSON_BYTES >> 20} MiB; not a labgen result")
+    raw = read_limited(path, label, MAX_JSON_BYTES, "a labgen result")
     try:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
