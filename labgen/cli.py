@@ -730,7 +730,8 @@ def test_command(paths, engine, junit_file, as_json, jobs, pattern, workdir):
         try:
             junit.write(junit_path, suites)
         except OSError as e:
-            raise InputError(f"--junit {escape(junit_file, 100)}: cannot write ({escape(e.strerror or e, 80)})") from None
+            why = escape(e.strerror or e, 80)
+            raise InputError(f"--junit {escape(junit_file, 100)}: cannot write ({why})") from None
     if as_json:
         _print_json(suite.document(suites, engine_name, jobs))
     else:

@@ -34,8 +34,8 @@ from typing import Any
 from .errors import InputError, LabgenError, escape
 from .model.scenario import Scenario
 from .results import junit
-from .results.report import expectation_text
 from .results.contracts import ResultDoc, TestCaseRow, TestDoc, TestSuiteRow, TestSummary
+from .results.report import expectation_text
 
 SUFFIXES = (".yaml", ".yml")
 LAB_MARKER = ".labgen-lab"  # run.MARKER: a lab directory labgen wrote (it may hold compose.yaml)
@@ -233,7 +233,7 @@ def _expectations(s: Scenario) -> list[tuple[str, str, str]]:
             expected = m.expected_for(rcpt)
             if expected or m.expect_reply or m.expect_spf:
                 m_row = {"expected": expected, "expected_reply": m.expect_reply, "expected_spf": m.expect_spf}
-                rows.append((m.id, rcpt, expectation_text(m_row)))
+                rows.append((str(m.id), rcpt, expectation_text(m_row)))
     return rows
 
 
@@ -257,7 +257,10 @@ def to_suite(entry: Entry, engine_name: str, job: dict[str, Any]) -> junit.Suite
     error = job["error"]
     if unaccounted and not error:  # as `labgen up` says it (exit 3)
         m = unaccounted[0]
-        error = f"{len(unaccounted)} message(s) unaccounted for in lab {doc['scenario']}: {m['id']} to {m['to']}: {m['why']}"
+        error = (
+            f"{len(unaccounted)} message(s) unaccounted for in lab {doc['scenario']}: "
+            f"{m['id']} to {m['to']}: {m['why']}"
+        )
     return junit.Suite(
         scenario=doc["scenario"],
         source=entry.ref,
@@ -292,7 +295,7 @@ def document(suites: list[junit.Suite], engine: str, jobs: int) -> TestDoc:
             TestSuiteRow(
                 scenario=s.scenario,
                 source=s.source,
-                status=s.status,  # type: ignore[arg-type]
+                status=s.status,
                 tests=c["tests"],
                 failures=c["failures"],
                 errors=c["errors"],
@@ -302,9 +305,9 @@ def document(suites: list[junit.Suite], engine: str, jobs: int) -> TestDoc:
                     TestCaseRow(
                         id=k.msgid,
                         to=k.rcpt,
-                        status=k.status,  # type: ignore[arg-type]
+                        status=k.status,
                         expected=k.expected,
-                        outcome=k.outcome,  # type: ignore[arg-type]
+                        outcome=k.outcome,
                         message=k.message,
                     )
                     for k in s.cases
@@ -343,7 +346,9 @@ def failure_lines(s: junit.Suite) -> list[str]:
     lines = []
     for c in s.cases:
         if c.status == "failed":
-            lines.append(f"  expectation failed in {s.scenario}: {c.name}: expected {c.expected}, got {c.outcome} ({c.why})")
+            lines.append(
+                f"  expectation failed in {s.scenario}: {c.name}: expected {c.expected}, got {c.outcome} ({c.why})"
+            )
             lines.append(f"      {c.at}")
         elif c.status == "error" and c.outcome == "unaccounted":
             lines.append(f"  {s.scenario}: {c.name}: {c.message}")

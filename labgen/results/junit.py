@@ -249,7 +249,9 @@ def build(suites: list[Suite]) -> ET.ElementTree:
 
 
 def to_bytes(suites: list[Suite]) -> bytes:
-    return ET.tostring(build(suites).getroot(), encoding="utf-8", xml_declaration=True)
+    root = build(suites).getroot()
+    assert root is not None
+    return ET.tostring(root, encoding="utf-8", xml_declaration=True)
 
 
 def write(path: Path, suites: list[Suite]) -> None:
