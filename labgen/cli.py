@@ -356,6 +356,7 @@ SCHEMAS = (
     "down",
     "images",
     "lint",
+    "test",
 )
 
 
@@ -814,6 +815,57 @@ def lint(scenario, fmt, as_json, output, profile):
         counts = ", ".join(f"{report.count(sev)} {sev}(s)" for sev in lg.SEVERITIES)
         out.print(_text(f"{scenario} (lab '{report.scenario}', EOP profile {report.profile}): {counts}"))
     sys.exit(report.exit_code)
+
+
+# ---------------------------------------------------------------- test (issue #10: scenarios as a CI test suite)
+
+
+@main.command("test")
+@click.argument("paths", nargs=-1, metavar="[PATH ...]")
+@click.option("--engine", type=click.Choice(ENGINES), default="auto", show_default=True)
+@click.option("--junit", "junit_file", help="Write JUnit XML here (a suite per scenario, a case per expectation).")
+@click.option("--json", "as_json", is_flag=True, help="Print the labgen.test/v1 document.")
+@click.option("-j", "--jobs", type=click.IntRange(1, 64), default=1, show_default=True, help="Labs run at once.")
+@click.option("-k", "pattern", help="Only the scenarios whose name or file contains this text.")
+@click.option("--workdir", help="Where lab directories live (default: current directory or $LABGEN_WORKDIR).")
+def test_command(paths, engine, junit_file, as_json, jobs, pattern, workdir):
+    """Run scenario files (or directories of them, or built-in names; default: the current
+    directory) as a test suite: each message × recipient expectation a test case. Exit 0 when all
+    hold, 1 when one fails, 2 bad input, 3 when a lab could not run."""
+    from . import suite
+    from .results import junit
+
+    entries = suite.select_entries(suite.load_all(suite.find(list(paths))), pattern)  # all valid before any runs
+    if junit_file:
+        junit_path = Path(junit_file)
+        if junit_path.is_dir() or not junit_path.parent.is_dir():
+            raise InputError(f"--junit {escape(junit_file, 100)}: not a file in an existing directory")
+    _quiet_for_json(as_json)
+    engine_name = pick_engine(engine).name  # auto: chosen once, for every lab
+
+    def shown(s) -> None:
+        if as_json:
+            return
+        ok = s.status == "passed"
+        out.print(_text(suite.suite_line(s), "green" if ok else "red"))
+
+    suites = suite.run_all(entries, engine_name, _workdir(workdir), jobs, on_suite=shown)
+    if junit_file:
+        try:
+            junit.write(junit_path, suites)
+        except OSError as e:
+            why = escape(e.strerror or e, 80)
+            raise InputError(f"--junit {escape(junit_file, 100)}: cannot write ({why})") from None
+    if as_json:
+        _print_json(suite.document(suites, engine_name, jobs))
+    else:
+        for s in suites:
+            for line in suite.failure_lines(s):
+                out.print(_text(line, "red"))
+        out.print(_text(suite.summary_line(suites)))
+        if junit_file:
+            out.print(_text(f"JUnit XML: {junit_file}", "dim"))
+    sys.exit(suite.exit_code(suites))
 
 
 # ---------------------------------------------------------------- a running lab's lifecycle (every engine)

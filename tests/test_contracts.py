@@ -30,6 +30,7 @@ NAMES = [
     "down",
     "images",
     "lint",
+    "test",
 ]
 
 

@@ -740,3 +740,58 @@ class LintDoc(_Contract):
 
 
 DOCUMENTS["lint"] = LintDoc
+
+
+# ---------------------------------------------------------------- labgen.test/v1 (labgen test)
+
+
+class TestCaseRow(_Contract):
+    """One message × recipient expectation of a scenario (`labgen test`)."""
+
+    __test__ = False  # not a pytest class
+    id: str
+    to: str
+    status: Literal["passed", "failed", "error"]
+    expected: str  # what the scenario expected: outcome, reply text, SPF result
+    outcome: Verdict | None  # None: the lab did not run
+    message: str  # failed: outcome, expected, the hop where it went wrong, the reply, why; error: the cause
+
+
+class TestSuiteRow(_Contract):
+    """One scenario: its cases, or why its lab could not run."""
+
+    __test__ = False
+    scenario: str
+    source: str  # the file (or built-in name) it came from
+    status: Literal["passed", "failed", "error"]
+    tests: int
+    failures: int
+    errors: int
+    duration_s: float
+    error: str | None  # the lab could not run (exit-3 kind)
+    cases: list[TestCaseRow]
+    result: ResultDoc | None  # the run's labgen.result/v1 document; None when the lab did not run
+
+
+class TestSummary(_Contract):
+    __test__ = False
+    scenarios: int
+    tests: int
+    passed: int
+    failures: int
+    errors: int
+
+
+class TestDoc(_Contract):
+    """What `labgen test --json` prints: every scenario run, each expectation a case."""
+
+    __test__ = False
+    schema_: Literal["labgen.test/v1"] = Field("labgen.test/v1", alias="schema")
+    engine: str
+    jobs: int
+    exit_code: int  # 0 all held, 1 an expectation failed, 3 a lab could not run
+    suites: list[TestSuiteRow]
+    summary: TestSummary
+
+
+DOCUMENTS["test"] = TestDoc
