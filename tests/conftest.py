@@ -130,12 +130,13 @@ class OwnLabs:
                 return str(net)
         raise AssertionError("no free /24 in 198.18.0.0/15 for a test lab")
 
-    def new(self, scenario: str, short: str) -> OwnLab:
+    def new(self, scenario: str, short: str, beside: bool = False) -> OwnLab:
+        """`beside`: the copy goes next to the scenario (whose files it names relative to itself)."""
         src = Path(scenario) if scenario.endswith(".yaml") else REPO / "labgen" / "scenarios" / f"{scenario}.yaml"
         data = yaml.safe_load(src.read_text())
         name = f"{TEST_LAB_PREFIX}-{short}-{secrets.token_hex(3)}"
         data["name"] = name
-        path = self.root / f"{name}.yaml"
+        path = (src.parent if beside else self.root) / f"{name}.yaml"
         path.write_text(yaml.safe_dump(data, sort_keys=False))
         self.names.append(name)
         return OwnLab(name, path, self.free_subnet(), data["lab"]["subnet"])

@@ -113,6 +113,7 @@ def _plan(ref: str, tmp_path: Path):
 
 def _conn0_options(plan) -> list[str]:
     master = _postfix_files(plan)["gateway/postfix/master.cf"]
+    assert isinstance(master, str)  # labgen's own rendering (a user's configuration is bytes)
     block = master.split("\nconn0 unix", 1)[1].split("\n\n", 1)[0]
     return [line.strip() for line in block.splitlines()[1:] if line.startswith("  -o ")]
 

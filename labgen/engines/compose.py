@@ -10,6 +10,7 @@ by line before anything is written (labgen.engines.postfix)."""
 from __future__ import annotations
 
 import shlex
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -203,12 +204,20 @@ def _readme(plan: Plan, image: str) -> str:
 # ---------------------------------------------------------------- Postfix
 
 
-def _postfix_files(plan: Plan) -> dict[str, str]:
+def _postfix_files(plan: Plan) -> dict[str, str | bytes]:
     """main.cf and master.cf from templates that print only checked values, each file then
-    checked line by line against its template (postfix.check_*)."""
+    checked line by line against its template (postfix.check_*). A user's own configuration
+    (gateway.postfix_config) is copied as it is instead: the gateway container installs it with
+    the lab's overrides (labgen.lab.postfix_install)."""
+    own = plan.scenario.gateway.postfix_config
+    if own:
+        from ..model.postfix_dir import read_config_dir
+
+        config = read_config_dir(plan.scenario.base_dir, own, plan.scenario.source)
+        return {f"gateway/postfix/{rel}": data for rel, data in config.files.items()}
     env = _env(postfix.only_checked)
     ctx = postfix.render_context(plan)
-    out = {}
+    out: dict[str, str | bytes] = {}
     for name, check in (("main.cf", postfix.check_main_cf), ("master.cf", postfix.check_master_cf)):
         template = f"postfix/{name}.j2"
         assert env.loader is not None  # _env() always gives one
@@ -222,7 +231,7 @@ def _postfix_files(plan: Plan) -> dict[str, str]:
 def render_project(plan: Plan, labdir: Path, image: str) -> list[Path]:
     """Write the compose project for `plan` into labdir (which already holds certs/ and plan.json).
     Every file is rendered and checked before the first is written."""
-    files = {
+    files: dict[str, str | bytes] = {
         "compose.yaml": _compose_text(plan, image),
         "README.md": _readme(plan, image),
         "resolv.conf": f"# The lab DNS only: no recursion, no internet.\n"
@@ -230,10 +239,16 @@ def render_project(plan: Plan, labdir: Path, image: str) -> list[Path]:
         "options timeout:1 attempts:2\n",
         **_postfix_files(plan),
     }
+    # A directory left by an earlier rendering may hold files this one does not write (a user's
+    # configuration that lost a file): the gateway's configuration is this rendering's alone.
+    shutil.rmtree(labdir / "gateway" / "postfix", ignore_errors=True)
     written = []
     for rel, text in files.items():
         path = labdir / rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
+        if isinstance(text, bytes):
+            path.write_bytes(text)
+        else:
+            path.write_text(text)
         written.append(path)
     return written

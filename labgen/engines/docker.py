@@ -283,11 +283,35 @@ def raise_if_stopped(plan: Plan) -> None:
         raise InfraError(f"service {svc} of lab {plan.lab} stopped: {last}")  # its last words say why
 
 
+def own_postfix_summary(labdir: Path) -> str:
+    """One line on a user's own Postfix configuration as the gateway installed it: the overrides
+    made, the send transports found (run/gateway-config.json has them all)."""
+    from ..lab.postfix_install import REPORT
+    from ..results.documents import read_json
+    from ..textsafe import one_line
+
+    path = labdir / "run" / REPORT
+    try:  # written in the gateway container, next to the user's configuration: read with care
+        doc = read_json(path, "the gateway's configuration report")
+        overrides = sorted({str(o["parameter"]) for o in doc["overrides"]})
+        transports = [str(t["service"]) for t in doc["transports"]]
+        warnings = [line for line in doc["postfix_check"] if "warning" in line or "fatal" in line]
+    except Exception as e:  # its absence is worth a line, not a failed run
+        return one_line(f"your Postfix configuration: no report in {path} ({e})", 300)
+    return one_line(
+        f"your Postfix configuration: {len(doc['overrides'])} lab override(s) ({', '.join(overrides)}); "
+        f"send transports {', '.join(transports) or 'none'}; postfix check: {len(warnings)} warning(s); "
+        f"all in {path}",
+        600,
+    )
+
+
 class DockerEngine:
     """Docker labs always stay up after their verdict, for exploration, until `labgen down`."""
 
     name = "docker"
     can_render = True
+    real_postfix = True  # its gateway is Postfix: a user's own configuration can run
     writes_own_result = True
 
     def __init__(self, keep: bool = True):  # keep: what `up --keep` asks is this engine's default
@@ -314,6 +338,8 @@ class DockerEngine:
         log.debug("lab %s: starting %s/compose.yaml's project through the Docker API", plan.lab, labdir)
         start_project(plan, labdir, self.image)
         self._wait_ready(plan, labdir)
+        if plan.scenario.gateway.postfix_config:
+            log.info("%s", own_postfix_summary(labdir))
 
     def _wait_ready(self, plan: Plan, labdir: Path) -> None:
         """The one readiness signal: each service's `ready` event in the ledger (Postfix's from its

@@ -98,6 +98,7 @@ class _FaultEchoes(logging.Filter):
 class LocalEngine:
     name = "local"
     can_render = False
+    real_postfix = False  # its gateway is labgen's own: no user Postfix configuration
     writes_own_result = False
 
     def render(self, plan: Plan, labdir: Path) -> str:

@@ -291,7 +291,7 @@ def check_transport_map(text: str) -> str:
 # ---------------------------------------------------------------- log -> events
 
 _LINE = re.compile(
-    r"^(?P<ts>\w{3}\s+\d+\s+[\d:.]+|\S+)\s+\S+\s+postfix/(?P<proc>[\w/.-]+)\[(?P<pid>\d+)\]:\s+(?P<msg>.*)$"
+    r"^(?P<ts>\w{3}\s+\d+\s+[\d:.]+|\S+)\s+\S+\s+postfix[\w.-]*/(?P<proc>[\w/.-]+)\[(?P<pid>\d+)\]:\s+(?P<msg>.*)$"
 )
 _QID = re.compile(r"^(?P<qid>[0-9A-F]{6,}|[0-9B-Zb-z]{10,}):\s+(?P<rest>.*)$")
 _MSGID = re.compile(r"^message-id=<(?P<id>.+)\.(?P<run>[0-9a-f]{8})@traffic\.labgen\.test>")
@@ -305,6 +305,11 @@ _CLIENT = re.compile(r"^client=(?P<name>[^\[]*)\[(?P<ip>[\d.]+)\]")
 _FROM = re.compile(r"^from=<(?P<sender>[^>]*)>")
 _NDR = re.compile(r"^sender non-delivery notification: (?P<ndr>[0-9A-F]{6,}|[0-9B-Zb-z]{10,})$")
 _RELAY = re.compile(r"^(?P<host>[^\[]+)\[(?P<ip>[\d.]+)\]:(?P<port>\d+)$")
+
+
+def _is_smtp(proc: str) -> bool:
+    """An smtp client process: postfix/smtp (a user's default transport) or postfix/<transport>/smtp."""
+    return proc == "smtp" or proc.endswith("/smtp")
 
 
 def _epoch(stamp: str) -> float:
@@ -340,7 +345,9 @@ class LogReader:
 
     def __init__(self, plan: Plan):
         self.plan = plan
-        self.names = {t.name: t for t in transports(plan)}
+        # labgen's own transports (conn0, ...); a user's own configuration names its own, which
+        # are reported by their syslog names (the connectors are not what that Postfix runs).
+        self.names = {} if plan.scenario.gateway.postfix_config else {t.name: t for t in transports(plan)}
         self.qid_msgid: dict[str, str] = {}
         self.qid_client: dict[str, str] = {}
         self.qid_from: dict[str, str] = {}
@@ -368,7 +375,7 @@ class LogReader:
         if msg.startswith("daemon started"):
             return Ready(ts=ts, service="gateway", event="ready", time=m.group("ts"))
         tls = _TLS.match(msg)
-        if tls and proc.endswith("/smtp"):
+        if tls and _is_smtp(proc):
             # Valid for this process's deliveries to that peer until it connects anew.
             self.tls_by_pid[pid] = {
                 "peer": tls.group("peer").rstrip(":"),
@@ -380,7 +387,7 @@ class LogReader:
         # A TLS failure forgets the process's last TLS peer. Only the error line itself: a
         # queue file's status line that quotes it ("status=deferred (Cannot start TLS: ...)") is a
         # delivery attempt like any other.
-        if not q and proc.endswith("/smtp") and ("Cannot start TLS" in msg or "SSL_connect error" in msg):
+        if not q and _is_smtp(proc) and ("Cannot start TLS" in msg or "SSL_connect error" in msg):
             self.tls_by_pid.pop(pid, None)
             return None
         if not q:
@@ -424,8 +431,8 @@ class LogReader:
             status = "deferred" if st.group("status") == "expired" else st.group("status")
             t_info = self.tls_by_pid.get(pid)
             gw_tls = None
-            if t_info and t_info["peer"] == relay and t:
-                cert = t.connector.certificate
+            if t_info and t_info["peer"] == relay:
+                cert = t.connector.certificate if t else None  # a user's own transport: EOP says which
                 gw_tls = GatewayTls(
                     version=t_info["version"],
                     trust=t_info["trust"],

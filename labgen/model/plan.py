@@ -96,6 +96,7 @@ class Placement(Protocol):
     scenario's subnet `net`, moved to `subnet` when the user asked (engines.base.Engine.place)."""
 
     name: str
+    real_postfix: bool  # does its gateway run Postfix (so that a user's Postfix configuration can run)?
 
     def place(self, net: ipaddress.IPv4Network, subnet: str | None) -> Callable[[str], str] | None: ...
 
@@ -104,6 +105,7 @@ class AsWritten:
     """The scenario's own addresses, no engine involved (validate, certs)."""
 
     name = "none"
+    real_postfix = True  # checks what any engine would: the Postfix configuration too
 
     def place(self, net: ipaddress.IPv4Network, subnet: str | None) -> Callable[[str], str] | None:
         return None
@@ -316,6 +318,8 @@ def make_plan(s: Scenario, engine: Placement | str, subnet: str | None = None) -
         from ..engines import named
 
         engine = named(engine)
+    if s.gateway.postfix_config:
+        _check_postfix_config(s, engine)
     net = ipaddress.IPv4Network(s.lab.subnet)  # IPv4: the scenario validator admits nothing else
     try:
         hosts = _host_addresses(s, net)
@@ -340,6 +344,19 @@ def make_plan(s: Scenario, engine: Placement | str, subnet: str | None = None) -
         ca_intermediate="certs/ca-intermediate.crt",
         scenario=s,
     )
+
+
+def _check_postfix_config(s: Scenario, engine: Placement) -> None:
+    """A user's own Postfix configuration needs real Postfix, and its directory must hold what it
+    names: both said before anything is created."""
+    from .postfix_dir import read_config_dir
+
+    if not engine.real_postfix:
+        raise InputError(
+            f"{s.source}: gateway.postfix_config: your Postfix configuration runs in real Postfix, which the "
+            f"{engine.name} engine does not have; run it with --engine docker"
+        )
+    read_config_dir(s.base_dir, s.gateway.postfix_config or "", s.source)
 
 
 def _check_subnet_option(subnet: str) -> None:

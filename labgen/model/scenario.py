@@ -687,6 +687,24 @@ class Gateway(_Model):
             "not accepted and bounced later (backscatter). false: accept any, as many gateways do."
         ),
     )
+    postfix_config: str | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_PATH,
+        description=(
+            "Your own Postfix configuration instead of one labgen writes: a directory (relative to the scenario "
+            "file's) holding main.cf, master.cf, the maps and certificates they name, installed as /etc/postfix in "
+            "the lab's Postfix container with only the lab's overrides (docs/own-postfix.md). The connectors above "
+            "still say which addresses the gateway gets and what lint and graph read. Docker engine only."
+        ),
+    )
+
+    @field_validator("postfix_config")
+    @classmethod
+    def _config_dir(cls, v):
+        if v is not None and not v.isprintable():
+            raise ValueError(f"{quote(v)}: a directory name is one printable line")
+        return v
 
 
 Profile = Literal["seed", "current"]
