@@ -4,6 +4,7 @@ header that joins every service's log, and record each recipient's answer."""
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from email.message import EmailMessage
@@ -24,16 +25,44 @@ from .smtp_client import Result, Session
 TRAFFIC_HELO = {"gateway": relay.EXO_OUTBOUND_HELO, "mx": "sender.internet.test"}
 
 
+def _content(m: Message, what: str, size: int) -> bytes:
+    """`size` bytes that are the same on every run for this message (an attachment's content)."""
+    return hashlib.shake_256(f"labgen/{m.id}/{what}".encode()).digest(size)
+
+
+def _padding(size: int) -> str:
+    """About `size` bytes of plain text lines (7bit, 76 characters and CRLF each)."""
+    lines = -(-size // 78)
+    return "".join(f"labgen padding line {n:09d} {'.' * 46}\n" for n in range(1, lines + 1))  # 76 + CRLF
+
+
 def build(plan: Plan, m: Message) -> bytes:
-    msg = EmailMessage()
-    msg["From"] = m.sender
-    msg["To"] = ", ".join(m.to)
-    msg["Subject"] = m.subject or f"labgen {plan.lab} message {m.id}"
-    msg["Date"] = formatdate(localtime=False)
-    msg["Message-ID"] = f"<{m.id}.{plan.run_id}@traffic.labgen.test>"
-    msg[MSGID_HEADER] = m.id
-    msg.set_content(f"Message {m.id} of lab {plan.lab} (run {plan.run_id}).\n")
-    return msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))
+    """The message as sent: labgen's headers and ids, the scenario's extra headers, a text body
+    (padded to `size`), then the attachments."""
+
+    def make(pad: int) -> bytes:
+        msg = EmailMessage()
+        msg["From"] = m.sender
+        msg["To"] = ", ".join(m.to)
+        msg["Subject"] = m.subject or f"labgen {plan.lab} message {m.id}"
+        msg["Date"] = formatdate(localtime=False)
+        msg["Message-ID"] = f"<{m.id}.{plan.run_id}@traffic.labgen.test>"
+        msg[MSGID_HEADER] = m.id
+        for name, value in m.headers.items():
+            msg[name] = value
+        msg.set_content(f"Message {m.id} of lab {plan.lab} (run {plan.run_id}).\n" + (_padding(pad) if pad else ""))
+        for a in m.attachments:
+            maintype, subtype = a.type.split("/", 1)
+            msg.add_attachment(_content(m, a.name, a.bytes), maintype=maintype, subtype=subtype, filename=a.name)
+        if m.attachments:  # not Python's random boundary: the same message every run
+            msg.set_boundary(f"labgen-{m.id}-{plan.run_id}=_")
+        return msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))
+
+    data, pad = make(0), 0
+    while m.size and len(data) < m.size:  # once, unless the MIME layout moved (it does not)
+        pad += m.size - len(data)
+        data = make(pad)
+    return data
 
 
 def _targets(plan: Plan, m: Message) -> list[tuple[str, list[str], str, bool, OutboundConnector | None]]:

@@ -794,6 +794,59 @@ class LabNet(_Model):
         return str(net)
 
 
+# The header fields a message's `headers:` may not set: labgen's own (the ids that join every
+# hop's log, the addresses, the MIME structure the body and attachments make).
+RESERVED_HEADERS = frozenset(
+    {
+        "from",
+        "to",
+        "cc",
+        "bcc",
+        "subject",
+        "date",
+        "message-id",
+        "x-labgen-id",
+        "mime-version",
+    }  # lab.ledger.MSGID_HEADER
+)
+_HEADER_NAME_RE = re.compile(r"[!-9;-~]{1,76}")  # RFC 5322 field-name: printable ASCII but ':'
+MAX_HEADERS = 20
+MAX_MESSAGE_BYTES = 50 << 20  # a message's size: Exchange Online accepts up to 150 MB, a lab needs less
+MAX_TRAFFIC_BYTES = 512 << 20  # all messages' sizes × copies: what the traffic generator builds in a run
+_MIME_TYPE_RE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,63}/[a-z0-9][a-z0-9!#$&^_.+-]{0,63}")
+_FILE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._()+-]{0,99}")
+
+
+def _header_name(value: str) -> str:
+    if not _HEADER_NAME_RE.fullmatch(value):
+        raise ValueError(f"{quote(value)} is not a header field name (printable ASCII without ':' or spaces)")
+    if value.lower() in RESERVED_HEADERS or value.lower().startswith("content-"):
+        raise ValueError(f"{quote(value)} is set by labgen (ids, addresses, MIME structure); use subject:, size, ...")
+    return value
+
+
+class Attachment(_Model):
+    """A file attached to a message: `bytes` of deterministic content (the same every run)."""
+
+    name: str = Field(description="The file name the attachment carries (letters, digits, ' ._()+-').")
+    bytes: int = Field(ge=1, le=MAX_MESSAGE_BYTES, description="Its size before MIME encoding (base64 adds 37%).")
+    type: str = Field("application/octet-stream", description="Its MIME type, e.g. application/pdf.")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _FILE_NAME_RE.fullmatch(v):
+            raise ValueError(f"{quote(v)}: a file name here is letters, digits, ' ._()+-' (at most 100)")
+        return v
+
+    @field_validator("type")
+    @classmethod
+    def _type(cls, v: str) -> str:
+        if not _MIME_TYPE_RE.fullmatch(v):
+            raise ValueError(f"{quote(v)} is not a MIME type (type/subtype, lower case)")
+        return v
+
+
 class Message(_Model):
     id: str | None = None
     sender: Address = Field(alias="from")
@@ -840,6 +893,26 @@ class Message(_Model):
             "Authentication-Results: spf=...): e.g. 'fail' behind a gateway without Enhanced Filtering."
         ),
     )
+    headers: dict[
+        Annotated[str, AfterValidator(_header_name)], Annotated[str, AfterValidator(text_line("a header value", 900))]
+    ] = Field(
+        {},
+        max_length=MAX_HEADERS,
+        description=(
+            "Header fields to add, name -> value (one printable line each), e.g. Auto-Submitted or "
+            "X-MS-Exchange-Organization-*; not those labgen sets (From, To, Subject, Date, Message-ID, Content-*)."
+        ),
+    )
+    size: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_MESSAGE_BYTES,
+        description=(
+            "The message's size in bytes as sent (headers, body, attachments): the text body is padded with "
+            "plain lines until the message has at least this many."
+        ),
+    )
+    attachments: list[Attachment] = Field([], max_length=10, description="Files attached, each of a given size.")
     count: int = Field(
         1,
         ge=1,
@@ -1024,6 +1097,12 @@ class Scenario(_Model):
         """Default ids (m<position>), then each `count:` made into its copies, every id once."""
         limit = env_limit("LABGEN_MAX_RECIPIENTS", MAX_RECIPIENTS)
         pairs = sum(len(m.to) * m.count for m in v)  # before copying: a huge count costs nothing
+        volume = sum(max(m.size or 0, sum(a.bytes for a in m.attachments)) * m.count for m in v)
+        if volume > MAX_TRAFFIC_BYTES:
+            raise ValueError(
+                f"{volume >> 20} MiB of messages (size and attachments × count); labgen sends at most "
+                f"{MAX_TRAFFIC_BYTES >> 20} MiB per scenario"
+            )
         if pairs > limit:
             raise ValueError(
                 f"{pairs} message × recipient pairs (copies counted); labgen sends at most {limit} "
