@@ -42,6 +42,22 @@ def _with_faults(tmp_path: Path, faults: list) -> Path:
         ({"at": "gateway", "do": "disconnect"}, "faults[0].at"),
         ({"at": "eop", "do": "reply", "reply": "451 4.3.0 x", "times": 0}, "faults[0].times"),
         ({"at": "eop", "do": "disconnect", "when": {"source_ip": "10.0.0.1"}}, "faults[0].when.source_ip"),
+        ({"at": "eop", "do": "delay", "step": "rcpt", "seconds": 2}, None),
+        ({"at": "sink", "do": "delay", "step": "greeting", "seconds": 30, "times": 1}, None),
+        ({"at": "eop", "do": "delay", "seconds": 2}, "step: give it for do: delay"),
+        ({"at": "eop", "do": "delay", "step": "rcpt"}, "seconds: do: delay needs how long"),
+        ({"at": "eop", "do": "delay", "step": "rcpt", "seconds": 301}, "faults[0].seconds"),
+        ({"at": "eop", "do": "reply", "reply": "451 4.3.0 x", "seconds": 2}, "only for do: delay or down"),
+        ({"at": "eop", "do": "disconnect", "step": "rcpt"}, "step: give it for do: delay"),
+        (
+            {"at": "eop", "do": "delay", "step": "greeting", "seconds": 1, "when": {"rcpt": "bob@contoso.example"}},
+            "at step greeting acts before MAIL",
+        ),
+        ({"at": "eop", "do": "down", "seconds": 3, "when": {"source_ip": "198.18.92.10"}}, None),
+        (
+            {"at": "eop", "do": "down", "seconds": 3, "times": 2, "when": {"source_ip": "198.18.92.10"}},
+            "lasts `times` connections or `seconds`",
+        ),
     ],
 )
 def test_fault_validation(tmp_path, fault, error):
@@ -85,6 +101,26 @@ def test_times_counts_uses_per_server_and_other_services_are_untouched(tmp_path)
     assert not sink and sink.take("reply", facts) is None
 
 
+def test_delay_is_taken_at_its_step_only_and_down_lasts_its_window(tmp_path, monkeypatch):
+    import labgen.lab.faults as faults_mod
+
+    spec = [
+        {"at": "eop", "do": "delay", "step": "rcpt", "seconds": 1, "times": 1},
+        {"at": "eop", "do": "down", "seconds": 5, "when": {"source_ip": "198.18.92.10"}},
+    ]
+    f = _faults(tmp_path, spec, "eop")
+    facts = Facts("198.18.92.10", (), "a@x.example", ("b@y.example",))
+    assert f.take("delay", facts, "greeting") is None and f.take("delay", facts, "data") is None
+    assert f.take("delay", facts, "rcpt") is not None and f.take("delay", facts, "rcpt") is None
+    now = [100.0]
+    monkeypatch.setattr(faults_mod.time, "monotonic", lambda: now[0])
+    hits = []
+    for t in (100.0, 101.0, 104.9, 105.0, 200.0):  # from the first refusal, for 5 s
+        now[0] = t
+        hits.append(f.take("down", Facts("198.18.92.10")) is not None)
+    assert hits == [True, True, True, False, False]
+
+
 def _ledger(labdir: Path, service: str) -> list[dict]:
     return [json.loads(line) for line in (labdir / "run" / f"{service}.jsonl").read_text().splitlines()]
 
@@ -121,3 +157,59 @@ def test_the_gateway_retries_through_injected_faults(request, tmp_path, engine):
     # At tls: secure both STARTTLS faults defer (never a plaintext delivery), in Postfix's words.
     assert sum("refused to start TLS: 454 4.7.0" in r for r in o365) == 1, o365
     assert sum("Cannot start TLS: handshake failure" in r for r in o365) == 1, o365
+
+
+TIMING = {
+    **{k: v for k, v in BASE.items() if k not in ("faults", "traffic")},
+    "name": "timing-faults",
+    "faults": [
+        # The MX holds its greeting back for longer than the gateway waits for one (Postfix's
+        # smtp_helo_timeout, 10 s here; the built-in gateway's 10 s): the gateway gives up, retries.
+        {
+            "at": "sink",
+            "when": {"source_ip": "198.18.92.10"},
+            "do": "delay",
+            "step": "greeting",
+            "seconds": 30,
+            "times": 1,
+        },
+        # A slow RCPT answer, well inside every timeout: only slower.
+        {"at": "eop", "when": {"rcpt": "carol@fabrikam.example"}, "do": "delay", "step": "rcpt", "seconds": 1},
+        # EOP down for the Office 365 connector's address for 3 s: 421 until then, then delivered.
+        {"at": "eop", "when": {"source_ip": "198.18.92.11"}, "do": "down", "seconds": 3},
+    ],
+    "traffic": [
+        {"id": "to-internet", "from": "alice@contoso.example", "to": ["dave@northwind.example"], "expect": "delivered"},
+        {"id": "to-fabrikam", "from": "alice@contoso.example", "to": ["carol@fabrikam.example"], "expect": "delivered"},
+        {
+            "id": "from-internet",
+            "from": "erin@northwind.example",
+            "to": ["bob@contoso.example"],
+            "expect": "delivered",
+            "expect_reply": "421 4.3.2",
+        },
+    ],
+    "deadline_s": 40,
+}
+
+
+@pytest.mark.parametrize("engine", ["local", pytest.param("docker", marks=pytest.mark.docker)])
+def test_timing_faults_a_greeting_past_the_timeout_a_slow_rcpt_and_a_down_window(request, tmp_path, engine):
+    path = tmp_path / "timing.yaml"
+    path.write_text(yaml.safe_dump(TIMING, sort_keys=False))
+    args = ["up", str(path), "--engine", engine, "--workdir", str(tmp_path)]
+    if engine == "docker":
+        lab = request.getfixturevalue("test_labs").new(str(path), "tmg")
+        args = ["up", str(lab.scenario), "--engine", "docker", "--subnet", lab.subnet, "--workdir", str(tmp_path)]
+    code, doc = labgen_json(*args, cwd=tmp_path)
+    assert code == 0, [m for m in doc["messages"] if m["ok"] is False]
+    msgs = by_id(doc)
+    net = [h for h in msgs[("to-internet", "dave@northwind.example")]["hops"] if h["service"] == "gateway"]
+    assert [h["event"] for h in net] == ["deferred", "sent"], net
+    assert "greeting" in net[0]["reply"] and "timed out" in net[0]["reply"], net[0]
+    labdir = Path(doc["lab_dir"])
+    sink = [(e["do"], e["step"]) for e in _ledger(labdir, "sink") if e["event"] == "fault"]
+    assert sink == [("delay", "greeting")], sink
+    eop = [(e["do"], e.get("step")) for e in _ledger(labdir, "eop") if e["event"] == "fault"]
+    assert ("delay", "rcpt") in eop and eop.count(("delay", "rcpt")) == 1, eop
+    assert ("down", None) in eop, eop

@@ -1,10 +1,12 @@
 """Deterministic faults (scenario `faults:`): what a lab server (EOP, the internet sinks) does
 instead of its normal answer, for the transactions a fault matches, the first `times` of them
-or always. Counts, never clocks: the same faults give the same verdict on every run."""
+or always. Counts, not clocks (but for `delay` and a `down` window, which are about time): the same faults
+give the same verdict on every run."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from dataclasses import dataclass
 
@@ -33,17 +35,24 @@ class Faults:
     def __init__(self, s: Scenario, service: str):
         self._faults = [(i, f) for i, f in enumerate(s.faults) if f.at == service]
         self._used: Counter[int] = Counter()
+        self._since: dict[int, float] = {}  # a time-window fault (down for `seconds`): its first use
 
     def __bool__(self) -> bool:
         return bool(self._faults)
 
-    def take(self, do: str, facts: Facts) -> tuple[int, Fault] | None:
-        """The first fault of kind `do` that matches and has uses left; using it counts."""
+    def take(self, do: str, facts: Facts, step: str | None = None) -> tuple[int, Fault] | None:
+        """The first fault of kind `do` (at `step`, for delay) that matches and has uses left;
+        using it counts. A `down` for `seconds` lasts that long from its first use: the one fault
+        measured by the clock (the outcome stays the same; how many retries it costs may not)."""
         for i, f in self._faults:
-            if f.do != do or not _matches(f, facts):
+            if f.do != do or f.step != step or not _matches(f, facts):
                 continue
             if f.times is not None and self._used[i] >= f.times:
                 continue
+            if f.do == "down" and f.seconds is not None:
+                first = self._since.setdefault(i, time.monotonic())
+                if time.monotonic() - first >= f.seconds:
+                    continue
             self._used[i] += 1
             return i, f
         return None
@@ -114,3 +123,24 @@ def connection_fault(ledger: Ledger, faults: Faults, do: str, client_ip: str) ->
     reply = {"no-starttls": REPLY_NO_STARTTLS, "down": REPLY_DOWN}.get(do)
     ledger.emit(FaultInjected(event="fault", index=hit[0], do=do, client_ip=client_ip, reply=reply))
     return True
+
+
+async def fault_delay(ledger: Ledger, faults: Faults, step: str, facts: Facts, msgid: str | None = None) -> None:
+    """do: delay at `step`: hold the reply back (recorded first: the client may give up meanwhile)."""
+    hit = faults.take("delay", facts, step)
+    if hit is None:
+        return
+    i, f = hit
+    ledger.emit(
+        FaultInjected(
+            event="fault",
+            index=i,
+            do="delay",
+            client_ip=facts.client_ip,
+            msgid=msgid,
+            rcpts=[clip(r.lower()) for r in facts.rcpts] or None,
+            step=step,
+            seconds=f.seconds,
+        )
+    )
+    await asyncio.sleep(f.seconds or 0)

@@ -14,7 +14,7 @@ from ..model.scenario import domain_of
 from ..results.contracts import Delivered, RcptDecision
 from .dsn import note_ndr
 from .eop.spf import use_lab_dns
-from .faults import Facts, Faults, connection_fault, fault_disconnect, fault_reply
+from .faults import Facts, Faults, connection_fault, fault_delay, fault_disconnect, fault_reply
 from .ledger import Ledger, clip, write_mailbox
 from .smtpd import LabEnvelope, LabSession, LabSMTP, message_id, server_tls_context
 
@@ -38,7 +38,9 @@ class SinkHandler:
     ) -> str:
         if domain_of(address) not in self.domains:
             return self._refuse(envelope, address, "554 5.7.1 Relay access denied")
-        hit = self.faults.take("reply", Facts(session.client_ip, (), envelope.mail_from, (address,)))
+        fault_facts = Facts(session.client_ip, (), envelope.mail_from, (address,))
+        await fault_delay(self.ledger, self.faults, "rcpt", fault_facts, envelope.envid)
+        hit = self.faults.take("reply", fault_facts)
         if hit is not None:
             return fault_reply(self.ledger, hit, envelope.envid, address, session.client_ip, envelope.mail_from)
         failed = await self._spf_fail(session, envelope) if self.check_spf else None
@@ -50,6 +52,10 @@ class SinkHandler:
     def connection_fault(self, do: str, client_ip: str) -> bool:
         """A scenario fault for this connection (down, no-starttls, tls-fail): smtpd acts on it."""
         return connection_fault(self.ledger, self.faults, do, client_ip)
+
+    async def greeting_fault(self, client_ip: str) -> None:
+        """A scenario fault: the greeting held back (smtpd waits for this before its 220)."""
+        await fault_delay(self.ledger, self.faults, "greeting", Facts(client_ip))
 
     def _refuse(self, envelope: LabEnvelope, address: str, reply: str, **why: str) -> str:
         """A refused recipient, in the ledger as the verdict reads it."""
@@ -83,7 +89,9 @@ class SinkHandler:
     async def handle_DATA(self, server: LabSMTP, session: LabSession, envelope: LabEnvelope) -> str:
         data = envelope.original_content or b""
         msgid, refused = message_id(envelope, data)
-        hit = self.faults.take("disconnect", Facts(session.client_ip, (), envelope.mail_from, tuple(envelope.rcpt_tos)))
+        fault_facts = Facts(session.client_ip, (), envelope.mail_from, tuple(envelope.rcpt_tos))
+        await fault_delay(self.ledger, self.faults, "data", fault_facts, msgid)
+        hit = self.faults.take("disconnect", fault_facts)
         if hit is not None:
             return fault_disconnect(self.ledger, hit[0], server, session.client_ip, msgid, envelope.rcpt_tos)
         for rcpt in envelope.rcpt_tos:

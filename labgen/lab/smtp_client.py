@@ -155,6 +155,13 @@ class Session:
             )
             code, msg = smtp.connect(self.ip, self.port)
             smtp._host = self.host  # type: ignore[attr-defined]  # the SNI name (connect() by IP leaves it empty)
+        except smtplib.SMTPServerDisconnected as e:
+            if "timed out" in str(e):  # connected, but no greeting in time: Postfix's words (smtp_chat.c)
+                return (
+                    0,
+                    f"conversation with {self.host}[{self.ip}] timed out while receiving the initial server greeting",
+                )
+            return 0, f"connect to {self.relay}: {e}"
         except (OSError, smtplib.SMTPException) as e:
             return 0, f"connect to {self.relay}: {e}"
         self.smtp = smtp

@@ -277,6 +277,13 @@ class LabSMTP(SMTP):
     def _create_envelope(self) -> LabEnvelope:
         return LabEnvelope()
 
+    async def _handle_client(self) -> None:
+        # A scenario fault (faults.py): the greeting held back for a while.
+        hold = getattr(self.event_handler, "greeting_fault", None)
+        if hold is not None and self.session is not None:
+            await hold(self.session.client_ip)
+        await super()._handle_client()
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self._original_transport is None:  # the TCP connection, not its TLS upgrade
             fault = getattr(self.event_handler, "connection_fault", None)

@@ -969,14 +969,28 @@ class Fault(_Model):
 
     at: Literal["eop", "sink"] = Field(description="The hop: Exchange Online Protection, or the internet MX sinks.")
     when: FaultMatch = Field(FaultMatch(), description="Which transactions (default: all).")
-    do: Literal["reply", "disconnect", "no-starttls", "tls-fail", "down"] = Field(
+    do: Literal["reply", "disconnect", "no-starttls", "tls-fail", "down", "delay"] = Field(
         description=(
             "'reply': answer RCPT with `reply` instead; 'disconnect': close the connection when the message "
             "data has arrived, with no reply (the client cannot know whether it was taken); 'no-starttls': "
             "answer STARTTLS with 454 4.7.0 TLS not available (a client at tls 'may' goes on in plaintext); "
             "'tls-fail': say 220 to STARTTLS, then drop the connection (the handshake fails); 'down': greet a "
-            "connection with 421 4.3.2 Service not available and close it (the service is down for it)."
+            "connection with 421 4.3.2 Service not available and close it (the service is down for it); "
+            "'delay': wait `seconds` before the reply at `step`, then answer as usual (a client whose timeout "
+            "is shorter gives up: at 'data', after the server has taken the message)."
         )
+    )
+    step: Literal["greeting", "rcpt", "data"] | None = Field(
+        None, description="For do: delay: the reply it holds back (the 220 greeting, RCPT's, or the end of DATA's)."
+    )
+    seconds: float | None = Field(
+        None,
+        gt=0,
+        le=300,
+        description=(
+            "do: delay: how long; do: down: the service is down for this long from the first connection it "
+            "refuses (a time window, instead of `times` connections)."
+        ),
     )
     reply: Annotated[str, AfterValidator(_fault_reply)] | None = Field(
         None, description="For do: reply, e.g. '451 4.3.0 Temporary failure' (4xx: the gateway retries) or a 5xx."
@@ -995,11 +1009,19 @@ class Fault(_Model):
     def _reply_for_reply(self) -> Fault:
         if (self.do == "reply") != (self.reply is not None):
             raise ValueError("reply: give it for do: reply, and only then")
-        if self.do in ("no-starttls", "tls-fail", "down") and (
-            self.when.rcpt or self.when.sender or self.when.certificate
-        ):
+        if (self.do == "delay") != (self.step is not None):
+            raise ValueError("step: give it for do: delay (greeting, rcpt or data), and only then")
+        if self.do == "delay" and self.seconds is None:
+            raise ValueError("seconds: do: delay needs how long")
+        if self.seconds is not None and self.do not in ("delay", "down"):
+            raise ValueError(f"seconds: only for do: delay or down, not do: {self.do}")
+        if self.do == "down" and self.seconds is not None and self.times is not None:
+            raise ValueError("times: do: down lasts `times` connections or `seconds`, not both")
+        connection_level = ("no-starttls", "tls-fail", "down") + (("delay",) if self.step == "greeting" else ())
+        if self.do in connection_level and (self.when.rcpt or self.when.sender or self.when.certificate):
             raise ValueError(
-                f"when: do: {self.do} acts before MAIL, RCPT and the certificate; match it by source_ip only"
+                f"when: do: {self.do}{' at step greeting' if self.do == 'delay' else ''} acts before MAIL, RCPT "
+                "and the certificate; match it by source_ip only"
             )
         if self.do == "down" and self.when.source_ip is None:
             # The lab's own readiness checks connect too: which connection comes first is no contract.

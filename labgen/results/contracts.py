@@ -205,11 +205,13 @@ class FaultInjected(_Event):
 
     event: Literal["fault"]
     index: int
-    do: Literal["reply", "disconnect", "no-starttls", "tls-fail", "down"]
+    do: Literal["reply", "disconnect", "no-starttls", "tls-fail", "down", "delay"]
     client_ip: str
     msgid: str | None = None
     rcpts: list[str] | None = None
     reply: str | None = None  # what it answered ('disconnect': nothing)
+    step: str | None = None  # delay: the reply held back
+    seconds: float | None = None  # delay: for how long
 
 
 class Session(_Event):

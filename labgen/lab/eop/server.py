@@ -36,7 +36,7 @@ from ...results.contracts import (
     TraceEntry,
 )
 from ..dsn import note_ndr
-from ..faults import Facts, Faults, connection_fault, fault_disconnect, fault_reply
+from ..faults import Facts, Faults, connection_fault, fault_delay, fault_disconnect, fault_reply
 from ..ledger import Ledger, clip, header, write_mailbox
 from ..pki import TrustStore, cert_info, exo_client_files
 from ..smtpd import LabEnvelope, LabSession, LabSMTP, message_id
@@ -138,6 +138,10 @@ class EopHandler:
         """A scenario fault for this connection (down, no-starttls, tls-fail): smtpd acts on it."""
         return connection_fault(self.ledger, self.faults, do, client_ip)
 
+    async def greeting_fault(self, client_ip: str) -> None:
+        """A scenario fault: the greeting held back (smtpd waits for this before its 220)."""
+        await fault_delay(self.ledger, self.faults, "greeting", Facts(client_ip))
+
     def tls_failed(self, session: EopSession, reason: str) -> None:
         self.ledger.emit(
             TlsFailed(
@@ -193,7 +197,9 @@ class EopHandler:
         if mail_from is None:  # aiosmtpd answers a RCPT before MAIL itself
             raise RuntimeError("RCPT before MAIL reached the handler")
         facts.messages_from_ip = envelope.prior_from_ip
-        hit = self.faults.take("reply", Facts(facts.source_ip, tuple(facts.cert_names), mail_from, (address,)))
+        fault_facts = Facts(facts.source_ip, tuple(facts.cert_names), mail_from, (address,))
+        await fault_delay(self.ledger, self.faults, "rcpt", fault_facts, envelope.envid)
+        hit = self.faults.take("reply", fault_facts)
         if hit is not None:
             return fault_reply(self.ledger, hit, envelope.envid, address, facts.source_ip, mail_from)
         att = rules.attribute(self.s, facts, mail_from, address)
@@ -226,9 +232,9 @@ class EopHandler:
         facts = self._facts(server, session)  # known since the first RCPT
         data = envelope.original_content or b""
         msgid, refused = message_id(envelope, data)
-        hit = self.faults.take(
-            "disconnect", Facts(facts.source_ip, tuple(facts.cert_names), envelope.mail_from, tuple(envelope.rcpt_tos))
-        )
+        fault_facts = Facts(facts.source_ip, tuple(facts.cert_names), envelope.mail_from, tuple(envelope.rcpt_tos))
+        await fault_delay(self.ledger, self.faults, "data", fault_facts, msgid)
+        hit = self.faults.take("disconnect", fault_facts)
         if hit is not None:
             return fault_disconnect(self.ledger, hit[0], server, facts.source_ip, msgid, envelope.rcpt_tos)
         internal = next(self._ids)
