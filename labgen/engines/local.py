@@ -97,6 +97,7 @@ class _FaultEchoes(logging.Filter):
 
 class LocalEngine:
     name = "local"
+    runs_gateway_images = False
     can_render = False
     writes_own_result = False
 
