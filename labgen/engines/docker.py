@@ -21,7 +21,7 @@ from typing import Any
 
 from ..errors import InfraError
 from ..lab.ledger import read_events
-from ..model.plan import Plan, subnet_mover
+from ..model.plan import Plan, gateway_config_dir, subnet_mover
 from ..results.collect import Collector
 from ..results.contracts import LabRow, ServiceRow
 from ..wait import poll
@@ -123,11 +123,12 @@ def _nanoseconds(duration: str) -> int:
     return int(m.group(1)) * 1_000_000_000
 
 
-def _bind(volume: str, labdir: Path) -> str:
+def _bind(volume: str, labdir: Path, absolute: frozenset[str] = frozenset()) -> str:
     """A compose short-syntax bind ("./x:/dst[:ro]") with its source made absolute: compose takes
-    relative sources from the project directory, the lab directory."""
+    relative sources from the project directory, the lab directory. `absolute`: host paths that
+    may be mounted as they are (an image gateway's configuration directory, checked by the plan)."""
     src, rest = volume.split(":", 1)
-    if src.startswith("/"):  # an image gateway's configuration directory, resolved and checked (plan.py)
+    if src in absolute:
         return volume
     if not src.startswith("./"):
         raise InfraError(f"compose volume {volume!r} is not relative to the project (a labgen bug)")
@@ -151,9 +152,12 @@ _SERVICE_KEYS = {
 _NETWORK_KEYS = {"name", "driver", "internal", "driver_opts", "labels", "ipam"}
 
 
-def container_kwargs(project: str, service: str, block: dict[str, Any], net: str, labdir: Path) -> dict[str, Any]:
+def container_kwargs(
+    project: str, service: str, block: dict[str, Any], net: str, labdir: Path, absolute: frozenset[str] = frozenset()
+) -> dict[str, Any]:
     """docker-py's containers.create arguments for one compose service block. The compose labels
-    let a user's `docker compose -p PROJECT down` (or ps, logs) find what labgen started."""
+    let a user's `docker compose -p PROJECT down` (or ps, logs) find what labgen started.
+    `absolute`: host paths the block may mount as they are (_bind)."""
 
     unknown = set(block) - _SERVICE_KEYS
     if unknown:
@@ -179,7 +183,7 @@ def container_kwargs(project: str, service: str, block: dict[str, Any], net: str
         **optional,
         "name": block["container_name"],
         "hostname": block["hostname"],
-        "volumes": [_bind(v, labdir) for v in block["volumes"]],
+        "volumes": [_bind(v, labdir, absolute) for v in block["volumes"]],
         "labels": {
             **block["labels"],
             "com.docker.compose.project": project,
@@ -223,8 +227,13 @@ def start_project(plan: Plan, labdir: Path, image: str) -> None:
         services: dict[str, dict[str, Any]] = data["services"]
         made: dict[str, Any] = {}
 
+        config = gateway_config_dir(plan.scenario)  # an image gateway's, mounted from where it is
+        own = frozenset([str(config)] if config else [])
+
         def create(name: str) -> None:
-            kw = container_kwargs(project, name, services[name], netdef["name"], labdir)
+            kw = container_kwargs(
+                project, name, services[name], netdef["name"], labdir, own if name == "gateway" else frozenset()
+            )
             kw["networking_config"] = {n: c.api.create_endpoint_config(**e) for n, e in kw["networking_config"].items()}
             made[name] = c.containers.create(**kw)
 
