@@ -18,6 +18,8 @@ from conftest import REPO, by_id, labgen, labgen_json
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
+from labgen.wait import poll
+
 EXIM = REPO / "tests" / "gateways" / "exim"
 
 
@@ -132,14 +134,18 @@ def exim_labs(test_labs, exim_image, tmp_path_factory):
     """broken and fixed with Exim as the gateway, each on its own subnet; the broken one with an
     extra egress address on its Internet connector, which labgen adds from outside."""
     out = {}
-    for name in ("broken", "fixed"):
-        lab = test_labs.new(str(EXIM / f"{name}.yaml"), f"exim-{name}")
+    for name in ("broken", "fixed", "strict"):
+        seed = "broken" if name == "strict" else name
+        lab = test_labs.new(str(EXIM / f"{seed}.yaml"), f"exim-{name}")
         data = yaml.safe_load(lab.scenario.read_text())
         data["gateway"]["image"]["ref"] = exim_image
         if name == "broken":
             data["gateway"]["connectors"][0]["source_ip"] = "198.51.100.11"
+        if name == "strict":  # EOP refuses the misattributed recipient at RCPT (550 5.7.64)
+            data["eop"]["misattribution"] = "reject"
+            data["traffic"][0]["expect"] = "rejected"
         lab.scenario.write_text(yaml.safe_dump(data, sort_keys=False))
-        shutil.copytree(EXIM / name, lab.scenario.parent / name, dirs_exist_ok=True)
+        shutil.copytree(EXIM / seed, lab.scenario.parent / seed, dirs_exist_ok=True)
         wd = tmp_path_factory.mktemp(f"exim-{name}")
         code, doc = labgen_json("up", lab.scenario, "--engine", "docker", "--subnet", lab.subnet, cwd=wd, timeout=600)
         out[name] = (code, doc, wd, lab)
@@ -157,10 +163,11 @@ SEED = {
     },
 }
 SEED["fixed"] = {**SEED["broken"], ("to-fabrikam", "carol@fabrikam.example"): "delivered"}
+SEED["strict"] = {**SEED["broken"], ("to-fabrikam", "carol@fabrikam.example"): "rejected"}
 
 
 @pytest.mark.docker
-@pytest.mark.parametrize("name", ["broken", "fixed"])
+@pytest.mark.parametrize("name", ["broken", "fixed", "strict"])
 def test_exim_reproduces_the_seeds_verdict(exim_labs, name):
     code, doc, _, _ = exim_labs[name]
     assert code == 0, doc
@@ -231,3 +238,18 @@ def test_the_gateway_container_is_the_image_under_labgens_contract(exim_labs, ex
     # Exim (not Postfix) did the relaying, and logged the certificates it presented.
     log = dexec(name, "cat", "/var/log/exim4/mainlog")
     assert "T=internet_smtp" in log and "T=office365_smtp" in log
+
+
+@pytest.mark.docker
+def test_a_refusal_at_rcpt_is_tied_to_its_message_by_the_envid_exim_passed_on(exim_labs):
+    """No header exists at RCPT: EOP knows the message by the DSN ENVID, which Exim relayed."""
+    _, doc, wd, lab = exim_labs["strict"]
+    (m,) = [m for m in doc["messages"] if m["id"] == "to-fabrikam"]
+    assert m["outcome"] == "rejected"
+    (rcpt,) = [h for h in m["hops"] if h["service"] == "eop" and h["event"] == "rcpt"]
+    assert rcpt["action"] == "reject" and rcpt["reply"].startswith("550 5.7.64")
+    assert m["why"].startswith("eop rejected it: 550 5.7.64") and "its own log was not read" in m["why"]
+    # Exim bounced it: the sender's NDR goes through EOP into her mailbox (the verdict did not wait
+    # for it: labgen follows the NDRs of its own gateway only).
+    box = wd / f"labgen-{lab.name}" / "run" / "mailboxes" / "alice@contoso.example"
+    poll(lambda: any(box.glob("*.eml")), waiting_for="Exim's NDR in alice's mailbox", timeout=20, interval=0.2)
