@@ -79,6 +79,26 @@ def _ipv4_network(value: str) -> bool:
 
 
 # Each grammar matches the whole string (fullmatch: no trailing newline slips through '$').
+# Docker's image reference grammar (github.com/distribution/reference, regexp.go): an optional
+# registry host[:port], path components of lower-case alphanumerics joined by '.', '_', '__' or
+# dashes, an optional tag and an optional digest. IPv6 registry hosts are not accepted.
+_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_DOCKER_REFERENCE = re.compile(
+    rf"(?P<name>(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*(?::[0-9]+)?/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*)"
+    r"(?::(?P<tag>[\w][\w.-]{0,127}))?"
+    r"(?:@(?P<digest>[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}))?",
+    re.ASCII,
+)
+MAX_REFERENCE_NAME = 255  # Docker's NameTotalLengthMax
+
+
+def docker_reference(value: str) -> re.Match[str] | None:
+    """The match of a Docker image reference (name[:tag][@digest]), else None."""
+    m = _DOCKER_REFERENCE.fullmatch(value) if isinstance(value, str) else None
+    return m if m and len(m.group("name")) <= MAX_REFERENCE_NAME else None
+
+
 GRAMMARS: dict[str, tuple[str, Callable[[str], object]]] = {
     # As scenario.check_domain accepts them after normalising: lower case, at least two labels.
     "hostname": (
@@ -105,10 +125,7 @@ GRAMMARS: dict[str, tuple[str, Callable[[str], object]]] = {
     ),
     # Compose project, container and network names are built from it.
     "lab name": ("a lab name (lower-case letters, digits, '-')", re.compile(r"[a-z0-9][a-z0-9-]{0,62}").fullmatch),
-    "image": (
-        "a Docker image reference",
-        re.compile(r"[a-z0-9][a-z0-9._/-]{0,127}(?::[A-Za-z0-9_.-]{1,128})?").fullmatch,
-    ),
+    "image": ("a Docker image reference", lambda v: docker_reference(v) is not None),
 }
 
 

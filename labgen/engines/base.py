@@ -32,6 +32,7 @@ class Removed:
 
 class Engine(Protocol):
     name: str  # "local" | "docker"
+    runs_gateway_images: bool  # can it run the user's own gateway image (gateway.image)?
     can_render: bool  # does `render` write a project to run by hand?
     real_postfix: bool  # is its gateway real Postfix (gateway.postfix_config can run)?
     writes_own_result: bool  # does the lab write its own verdict to run/result.json (Docker's traffic)?

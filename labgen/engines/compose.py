@@ -69,6 +69,43 @@ def _services(plan: Plan) -> list[dict]:
     return out
 
 
+# The gateway-image contract (docs/gateway-image.md): where the lab's certificates appear in the
+# user's gateway container.
+GATEWAY_CERTS = "/lab/certs"
+
+
+def gateway_image_block(plan: Plan, project: str, svc: dict[str, Any]) -> dict[str, Any]:
+    """The compose service of a gateway that is the user's own image (gateway.image): the image's
+    own entry point and user, no capabilities; the lab's resolv.conf, the scenario's certificates
+    (and the gateway's server certificate) with the lab's CA certificates read-only under
+    GATEWAY_CERTS, and the configuration directory read-only where the scenario says. Its extra
+    addresses and the removal of Docker's default route are done from outside (docker.py)."""
+    from ..model.plan import gateway_config_dir, gateway_server_cert
+
+    gw = plan.scenario.gateway
+    assert gw.image is not None  # only called for an image gateway
+    names = [*plan.scenario.certificates, gateway_server_cert(plan)]
+    files = [plan.ca_root, plan.ca_intermediate]
+    for name in dict.fromkeys(names):
+        f = plan.certs[name]
+        files += [f.cert, f.key, f.chain]
+    volumes = ["./resolv.conf:/etc/resolv.conf:ro"]
+    for rel in files:
+        rel = _ok("cert path", rel, "a certificate file")
+        volumes.append(f"./{rel}:{GATEWAY_CERTS}/{rel.removeprefix('certs/')}:ro")
+    config = gateway_config_dir(plan.scenario)
+    if config is not None:
+        volumes.append(f"{config}:{gw.image.config_mount}:ro")
+    return {
+        "image": _ok("image", gw.image.ref, "the gateway image"),
+        "volumes": volumes,
+        "container_name": f"{project}-gateway",
+        "hostname": svc["hostname"],
+        "labels": {"io.labgen.lab": plan.lab, "io.labgen.service": "gateway"},
+        "networks": {"lab": {"ipv4_address": svc["ip"]}},
+    }
+
+
 def compose_data(plan: Plan, image: str) -> dict:
     """The compose project as data. `version` stays so Debian's docker-compose 1.29 accepts it."""
     lab = _ok("lab name", plan.lab, "the lab name")
@@ -77,6 +114,9 @@ def compose_data(plan: Plan, image: str) -> dict:
     services: dict[str, dict] = {}
     for svc in _services(plan):
         name = svc["name"]
+        if name == "gateway" and plan.scenario.gateway.image is not None:
+            services[name] = gateway_image_block(plan, project, svc)
+            continue
         block: dict[str, Any] = {
             "image": image,
             "init": True,
@@ -131,6 +171,14 @@ def _compose_text(plan: Plan, image: str) -> str:
         "The network is internal: documentation-range addresses that lead nowhere, no NAT, and the",
         "host itself takes no address on the bridge.",
     ]
+    if plan.scenario.gateway.image is not None:
+        header += [
+            "",
+            "The gateway is your own image (gateway.image; docs/gateway-image.md): its own entry point, no",
+            "capabilities. `labgen up` adds its extra addresses and removes its default route from outside;",
+            f"by hand, once it runs: docker run --rm --network container:{project}-gateway --cap-add NET_ADMIN",
+            f'  -v "$PWD:/lab:ro" -v "$PWD/run:/lab/run" {image} python3 -m labgen.lab.entrypoints gateway-net',
+        ]
     body = yaml.safe_dump(data, sort_keys=False, default_flow_style=None, allow_unicode=False, width=4096)
     text = "".join(f"# {line}\n" if line else "#\n" for line in header) + body
     # The header is comments only: the file must read back as exactly the data.
@@ -237,7 +285,8 @@ def render_project(plan: Plan, labdir: Path, image: str) -> list[Path]:
         "resolv.conf": f"# The lab DNS only: no recursion, no internet.\n"
         f"nameserver {_ok('ipv4', plan.ip('dns'), 'the DNS address', 'resolv.conf')}\n"
         "options timeout:1 attempts:2\n",
-        **_postfix_files(plan),
+        # An image gateway brings its own configuration: no Postfix files to render.
+        **(_postfix_files(plan) if plan.scenario.gateway.image is None else {}),
     }
     # A directory left by an earlier rendering may hold files this one does not write (a user's
     # configuration that lost a file): the gateway's configuration is this rendering's alone.

@@ -21,7 +21,7 @@ from typing import Any
 
 from ..errors import InfraError
 from ..lab.ledger import read_events
-from ..model.plan import Plan, subnet_mover
+from ..model.plan import Plan, gateway_config_dir, subnet_mover
 from ..results.collect import Collector
 from ..results.contracts import LabRow, ServiceRow
 from ..wait import poll
@@ -123,10 +123,13 @@ def _nanoseconds(duration: str) -> int:
     return int(m.group(1)) * 1_000_000_000
 
 
-def _bind(volume: str, labdir: Path) -> str:
+def _bind(volume: str, labdir: Path, absolute: frozenset[str] = frozenset()) -> str:
     """A compose short-syntax bind ("./x:/dst[:ro]") with its source made absolute: compose takes
-    relative sources from the project directory, the lab directory."""
+    relative sources from the project directory, the lab directory. `absolute`: host paths that
+    may be mounted as they are (an image gateway's configuration directory, checked by the plan)."""
     src, rest = volume.split(":", 1)
+    if src in absolute:
+        return volume
     if not src.startswith("./"):
         raise InfraError(f"compose volume {volume!r} is not relative to the project (a labgen bug)")
     return f"{(labdir / src).resolve()}:{rest}"
@@ -149,9 +152,12 @@ _SERVICE_KEYS = {
 _NETWORK_KEYS = {"name", "driver", "internal", "driver_opts", "labels", "ipam"}
 
 
-def container_kwargs(project: str, service: str, block: dict[str, Any], net: str, labdir: Path) -> dict[str, Any]:
+def container_kwargs(
+    project: str, service: str, block: dict[str, Any], net: str, labdir: Path, absolute: frozenset[str] = frozenset()
+) -> dict[str, Any]:
     """docker-py's containers.create arguments for one compose service block. The compose labels
-    let a user's `docker compose -p PROJECT down` (or ps, logs) find what labgen started."""
+    let a user's `docker compose -p PROJECT down` (or ps, logs) find what labgen started.
+    `absolute`: host paths the block may mount as they are (_bind)."""
 
     unknown = set(block) - _SERVICE_KEYS
     if unknown:
@@ -161,15 +167,23 @@ def container_kwargs(project: str, service: str, block: dict[str, Any], net: str
     (network, endpoint), *more = block["networks"].items()
     if more:
         raise InfraError(f"service {service} on more than one network (a labgen bug)")
-    hc = block["healthcheck"]
+    # An image gateway's block has no command, init, capabilities or healthcheck: the image's own.
+    optional: dict[str, Any] = {k: block[k] for k in ("command", "init", "cap_add") if k in block}
+    hc = block.get("healthcheck")
+    if hc:
+        optional["healthcheck"] = {
+            "test": hc["test"],
+            "interval": _nanoseconds(hc["interval"]),
+            "timeout": _nanoseconds(hc["timeout"]),
+            "retries": hc["retries"],
+            "start_period": _nanoseconds(hc["start_period"]),
+        }
     return {
         "image": block["image"],
-        "command": block["command"],
+        **optional,
         "name": block["container_name"],
         "hostname": block["hostname"],
-        "init": block["init"],
-        "cap_add": block["cap_add"],
-        "volumes": [_bind(v, labdir) for v in block["volumes"]],
+        "volumes": [_bind(v, labdir, absolute) for v in block["volumes"]],
         "labels": {
             **block["labels"],
             "com.docker.compose.project": project,
@@ -178,13 +192,6 @@ def container_kwargs(project: str, service: str, block: dict[str, Any], net: str
             "com.docker.compose.container-number": "1",
             "com.docker.compose.project.working_dir": str(labdir.resolve()),
             "com.docker.compose.project.config_files": str((labdir / "compose.yaml").resolve()),
-        },
-        "healthcheck": {
-            "test": hc["test"],
-            "interval": _nanoseconds(hc["interval"]),
-            "timeout": _nanoseconds(hc["timeout"]),
-            "retries": hc["retries"],
-            "start_period": _nanoseconds(hc["start_period"]),
         },
         "network": net,
         # plain data here; start_project makes the SDK's EndpointConfig (it needs the API version)
@@ -220,8 +227,13 @@ def start_project(plan: Plan, labdir: Path, image: str) -> None:
         services: dict[str, dict[str, Any]] = data["services"]
         made: dict[str, Any] = {}
 
+        config = gateway_config_dir(plan.scenario)  # an image gateway's, mounted from where it is
+        own = frozenset([str(config)] if config else [])
+
         def create(name: str) -> None:
-            kw = container_kwargs(project, name, services[name], netdef["name"], labdir)
+            kw = container_kwargs(
+                project, name, services[name], netdef["name"], labdir, own if name == "gateway" else frozenset()
+            )
             kw["networking_config"] = {n: c.api.create_endpoint_config(**e) for n, e in kw["networking_config"].items()}
             made[name] = c.containers.create(**kw)
 
@@ -233,9 +245,74 @@ def start_project(plan: Plan, labdir: Path, image: str) -> None:
                 raise InfraError("the compose services' depends_on form a cycle (a labgen bug)")
             _each(lambda n: made[n].start(), wave)
             started.update(wave)
+            if "gateway" in wave and plan.scenario.gateway.image is not None:
+                # Before the traffic starts: the gateway's addresses are in place and it answers.
+                setup_image_gateway(plan, labdir, image)
     except docker.errors.DockerException as e:
         first = (str(e).splitlines() or [type(e).__name__])[0][:200]
         raise InfraError(f"Docker could not start lab {plan.lab}: {first}") from None
+
+
+def have_image(ref: str) -> None:
+    """The user's gateway image on the engine: present, or pulled from a registry it reaches."""
+    import docker.errors
+
+    c = client()
+    try:
+        c.images.get(ref)
+        return
+    except docker.errors.ImageNotFound:
+        pass
+    try:
+        c.images.pull(ref)
+    except docker.errors.DockerException as e:
+        first = (str(e).splitlines() or [type(e).__name__])[0][:200]
+        raise InfraError(
+            f"the gateway image {ref} (gateway.image.ref) is not on this Docker engine and could not be "
+            f"pulled: {first}; build or `docker load` it first"
+        ) from None
+
+
+def setup_image_gateway(plan: Plan, labdir: Path, image: str) -> None:
+    """What labgen does for a gateway that is the user's image (docs/gateway-image.md), from
+    outside so that the image needs neither NET_ADMIN nor `ip`: a short-lived lab-image container
+    in the gateway's network namespace adds the gateway's extra addresses (the connectors'
+    source_ip), removes Docker's default route, waits until port 25 answers 220 and writes the
+    gateway's `ready` event to the ledger. It is removed once it has exited."""
+    import docker.errors
+
+    c = client()
+    project = project_name(plan.lab)
+    gateway = f"{project}-gateway"
+    ref = plan.scenario.gateway.image.ref if plan.scenario.gateway.image else "?"
+    ctr = c.containers.run(
+        image,
+        ["python3", "-m", "labgen.lab.entrypoints", "gateway-net"],
+        name=f"{project}-gateway-net",
+        network_mode=f"container:{gateway}",
+        cap_add=["NET_ADMIN"],
+        volumes=[f"{labdir.resolve()}:/lab:ro", f"{(labdir / 'run').resolve()}:/lab/run"],
+        labels={LABEL: plan.lab, labels.SERVICE: "gateway-net"},
+        detach=True,
+    )
+    try:
+        try:
+            code = ctr.wait(timeout=READY_S + 10).get("StatusCode", 1)
+        except Exception:  # the engine's wait timed out: the helper's own deadline is shorter
+            code = -1
+        if code != 0:
+            lines = [x for x in ctr.logs(tail=5).decode("utf-8", "replace").splitlines() if x.strip()]
+            helper = lines[-1] if lines else f"exit {code}"
+            gw_tail = container_log_tail(gateway, 5).strip().replace("\n", " | ")
+            raise InfraError(
+                f"the gateway image {ref} of lab {plan.lab} did not come up: {helper}; "
+                f"last lines of its own log: {gw_tail or '(empty)'}"
+            )
+    finally:
+        try:
+            ctr.remove(force=True)
+        except docker.errors.NotFound:
+            pass
 
 
 def lab_containers(lab: str | None = None) -> list[Any]:
@@ -310,6 +387,7 @@ class DockerEngine:
     """Docker labs always stay up after their verdict, for exploration, until `labgen down`."""
 
     name = "docker"
+    runs_gateway_images = True
     can_render = True
     real_postfix = True  # its gateway is Postfix: a user's own configuration can run
     writes_own_result = True
@@ -334,6 +412,8 @@ class DockerEngine:
         remove_lab(plan.lab, linger=False)  # `up` on an existing lab replaces it
         check_subnet(plan)
         self.image = ensure_image()
+        if plan.scenario.gateway.image is not None:
+            have_image(plan.scenario.gateway.image.ref)
         render_project(plan, labdir, self.image)  # the artifact, also what a user runs by hand
         log.debug("lab %s: starting %s/compose.yaml's project through the Docker API", plan.lab, labdir)
         start_project(plan, labdir, self.image)

@@ -97,6 +97,7 @@ class _FaultEchoes(logging.Filter):
 
 class LocalEngine:
     name = "local"
+    runs_gateway_images = False
     can_render = False
     real_postfix = False  # its gateway is labgen's own: no user Postfix configuration
     writes_own_result = False

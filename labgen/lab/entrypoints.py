@@ -122,6 +122,30 @@ def run_postfix(lab: Path) -> NoReturn:
     os.execvp("postfix", ["postfix", "start-fg"])
 
 
+def run_gateway_net(lab: Path) -> int:
+    """For a gateway that is the user's image (docs/gateway-image.md), run once in its network
+    namespace by the Docker engine: its extra addresses, no default route, then wait until it
+    answers 220 on port 25 of its primary address and write its `ready` event to the ledger."""
+    from ..model.plan import Plan
+    from ..results.contracts import Ready
+    from .ledger import Ledger
+
+    plan = Plan.load(lab / "plan.json")
+    _add_addresses(plan.hosts["gateway"], int(plan.subnet.split("/")[1]))
+    _drop_default_route()
+    try:
+        poll(
+            lambda: answers(plan, "gateway"),
+            waiting_for=f"the gateway image to answer 220 on {plan.ip('gateway')}:{plan.smtp_port}",
+            timeout=55.0,
+            interval=0.2,
+        )
+    except InfraError as e:
+        raise SystemExit(one_line(f"labgen gateway-net: {e.message}")) from None
+    Ledger(lab / "run", "gateway").emit(Ready(event="ready", ip=plan.ip("gateway"), port=plan.smtp_port))
+    return 0
+
+
 def answers(plan: Plan, name: str) -> bool:
     """Does a lab service answer as it should: the DNS with the gateway's address, an SMTP
     service with a 220 greeting."""
@@ -205,12 +229,14 @@ def probe(plan: Plan, lab: Path, name: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     """The container's process: a service's exit status (probe: 0 when it answers)."""
     p = argparse.ArgumentParser(prog="python -m labgen.lab.entrypoints")
-    p.add_argument("service", choices=["eop", "sink", "dns", "gateway", "traffic"])
+    p.add_argument("service", choices=["eop", "sink", "dns", "gateway", "traffic", "gateway-net"])
     p.add_argument("--lab", default="/lab", help="the rendered lab directory")
     p.add_argument("--once", action="store_true", help="traffic: exit after the verdict")
     p.add_argument("--probe", action="store_true", help="health check: does the service answer?")
     a = p.parse_args(argv)
     lab = Path(a.lab)
+    if a.service == "gateway-net":  # an image gateway's network set-up, from outside (docker.py)
+        return run_gateway_net(lab)
     if a.service == "gateway" and not a.probe:
         _drop_default_route()
         run_postfix(lab)

@@ -19,7 +19,7 @@ from typing import Protocol
 
 from pydantic import BaseModel
 
-from ..errors import InputError
+from ..errors import InputError, quote
 from .scenario import (
     PROTECTION_SUFFIX,
     SPF_INCLUDE,
@@ -97,6 +97,7 @@ class Placement(Protocol):
 
     name: str
     real_postfix: bool  # does its gateway run Postfix (so that a user's Postfix configuration can run)?
+    runs_gateway_images: bool  # can it run a scenario whose gateway is the user's image (gateway.image)?
 
     def place(self, net: ipaddress.IPv4Network, subnet: str | None) -> Callable[[str], str] | None: ...
 
@@ -106,6 +107,7 @@ class AsWritten:
 
     name = "none"
     real_postfix = True  # checks what any engine would: the Postfix configuration too
+    runs_gateway_images = True  # nothing runs: the scenario is only read
 
     def place(self, net: ipaddress.IPv4Network, subnet: str | None) -> Callable[[str], str] | None:
         return None
@@ -325,6 +327,14 @@ def make_plan(s: Scenario, engine: Placement | str, subnet: str | None = None) -
         hosts = _host_addresses(s, net)
     except InputError as e:
         raise InputError(f"{s.source}: {e.message}" if s.source else e.message) from None
+    if s.gateway.image is not None:
+        if not engine.runs_gateway_images:
+            where = f"{s.source}: " if s.source else ""
+            raise InputError(
+                f"{where}gateway.image: the {engine.name} engine runs labgen's own gateway and cannot run "
+                "an image; run this scenario with --engine docker"
+            )
+        gateway_config_dir(s)  # bad input fails before anything is created
     move = engine.place(net, subnet)
     lab_subnet = _translate_cidr(str(net), move) if move else str(net)
     if move:
@@ -357,6 +367,34 @@ def _check_postfix_config(s: Scenario, engine: Placement) -> None:
             f"{engine.name} engine does not have; run it with --engine docker"
         )
     read_config_dir(s.base_dir, s.gateway.postfix_config or "", s.source)
+
+
+_MOUNTABLE = re.compile(r"/[A-Za-z0-9._/+@ -]*")  # a host path that a compose short-syntax volume carries as it is
+
+
+def gateway_config_dir(s: Scenario) -> Path | None:
+    """The image gateway's configuration directory on this host (gateway.image.config, relative
+    to the scenario file's directory and inside it, symbolic links resolved), or None when it has
+    none. Scenario files come from strangers: anything else is an InputError naming the field."""
+    image = s.gateway.image
+    if image is None or image.config is None:
+        return None
+    base = s.base_dir.resolve()
+    path = (base / image.config).resolve()
+
+    def refuse(why: str) -> InputError:
+        where = f"{s.source}: " if s.source else ""
+        return InputError(f"{where}gateway.image.config: {quote(image.config)}: {why}")
+
+    if path != base and base not in path.parents:
+        raise refuse(f"leads outside the scenario file's directory {quote(str(base))} (through a symbolic link)")
+    if not _MOUNTABLE.fullmatch(str(path)):
+        raise refuse(f"its path {quote(str(path))} has characters a compose volume cannot carry (':', '$', ',', ...)")
+    if not path.exists():
+        raise refuse(f"no such directory in {quote(str(base))}")
+    if not path.is_dir():
+        raise refuse("not a directory (the MTA's configuration directory, mounted read-only)")
+    return path
 
 
 def _check_subnet_option(subnet: str) -> None:

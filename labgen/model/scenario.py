@@ -37,7 +37,7 @@ from pydantic import (
 from ..errors import InputError, escape, one_line, quote
 from ..files import read_limited
 from ..resources import resource_dir
-from ..textsafe import MESSAGE_ID
+from ..textsafe import MESSAGE_ID, docker_reference
 
 # Lab names mirror the real ones under reserved TLDs (DESIGN.md §2).
 PROTECTION_SUFFIX = "mail.protection.outlook.test"  # real: mail.protection.outlook.com
@@ -665,8 +665,71 @@ def _internet_domain(value: str) -> str:
     return value
 
 
+# Where an image gateway's configuration directory may be mounted: an absolute path of plain
+# components, never one of the paths labgen itself mounts (docs/gateway-image.md).
+_MOUNT_PATH = re.compile(r"(?:/[A-Za-z0-9_][A-Za-z0-9._-]{0,63}){1,16}")
+_RESERVED_MOUNTS = ("/lab/certs", "/etc/resolv.conf", "/etc/hosts", "/etc/hostname", "/proc", "/sys", "/dev")
+
+
+class GatewayImage(_Model):
+    """The gateway as the user's own MTA image (Docker engine only; docs/gateway-image.md)."""
+
+    ref: str = Field(
+        max_length=MAX_PATH,
+        description="The image, as Docker names it (name[:tag][@digest], e.g. myorg/exim-gw:1); it must be present "
+        "on the engine or pullable from a registry it reaches.",
+    )
+    config: str | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_PATH,
+        description="A directory, relative to the scenario file's and inside it, mounted read-only at config_mount "
+        "(the MTA's configuration).",
+    )
+    config_mount: str = Field(
+        "/lab/config",
+        max_length=MAX_PATH,
+        description="Where config is mounted in the container: an absolute path, not /lab/certs or a system path.",
+    )
+
+    @field_validator("ref")
+    @classmethod
+    def _ref(cls, v: str) -> str:
+        if docker_reference(v) is None:
+            raise ValueError(f"{quote(v)} is not a Docker image reference (name[:tag][@digest], e.g. myorg/exim-gw:1)")
+        return v
+
+    @field_validator("config")
+    @classmethod
+    def _config(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        if not v.isprintable() or v.startswith(("/", "~")) or "\\" in v:
+            raise ValueError(f"{quote(v)}: a directory relative to the scenario file's, one printable line")
+        if ".." in Path(v).parts:
+            raise ValueError(f"{quote(v)}: must stay inside the scenario file's directory (no '..')")
+        return v
+
+    @field_validator("config_mount")
+    @classmethod
+    def _config_mount(cls, v: str) -> str:
+        if not _MOUNT_PATH.fullmatch(v) or any(p in (".", "..") for p in v.split("/")):
+            raise ValueError(f"{quote(v)}: an absolute path of plain components (letters, digits, '.', '_', '-')")
+        if v in ("/lab", "/etc", "/usr", "/bin", "/sbin", "/lib") or any(
+            v == r or v.startswith(r + "/") or r.startswith(v + "/") for r in _RESERVED_MOUNTS
+        ):
+            raise ValueError(f"{quote(v)}: labgen or the system needs that path; mount the configuration elsewhere")
+        return v
+
+
 class Gateway(_Model):
     hostname: Annotated[str, AfterValidator(_gateway_hostname)] = "gw.contoso.example"
+    image: GatewayImage | None = Field(
+        None,
+        description="Your own gateway MTA image instead of labgen's Postfix (Docker engine only): the connectors "
+        "below then describe what it is configured to do (certificates issued, egress addresses added), and the "
+        "verdict rests on what EOP and the sinks recorded. docs/gateway-image.md is the contract.",
+    )
     address: LabIp | None = None
     # The certificate the gateway presents when it *receives* mail (STARTTLS server side).
     server_certificate: CertKey | None = None
@@ -705,6 +768,15 @@ class Gateway(_Model):
         if v is not None and not v.isprintable():
             raise ValueError(f"{quote(v)}: a directory name is one printable line")
         return v
+
+    @model_validator(mode="after")
+    def _one_gateway(self) -> Gateway:
+        if self.image is not None and self.postfix_config is not None:
+            raise ValueError(
+                "postfix_config: the gateway is either your image (image:) or your Postfix configuration "
+                "(postfix_config:), not both"
+            )
+        return self
 
 
 Profile = Literal["seed", "current"]

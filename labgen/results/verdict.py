@@ -295,7 +295,39 @@ def _follow_ndr(res: RcptResult, idx: _Index, bounce: GatewayStatus) -> None:
         )
 
 
+# An image gateway (gateway.image) keeps no log labgen reads: its verdicts say so.
+NO_GATEWAY_LOG = "the gateway is your image: its own log was not read; this rests on what EOP and the sinks recorded"
+
+
+def _ground_truth_done(idx: _Index, msgid: str, rcpt: str) -> bool:
+    """For an image gateway, which logs nothing labgen reads: is the recipient's fate recorded
+    where it ended? In a mailbox (EOP's with its message trace line), discarded by EOP, refused
+    by EOP or a sink at RCPT, or EOP's relay of it bounced, deferred or delivered."""
+    evs = idx.by_key.get((msgid, rcpt), [])
+    for e in reversed(evs):
+        if isinstance(e, Delivered):
+            return not (e.tenant and e.tenant not in idx.trace.get((msgid, rcpt), {}))
+        if isinstance(e, Discarded):
+            return True
+    if any(
+        isinstance(e, RcptDecision) and e.service in _LEDGERED and e.action == "reject" and _code(e.reply) >= 500
+        for e in evs
+    ):
+        return True
+    relays = [e for e in evs if isinstance(e, EopRelay)]
+    return bool(relays) and (relays[-1].event != "relayed" or _downstream_done(idx, msgid, rcpt, relays[-1]))
+
+
 def classify_one(plan: Plan, idx: _Index, msgid: str, sender: str, rcpt: str, expected: str | None) -> RcptResult:
+    res = _classify(plan, idx, msgid, sender, rcpt, expected)
+    if plan.scenario.gateway.image is not None:
+        sub = idx.find(msgid, rcpt, "traffic", Submitted, "submitted")
+        if sub and idx.service_at(sub[-1].relay) == "gateway":
+            res.why = f"{res.why} ({NO_GATEWAY_LOG})" if res.why else NO_GATEWAY_LOG
+    return res
+
+
+def _classify(plan: Plan, idx: _Index, msgid: str, sender: str, rcpt: str, expected: str | None) -> RcptResult:
     res = RcptResult(
         msgid, sender, rcpt, "unaccounted", expected, recipient_tenant=plan.scenario.tenant_of_domain(domain_of(rcpt))
     )
@@ -316,8 +348,11 @@ def classify_one(plan: Plan, idx: _Index, msgid: str, sender: str, rcpt: str, ex
     # Final: the submission's answer is logged with the answering hop's own record, and the
     # gateway (if it took the message) logged a disposition whose next hop logged its own.
     chain_done = bool(sub) and _recorded(idx, msgid, rcpt, sub) if sub else False
+    image_gateway = plan.scenario.gateway.image is not None
     if sub and 200 <= _code(sub.reply) < 300:
-        if idx.service_at(sub.relay) == "gateway":
+        if idx.service_at(sub.relay) == "gateway" and image_gateway:
+            chain_done = chain_done and _ground_truth_done(idx, msgid, rcpt)
+        elif idx.service_at(sub.relay) == "gateway":
             last_gw = gw[-1] if gw else None
             chain_done = (
                 chain_done
@@ -354,6 +389,9 @@ def classify_one(plan: Plan, idx: _Index, msgid: str, sender: str, rcpt: str, ex
             and 200 <= _code(h.reply) < 300
         ]
         told = f"answered the {upstream[-1].service} {_code(upstream[-1].reply)}" if upstream else "accepted it"
+        if image_gateway and upstream and idx.service_at(upstream[-1].relay) == "gateway":
+            # The gateway's own log is not read: what EOP answered it is EOP's record of RCPT.
+            told = f"answered the gateway {_code(eop_rcpt[-1].reply)}" if eop_rcpt else "accepted it from the gateway"
         res.dropped_by = DroppedBy(
             service="eop", reason=x.reason, attribution=x.attribution, certificate=x.certificate, client_ip=x.client_ip
         )
@@ -407,6 +445,10 @@ def classify_one(plan: Plan, idx: _Index, msgid: str, sender: str, rcpt: str, ex
         res.outcome = "deferred"
         res.why = f"could not be submitted: {sub.reply}"
         res.final = chain_done  # the traffic generator does not retry
+        return res
+    if image_gateway and idx.service_at(sub.relay) == "gateway":
+        res.outcome = "deferred"  # queued at the gateway, or on its way: its own log is not read
+        res.why = f"the gateway answered '{sub.reply}'; neither EOP nor a sink has a record of it yet"
         return res
     # Through the gateway: submitted to it, or an internet sender's mail for a domain whose MX it is.
     received = idx.received.get(msgid)
