@@ -291,3 +291,40 @@ def test_ci_recipes_run_labgen_test_with_junit_and_publish_that_file(name):
     words = test[0].split()
     assert words[words.index("--junit") + 1] == published
     assert "--engine" in words and words[words.index("--engine") + 1] == "local"
+
+
+@pytest.mark.docker
+def test_docker_labs_run_in_parallel_but_never_two_on_one_subnet_and_none_is_left(tmp_path, test_labs):
+    """-j 2 on Docker: labs on distinct subnets run at once, two on the same subnet one after the
+    other (else the second could not start), and each lab is removed after its verdict."""
+    from conftest import TEST_LAB_PREFIX
+
+    from labgen.engines.docker import lab_containers
+
+    s1 = test_labs.free_subnet()
+    s2 = next(s for s in iter(test_labs.free_subnet, None) if s != s1)
+    sc = tmp_path / "scenarios"
+    sc.mkdir()
+    names = {}
+    for key, src, subnet in (("a", "broken", s1), ("b", "fixed", s2), ("c", "wrong", s1)):
+        if src == "wrong":
+            wrong_expectation(sc / "c.yaml")
+            data = yaml.safe_load((sc / "c.yaml").read_text())
+        else:
+            data = yaml.safe_load((SCENARIOS / f"{src}.yaml").read_text())
+        names[key] = data["name"] = f"{TEST_LAB_PREFIX}-j{key}-{tmp_path.name[-6:].lower().replace('_', '-')}"
+        data["lab"]["subnet"] = subnet
+        (sc / f"{key}.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+        test_labs.names.append(names[key])  # removed at the end whatever happens
+    p = labgen("test", "scenarios", "--engine", "docker", "-j", "2", "--junit", "d.xml", cwd=tmp_path, timeout=600)
+    assert p.returncode == 1, p.stderr
+    root = valid_junit(tmp_path / "d.xml").getroot()
+    failed = {
+        (s.get("name"), c.get("name"))
+        for s in root.iter("testsuite")
+        for c in s.iter("testcase")
+        if c.find("failure") is not None
+    }
+    assert failed == {(names["c"], "to-fabrikam → carol@fabrikam.example")}, failed
+    assert sum(1 for _ in root.iter("testcase")) == 12
+    assert not any(lab_containers(n) for n in names.values()), "every lab is removed after its verdict"
