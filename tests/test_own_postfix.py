@@ -167,3 +167,36 @@ def test_log_of_a_users_transports():
     sent = [e for e in parse_log(log, plan) if e.event == "sent"]
     assert [(e.connector, e.tls.version if e.tls else None) for e in sent] == [("smtp", "TLSv1.3"), ("o365", None)]
     assert all(e.tls is None or e.tls.client_certificate is None for e in sent)  # EOP says which it was
+
+
+def _lint(path: Path, cwd: Path) -> dict:
+    p = labgen("lint", str(path), "--json", cwd=cwd)
+    assert p.returncode in (0, 1), p.stderr
+    return json.loads(p.stdout)
+
+
+def test_lint_reads_the_configuration_not_the_description(tmp_path):
+    """lint judges the transports the Postfix configuration runs: the seed's defect in broken's
+    configuration, none in fixed's; and says so when the scenario's connectors describe another."""
+    broken = _lint(EXAMPLE / "broken.yaml", tmp_path)["findings"]
+    assert [(f["rule"], f["path"]) for f in broken] == [("LG001", "gateway.postfix_config")], broken
+    assert "'o365' (to contoso.mail.protection.outlook.test), 'smtp' (to MX)" in broken[0]["message"]
+    assert _lint(EXAMPLE / "fixed.yaml", tmp_path)["findings"] == []
+
+    root = _copy(tmp_path)
+    # fixed's configuration, described as if the Internet connector still presented gw: LG016.
+    text = (root / "fixed.yaml").read_text()
+    (root / "fixed.yaml").write_text(text.replace("      certificate: mta\n", "      certificate: gw\n"))
+    found = _lint(root / "fixed.yaml", tmp_path)["findings"]
+    assert [f["rule"] for f in found] == ["LG016"], found
+    assert "sends * to MX presenting mta.contoso.example" in found[0]["message"]
+
+    # A transport table lint cannot read is a note, not a guess.
+    _edit(
+        root,
+        "main.cf",
+        "transport_maps = hash:/etc/postfix/transport",
+        "transport_maps = regexp:/etc/postfix/transport",
+    )
+    notes = [f for f in _lint(root / "broken.yaml", tmp_path)["findings"] if f["rule"] == "LG017"]
+    assert notes and "regexp:/etc/postfix/transport: not read" in notes[0]["message"], notes

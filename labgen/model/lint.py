@@ -68,6 +68,8 @@ SPF_5723 = (
 SPF_CONFIGURE = "https://learn.microsoft.com/defender-office-365/email-authentication-spf-configure"
 DBEB = "https://learn.microsoft.com/exchange/mail-flow-best-practices/use-directory-based-edge-blocking"
 RELAY_RECIPIENT_MAPS = "https://www.postfix.org/postconf.5.html#relay_recipient_maps"
+TRANSPORT_MAPS = "https://www.postfix.org/postconf.5.html#transport_maps"
+SMTP_TLS_CHAIN_FILES = "https://www.postfix.org/postconf.5.html#smtp_tls_chain_files"
 SOCKETERROR = "https://learn.microsoft.com/exchange/troubleshoot/email-delivery/send-receive-emails-socketerror"
 TLS_VERSIONS = (
     "https://techcommunity.microsoft.com/blog/exchange/"
@@ -225,6 +227,26 @@ RULES: tuple[Rule, ...] = (
         (LOOP, CMT),
         "Remove the outbound connector (centralized mail transport never sends on-premises mail back), or send "
         "that domain from the gateway somewhere other than Exchange Online.",
+    ),
+)
+RULES += (
+    Rule(
+        "LG016",
+        "postfix-config-differs",
+        "The scenario's send connectors describe another gateway than its Postfix configuration",
+        "warning",
+        (TRANSPORT_MAPS, SMTP_TLS_CHAIN_FILES),
+        "Make gateway.connectors say what the Postfix configuration does (which domains each transport takes, "
+        "where to, with which certificate): lint and the lab follow the configuration, the report draws both.",
+    ),
+    Rule(
+        "LG017",
+        "postfix-config-unread",
+        "Part of the Postfix configuration could not be read as send connectors",
+        "note",
+        (TRANSPORT_MAPS,),
+        "Nothing to fix in the gateway: lint judges what it could read; use hash, btree or texthash transport "
+        "tables and lab addresses for smtp_bind_address to have the rest judged too.",
     ),
 )
 RULE_BY_ID = {r.id: r for r in RULES}
@@ -785,6 +807,50 @@ def _node_line(root: yaml.Node | None, path: tuple[Any, ...]) -> int | None:
     return line
 
 
+def _presented(s: Scenario, connectors: list[SendConnector]) -> set[tuple[str, str, tuple[str, ...]]]:
+    """(address space, destination, names of the certificate presented) for each connector's spaces."""
+    base = s.base_dir
+    names = {k: tuple(_cert_names(c, base)[0]) for k, c in s.certificates.items()}
+    return {
+        (space, _destination(c), names.get(c.certificate or "", ())) for c in connectors for space in c.address_space
+    }
+
+
+def check_postfix_config(s: Scenario, gateway_ip: str) -> list[Finding]:
+    """A scenario whose gateway is the user's Postfix configuration: the rules run on the send
+    connectors the configuration amounts to (postfix_transports.derive), each finding pointed at
+    gateway.postfix_config; where the scenario's own connectors describe something else, LG016."""
+    from .postfix_transports import as_run as configured
+
+    as_run, derived = configured(s)
+    config = ("gateway", "postfix_config")
+    out = []
+    for f in check(as_run, gateway_ip):
+        if f.path[:2] == ("gateway", "connectors"):
+            f.path = config
+            f.message += " (in your Postfix configuration: send connectors are its smtp transports)"
+        out.append(f)
+    described, running = _presented(s, s.gateway.connectors), _presented(as_run, as_run.gateway.connectors)
+    if described != running:
+        only = sorted(running - described)
+        space, dest, names = only[0] if only else sorted(described - running)[0]
+        shown = ", ".join(names) or "no certificate"
+        out.append(
+            Finding(
+                "LG016",
+                "warning",
+                f"the Postfix configuration sends {space} to {dest} presenting {shown}, which gateway.connectors "
+                f"{'do not say' if only else 'say, but the configuration does not do'}; lint and the lab follow "
+                "the configuration",
+                "gateway.connectors",
+                ("gateway", "connectors"),
+            )
+        )
+    for note in derived.notes:
+        out.append(Finding("LG017", "note", note, "gateway.postfix_config", config))
+    return out
+
+
 def lint(ref: str, profile: str | None = None) -> Report:
     """Load a scenario (a built-in by name, an example, a file) and check it."""
     from .plan import AsWritten, make_plan
@@ -794,7 +860,8 @@ def lint(ref: str, profile: str | None = None) -> Report:
         s = with_profile(s, profile)
     path = scenario_path(ref)
     plan = make_plan(s, AsWritten())
-    report = Report(s.name, ref, path, s.eop.profile, check(s, plan.ip("gateway")))
+    findings = check_postfix_config(s, plan.ip("gateway")) if s.gateway.postfix_config else check(s, plan.ip("gateway"))
+    report = Report(s.name, ref, path, s.eop.profile, findings)
     label = escape(ref, 100)
     try:  # load_scenario read it already: within the size, depth and alias limits
         root = yaml.compose(read_scenario_text(path, label), Loader=yaml.SafeLoader)

@@ -647,8 +647,17 @@ def load_source(source: str, workdir: Path, result_file: str | None = None) -> t
     if _LAB_NAME.fullmatch(source) and (labdir / "plan.json").is_file() and not labdir.is_symlink():
         plan = Plan.load(labdir / "plan.json")
         doc = last_run(labdir, plan)
+        if plan.scenario.gateway.postfix_config:  # the copy of the user's configuration the lab ran
+            s = plan.scenario.model_copy(deep=True)
+            s.gateway.postfix_config, s._base_dir = "postfix", labdir / "gateway"
+            plan = plan.model_copy(update={"scenario": s})
     else:
         plan = make_plan(load_scenario(source), AsWritten())
+    if plan.scenario.gateway.postfix_config:
+        from ..model.postfix_transports import as_run
+
+        # Drawn as it runs: the send connectors are the configuration's smtp transports.
+        plan = plan.model_copy(update={"scenario": as_run(plan.scenario)[0]})
     if result_file is not None:
         doc = read_result(Path(result_file), escape(result_file, 100))
         if doc.scenario != plan.lab:
