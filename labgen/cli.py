@@ -1076,6 +1076,171 @@ def images_ls(as_json):
     out.print(t)
 
 
+# ---------------------------------------------------------------- workshops (issue #11): seats on one host
+
+
+@main.group()
+def workshop():
+    """Workshops: N isolated seats of one scenario on this Docker host, each with its own subnet,
+    names, labels and directory; `labgen check --seat SEAT` grades a trainee's change."""
+
+
+def _seat_progress(seat: str, text: str) -> None:
+    out.print(_text(f"{seat}: {text}"))
+
+
+def _goal_lines(results) -> None:
+    for r in results:
+        mark, style = ("PASS", "green") if r.passed else ("FAIL", "red")
+        out.print(
+            _text(
+                f"  {mark} {r.seat} goal {r.goal + 1} ({r.says or r.message}): {r.message} to {r.to}: "
+                f"{r.outcome}, wanted {r.expect} — {r.reason}",
+                style,
+            )
+        )
+
+
+@workshop.command("up")
+@click.argument("scenario")
+@click.option("--seats", type=click.IntRange(1, 99), required=True, help="How many seats (isolated labs).")
+@click.option("--name", help="The workshop's name (default: the scenario's); seats are <name>-s01, ...")
+@click.option("--workdir", help="Where the workshop directory labgen-<name> goes (default: current directory).")
+def workshop_up(scenario, seats, name, workdir):
+    """Start SEATS copies of SCENARIO at once, each on its own free /24 of 198.18.0.0/15; each
+    seat's progress and verdict as it comes. Exit 0 when every seat is up (its verdict is the
+    exercise's starting state), 3 when one could not start (it is named; the others keep running)."""
+    from . import workshop as ws
+
+    w, runs = ws.up(scenario, seats, name, _workdir(workdir), _seat_progress)
+    failed = [r for r in runs if r.doc is None]
+    out.print(_text(f"workshop {w.name}: {len(runs) - len(failed)} of {len(runs)} seat(s) up; directory {w.dir}"))
+    for r in failed:
+        out.print(_text(f"seat {r.seat} ({r.lab}) did not start: {r.error}", "red"))
+    out.print(_text(f"trainees edit {w.dir}/sNN/overlay.yaml, then: labgen check --seat sNN {w.name}", "dim"))
+    sys.exit(3 if failed else 0)
+
+
+@workshop.command("status")
+@click.argument("name", required=False)
+@click.option("--json", "as_json", is_flag=True)
+def workshop_status(name, as_json):
+    """A row per seat: state, subnet, verdict, lab directory."""
+    from . import workshop as ws
+
+    rows = ws.status(ws.check_workshop_name(name) if name else None)
+    if as_json:
+        click.echo(json.dumps({"schema": "labgen.workshop-status/v1", "seats": rows}, indent=2))
+        return
+    if not rows:
+        out.print(_text("no workshop is up" + (f" named {name}" if name else "")))
+        return
+    from rich.table import Table
+
+    t = Table(title="labgen workshops")
+    for col in ("workshop", "seat", "state", "subnet", "verdict", "lab directory"):
+        t.add_column(col, overflow="fold")
+    for r in rows:
+        t.add_row(*map(_text, (r["workshop"], r["seat"], r["state"], r["subnet"], r["verdict"], r["lab_dir"] or "")))
+    out.print(t)
+
+
+@workshop.command("down")
+@click.argument("name", required=False)
+def workshop_down(name):
+    """Remove every seat of the workshop (by its label io.labgen.workshop), nothing else."""
+    from . import workshop as ws
+
+    wname = ws.pick_workshop(name)
+    gone = ws.down(wname)
+    what = ", ".join(f"{len(v)} {k}" for k, v in gone.items())
+    out.print(_text(f"workshop {wname}: removed {what}"))
+
+
+@workshop.command("exec", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("--name", help="The workshop (default: the only one up).")
+@click.argument("seat")
+@click.argument("cmd", nargs=-1, required=True, type=click.UNPROCESSED)
+def workshop_exec(name, seat, cmd):
+    """Run CMD in the seat's traffic container (e.g. -- swaks --server gw.contoso.example ...);
+    its output and exit status are passed through."""
+    from . import workshop as ws
+
+    argv = list(cmd)[1:] if cmd and cmd[0] == "--" else list(cmd)
+    if not argv:
+        raise InputError("workshop exec: give the command after --, e.g. labgen workshop exec s01 -- swaks --help")
+    wname = ws.pick_workshop(name)
+    code, stdout, stderr = ws.exec_in_seat(wname, ws.check_seat(seat), argv)
+    sys.stdout.buffer.write(stdout)
+    sys.stdout.flush()
+    sys.stderr.buffer.write(stderr)
+    sys.stderr.flush()
+    sys.exit(code)
+
+
+@workshop.command("check")
+@click.argument("name", required=False)
+@click.option("--workdir", help="Where the workshop directory is when no seat of it runs.")
+def workshop_check(name, workdir):
+    """Apply every seat's overlay, grade each goal, and write class-report.json and .csv in the
+    workshop directory. Exit 0 when every seat passes, 1 when one fails, 3 when one could not run."""
+    from . import workshop as ws
+
+    w = ws.find_workshop(ws.pick_workshop(name), _workdir(workdir))
+    runs, results = ws.check_seats(w, w.seats, _seat_progress)
+    _goal_lines(results)
+    jpath, cpath = ws.write_class_report(w, results)
+    failed = sorted({r.seat for r in results if not r.passed})
+    out.print(_text(f"workshop {w.name}: {len(w.seats) - len(failed)} of {len(w.seats)} seat(s) pass"))
+    out.print(_text(f"class report: {jpath} and {cpath}", "dim"))
+    sys.exit(3 if any(r.doc is None for r in runs) else 1 if failed else 0)
+
+
+@workshop.command("reset")
+@click.argument("seat", required=False)
+@click.option("--all", "all_seats", is_flag=True, help="Every seat.")
+@click.option("--name", help="The workshop (default: the only one up).")
+@click.option("--workdir", help="Where the workshop directory is when no seat of it runs.")
+def workshop_reset(seat, all_seats, name, workdir):
+    """Empty the seat's overlay and restart it as the exercise starts (no image build)."""
+    from . import workshop as ws
+
+    if bool(seat) == bool(all_seats):
+        raise InputError("workshop reset: name one seat (s01, ...) or pass --all")
+    w = ws.find_workshop(ws.pick_workshop(name), _workdir(workdir))
+    seats = w.seats if all_seats else [w.seat(ws.check_seat(seat))]
+    runs = ws.reset_seats(w, seats, _seat_progress)
+    failed = [r for r in runs if r.doc is None]
+    sys.exit(3 if failed else 0)
+
+
+@main.command("check")
+@click.argument("name", required=False, metavar="[WORKSHOP]")
+@click.option("--seat", required=True, help="The seat to check (s01, ...).")
+@click.option("--workdir", help="Where the workshop directory is when the seat does not run.")
+@click.option("--json", "as_json", is_flag=True, help="Print the seat's goals as JSON.")
+def check_command(name, seat, workdir, as_json):
+    """Apply the trainee's overlay.yaml to the running seat (restarted from the existing image),
+    send the traffic again and grade each goal with its reason. Exit 0 when every goal holds,
+    1 when one does not, 2 when the overlay is refused, 3 when the seat could not run."""
+    from . import workshop as ws
+
+    _quiet_for_json(as_json)
+    w = ws.find_workshop(ws.pick_workshop(name), _workdir(workdir))
+    target = w.seat(ws.check_seat(seat))
+    progress = (lambda _s, _t: None) if as_json else _seat_progress
+    runs, results = ws.check_seats(w, [target], progress)
+    if runs[0].doc is None:
+        raise LabgenError(f"seat {target.name} could not run: {runs[0].error}") from None
+    if as_json:
+        click.echo(json.dumps({"workshop": w.name, "seat": target.name, "goals": [r.row() for r in results]}, indent=2))
+    else:
+        _goal_lines(results)
+        ok = all(r.passed for r in results)
+        out.print(_text(f"seat {target.name}: {'every goal holds' if ok else 'not there yet'}"))
+    sys.exit(0 if all(r.passed for r in results) else 1)
+
+
 def _interrupted_late(signum, frame):
     # Ctrl-C during interpreter shutdown (joining threads, atexit): the result is already printed,
     # so the one line and 130, not a KeyboardInterrupt traceback and death by signal (status -2).

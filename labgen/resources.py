@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.resources
 from pathlib import Path
 
-DATA_PACKAGES = ("scenarios", "templates", "compose", "examples")
+DATA_PACKAGES = ("scenarios", "templates", "compose", "examples", "exercises")
 _CHECKOUT = Path(__file__).resolve().parent.parent
 
 

@@ -190,18 +190,29 @@ def run_lab(
     subnet: str | None = None,
     on_phase: Callable[[str], None] = lambda _: None,
     force: bool = False,
+    labdir: Path | None = None,
+    plan: Plan | None = None,
 ) -> ResultDoc:
+    """`labdir`: the lab directory when it is not <workdir>/labgen-<lab> (a workshop seat's);
+    `plan`: one already made (a workshop seat's, with its labels)."""
     t0 = time.monotonic()
-    plan = make_plan(s, engine, subnet)  # bad input fails before anything is created
-    with lab_lock(lab_dir(workdir, s.name), force):
-        return _run_locked(s, engine, workdir, plan, t0, on_phase)
+    plan = plan or make_plan(s, engine, subnet)  # bad input fails before anything is created
+    labdir = labdir or lab_dir(workdir, s.name)
+    with lab_lock(labdir, force):
+        return _run_locked(s, engine, workdir, plan, t0, on_phase, labdir)
 
 
 def _run_locked(
-    s: Scenario, engine: Engine, workdir: Path, plan: Plan, t0: float, on_phase: Callable[[str], None]
+    s: Scenario,
+    engine: Engine,
+    workdir: Path,
+    plan: Plan,
+    t0: float,
+    on_phase: Callable[[str], None],
+    labdir: Path | None = None,
 ) -> ResultDoc:
     on_phase("making certificates")
-    plan, labdir = prepare_lab(s, engine, workdir, plan=plan)  # lab_lock has accepted (and marked) it
+    plan, labdir = prepare_lab(s, engine, workdir, plan=plan, labdir=labdir)  # lab_lock has accepted (and marked) it
     run_dir = labdir / "run"
     check_space(run_dir)  # nothing started yet
     try:

@@ -9,6 +9,7 @@ by line before anything is written (labgen.engines.postfix)."""
 
 from __future__ import annotations
 
+import re
 import shlex
 import shutil
 from collections.abc import Callable
@@ -101,9 +102,22 @@ def gateway_image_block(plan: Plan, project: str, svc: dict[str, Any]) -> dict[s
         "volumes": volumes,
         "container_name": f"{project}-gateway",
         "hostname": svc["hostname"],
-        "labels": {"io.labgen.lab": plan.lab, "io.labgen.service": "gateway"},
+        "labels": {**_extra_labels(plan), "io.labgen.lab": plan.lab, "io.labgen.service": "gateway"},
         "networks": {"lab": {"ipv4_address": svc["ip"]}},
     }
+
+
+_EXTRA_LABEL = re.compile(r"io\.labgen\.[a-z]{1,20}")
+
+
+def _extra_labels(plan: Plan) -> dict[str, str]:
+    """The plan's extra labels (a workshop seat's), each name labgen's own and each value a lab
+    name's grammar: they land in compose.yaml and on Docker objects as they are."""
+    for key, value in plan.labels.items():
+        if not _EXTRA_LABEL.fullmatch(key):
+            raise InfraError(f"label {key!r} is not one of labgen's io.labgen.* labels (a labgen bug)")
+        _ok("lab name", value, f"label {key}")
+    return dict(plan.labels)
 
 
 def compose_data(plan: Plan, image: str) -> dict:
@@ -135,7 +149,7 @@ def compose_data(plan: Plan, image: str) -> dict:
         }
         if svc["depends_on"]:
             block["depends_on"] = svc["depends_on"]
-        block["labels"] = {"io.labgen.lab": lab, "io.labgen.service": name}
+        block["labels"] = {**_extra_labels(plan), "io.labgen.lab": lab, "io.labgen.service": name}
         block["networks"] = {"lab": {"ipv4_address": svc["ip"]}}
         services[name] = block
     return {
@@ -147,7 +161,7 @@ def compose_data(plan: Plan, image: str) -> dict:
                 "driver": "bridge",
                 "internal": True,
                 "driver_opts": {"com.docker.network.bridge.inhibit_ipv4": "true"},
-                "labels": {"io.labgen.lab": lab},
+                "labels": {**_extra_labels(plan), "io.labgen.lab": lab},
                 "ipam": {"config": [{"subnet": _ok("ipv4 network", plan.subnet, "the lab subnet")}]},
             }
         },

@@ -74,6 +74,9 @@ class Plan(BaseModel):
     # (Plans written before the fake EOP accepted any client certificate also name an
     # "eop_accept_bundle"; loading ignores it.)
     scenario: Scenario
+    # Extra Docker labels on everything the lab starts (a workshop seat's io.labgen.workshop and
+    # io.labgen.seat); names and values are labgen's own, checked where they are made.
+    labels: dict[str, str] = {}
 
     # ----- views
     def ip(self, host: str) -> str:
@@ -313,7 +316,9 @@ def gateway_server_cert(plan: Plan) -> str:
 # ---------------------------------------------------------------- the plan
 
 
-def make_plan(s: Scenario, engine: Placement | str, subnet: str | None = None) -> Plan:
+def make_plan(
+    s: Scenario, engine: Placement | str, subnet: str | None = None, labels: dict[str, str] | None = None
+) -> Plan:
     """Addresses are checked in the scenario's own subnet, then placed where the engine says
     (engine.place). An engine given by name is looked up in the engines facade."""
     if isinstance(engine, str):
@@ -353,6 +358,7 @@ def make_plan(s: Scenario, engine: Placement | str, subnet: str | None = None) -
         ca_root="certs/ca-root.crt",
         ca_intermediate="certs/ca-intermediate.crt",
         scenario=s,
+        labels=dict(labels or {}),
     )
 
 

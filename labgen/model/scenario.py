@@ -1130,6 +1130,47 @@ class About(_Model):
     tags: list[Annotated[str, AfterValidator(_tag)]] = Field([], max_length=10)
 
 
+# What a workshop's overlay may set (exercise.may_change): the gateway's parts and the
+# certificates, as dotted paths; `[*]` is every item of a list of named items (connectors).
+MAY_CHANGE_RE = re.compile(r"(gateway|certificates)(\.[a-z_]{1,40}(\[\*\])?){0,3}")
+
+
+def _may_change(value: str) -> str:
+    if not MAY_CHANGE_RE.fullmatch(value):
+        raise ValueError(
+            f"{quote(value)}: a path under gateway or certificates, such as "
+            "gateway.connectors[*].certificate or certificates"
+        )
+    return value
+
+
+def _goal_message(value: str) -> str:
+    if not MESSAGE_ID.fullmatch(value):
+        raise ValueError(f"{quote(value)}: a traffic id (letters, digits, '.', '_', '-')")
+    return value
+
+
+class Goal(_Model):
+    """One thing that must hold once the trainee's change runs: a message's outcome."""
+
+    message: Annotated[str, AfterValidator(_goal_message)] = Field(description="A traffic id.")
+    to: str | None = Field(None, description="One of its recipients (default: every recipient).")
+    expect: Outcome
+    says: Annotated[str, AfterValidator(text_line("a goal's text", MAX_TEXT))] = Field(
+        "", description="What the goal means, in the trainee's words."
+    )
+
+
+class Exercise(_Model):
+    """A workshop exercise on this scenario: what to do, hints, the goals that define success
+    and what the trainee's overlay file may change (labgen workshop, labgen check)."""
+
+    task: Annotated[str, AfterValidator(text_line("a task", 600, min_len=1))]
+    hints: list[Annotated[str, AfterValidator(text_line("a hint", 400, min_len=1))]] = Field([], max_length=10)
+    goals: list[Goal] = Field(min_length=1, max_length=MAX_ITEMS)
+    may_change: list[Annotated[str, AfterValidator(_may_change)]] = Field(min_length=1, max_length=20)
+
+
 class Scenario(_Model):
     name: str
     description: Annotated[str, AfterValidator(text_line("a description", MAX_TEXT))] = Field(
@@ -1137,6 +1178,9 @@ class Scenario(_Model):
     )
     about: About | None = Field(
         None, description="Catalogue scenarios: the failure it shows, its cause, fix and sources."
+    )
+    exercise: Exercise | None = Field(
+        None, description="Workshops: the task, hints, goals and what the trainee may change."
     )
     lab: LabNet = LabNet()
     eop: Eop = Eop()
@@ -1279,6 +1323,7 @@ class _Located(Exception):
 
 def _cross_check(s: Scenario) -> None:
     """Checks that span several parts of the file; raise _Located with the YAML path."""
+    _check_exercise(s)
     seen_domains: dict[str, str] = {}
     for tname, tenant in s.tenants.items():
         own = {d.name for d in tenant.domains} | {routing_domain(tname)}
@@ -1379,6 +1424,20 @@ def _cross_check(s: Scenario) -> None:
                         f"traffic[{i}].expect{_key_part(rcpt)}",
                         f"{quote(rcpt)} is not one of this message's recipients",
                     )
+
+
+def _check_exercise(s: Scenario) -> None:
+    """Each goal names a message of the traffic and, when it names one, one of its recipients."""
+    if s.exercise is None:
+        return
+    recipients: dict[str, set[str]] = {}
+    for m in s.traffic:
+        recipients.setdefault(m.id or "", set()).update(r.lower() for r in m.to)
+    for i, g in enumerate(s.exercise.goals):
+        if g.message not in recipients:
+            raise _Located(f"exercise.goals[{i}].message", f"{quote(g.message)} is no traffic id of this scenario")
+        if g.to is not None and g.to.lower() not in recipients[g.message]:
+            raise _Located(f"exercise.goals[{i}].to", f"{quote(g.to)} is not one of {g.message}'s recipients")
 
 
 def _unknown_cert(name: str, names: set[str]) -> str:

@@ -1,0 +1,1 @@
+"""Workshop exercises: scenarios with an exercise: block (labgen workshop up NAME)."""
