@@ -1094,7 +1094,7 @@ def _goal_lines(results) -> None:
         mark, style = ("PASS", "green") if r.passed else ("FAIL", "red")
         out.print(
             _text(
-                f"  {mark} {r.seat} goal {r.goal + 1} ({r.says or r.message}): {r.message} to {r.to}: "
+                f"  {mark} {r.seat} goal {r.goal} ({r.says or r.message}): {r.message} to {r.to}: "
                 f"{r.outcome}, wanted {r.expect} — {r.reason}",
                 style,
             )

@@ -365,24 +365,39 @@ def grade(seat: str, exercise: Exercise, doc: ResultDoc) -> list[GoalResult]:
     for i, g in enumerate(exercise.goals):
         found = [m for m in doc.messages if m.id == g.message and (g.to is None or m.to.lower() == g.to.lower())]
         if not found:
-            rows.append(GoalResult(seat, i, g.message, g.to or "", g.expect, "missing", False, g.says, "not sent"))
+            rows.append(GoalResult(seat, i + 1, g.message, g.to or "", g.expect, "missing", False, g.says, "not sent"))
         for m in found:
             ok = m.outcome == g.expect
             reason = explain(m)
-            rows.append(GoalResult(seat, i, g.message, m.to, g.expect, m.outcome, ok, g.says, reason))
+            rows.append(GoalResult(seat, i + 1, g.message, m.to, g.expect, m.outcome, ok, g.says, reason))
     return rows
 
 
 # ---------------------------------------------------------------- Docker: what runs
 
 
-def _engine():
+def _engine(image: str | None = None):
     from .engines.docker import DockerEngine
 
     ok, why = DockerEngine.available()
     if not ok:
         raise InfraError(f"workshops run on the Docker engine, and {why}")
-    return DockerEngine()
+    return DockerEngine(image=image)
+
+
+def seat_image(seat: Seat) -> str | None:
+    """The image the seat's containers run (its traffic container's), to restart it from as it
+    is; None when the seat has no container left (it then starts from the current image)."""
+    import docker.errors
+
+    from .engines.dockerapi import client
+
+    try:
+        ctr = client().containers.get(labels.container(seat.lab, "traffic"))
+    except docker.errors.NotFound:
+        return None
+    image = ctr.attrs.get("Config", {}).get("Image") or ctr.attrs.get("Image")
+    return str(image) if image else None
 
 
 def workshop_objects(workshop: str | None = None) -> tuple[list[Any], list[Any]]:
@@ -447,17 +462,24 @@ Progress = Callable[[str, str], None]
 
 
 def _run_seats(
-    w: Workshop, work: list[tuple[Seat, Scenario]], labels_of: Callable[[Seat], dict[str, str]], progress: Progress
+    w: Workshop,
+    work: list[tuple[Seat, Scenario]],
+    labels_of: Callable[[Seat], dict[str, str]],
+    progress: Progress,
+    restart: bool = False,
 ) -> list[SeatRun]:
-    """Start (or restart) seats, a few at once; a seat that fails is named, the others go on."""
+    """Start (or `restart`: from the image they run, no build) seats, a few at once; a seat that
+    fails is named, the others go on."""
     from .model.plan import make_plan
     from .run import run_lab
 
     engine0 = _engine()
     plans = {seat.name: make_plan(s, engine0, seat.subnet, labels_of(seat)) for seat, s in work}  # bad input first
-    from .engines.images import ensure_image
+    images = {seat.name: seat_image(seat) if restart else None for seat, _ in work}
+    if not all(images.values()):
+        from .engines.images import ensure_image
 
-    ensure_image()  # once, before the threads (each seat only finds it)
+        ensure_image()  # once, before the threads (each seat only finds it)
     runs = {seat.name: SeatRun(seat.name, seat.lab, seat.subnet, seat.dir) for seat, _ in work}
     lock = threading.Lock()
 
@@ -470,7 +492,9 @@ def _run_seats(
                 progress(seat.name, text)
 
         try:
-            run.doc = run_lab(s, _engine(), w.dir, on_phase=phase, force=True, labdir=seat.dir, plan=plans[seat.name])
+            run.doc = run_lab(
+                s, _engine(images[seat.name]), w.dir, on_phase=phase, force=True, labdir=seat.dir, plan=plans[seat.name]
+            )
         except LabgenError as e:
             run.error = (e.message.splitlines() or [""])[0]
         except Exception as e:  # one seat's surprise is not the class's
@@ -633,12 +657,12 @@ def check_seats(w: Workshop, seats: list[Seat], progress: Progress) -> tuple[lis
     if exercise is None:
         raise InputError(f"workshop {w.name}'s scenario has no exercise: block, so there is nothing to grade")
     work = [(seat, seat_scenario(w, seat)) for seat in seats]  # every overlay valid before any restarts
-    runs = _run_seats(w, work, seat_labels(w.name), progress)
+    runs = _run_seats(w, work, seat_labels(w.name), progress, restart=True)
     results: list[GoalResult] = []
     for run in runs:
         if run.doc is None:
             results += [
-                GoalResult(run.seat, i, g.message, g.to or "", g.expect, "not run", False, g.says, run.error or "")
+                GoalResult(run.seat, i + 1, g.message, g.to or "", g.expect, "not run", False, g.says, run.error or "")
                 for i, g in enumerate(exercise.goals)
             ]
         else:
@@ -654,7 +678,7 @@ def reset_seats(w: Workshop, seats: list[Seat], progress: Progress) -> list[Seat
         except OSError as e:
             raise InfraError(f"cannot write {seat.dir / OVERLAY_FILE}: {e.strerror}") from None
     work = [(seat, seat_scenario(w, seat, with_overlay=False)) for seat in seats]
-    return _run_seats(w, work, seat_labels(w.name), progress)
+    return _run_seats(w, work, seat_labels(w.name), progress, restart=True)
 
 
 REPORT_FIELDS = ["seat", "goal", "message", "to", "expect", "outcome", "passed", "says", "reason"]

@@ -392,7 +392,10 @@ class DockerEngine:
     real_postfix = True  # its gateway is Postfix: a user's own configuration can run
     writes_own_result = True
 
-    def __init__(self, keep: bool = True):  # keep: what `up --keep` asks is this engine's default
+    def __init__(self, keep: bool = True, image: str | None = None):  # keep: `up --keep` is this engine's default
+        # image: start the lab from this image as it is (a workshop seat restarted with a trainee's
+        # change: the image its containers already run, never a build); None: the current one.
+        self.pinned = image
         self.image: str | None = None
 
     @classmethod
@@ -411,7 +414,7 @@ class DockerEngine:
         client()
         remove_lab(plan.lab, linger=False)  # `up` on an existing lab replaces it
         check_subnet(plan)
-        self.image = ensure_image()
+        self.image = self.pinned or ensure_image()
         if plan.scenario.gateway.image is not None:
             have_image(plan.scenario.gateway.image.ref)
         render_project(plan, labdir, self.image)  # the artifact, also what a user runs by hand
