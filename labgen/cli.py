@@ -1103,7 +1103,7 @@ def _goal_lines(results) -> None:
 
 @workshop.command("up")
 @click.argument("scenario")
-@click.option("--seats", type=click.IntRange(1, 99), required=True, help="How many seats (isolated labs).")
+@click.option("--seats", type=int, required=True, help="How many seats (isolated labs).")
 @click.option("--name", help="The workshop's name (default: the scenario's); seats are <name>-s01, ...")
 @click.option("--workdir", help="Where the workshop directory labgen-<name> goes (default: current directory).")
 def workshop_up(scenario, seats, name, workdir):
@@ -1187,7 +1187,7 @@ def workshop_check(name, workdir):
     from . import workshop as ws
 
     w = ws.find_workshop(ws.pick_workshop(name), _workdir(workdir))
-    runs, results = ws.check_seats(w, w.seats, _seat_progress)
+    runs, results = ws.check_seats(w, w.seats, _seat_progress, tolerate=True)
     _goal_lines(results)
     jpath, cpath = ws.write_class_report(w, results)
     failed = sorted({r.seat for r in results if not r.passed})

@@ -650,15 +650,33 @@ def exec_in_seat(name: str, seat: str, cmd: list[str]) -> tuple[int, bytes, byte
 # ---------------------------------------------------------------- check, reset
 
 
-def check_seats(w: Workshop, seats: list[Seat], progress: Progress) -> tuple[list[SeatRun], list[GoalResult]]:
-    """Apply each seat's overlay (restart from the existing image) and grade the exercise's goals."""
+def check_seats(
+    w: Workshop, seats: list[Seat], progress: Progress, tolerate: bool = False
+) -> tuple[list[SeatRun], list[GoalResult]]:
+    """Apply each seat's overlay (restart from the existing image) and grade the exercise's goals.
+    A refused overlay is bad input (InputError), or with `tolerate` (the class's check) a failed
+    row for that seat while the others are checked."""
     base = seat_scenario(w, seats[0], with_overlay=False) if seats else None
     exercise = base.exercise if base else None
     if exercise is None:
         raise InputError(f"workshop {w.name}'s scenario has no exercise: block, so there is nothing to grade")
-    work = [(seat, seat_scenario(w, seat)) for seat in seats]  # every overlay valid before any restarts
-    runs = _run_seats(w, work, seat_labels(w.name), progress, restart=True)
+    work: list[tuple[Seat, Scenario]] = []
+    refused: dict[str, str] = {}
+    for seat in seats:  # every overlay read before any seat restarts
+        try:
+            work.append((seat, seat_scenario(w, seat)))
+        except InputError as e:
+            if not tolerate:
+                raise
+            refused[seat.name] = e.message  # the class goes on; this seat's row says why
+            progress(seat.name, f"overlay refused: {e.message}")
+    runs = _run_seats(w, work, seat_labels(w.name), progress, restart=True) if work else []
     results: list[GoalResult] = []
+    for name, why in refused.items():
+        results += [
+            GoalResult(name, i + 1, g.message, g.to or "", g.expect, "not run", False, g.says, why)
+            for i, g in enumerate(exercise.goals)
+        ]
     for run in runs:
         if run.doc is None:
             results += [
