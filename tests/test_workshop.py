@@ -364,3 +364,38 @@ def test_workshop_done_when(docker_ready, tmp_path):
         assert containers == [] and networks == []
     finally:
         ws.down(name)
+
+
+def test_shipped_exercises_validate_against_the_published_scenario_schema():
+    import jsonschema
+
+    schema = json.loads((REPO / "docs" / "schemas" / "scenario.json").read_text())
+    for f in sorted((REPO / "labgen" / "exercises").glob("*.yaml")):
+        jsonschema.Draft202012Validator(schema).validate(yaml.safe_load(f.read_text()))
+
+
+@pytest.mark.docker
+def test_workshop_seat_that_cannot_start_is_named_and_the_others_run(docker_ready, tmp_path):
+    """Something not labgen's in s02's way (a container with its name): s02 is named with the
+    reason, s01 comes up and stays up, exit 3; the blocker is not touched by `workshop down`."""
+    from labgen.engines.dockerapi import client
+
+    name = f"{TEST_LAB_PREFIX}-{secrets.token_hex(3)}"
+    blocker = client().containers.create(
+        docker_ready, ["sleep", "600"], name=f"labgen-{name}-s02-dns", labels={"io.labgen.test": name}
+    )
+    try:
+        p = labgen("workshop", "up", "broken", "--seats", "2", "--name", name, "--workdir", tmp_path, cwd=tmp_path)
+        assert p.returncode == 3, (p.stdout, p.stderr)
+        assert "s01: up on 198.1" in p.stdout
+        assert "seat s02" in p.stdout and "did not start" in p.stdout and f"labgen-{name}-s02-dns" in p.stdout
+        assert "1 of 2 seat(s) up" in p.stdout
+        code, doc = labgen_json("workshop", "status", name, cwd=tmp_path)
+        assert [r["seat"] for r in doc["seats"]] == ["s01"] and doc["seats"][0]["state"] == "running"
+        p = labgen("workshop", "down", name, cwd=tmp_path)
+        assert p.returncode == 0, (p.stdout, p.stderr)
+        assert ws.workshop_objects(name) == ([], [])
+        blocker.reload()  # still there: not labgen's
+    finally:
+        ws.down(name)
+        blocker.remove(force=True)
