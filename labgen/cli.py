@@ -357,6 +357,9 @@ SCHEMAS = (
     "images",
     "lint",
     "test",
+    "workshop-status",
+    "check",
+    "class-report",
 )
 
 
@@ -1130,7 +1133,9 @@ def workshop_status(name, as_json):
 
     rows = ws.status(ws.check_workshop_name(name) if name else None)
     if as_json:
-        click.echo(json.dumps({"schema": "labgen.workshop-status/v1", "seats": rows}, indent=2))
+        from .results.contracts import WorkshopStatusDoc, dump
+
+        click.echo(json.dumps(dump(WorkshopStatusDoc(seats=rows)), indent=2))
         return
     if not rows:
         out.print(_text("no workshop is up" + (f" named {name}" if name else "")))
@@ -1233,7 +1238,10 @@ def check_command(name, seat, workdir, as_json):
     if runs[0].doc is None:
         raise LabgenError(f"seat {target.name} could not run: {runs[0].error}") from None
     if as_json:
-        click.echo(json.dumps({"workshop": w.name, "seat": target.name, "goals": [r.row() for r in results]}, indent=2))
+        from .results.contracts import CheckDoc, dump
+
+        doc = CheckDoc(workshop=w.name, seat=target.name, goals=[r.row() for r in results])
+        click.echo(json.dumps(dump(doc), indent=2))
     else:
         _goal_lines(results)
         ok = all(r.passed for r in results)

@@ -33,7 +33,7 @@ from .errors import InfraError, InputError, LabgenError, escape, quote
 from .files import write_whole
 from .model.scenario import Exercise, Scenario, load_yaml, parse_scenario, read_scenario_text, scenario_path
 from .resources import resource_dir
-from .results.contracts import MessageResult, ResultDoc
+from .results.contracts import ClassReportDoc, MessageResult, ResultDoc, dump
 
 WORKSHOP_LABEL = "io.labgen.workshop"
 SEAT_LABEL = "io.labgen.seat"
@@ -707,14 +707,15 @@ def write_class_report(w: Workshop, results: list[GoalResult]) -> tuple[Path, Pa
     Reasons carry what lab services said: CSV cells that a spreadsheet would run as a formula are
     prefixed with a quote."""
     rows = [r.row() for r in results]
-    doc = {
-        "schema": "labgen.class-report/v1",
-        "workshop": w.name,
-        "scenario": w.scenario,
-        "seats": sorted({r.seat for r in results}),
-        "passed": sorted({r.seat for r in results} - {r.seat for r in results if not r.passed}),
-        "rows": rows,
-    }
+    doc = dump(
+        ClassReportDoc(
+            workshop=w.name,
+            scenario=w.scenario,
+            seats=sorted({r.seat for r in results}),
+            passed=sorted({r.seat for r in results} - {r.seat for r in results if not r.passed}),
+            rows=rows,
+        )
+    )
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=REPORT_FIELDS, lineterminator="\n")
     writer.writeheader()

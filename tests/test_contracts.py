@@ -31,6 +31,9 @@ NAMES = [
     "images",
     "lint",
     "test",
+    "workshop-status",
+    "check",
+    "class-report",
 ]
 
 

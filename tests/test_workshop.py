@@ -287,6 +287,14 @@ def _outcome(seat_dir: Path, msg: str) -> str:
     return next(m["outcome"] for m in _result(seat_dir)["messages"] if m["id"] == msg)
 
 
+def _valid(name: str, doc: dict) -> None:
+    """A published document (docs/schemas/<name>.json, labgen.<name>/v1)."""
+    import jsonschema
+
+    jsonschema.Draft202012Validator(json.loads((REPO / "docs" / "schemas" / f"{name}.json").read_text())).validate(doc)
+    assert doc["schema"] == f"labgen.{name}/v1"
+
+
 @pytest.mark.docker
 def test_workshop_done_when(docker_ready, tmp_path):
     name = f"{TEST_LAB_PREFIX}-{secrets.token_hex(3)}"
@@ -303,6 +311,7 @@ def test_workshop_done_when(docker_ready, tmp_path):
             assert _outcome(wdir / seat, "to-fabrikam") == "silently_discarded"
         code, doc = labgen_json("workshop", "status", name, cwd=tmp_path)
         assert code == 0
+        _valid("workshop-status", doc)
         rows = {r["seat"]: r for r in doc["seats"]}
         assert sorted(rows) == seats
         subnets = [ipaddress.IPv4Network(r["subnet"]) for r in rows.values()]
@@ -323,6 +332,7 @@ def test_workshop_done_when(docker_ready, tmp_path):
         p = labgen("workshop", "check", name, cwd=tmp_path)
         assert p.returncode == 1, (p.stdout, p.stderr)
         report = json.loads((wdir / "class-report.json").read_text())
+        _valid("class-report", report)
         assert report["passed"] == [] and sorted(report["seats"]) == seats
         fab = [r for r in report["rows"] if r["message"] == "to-fabrikam"]
         assert len(fab) == 4 and not any(r["passed"] for r in fab)
@@ -342,6 +352,7 @@ def test_workshop_done_when(docker_ready, tmp_path):
         others = {seat: _result(wdir / seat)["run_id"] for seat in ("s01", "s04")}
         code, doc = labgen_json("check", "--seat", "s02", name, cwd=tmp_path)
         assert code == 0, doc
+        _valid("check", doc)
         assert all(g["passed"] for g in doc["goals"]) and len(doc["goals"]) == 4
         fab_goal = next(g for g in doc["goals"] if g["message"] == "to-fabrikam")
         assert "mta.contoso.example" in fab_goal["reason"]

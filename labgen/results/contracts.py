@@ -679,6 +679,58 @@ class ImagesDoc(_Contract):
     images: list[ImageRow]
 
 
+# ---------------------------------------------------------------- workshops (labgen/workshop.py)
+
+
+class WorkshopSeatRow(_Contract):
+    workshop: str
+    seat: str  # s01 ...
+    lab: str  # <workshop>-s01
+    state: str  # running, exited, ... or "degraded" when its containers differ
+    containers: int
+    subnet: str
+    verdict: str  # one line per message: "to-fabrikam silently_discarded, ..."
+    summary: Summary | None
+    lab_dir: str | None
+
+
+class WorkshopStatusDoc(_Contract):
+    schema_: Literal["labgen.workshop-status/v1"] = Field("labgen.workshop-status/v1", alias="schema")
+    seats: list[WorkshopSeatRow]
+
+
+class GoalRow(_Contract):
+    seat: str
+    goal: int  # its index in exercise.goals
+    message: str
+    to: str
+    expect: str
+    outcome: str
+    passed: bool
+    says: str  # the goal as the trainee reads it
+    reason: str  # what happened: outcome, hop, reply, the certificate EOP saw
+
+
+class CheckDoc(_Contract):
+    """`labgen check --seat S --json`: one seat's goals."""
+
+    schema_: Literal["labgen.check/v1"] = Field("labgen.check/v1", alias="schema")
+    workshop: str
+    seat: str
+    goals: list[GoalRow]
+
+
+class ClassReportDoc(_Contract):
+    """class-report.json: every seat's goals (`labgen workshop check`)."""
+
+    schema_: Literal["labgen.class-report/v1"] = Field("labgen.class-report/v1", alias="schema")
+    workshop: str
+    scenario: str
+    seats: list[str]
+    passed: list[str]  # the seats whose every goal holds
+    rows: list[GoalRow]
+
+
 DOCUMENTS: dict[str, type[BaseModel]] = {
     "result": ResultDoc,
     "compare": CompareDoc,
@@ -691,6 +743,9 @@ DOCUMENTS: dict[str, type[BaseModel]] = {
     "status": StatusDoc,
     "down": DownDoc,
     "images": ImagesDoc,
+    "workshop-status": WorkshopStatusDoc,
+    "check": CheckDoc,
+    "class-report": ClassReportDoc,
 }
 
 
