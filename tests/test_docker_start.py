@@ -51,7 +51,7 @@ def test_each_service_becomes_the_container_compose_makes(plan: Plan, service: s
     assert kw["labels"]["com.docker.compose.service"] == service
     assert kw["healthcheck"] == {
         "test": ["CMD", "python3", "-m", "labgen.lab.entrypoints", service, "--probe"],
-        "interval": 10_000_000_000,
+        "interval": 30_000_000_000,
         "timeout": 5_000_000_000,
         "retries": 3,
         "start_period": 5_000_000_000,

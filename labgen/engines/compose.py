@@ -139,9 +139,11 @@ def compose_data(plan: Plan, image: str) -> dict:
             "container_name": f"{project}-{name}",
             "hostname": svc["hostname"],
             "command": ["python3", "-m", "labgen.lab.entrypoints", name],
+            # Informational (labgen waits on its ledger, not on health): every 30 s, so that many
+            # labs or seats on one host do not spend their CPU probing each other.
             "healthcheck": {
                 "test": ["CMD", "python3", "-m", "labgen.lab.entrypoints", name, "--probe"],
-                "interval": "10s",
+                "interval": "30s",
                 "timeout": "5s",
                 "retries": 3,
                 "start_period": "5s",
