@@ -200,3 +200,13 @@ def test_lint_reads_the_configuration_not_the_description(tmp_path):
     )
     notes = [f for f in _lint(root / "broken.yaml", tmp_path)["findings"] if f["rule"] == "LG017"]
     assert notes and "regexp:/etc/postfix/transport: not read" in notes[0]["message"], notes
+
+
+def test_graph_draws_the_configurations_transports(tmp_path):
+    out = tmp_path / "g.mmd"
+    p = labgen("graph", str(EXAMPLE / "broken.yaml"), "--format", "mermaid", "-o", str(out), cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    text = out.read_text()
+    assert "send connector o365" in text and "send connector smtp" in text
+    assert text.count("your file postfix-broken/tls/gw.pem") == 2  # both transports present it
+    assert "Postfix configuration: yours: postfix-broken" in text

@@ -179,6 +179,11 @@ class _Builder:
                     ("server certificate", self._cert(server) if server else "the lab's (public CA)"),
                     ("relay for Exchange Online by", s.gateway.exchange_online_relay),
                     ("recipient validation", "on" if s.gateway.recipient_validation else "off"),
+                ]
+                if not s.gateway.postfix_config
+                else [  # the rest is the configuration's own: its transports are the connectors drawn
+                    ("address", gw_ips[0]),
+                    ("Postfix configuration", f"yours: {s.gateway.postfix_config}"),
                 ],
                 cluster="c_gw",
             )
