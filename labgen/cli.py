@@ -1124,6 +1124,19 @@ def workshop_up(scenario, seats, name, workdir):
     sys.exit(3 if failed else 0)
 
 
+@workshop.command("handout")
+@click.argument("name", required=False)
+@click.option("--workdir", help="Where the workshop directory is when its seats do not run.")
+def workshop_handout(name, workdir):
+    """Write the hand-outs again: handout.md for the class (every seat) in the workshop directory
+    and one in each seat's directory (the story, the lab drawn, the task, the seat's commands)."""
+    from . import workshop as ws
+
+    w = ws.find_workshop(ws.pick_workshop(name), _workdir(workdir))
+    for path in ws.write_handouts(w):
+        out.print(_text(f"wrote {path}"))
+
+
 @workshop.command("status")
 @click.argument("name", required=False)
 @click.option("--json", "as_json", is_flag=True)

@@ -558,7 +558,10 @@ def up(ref: str, n: int, name: str | None, workdir: Path, progress: Progress) ->
             f"cannot write the workshop directory {wdir}: {e.strerror}; choose another --workdir"
         ) from None
     w.save()
-    return w, _run_seats(w, work, seat_labels(wname), progress)
+    runs = _run_seats(w, work, seat_labels(wname), progress)
+    if all(r.doc is not None for r in runs):
+        write_handouts(w)  # each seat's plan is written: its addresses are the hand-out's
+    return w, runs
 
 
 # ---------------------------------------------------------------- status, down, exec
@@ -686,6 +689,31 @@ def check_seats(
         else:
             results += grade(run.seat, exercise, run.doc)
     return runs, results
+
+
+HANDOUT = "handout.md"
+
+
+def write_handouts(w: Workshop) -> list[Path]:
+    """The class hand-out in the workshop directory and each seat's in its own (results.handout)."""
+    from .model.plan import Plan
+    from .results.handout import SeatAccess, class_handout, seat_handout
+
+    access = [SeatAccess(st.name, st.lab, st.subnet, st.dir) for st in w.seats]
+    written = []
+    try:
+        plans = {st.name: Plan.load(st.dir / "plan.json") for st in w.seats}
+        for st, acc in zip(w.seats, access, strict=True):
+            s = seat_scenario(w, st, with_overlay=False)
+            write_whole(st.dir / HANDOUT, seat_handout(w.name, acc, s, plans[st.name]), mode=0o644)
+            written.append(st.dir / HANDOUT)
+        first = w.seats[0]
+        text = class_handout(w.name, access, seat_scenario(w, first, with_overlay=False), plans[first.name])
+        write_whole(w.dir / HANDOUT, text, mode=0o644)
+        written.append(w.dir / HANDOUT)
+    except OSError as e:
+        raise InfraError(f"cannot write the hand-outs in {w.dir}: {e.strerror}; choose another --workdir") from None
+    return written
 
 
 def reset_seats(w: Workshop, seats: list[Seat], progress: Progress) -> list[SeatRun]:

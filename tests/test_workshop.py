@@ -309,6 +309,8 @@ def test_workshop_done_when(docker_ready, tmp_path):
             assert (wdir / seat / "seat.yaml").is_file() and (wdir / seat / "overlay.yaml").is_file()
             assert yaml.safe_load((wdir / seat / "overlay.yaml").read_text()) is None  # empty at start
             assert _outcome(wdir / seat, "to-fabrikam") == "silently_discarded"
+            assert f"`labgen check --seat {seat} {name}`" in (wdir / seat / "handout.md").read_text()
+        assert "| s04 |" in (wdir / "handout.md").read_text()
         code, doc = labgen_json("workshop", "status", name, cwd=tmp_path)
         assert code == 0
         _valid("workshop-status", doc)
@@ -410,3 +412,47 @@ def test_workshop_seat_that_cannot_start_is_named_and_the_others_run(docker_read
     finally:
         ws.down(name)
         blocker.remove(force=True)
+
+
+# ---------------------------------------------------------------- hand-outs
+
+
+def _handout_inputs(tmp_path, **exercise):
+    from labgen.model.plan import make_plan
+    from labgen.model.scenario import parse_scenario
+    from labgen.results.handout import SeatAccess
+
+    data = yaml.safe_load(EXERCISE.read_text())
+    data["exercise"].update(exercise)
+    s = parse_scenario(data, "broken.yaml", base_dir=EXERCISE.parent)
+    seat = SeatAccess("s02", "ws-s02", "198.18.7.0/24", tmp_path / "labgen-ws" / "s02")
+    return s, seat, make_plan(s, "local")
+
+
+def test_seat_handout_tells_the_story_and_the_task_never_the_cause_or_fix(tmp_path):
+    from labgen.results.handout import class_handout, seat_handout
+
+    s, seat, plan = _handout_inputs(tmp_path)
+    text = seat_handout("ws", seat, s, plan)
+    assert s.about is not None and s.exercise is not None
+    assert text.startswith("# One certificate on the Internet and Office 365 send connectors")
+    assert "## What the admin sees" in text and "250 2.6.0 Queued mail for delivery" in text
+    assert s.about.cause not in text and s.about.fix not in text
+    assert "```mermaid\n" in text and "send connector Internet" in text
+    assert all(f"`{p}`" in text for p in s.exercise.may_change)
+    assert "`labgen check --seat s02 ws`" in text
+    swaks = "swaks --server gw.contoso.example --to carol@fabrikam.example"
+    assert f"`labgen workshop exec --name ws s02 -- {swaks}`" in text
+    klass = class_handout("ws", [seat], s, plan)
+    assert "| s02 | ws-s02 | 198.18.7.0/24 |" in klass and "`labgen workshop check ws`" in klass
+    assert all(h not in klass for h in s.exercise.hints)  # the trainer's to give
+
+
+def test_handout_escapes_what_the_scenario_says(tmp_path):
+    from labgen.results.handout import seat_handout
+
+    hostile = "Fix it <script>alert(1)</script> [click](javascript:alert(1)) `rm -rf /` | cell"
+    s, seat, plan = _handout_inputs(tmp_path, task=hostile)
+    text = seat_handout("ws", seat, s, plan)
+    assert "<script>" not in text and "[click](javascript:" not in text and "`rm -rf /`" not in text
+    assert "\\<script\\>" in text or "&lt;script" in text
