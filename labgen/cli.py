@@ -131,6 +131,16 @@ class LabgenGroup(click.Group):
             if debug:
                 raise
             first = escape((str(e).splitlines() or [""])[0], 160)
+            if type(e).__module__.startswith("requests") and "Timeout" in type(e).__name__:
+                # labgen speaks HTTP only to the Docker engine (docker-py, 60 s timeout): the engine is in the way.
+                click.echo(
+                    one_line(
+                        f"labgen: the Docker engine did not answer within 60 s ({first}); check `docker info`, "
+                        "and restart the engine if it hangs"
+                    ),
+                    err=True,
+                )
+                sys.exit(3)
             click.echo(
                 one_line(f"labgen: unexpected {type(e).__name__}: {first} (run with --debug for the traceback)"),
                 err=True,
