@@ -1156,9 +1156,9 @@ def workshop_status(name, as_json):
 
     rows = ws.status(ws.check_workshop_name(name) if name else None)
     if as_json:
-        from .results.contracts import WorkshopStatusDoc, dump
+        from .results.contracts import WorkshopStatusDoc
 
-        click.echo(json.dumps(dump(WorkshopStatusDoc(seats=rows)), indent=2))
+        _print_json(WorkshopStatusDoc.model_validate({"seats": rows}))
         return
     if not rows:
         out.print(_text("no workshop is up" + (f" named {name}" if name else "")))
@@ -1261,10 +1261,10 @@ def check_command(name, seat, workdir, as_json):
     if runs[0].doc is None:
         raise LabgenError(f"seat {target.name} could not run: {runs[0].error}") from None
     if as_json:
-        from .results.contracts import CheckDoc, dump
+        from .results.contracts import CheckDoc
 
-        doc = CheckDoc(workshop=w.name, seat=target.name, goals=[r.row() for r in results])
-        click.echo(json.dumps(dump(doc), indent=2))
+        goals = [r.row() for r in results]
+        _print_json(CheckDoc.model_validate({"workshop": w.name, "seat": target.name, "goals": goals}))
     else:
         _goal_lines(results)
         ok = all(r.passed for r in results)

@@ -65,6 +65,7 @@ class Installer:
         self.overrides: list[dict[str, str | None]] = []
         self.main: dict[str, str] = {}  # the user's explicit main.cf settings (postconf -n)
         self.main_changes: dict[str, str] = {}
+        self.services: dict[str, str] = {}
         self.service_changes: list[str] = []  # postconf -P arguments
 
     def note(self, param: str, was: str | None, now: str, why: str, service: str | None = None) -> None:
@@ -93,6 +94,7 @@ class Installer:
 
     def apply(self) -> None:
         self.main = _settings(_postconf("-n"))
+        self.services = _settings(_postconf("-P"))  # master.cf's -o options, as the user wrote them
         defaults = _settings(_postconf("-d", *LAYOUT))
         for param in LAYOUT:
             if param in self.main and self.main[param] != defaults[param]:
@@ -126,7 +128,7 @@ class Installer:
             self.set_main("smtp_bind_address", primary, "not one of the gateway's lab addresses")
         if self.main.get("smtp_bind_address6"):
             self.set_main("smtp_bind_address6", "", "the lab network is IPv4 only")
-        for key, value in _settings(_postconf("-P")).items():
+        for key, value in self.services.items():
             service, _, param = key.rpartition("/")
             if param == "smtp_bind_address" and value not in self.gateway_ips:
                 self.service_changes.append(f"{key}={primary}")
@@ -140,7 +142,7 @@ class Installer:
         self.set_main("smtp_tls_CAfile", ca, why)
         if self.main.get("smtp_tls_CApath"):
             self.set_main("smtp_tls_CApath", "", why)
-        for key, value in _settings(_postconf("-P")).items():
+        for key, value in self.services.items():
             service, _, param = key.rpartition("/")
             if param in ("smtp_tls_CAfile", "smtp_tls_CApath") and value != (ca if param.endswith("file") else ""):
                 now = ca if param.endswith("file") else ""
