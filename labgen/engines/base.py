@@ -9,7 +9,7 @@ import ipaddress
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 from ..model.plan import Plan
 
@@ -32,6 +32,7 @@ class Removed:
 
 class Engine(Protocol):
     name: str  # "local" | "docker"
+    topology: Literal["network", "pod"]  # Plan.topology: how the lab's services share a network
     runs_gateway_images: bool  # can it run the user's own gateway image (gateway.image)?
     can_render: bool  # does `render` write a project to run by hand?
     real_postfix: bool  # is its gateway real Postfix (gateway.postfix_config can run)?

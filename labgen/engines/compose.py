@@ -62,6 +62,9 @@ def _services(plan: Plan) -> list[dict]:
                 "ip": ips[0],
                 "extra_ips": ips[1:],
                 "hostname": _ok("hostname", names[svc], f"{svc}'s hostname"),
+                # A pod lab's services other than Postfix all live in its one Python container.
+                "container": f"{project_name(plan.lab)}-"
+                + (svc if plan.topology == "network" or svc == "gateway" else POD_SERVICE),
                 # One start-up wave for the services (none needs another to start; Compose v1
                 # waits a wave per level), then traffic, which waits until every one answers.
                 "depends_on": [s for s in SERVICES if s != "traffic"] if svc == "traffic" else [],
@@ -120,11 +123,38 @@ def _extra_labels(plan: Plan) -> dict[str, str]:
     return dict(plan.labels)
 
 
+# A pod lab's (Plan.topology "pod") Python container: DNS, EOP, the sinks and the traffic in one
+# process; Postfix runs in the gateway container, in this one's network namespace.
+POD_SERVICE = "lab"
+
+
+def entry_command(name: str) -> list[str]:
+    """The lab image's command for one service (POD_SERVICE: the pod's Python services)."""
+    return ["python3", "-m", "labgen.lab.entrypoints", name]
+
+
+def health_probe(name: str) -> dict[str, Any]:
+    # Informational (labgen waits on its ledger, not on health): every 30 s, so that many labs or
+    # seats on one host do not spend their CPU probing each other.
+    return {
+        "test": ["CMD", *entry_command(name), "--probe"],
+        "interval": "30s",
+        "timeout": "5s",
+        "retries": 3,
+        "start_period": "5s",
+    }
+
+
+LAB_VOLUMES = ["./:/lab:ro", "./run:/lab/run", "./resolv.conf:/etc/resolv.conf:ro"]
+
+
 def compose_data(plan: Plan, image: str) -> dict:
     """The compose project as data. `version` stays so Debian's docker-compose 1.29 accepts it."""
     lab = _ok("lab name", plan.lab, "the lab name")
     project = project_name(lab)
     image = _ok("image", image, "the lab image")
+    if plan.topology == "pod":
+        return _pod_data(plan, lab, project, image)
     services: dict[str, dict] = {}
     for svc in _services(plan):
         name = svc["name"]
@@ -135,19 +165,11 @@ def compose_data(plan: Plan, image: str) -> dict:
             "image": image,
             "init": True,
             "cap_add": ["NET_ADMIN"],
-            "volumes": ["./:/lab:ro", "./run:/lab/run", "./resolv.conf:/etc/resolv.conf:ro"],
+            "volumes": list(LAB_VOLUMES),
             "container_name": f"{project}-{name}",
             "hostname": svc["hostname"],
-            "command": ["python3", "-m", "labgen.lab.entrypoints", name],
-            # Informational (labgen waits on its ledger, not on health): every 30 s, so that many
-            # labs or seats on one host do not spend their CPU probing each other.
-            "healthcheck": {
-                "test": ["CMD", "python3", "-m", "labgen.lab.entrypoints", name, "--probe"],
-                "interval": "30s",
-                "timeout": "5s",
-                "retries": 3,
-                "start_period": "5s",
-            },
+            "command": entry_command(name),
+            "healthcheck": health_probe(name),
         }
         if svc["depends_on"]:
             block["depends_on"] = svc["depends_on"]
@@ -170,6 +192,35 @@ def compose_data(plan: Plan, image: str) -> dict:
     }
 
 
+def _pod_data(plan: Plan, lab: str, project: str, image: str) -> dict:
+    """A pod lab: two containers in one network namespace with nothing but loopback in it
+    (network_mode none), as a Kubernetes pod's containers share one. No capabilities: every
+    address is in 127.0.0.0/8, which is local without setup, and there is no route to remove."""
+    gateway_name = _ok("hostname", plan.scenario.gateway.hostname, "the gateway's hostname")
+
+    def block(name: str) -> dict[str, Any]:
+        return {
+            "image": image,
+            "init": True,
+            "volumes": list(LAB_VOLUMES),
+            "container_name": f"{project}-{name}",
+            "command": entry_command(name),
+            "healthcheck": health_probe(name),
+            "labels": {**_extra_labels(plan), "io.labgen.lab": lab, "io.labgen.service": name},
+        }
+
+    # The namespace's owner carries the pod's hostname (a container joining it cannot set one):
+    # the gateway's, which Postfix also has as myhostname.
+    pod = {**block(POD_SERVICE), "hostname": gateway_name, "network_mode": "none"}
+    gateway = {**block("gateway"), "network_mode": f"service:{POD_SERVICE}", "depends_on": [POD_SERVICE]}
+    return {"version": "3.8", "services": {POD_SERVICE: pod, "gateway": gateway}}
+
+
+def traffic_container(plan: Plan) -> str:
+    """The container that sends the traffic and has the clients (swaks, openssl, dig)."""
+    return f"{project_name(plan.lab)}-{POD_SERVICE if plan.topology == 'pod' else 'traffic'}"
+
+
 def _compose_text(plan: Plan, image: str) -> str:
     data = compose_data(plan, image)
     project = project_name(plan.lab)
@@ -179,14 +230,29 @@ def _compose_text(plan: Plan, image: str) -> str:
         one_line(plan.scenario.description, 200),
         "",
         f"Run by hand from this directory:  docker compose -p {project} up -d   (or docker-compose)",
-        f"The verdict: docker logs -f {project}-traffic   and   run/result.json",
+        f"The verdict: docker logs -f {traffic_container(plan)}   and   run/result.json",
         "",
-        "NET_ADMIN stays inside each container's own network namespace: it lets the service remove the",
-        f"default route Docker adds even on internal networks, and add its extra lab addresses ({extra or 'none'}).",
-        "resolv.conf: the lab DNS is the only resolver; it answers lab names and nothing else.",
-        "The network is internal: documentation-range addresses that lead nowhere, no NAT, and the",
-        "host itself takes no address on the bridge.",
     ]
+    if plan.topology == "pod":
+        header += [
+            "A pod lab: the lab container serves DNS, EOP and the sinks and sends the traffic, in one",
+            "process; Postfix runs in the gateway container, which joins its network namespace. That",
+            "namespace has loopback only (network_mode none): every lab address is a 127.x one.",
+        ]
+    else:
+        header += [
+            "NET_ADMIN stays inside each container's own network namespace: it lets the service remove the",
+            "default route Docker adds even on internal networks, and add its extra lab addresses "
+            f"({extra or 'none'}).",
+        ]
+    header += [
+        "resolv.conf: the lab DNS is the only resolver; it answers lab names and nothing else.",
+    ]
+    if plan.topology == "network":
+        header += [
+            "The network is internal: documentation-range addresses that lead nowhere, no NAT, and the",
+            "host itself takes no address on the bridge.",
+        ]
     if plan.scenario.gateway.image is not None:
         header += [
             "",
@@ -232,12 +298,12 @@ def _commands(plan: Plan) -> dict[str, Verbatim]:
     return {
         "up": cmd("docker", "compose", "-p", project, "up", "-d"),
         "up_v1": cmd("docker-compose", "-p", project, "up", "-d"),
-        "logs": cmd("docker", "logs", "-f", f"{project}-traffic"),
+        "logs": cmd("docker", "logs", "-f", traffic_container(plan)),
         "swaks": cmd(
             "docker",
             "exec",
             "-it",
-            f"{project}-traffic",
+            traffic_container(plan),
             "swaks",
             "--server",
             plan.hosts["eop"][0],

@@ -17,17 +17,17 @@ import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from ..errors import InfraError
+from ..errors import InfraError, InputError
 from ..lab.ledger import read_events
-from ..model.plan import Plan, gateway_config_dir, subnet_mover
+from ..model.plan import Plan, gateway_config_dir, loopback_ip, subnet_mover
 from ..results.collect import Collector
 from ..results.contracts import LabRow, ServiceRow
 from ..wait import poll
 from . import labels
 from .base import Mover, Removed
-from .compose import compose_data, project_name, render_project
+from .compose import compose_data, project_name, render_project, traffic_container
 from .dockerapi import answers, client
 from .postfix import LOG_FILE
 
@@ -148,6 +148,7 @@ _SERVICE_KEYS = {
     "depends_on",
     "labels",
     "networks",
+    "network_mode",
 }
 _NETWORK_KEYS = {"name", "driver", "internal", "driver_opts", "labels", "ipam"}
 
@@ -164,11 +165,21 @@ def container_kwargs(
         raise InfraError(
             f"compose key(s) {sorted(unknown)} of service {service} not applied by the engine (a labgen bug)"
         )
-    (network, endpoint), *more = block["networks"].items()
-    if more:
-        raise InfraError(f"service {service} on more than one network (a labgen bug)")
+    if "network_mode" in block:  # a pod lab's: no network, or another container's namespace
+        mode = block["network_mode"]
+        joined = mode.removeprefix("service:")
+        network: dict[str, Any] = {"network_mode": mode if joined == mode else f"container:{project}-{joined}"}
+    else:
+        (_, endpoint), *more = block["networks"].items()
+        if more:
+            raise InfraError(f"service {service} on more than one network (a labgen bug)")
+        network = {
+            "network": net,
+            # plain data here; start_project makes the SDK's EndpointConfig (it needs the API version)
+            "networking_config": {net: {"ipv4_address": endpoint["ipv4_address"], "aliases": [service]}},
+        }
     # An image gateway's block has no command, init, capabilities or healthcheck: the image's own.
-    optional: dict[str, Any] = {k: block[k] for k in ("command", "init", "cap_add") if k in block}
+    optional: dict[str, Any] = {k: block[k] for k in ("command", "init", "cap_add", "hostname") if k in block}
     hc = block.get("healthcheck")
     if hc:
         optional["healthcheck"] = {
@@ -182,7 +193,6 @@ def container_kwargs(
         "image": block["image"],
         **optional,
         "name": block["container_name"],
-        "hostname": block["hostname"],
         "volumes": [_bind(v, labdir, absolute) for v in block["volumes"]],
         "labels": {
             **block["labels"],
@@ -193,9 +203,7 @@ def container_kwargs(
             "com.docker.compose.project.working_dir": str(labdir.resolve()),
             "com.docker.compose.project.config_files": str((labdir / "compose.yaml").resolve()),
         },
-        "network": net,
-        # plain data here; start_project makes the SDK's EndpointConfig (it needs the API version)
-        "networking_config": {net: {"ipv4_address": endpoint["ipv4_address"], "aliases": [service]}},
+        **network,
         "detach": True,
     }
 
@@ -209,21 +217,23 @@ def start_project(plan: Plan, labdir: Path, image: str) -> None:
 
     data = compose_data(plan, image)
     project = project_name(plan.lab)
-    (key, netdef), *more = data["networks"].items()
-    if more or set(netdef) - _NETWORK_KEYS:
+    networks = list(data.get("networks", {}).items())  # a pod lab has none
+    if len(networks) > 1 or any(set(netdef) - _NETWORK_KEYS for _, netdef in networks):
         raise InfraError("the compose network has keys the engine does not apply (a labgen bug)")
     c = client()
     try:
-        c.networks.create(
-            netdef["name"],
-            driver=netdef["driver"],
-            internal=netdef["internal"],
-            options=netdef["driver_opts"],
-            labels={**netdef["labels"], "com.docker.compose.project": project, "com.docker.compose.network": key},
-            ipam=docker.types.IPAMConfig(
-                pool_configs=[docker.types.IPAMPool(subnet=cfg["subnet"]) for cfg in netdef["ipam"]["config"]]
-            ),
-        )
+        for key, netdef in networks:
+            c.networks.create(
+                netdef["name"],
+                driver=netdef["driver"],
+                internal=netdef["internal"],
+                options=netdef["driver_opts"],
+                labels={**netdef["labels"], "com.docker.compose.project": project, "com.docker.compose.network": key},
+                ipam=docker.types.IPAMConfig(
+                    pool_configs=[docker.types.IPAMPool(subnet=cfg["subnet"]) for cfg in netdef["ipam"]["config"]]
+                ),
+            )
+        net = networks[0][1]["name"] if networks else ""
         services: dict[str, dict[str, Any]] = data["services"]
         made: dict[str, Any] = {}
 
@@ -231,13 +241,17 @@ def start_project(plan: Plan, labdir: Path, image: str) -> None:
         own = frozenset([str(config)] if config else [])
 
         def create(name: str) -> None:
-            kw = container_kwargs(
-                project, name, services[name], netdef["name"], labdir, own if name == "gateway" else frozenset()
-            )
-            kw["networking_config"] = {n: c.api.create_endpoint_config(**e) for n, e in kw["networking_config"].items()}
+            kw = container_kwargs(project, name, services[name], net, labdir, own if name == "gateway" else frozenset())
+            if "networking_config" in kw:
+                kw["networking_config"] = {
+                    n: c.api.create_endpoint_config(**e) for n, e in kw["networking_config"].items()
+                }
             made[name] = c.containers.create(**kw)
 
-        _each(create, list(services))
+        # A container that joins another's network namespace is created once that one exists.
+        joins = [n for n in services if str(services[n].get("network_mode", "")).startswith("service:")]
+        _each(create, [n for n in services if n not in joins])
+        _each(create, joins)
         started: set[str] = set()
         while len(started) < len(services):  # waves: what depends only on started services
             wave = [n for n in services if n not in started and set(services[n].get("depends_on", [])) <= started]
@@ -392,17 +406,27 @@ class DockerEngine:
     real_postfix = True  # its gateway is Postfix: a user's own configuration can run
     writes_own_result = True
 
-    def __init__(self, keep: bool = True, image: str | None = None):  # keep: `up --keep` is this engine's default
+    def __init__(
+        self, keep: bool = True, image: str | None = None, topology: Literal["network", "pod"] = "network"
+    ):  # keep: `up --keep` is this engine's default
         # image: start the lab from this image as it is (a workshop seat restarted with a trainee's
         # change: the image its containers already run, never a build); None: the current one.
         self.pinned = image
         self.image: str | None = None
+        # "pod": two containers in one network namespace on loopback addresses (Plan.topology).
+        self.topology = topology
 
     @classmethod
     def available(cls) -> tuple[bool, str]:
         return answers()
 
     def place(self, net: ipaddress.IPv4Network, subnet: str | None) -> Mover | None:
+        if self.topology == "pod":
+            if subnet:
+                raise InputError(
+                    f"--subnet {subnet}: a pod lab has no network to place; its addresses are loopback ones"
+                )
+            return loopback_ip  # the local engine's mapping: CIDR-based connectors keep their meaning
         return subnet_mover(net, subnet)
 
     def prepare(self, plan: Plan, labdir: Path) -> Plan:
@@ -413,7 +437,8 @@ class DockerEngine:
 
         client()
         remove_lab(plan.lab, linger=False)  # `up` on an existing lab replaces it
-        check_subnet(plan)
+        if plan.topology == "network":
+            check_subnet(plan)  # a pod lab has no network: its loopback addresses collide with nothing
         self.image = self.pinned or ensure_image()
         if plan.scenario.gateway.image is not None:
             have_image(plan.scenario.gateway.image.ref)
@@ -436,7 +461,8 @@ class DockerEngine:
 
         def log_tail() -> str:
             svc = sorted(waiting)[0]
-            tail = container_log_tail(labels.container(plan.lab, svc))
+            ctr = labels.container(plan.lab, "lab" if plan.topology == "pod" and svc != "gateway" else svc)
+            tail = container_log_tail(ctr)
             return f"service {svc} is not ready; last lines of its log:\n{tail}"
 
         poll(
@@ -455,7 +481,7 @@ class DockerEngine:
             waiting_for=f"lab {plan.lab}'s traffic generator to finish sending",
             timeout=READY_S,
             abort=lambda: raise_if_stopped(plan),
-            detail=lambda: f"last lines of its log:\n{container_log_tail(labels.container(plan.lab, 'traffic'))}",
+            detail=lambda: f"last lines of its log:\n{container_log_tail(traffic_container(plan))}",
         )
 
     def check(self, plan: Plan, labdir: Path) -> None:
@@ -512,7 +538,10 @@ class DockerEngine:
 
     def logs(self, lab: str, service: str, tail: int) -> str | None:
         """The container's own log, then the service's ledger (the gateway's: Postfix's maillog)."""
-        ctrs = [c for c in lab_containers(lab) if c.labels.get(labels.SERVICE) == service]
+        every = lab_containers(lab)
+        ctrs = [c for c in every if c.labels.get(labels.SERVICE) == service]
+        if not ctrs and service != "gateway":  # a pod lab's other services are its `lab` container's
+            ctrs = [c for c in every if c.labels.get(labels.SERVICE) == "lab"]
         if not ctrs:
             return None
         c = ctrs[0]

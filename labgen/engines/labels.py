@@ -32,6 +32,12 @@ def container(lab: str, service: str) -> str:
     return f"{project(lab)}-{service}"
 
 
+def client_containers(lab: str) -> list[str]:
+    """Where a lab's clients (swaks, openssl, dig) run: its traffic container, or a pod lab's
+    Python container (compose.POD_SERVICE), whichever it has."""
+    return [container(lab, "traffic"), container(lab, "lab")]
+
+
 # Local engine: a kept lab's child process writes STATE_FILE into its lab directory; the parent
 # registers it under registry_dir() so that `labgen status` finds it from any directory.
 STATE_FILE = "local-engine.json"

@@ -26,7 +26,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ..errors import InfraError, InputError, LabgenError, one_line
 from ..files import write_whole
@@ -37,7 +37,7 @@ from ..lab.ledger import close_ledgers, lab_fault, on_fault
 from ..lab.sink import sink_factory
 from ..lab.smtpd import log as server_log
 from ..lab.traffic import run_traffic
-from ..model.plan import Plan
+from ..model.plan import Plan, loopback_ip
 from ..results.contracts import LabRow, ServiceRow
 from ..wait import poll
 from . import labels
@@ -48,12 +48,6 @@ log = logging.getLogger(__name__)
 LAB_SERVICES = ("dns", "eop", "sink", "gateway")  # what the local engine serves (traffic: the CLI sends)
 CHILD_READY_S = 30.0  # a fresh interpreter imports labgen and makes the services' TLS contexts
 STOP_S = 10.0  # a kept lab's process gets this long after SIGTERM before SIGKILL
-
-
-def loopback_ip(ip: str) -> str:
-    """The local engine's address for a lab address: first octet becomes 127 (198.51.100.10 ->
-    127.51.100.10), which keeps CIDR-based connectors meaningful and needs no setup on Linux."""
-    return "127." + ip.split(".", 1)[1]
 
 
 def _port_free_everywhere(port: int, ips: list[str]) -> bool:
@@ -97,6 +91,7 @@ class _FaultEchoes(logging.Filter):
 
 class LocalEngine:
     name = "local"
+    topology: Literal["network", "pod"] = "network"  # each service its own loopback address
     runs_gateway_images = False
     can_render = False
     real_postfix = False  # its gateway is labgen's own: no user Postfix configuration
@@ -105,7 +100,12 @@ class LocalEngine:
     def render(self, plan: Plan, labdir: Path) -> str:
         raise InputError("the local engine runs labs in this process: it has no project to render")
 
-    def __init__(self, keep: bool = False):
+    def __init__(self, keep: bool = False, topology: str = "network"):
+        if topology != "network":
+            raise InputError(
+                f"--topology {topology}: the local engine serves each host on its own loopback address, "
+                "in this process; a pod runs on the Docker engine (--engine docker)"
+            )
         self.keep = keep
         # In-process services (without keep, and in the kept lab's child).
         self.loop: asyncio.AbstractEventLoop | None = None

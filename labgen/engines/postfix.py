@@ -96,7 +96,18 @@ def render_context(plan: Plan) -> dict:
     return {
         "lab": comment(plan.lab, 64),
         "gateway_hostname": hostname,
-        "mynetworks": Checked("127.0.0.0/8" + (f" {exo_ip}/32" if by_ip else "")),
+        # A pod lab's hosts are all on loopback: only 127.0.0.1 (which no lab host uses) is local there.
+        "mynetworks": Checked(
+            ("127.0.0.1/32" if plan.topology == "pod" else "127.0.0.0/8") + (f" {exo_ip}/32" if by_ip else "")
+        ),
+        # A pod lab's Postfix shares its namespace with EOP and the sinks, each on port 25 of its
+        # own loopback address: Postfix's smtpd listens on its own only (master.cf), and
+        # inet_interfaces names 127.0.0.1 alone, since Postfix refuses an address that no
+        # interface lists, and all of 127.0.0.0/8 is local without being listed.
+        "inet_interfaces": Checked("loopback-only" if plan.topology == "pod" else "all"),
+        "smtpd_address": Checked(
+            f"{_ok('ipv4', plan.ip('gateway'), 'the gateway address')}:" if plan.topology == "pod" else ""
+        ),
         "relay_restrictions": Checked(
             "permit_mynetworks, reject_unauth_destination"
             if by_ip or not senders
@@ -228,6 +239,9 @@ _TEMPLATE_PARAM = re.compile(r"^([a-z][A-Za-z0-9_]*) =", re.M)
 _MASTER_OPTION = re.compile(r"  -o ([a-z][A-Za-z0-9_]*)=([^\s#{}\\,]+)\Z")
 _TEMPLATE_OPTION = re.compile(r"^\s+-o ([a-z][A-Za-z0-9_]*)=", re.M)
 _CONN_SERVICE = re.compile(r"conn[0-9]{1,4} unix +- +- +n +- +- +smtp\Z")
+# The smtpd service's listening address, a pod lab's only (render_context's smtpd_address).
+_SMTPD_ADDRESS = "{{ smtpd_address }}"
+_LISTEN_PREFIX = re.compile(r"127(?:\.(?:25[0-5]|2[0-4][0-9]|1?[0-9]?[0-9])){3}:(?=smtp )")
 _MAP_LINE = re.compile(r"(\*|\.?(?:[a-z0-9-]+\.)+[a-z0-9-]+) +(conn[0-9]{1,4}):(?:\[(?:[a-z0-9-]+\.)+[a-z0-9-]+\])?\Z")
 
 
@@ -259,7 +273,8 @@ def check_main_cf(text: str, template: str) -> str:
 def check_master_cf(text: str, template: str) -> str:
     """The template's own service lines, then one `connN unix ... smtp` per connector, whose
     `-o name=value` options are the template's, with values that carry no space, '#' or '{}'."""
-    builtin = {ln for ln in template.split("\n") if ln and not ln[0].isspace() and ln[0] not in "#{"}
+    lines = [ln.removeprefix(_SMTPD_ADDRESS) for ln in template.split("\n")]
+    builtin = {ln for ln in lines if ln and not ln[0].isspace() and ln[0] not in "#{"}
     options = set(_TEMPLATE_OPTION.findall(template))
     seen: set[str] = set()
     in_conn = False
@@ -271,6 +286,7 @@ def check_master_cf(text: str, template: str) -> str:
             if not (in_conn and m and m.group(1) in options):
                 raise _bad_line("master.cf", n, line, "is not an `-o name=value` option of a connector's transport")
             continue
+        line = _LISTEN_PREFIX.sub("", line, count=1)  # a loopback address before `smtp inet` only
         if line not in builtin and not _CONN_SERVICE.match(line):
             raise _bad_line("master.cf", n, line, "is not a service line labgen writes")
         service = " ".join(line.split()[:2])

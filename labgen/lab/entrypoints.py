@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
@@ -49,7 +50,9 @@ def _drop_default_route() -> None:
         subprocess.run(["ip", "-4", "route", "del", "default"], check=True)
 
 
-def _forever_async(start, run_dir: Path) -> None:
+def _forever_async(start, run_dir: Path, then: Callable[[], None] | None = None) -> None:
+    """Serve what `start` starts until SIGTERM or a ledger fault; `then` (a pod lab's traffic)
+    runs in a thread once it listens, and its exception stops the service with its reason."""
     from .ledger import lab_fault, on_fault
 
     async def main():
@@ -61,6 +64,8 @@ def _forever_async(start, run_dir: Path) -> None:
         # the reason as the last line of its log, and the runner, seeing it stopped, says so.
         on_fault(lambda _run_dir, _message: loop.call_soon_threadsafe(stop.set))
         await start()
+        if then is not None:
+            await asyncio.to_thread(then)
         await stop.wait()
 
     asyncio.run(main())
@@ -97,10 +102,34 @@ def run_dns(plan: Plan, lab: Path) -> None:
     _forever_async(start, lab / "run")
 
 
+def run_pod(plan: Plan, lab: Path) -> None:
+    """A pod lab's Python container (Plan.topology "pod"): DNS, EOP and the sinks in one process
+    on their loopback addresses, then the traffic and the verdict, then serving on until stopped.
+    Postfix runs beside it, in its network namespace (the gateway container)."""
+    from ..results.contracts import Ready
+    from .dns_server import serve_dns
+    from .eop.server import eop_factory
+    from .ledger import Ledger
+    from .sink import sink_factory
+    from .smtpd import serve
+
+    run = lab / "run"
+
+    async def start():
+        await serve_dns(plan, plan.ip("dns"), plan.dns_port, run)
+        Ledger(run, "dns").emit(Ready(event="ready", ip=plan.ip("dns"), port=plan.dns_port))
+        for name, factory in (("eop", eop_factory), ("sink", sink_factory)):
+            await serve(factory(plan, lab, run), plan.ip(name), plan.smtp_port)
+            Ledger(run, name).emit(Ready(event="ready", ip=plan.ip(name), port=plan.smtp_port))
+
+    _forever_async(start, run, then=lambda: send_and_judge(plan, lab))
+
+
 def run_postfix(lab: Path) -> NoReturn:
     """Postfix as the gateway. Reads plan.json as plain JSON: only its addresses are needed."""
     plan = json.loads((lab / "plan.json").read_text())
-    _add_addresses(plan["hosts"]["gateway"], int(plan["subnet"].split("/")[1]))
+    if plan.get("topology", "network") == "network":  # a pod lab's loopback addresses need no setup
+        _add_addresses(plan["hosts"]["gateway"], int(plan["subnet"].split("/")[1]))
     # Postfix's load_file() reads a file again, 300 ms apart, for as long as its mtime is recent
     # (it might still be being written): freshly copied files cost ~2 s on every lab's critical
     # path. Their content is final here, so their mtime is set a minute back.
@@ -186,6 +215,18 @@ def wait_for_services(plan: Plan, deadline: float) -> None:
 
 
 def run_traffic_service(plan: Plan, lab: Path, stay: bool) -> None:
+    _add_addresses(plan.hosts["traffic"], int(plan.subnet.split("/")[1]))
+    send_and_judge(plan, lab)
+    if stay:
+        # Stay up for exploration (`docker exec -it <lab>-traffic swaks ...`) as a process that
+        # holds none of Python's memory.
+        sys.stdout.flush()
+        os.execvp("sleep", ["sleep", "infinity"])
+
+
+def send_and_judge(plan: Plan, lab: Path) -> None:
+    """Once every service answers: the scenario's traffic, then the verdict once every message
+    settled, written to run/result.json and printed to the container's log."""
     from rich.console import Console
 
     from ..results.collect import Collector
@@ -194,7 +235,6 @@ def run_traffic_service(plan: Plan, lab: Path, stay: bool) -> None:
     from .ledger import cannot_write, lab_fault
     from .traffic import run_traffic
 
-    _add_addresses(plan.hosts["traffic"], int(plan.subnet.split("/")[1]))
     t0 = time.monotonic()
     wait_for_services(plan, t0 + 60)
     deadline = time.monotonic() + plan.scenario.deadline_s
@@ -212,11 +252,7 @@ def run_traffic_service(plan: Plan, lab: Path, stay: bool) -> None:
     except OSError as e:
         raise InfraError(cannot_write("the lab's result", lab / "run" / "result.json", e)) from None
     print_result(doc, Console(width=160, emoji=False, highlight=False))
-    if stay:
-        # Stay up for exploration (`docker exec -it <lab>-traffic swaks ...`) as a process that
-        # holds none of Python's memory.
-        sys.stdout.flush()
-        os.execvp("sleep", ["sleep", "infinity"])
+    sys.stdout.flush()
 
 
 def _dns_answers(ip: str, port: int, name: str) -> bool:
@@ -237,6 +273,8 @@ def probe(lab: Path, name: str) -> int:
     plain JSON, a socket (with the model it cost half a CPU-second a probe)."""
     if name == "traffic":
         return 0 if (lab / "run" / "result.json").is_file() else 1
+    if name == "lab":  # a pod lab's Python services: EOP answering stands for them
+        name = "eop"
     try:
         plan = json.loads((lab / "plan.json").read_text())
         ip = plan["hosts"][name][0]
@@ -255,7 +293,7 @@ def probe(lab: Path, name: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     """The container's process: a service's exit status (probe: 0 when it answers)."""
     p = argparse.ArgumentParser(prog="python -m labgen.lab.entrypoints")
-    p.add_argument("service", choices=["eop", "sink", "dns", "gateway", "traffic", "gateway-net"])
+    p.add_argument("service", choices=["eop", "sink", "dns", "gateway", "traffic", "gateway-net", "lab"])
     p.add_argument("--lab", default="/lab", help="the rendered lab directory")
     p.add_argument("--once", action="store_true", help="traffic: exit after the verdict")
     p.add_argument("--probe", action="store_true", help="health check: does the service answer?")
@@ -265,15 +303,22 @@ def main(argv: list[str] | None = None) -> int:
         return run_gateway_net(lab)
     if a.probe:
         return probe(lab, a.service)
+    # A pod lab's namespace is the pod's: on Docker it has loopback only, on Kubernetes its route
+    # is the cluster's and its NetworkPolicy keeps the seat in (without NET_ADMIN to change it).
+    pod = json.loads((lab / "plan.json").read_text()).get("topology") == "pod"
     if a.service == "gateway":
-        _drop_default_route()
+        if not pod:
+            _drop_default_route()
         run_postfix(lab)
     from ..model.plan import Plan
 
     plan = Plan.load(lab / "plan.json")
-    _drop_default_route()
+    if not pod:
+        _drop_default_route()
     try:
-        if a.service in ("eop", "sink"):
+        if a.service == "lab":
+            run_pod(plan, lab)
+        elif a.service in ("eop", "sink"):
             run_smtp_service(a.service, plan, lab)
         elif a.service == "dns":
             run_dns(plan, lab)

@@ -15,7 +15,7 @@ import re
 import secrets
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 from pydantic import BaseModel
 
@@ -77,6 +77,11 @@ class Plan(BaseModel):
     # Extra Docker labels on everything the lab starts (a workshop seat's io.labgen.workshop and
     # io.labgen.seat); names and values are labgen's own, checked where they are made.
     labels: dict[str, str] = {}
+    # "network": every service its own host on the lab network (Docker containers, or the local
+    # engine's loopback addresses). "pod": the Docker engine's shared network namespace, as a
+    # Kubernetes pod has it: one container serving DNS, EOP, the sinks and the traffic, Postfix in
+    # a second, every address a loopback one (127.x, as the local engine maps them), no network.
+    topology: Literal["network", "pod"] = "network"
 
     # ----- views
     def ip(self, host: str) -> str:
@@ -99,6 +104,7 @@ class Placement(Protocol):
     scenario's subnet `net`, moved to `subnet` when the user asked (engines.base.Engine.place)."""
 
     name: str
+    topology: Literal["network", "pod"]  # Plan.topology: how its services share a network
     real_postfix: bool  # does its gateway run Postfix (so that a user's Postfix configuration can run)?
     runs_gateway_images: bool  # can it run a scenario whose gateway is the user's image (gateway.image)?
 
@@ -109,11 +115,19 @@ class AsWritten:
     """The scenario's own addresses, no engine involved (validate, certs)."""
 
     name = "none"
+    topology: Literal["network", "pod"] = "network"
     real_postfix = True  # checks what any engine would: the Postfix configuration too
     runs_gateway_images = True  # nothing runs: the scenario is only read
 
     def place(self, net: ipaddress.IPv4Network, subnet: str | None) -> Callable[[str], str] | None:
         return None
+
+
+def loopback_ip(ip: str) -> str:
+    """A lab address on loopback (the local engine's, a pod lab's): first octet becomes 127
+    (198.51.100.10 -> 127.51.100.10), which keeps CIDR-based connectors meaningful and needs no
+    setup on Linux (all of 127.0.0.0/8 is local)."""
+    return "127." + ip.split(".", 1)[1]
 
 
 def subnet_mover(net: ipaddress.IPv4Network, subnet: str | None) -> Callable[[str], str] | None:
@@ -339,6 +353,12 @@ def make_plan(
                 f"{where}gateway.image: the {engine.name} engine runs labgen's own gateway and cannot run "
                 "an image; run this scenario with --engine docker"
             )
+        if engine.topology == "pod":
+            where = f"{s.source}: " if s.source else ""
+            raise InputError(
+                f"{where}gateway.image: a pod lab (one network namespace) runs labgen's Postfix, not an image; "
+                "run this scenario with the network topology"
+            )
         gateway_config_dir(s)  # bad input fails before anything is created
     move = engine.place(net, subnet)
     lab_subnet = _translate_cidr(str(net), move) if move else str(net)
@@ -359,6 +379,7 @@ def make_plan(
         ca_intermediate="certs/ca-intermediate.crt",
         scenario=s,
         labels=dict(labels or {}),
+        topology=engine.topology,
     )
 
 
@@ -367,6 +388,13 @@ def _check_postfix_config(s: Scenario, engine: Placement) -> None:
     names: both said before anything is created."""
     from .postfix_dir import read_config_dir
 
+    if engine.topology == "pod":
+        # Its mynetworks, listening addresses and source addresses assume a network of its own
+        # (a user's main.cf trusting 127.0.0.0/8 would trust every host of a pod lab).
+        raise InputError(
+            f"{s.source}: gateway.postfix_config: your Postfix configuration runs in the network topology, not in "
+            "a pod lab (one loopback namespace for every host); run it without --topology pod"
+        )
     if not engine.real_postfix:
         raise InputError(
             f"{s.source}: gateway.postfix_config: your Postfix configuration runs in real Postfix, which the "

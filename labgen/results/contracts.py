@@ -459,6 +459,8 @@ class ResultDoc(_Contract):
     scenario: str
     description: str
     engine: str
+    # docker: a lab network with a container per service, or a pod (one namespace, loopback addresses)
+    topology: Literal["network", "pod"] = "network"
     profile: Literal["seed", "current"] | None = None  # the EOP behaviour set that produced the verdict
     duration_s: float
     lab_dir: str

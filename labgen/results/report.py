@@ -158,7 +158,8 @@ def print_result(result: ResultDoc, console: Console) -> None:
         console.print(
             _text(
                 f"The lab stays up to explore: labgen status {doc['scenario']} · labgen logs gateway · "
-                f"docker exec -it labgen-{doc['scenario']}-traffic swaks ... · labgen down {doc['scenario']}",
+                f"docker exec -it labgen-{doc['scenario']}-{'lab' if doc.get('topology') == 'pod' else 'traffic'} "
+                f"swaks ... · labgen down {doc['scenario']}",
                 "dim",
             )
         )
