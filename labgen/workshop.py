@@ -24,7 +24,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -168,6 +168,9 @@ class Workshop:
     scenario: str  # as the trainer named it
     base_dir: Path  # the scenario file's directory: what its files are relative to
     seats: list[Seat] = field(default_factory=list)
+    # Plan.topology of every seat: "pod" (two containers in one loopback namespace, the density
+    # design) or "network" (a container per service on the seat's own lab network).
+    topology: Literal["network", "pod"] = "pod"
 
     def seat(self, name: str) -> Seat:
         for s in self.seats:
@@ -182,6 +185,7 @@ class Workshop:
             "name": self.name,
             "scenario": self.scenario,
             "base_dir": str(self.base_dir),
+            "topology": self.topology,
             "seats": [{"seat": s.name, "lab": s.lab, "subnet": s.subnet} for s in self.seats],
         }
         try:
@@ -200,6 +204,8 @@ class Workshop:
         try:
             data = json.loads(path.read_text())
             w = cls(name=name, dir=wdir, scenario=str(data["scenario"]), base_dir=Path(data["base_dir"]))
+            # Workshops written before topologies were all "network".
+            w.topology = "pod" if data.get("topology", "network") == "pod" else "network"
             for row in data["seats"]:
                 seat = check_seat(row["seat"])
                 subnet = str(ipaddress.IPv4Network(row["subnet"]))
@@ -376,28 +382,43 @@ def grade(seat: str, exercise: Exercise, doc: ResultDoc) -> list[GoalResult]:
 # ---------------------------------------------------------------- Docker: what runs
 
 
-def _engine(image: str | None = None):
+def _engine(topology: Literal["network", "pod"], image: str | None = None):
     from .engines.docker import DockerEngine
 
     ok, why = DockerEngine.available()
     if not ok:
         raise InfraError(f"workshops run on the Docker engine, and {why}")
-    return DockerEngine(image=image)
+    return DockerEngine(image=image, topology=topology)
+
+
+def _placed(w: Workshop, seat: Seat) -> str | None:
+    """The --subnet a seat's plan is made with: its own subnet on a network; none for a pod,
+    whose loopback addresses live in its own namespace."""
+    return seat.subnet if w.topology == "network" else None
 
 
 def seat_image(seat: Seat) -> str | None:
     """The image the seat's containers run (its traffic container's), to restart it from as it
     is; None when the seat has no container left (it then starts from the current image)."""
+
+    ctr = _client_container(seat.lab)
+    if ctr is None:
+        return None
+    image = ctr.attrs.get("Config", {}).get("Image") or ctr.attrs.get("Image")
+    return str(image) if image else None
+
+
+def _client_container(lab: str) -> Any | None:
     import docker.errors
 
     from .engines.dockerapi import client
 
-    try:
-        ctr = client().containers.get(labels.container(seat.lab, "traffic"))
-    except docker.errors.NotFound:
-        return None
-    image = ctr.attrs.get("Config", {}).get("Image") or ctr.attrs.get("Image")
-    return str(image) if image else None
+    for name in labels.client_containers(lab):
+        try:
+            return client().containers.get(name)
+        except docker.errors.NotFound:
+            continue
+    return None
 
 
 def workshop_objects(workshop: str | None = None) -> tuple[list[Any], list[Any]]:
@@ -473,8 +494,8 @@ def _run_seats(
     from .model.plan import make_plan
     from .run import run_lab
 
-    engine0 = _engine()
-    plans = {seat.name: make_plan(s, engine0, seat.subnet, labels_of(seat)) for seat, s in work}  # bad input first
+    engine0 = _engine(w.topology)
+    plans = {seat.name: make_plan(s, engine0, _placed(w, seat), labels_of(seat)) for seat, s in work}  # bad input first
     images = {seat.name: seat_image(seat) if restart else None for seat, _ in work}
     if not all(images.values()):
         from .engines.images import ensure_image
@@ -493,7 +514,13 @@ def _run_seats(
 
         try:
             run.doc = run_lab(
-                s, _engine(images[seat.name]), w.dir, on_phase=phase, force=True, labdir=seat.dir, plan=plans[seat.name]
+                s,
+                _engine(w.topology, images[seat.name]),
+                w.dir,
+                on_phase=phase,
+                force=True,
+                labdir=seat.dir,
+                plan=plans[seat.name],
             )
         except LabgenError as e:
             run.error = (e.message.splitlines() or [""])[0]
@@ -515,7 +542,14 @@ def seat_labels(workshop: str) -> Callable[[Seat], dict[str, str]]:
     return lambda seat: {WORKSHOP_LABEL: workshop, SEAT_LABEL: seat.name}
 
 
-def up(ref: str, n: int, name: str | None, workdir: Path, progress: Progress) -> tuple[Workshop, list[SeatRun]]:
+def up(
+    ref: str,
+    n: int,
+    name: str | None,
+    workdir: Path,
+    progress: Progress,
+    topology: Literal["network", "pod"] = "pod",
+) -> tuple[Workshop, list[SeatRun]]:
     seats = seat_names(n)
     path = exercise_path(ref)
     label = escape(ref, 100)
@@ -523,7 +557,7 @@ def up(ref: str, n: int, name: str | None, workdir: Path, progress: Progress) ->
     s0 = parse_scenario(raw, ref, default_name=path.stem, base_dir=path.resolve().parent)
     assert isinstance(raw, dict)  # parse_scenario accepted it
     wname = check_workshop_name(name or s0.name[:27].rstrip("-"))
-    engine = _engine()
+    engine = _engine(topology)
     containers, networks = workshop_objects(wname)
     if containers or networks:
         raise InputError(f"workshop {wname} is up already; `labgen workshop down {wname}` first, or choose --name")
@@ -532,18 +566,21 @@ def up(ref: str, n: int, name: str | None, workdir: Path, progress: Progress) ->
         raise InputError(f"{escape(wdir, 120)} is a symbolic link; labgen does not follow links for workshops")
     if wdir.exists() and any(wdir.iterdir()) and not (wdir / STATE_FILE).is_file():
         raise InputError(f"{escape(wdir, 120)} is not empty and is no workshop labgen made; choose another --workdir")
-    prefix = ipaddress.IPv4Network(s0.lab.subnet).prefixlen
-    subnets = allocate_subnets(n, prefix, docker_subnets())
-    w = Workshop(wname, wdir, ref, path.resolve().parent)
-    work: list[tuple[Seat, Scenario]] = []
     from .model.plan import make_plan
 
+    w = Workshop(wname, wdir, ref, path.resolve().parent, topology=topology)
+    if topology == "network":  # each seat its own subnet of 198.18.0.0/15, free on this host
+        prefix = ipaddress.IPv4Network(s0.lab.subnet).prefixlen
+        subnets = allocate_subnets(n, prefix, docker_subnets())
+    else:  # each seat the same loopback addresses, in a network namespace of its own
+        subnets = [make_plan(s0, engine).subnet] * n
+    work: list[tuple[Seat, Scenario]] = []
     for seat, subnet in zip(seats, subnets, strict=True):
         lab = seat_lab(wname, seat)
         data = _seat_data(raw, lab)
         s = parse_scenario(data, f"{seat}/{SEAT_FILE}", base_dir=w.base_dir)
-        make_plan(s, engine, subnet)  # every seat's addresses checked before anything is written
         w.seats.append(Seat(seat, lab, subnet, wdir / seat))
+        make_plan(s, engine, _placed(w, w.seats[-1]))  # every seat's addresses checked before anything is written
         work.append((w.seats[-1], s))
     try:
         wdir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -630,18 +667,14 @@ def down(name: str) -> dict[str, list[str]]:
 
 def exec_in_seat(name: str, seat: str, cmd: list[str]) -> tuple[int, bytes, bytes]:
     """CMD in the seat's traffic container (swaks, dig, openssl s_client reach every lab host)."""
-    import docker.errors
-
-    from .engines.dockerapi import client
-
     check_seat(seat)
-    ctr_name = labels.container(seat_lab(name, seat), "traffic")
-    try:
-        ctr = client().containers.get(ctr_name)
-    except docker.errors.NotFound:
+    ctr = _client_container(seat_lab(name, seat))
+    if ctr is None:
         raise InputError(
-            f"seat {seat} of workshop {name} is not up (no {ctr_name}); see `labgen workshop status`"
-        ) from None
+            f"seat {seat} of workshop {name} is not up (no {labels.client_containers(seat_lab(name, seat))[0]}); "
+            "see `labgen workshop status`"
+        )
+    ctr_name = ctr.name
     if ctr.labels.get(WORKSHOP_LABEL) != name or ctr.labels.get(SEAT_LABEL) != seat:
         raise InputError(f"{ctr_name} is no seat of workshop {name}")
     if ctr.status != "running":

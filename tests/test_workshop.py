@@ -295,17 +295,30 @@ def _valid(name: str, doc: dict) -> None:
     assert doc["schema"] == f"labgen.{name}/v1"
 
 
+# What a seat is made of in each topology: its containers (service names), and whether the
+# seats have networks (each its own /24 of the pool) or share the same loopback addresses.
+TOPOLOGIES = {
+    "pod": {"services": ["gateway", "lab"], "up_on": "127.51.100.0/24", "networks": 0},
+    "network": {"services": ["dns", "eop", "gateway", "sink", "traffic"], "up_on": "198.1", "networks": 1},
+}
+
+
 @pytest.mark.docker
-def test_workshop_done_when(docker_ready, tmp_path):
+@pytest.mark.parametrize("topology", ["pod", "network"])
+def test_workshop_done_when(docker_ready, tmp_path, topology):
     name = f"{TEST_LAB_PREFIX}-{secrets.token_hex(3)}"
     wdir = tmp_path / f"labgen-{name}"
     seats = ["s01", "s02", "s03", "s04"]
+    want = TOPOLOGIES[topology]
     try:
-        # up: 4 seats, each with the exercise's starting verdict
-        p = labgen("workshop", "up", "broken", "--seats", "4", "--name", name, "--workdir", tmp_path, cwd=tmp_path)
+        # up: 4 seats, each with the exercise's starting verdict (pod is the default)
+        args = ["--topology", "network"] if topology == "network" else []
+        p = labgen(
+            "workshop", "up", "broken", "--seats", "4", "--name", name, "--workdir", tmp_path, *args, cwd=tmp_path
+        )
         assert p.returncode == 0, (p.stdout, p.stderr)
         for seat in seats:
-            assert f"{seat}: up on 198.1" in p.stdout
+            assert f"{seat}: up on {want['up_on']}" in p.stdout
             assert (wdir / seat / "seat.yaml").is_file() and (wdir / seat / "overlay.yaml").is_file()
             assert yaml.safe_load((wdir / seat / "overlay.yaml").read_text()) is None  # empty at start
             assert _outcome(wdir / seat, "to-fabrikam") == "silently_discarded"
@@ -317,11 +330,15 @@ def test_workshop_done_when(docker_ready, tmp_path):
         rows = {r["seat"]: r for r in doc["seats"]}
         assert sorted(rows) == seats
         subnets = [ipaddress.IPv4Network(r["subnet"]) for r in rows.values()]
-        assert len(set(subnets)) == 4 and all(s.subnet_of(ws.POOL) for s in subnets)
-        assert all(r["state"] == "running" and r["containers"] == 5 for r in rows.values())
+        if topology == "network":
+            assert len(set(subnets)) == 4 and all(s.subnet_of(ws.POOL) for s in subnets)
+        else:  # the same loopback addresses, each seat in its own namespace
+            assert {str(s) for s in subnets} == {want["up_on"]}
+        n = len(want["services"])
+        assert all(r["state"] == "running" and r["containers"] == n for r in rows.values())
         containers, networks = _docker_objects(name)
-        assert len(containers) == 20 and len(networks) == 4
-        assert {c.name for c in containers} >= {f"labgen-{name}-s01-gateway", f"labgen-{name}-s04-traffic"}
+        assert len(containers) == 4 * n and len(networks) == 4 * want["networks"]
+        assert {c.name for c in containers} == {f"labgen-{name}-{st}-{svc}" for st in seats for svc in want["services"]}
         for c in containers:
             seat = c.labels["io.labgen.seat"]
             assert c.labels["io.labgen.lab"] == f"{name}-{seat}" and c.name.startswith(f"labgen-{name}-{seat}-")
@@ -395,13 +412,13 @@ def test_workshop_seat_that_cannot_start_is_named_and_the_others_run(docker_read
 
     name = f"{TEST_LAB_PREFIX}-{secrets.token_hex(3)}"
     blocker = client().containers.create(
-        docker_ready, ["sleep", "600"], name=f"labgen-{name}-s02-dns", labels={"io.labgen.test": name}
+        docker_ready, ["sleep", "600"], name=f"labgen-{name}-s02-gateway", labels={"io.labgen.test": name}
     )
     try:
         p = labgen("workshop", "up", "broken", "--seats", "2", "--name", name, "--workdir", tmp_path, cwd=tmp_path)
         assert p.returncode == 3, (p.stdout, p.stderr)
-        assert "s01: up on 198.1" in p.stdout
-        assert "seat s02" in p.stdout and "did not start" in p.stdout and f"labgen-{name}-s02-dns" in p.stdout
+        assert "s01: up on 127.51.100.0/24" in p.stdout
+        assert "seat s02" in p.stdout and "did not start" in p.stdout and f"labgen-{name}-s02-gateway" in p.stdout
         assert "1 of 2 seat(s) up" in p.stdout
         code, doc = labgen_json("workshop", "status", name, cwd=tmp_path)
         assert [r["seat"] for r in doc["seats"]] == ["s01"] and doc["seats"][0]["state"] == "running"
