@@ -441,12 +441,22 @@ def certs(scenario, workdir, as_json):
 ENGINES = ("auto", "local", "docker")  # the facade's engines (labgen.engines.ENGINES), and auto
 
 
-def pick_engine(name: str, keep: bool = False):
+TOPOLOGY_OPTION = click.option(
+    "--topology",
+    type=click.Choice(["network", "pod"]),
+    default="network",
+    show_default=True,
+    help="Docker: each service its own container on a lab network, or a pod: two containers in one "
+    "network namespace on loopback addresses, as a Kubernetes pod runs it.",
+)
+
+
+def pick_engine(name: str, keep: bool = False, topology: str = "network"):
     import logging
 
     from .engines import select
 
-    engine, why = select(name, keep=keep)
+    engine, why = select(name, keep=keep, topology=topology)
     if name == "auto":
         logging.getLogger("labgen").info("engine: %s (%s)", engine.name, why)
     return engine
@@ -461,12 +471,13 @@ def run_one(
     force: bool = False,
     keep: bool = False,
     profile: str | None = None,
+    topology: str = "network",
 ) -> ResultDoc:
     from .run import run_lab
 
     s = load_scenario(scenario, profile)
     _quiet_for_json(as_json)
-    engine = pick_engine(engine_name, keep)
+    engine = pick_engine(engine_name, keep, topology)
     if as_json or not err.is_terminal:
         return run_lab(s, engine, _workdir(workdir), subnet, force=force)
     with err.status(f"{s.name}: starting") as status:
@@ -495,9 +506,10 @@ def _exit_for(doc: ResultDoc) -> int:
     help="Leave the lab serving after the verdict until `labgen down LAB` (Docker labs always stay up).",
 )
 @PROFILE_OPTION
-def up(scenario, engine, workdir, subnet, as_json, force, keep, profile):
+@TOPOLOGY_OPTION
+def up(scenario, engine, workdir, subnet, as_json, force, keep, profile, topology):
     """Bring a lab up, send its traffic, and show what happened to every message."""
-    doc = run_one(scenario, engine, workdir, subnet, as_json, force, keep, profile)
+    doc = run_one(scenario, engine, workdir, subnet, as_json, force, keep, profile, topology)
     where = _write_report([doc], Path(doc.lab_dir) / "run" / "report.html", _workdir(workdir))
     if as_json:
         _print_json(doc)
@@ -896,7 +908,8 @@ def test_command(paths, engine, junit_file, as_json, jobs, pattern, workdir):
     show_default=True,
     help="The engine whose project to write (compose, for docker).",
 )
-def render(scenario, output, subnet, force, engine):
+@TOPOLOGY_OPTION
+def render(scenario, output, subnet, force, engine, topology):
     """Write the lab as a self-contained project, to run by hand."""
     from .engines import named
     from .run import lab_dir, prepare_lab
@@ -904,7 +917,7 @@ def render(scenario, output, subnet, force, engine):
     s = load_scenario(scenario)
     # abspath, not resolve(): a symlinked output directory is refused, never followed
     labdir = Path(os.path.abspath(output)) if output else lab_dir(_workdir(None), s.name)
-    target = named(engine)
+    target = named(engine, topology=topology)
     if not target.can_render:
         raise InputError(
             f"--engine {engine}: has no project to render (it runs labs in this process); use --engine docker"
@@ -1119,13 +1132,22 @@ def _goal_lines(results) -> None:
 @click.option("--seats", type=int, required=True, help="How many seats (isolated labs).")
 @click.option("--name", help="The workshop's name (default: the scenario's); seats are <name>-s01, ...")
 @click.option("--workdir", help="Where the workshop directory labgen-<name> goes (default: current directory).")
-def workshop_up(scenario, seats, name, workdir):
-    """Start SEATS copies of SCENARIO at once, each on its own free /24 of 198.18.0.0/15; each
-    seat's progress and verdict as it comes. Exit 0 when every seat is up (its verdict is the
-    exercise's starting state), 3 when one could not start (it is named; the others keep running)."""
+@click.option(
+    "--topology",
+    type=click.Choice(["pod", "network"]),
+    default="pod",
+    show_default=True,
+    help="pod: each seat two containers in one loopback network namespace (the dense one, as on "
+    "Kubernetes); network: a container per service on the seat's own /24 of 198.18.0.0/15.",
+)
+def workshop_up(scenario, seats, name, workdir, topology):
+    """Start SEATS copies of SCENARIO at once, each isolated in its own network namespace (a pod)
+    or on its own free /24 of 198.18.0.0/15; each seat's progress and verdict as it comes. Exit 0
+    when every seat is up (its verdict is the exercise's starting state), 3 when one could not
+    start (it is named; the others keep running)."""
     from . import workshop as ws
 
-    w, runs = ws.up(scenario, seats, name, _workdir(workdir), _seat_progress)
+    w, runs = ws.up(scenario, seats, name, _workdir(workdir), _seat_progress, topology)
     failed = [r for r in runs if r.doc is None]
     out.print(_text(f"workshop {w.name}: {len(runs) - len(failed)} of {len(runs)} seat(s) up; directory {w.dir}"))
     for r in failed:
@@ -1145,6 +1167,34 @@ def workshop_handout(name, workdir):
     w = ws.find_workshop(ws.pick_workshop(name), _workdir(workdir))
     for path in ws.write_handouts(w):
         out.print(_text(f"wrote {path}"))
+
+
+@workshop.command("render")
+@click.argument("scenario")
+@click.option("--kubernetes", is_flag=True, help="Write Kubernetes manifests (the only target for now).")
+@click.option("--seats", type=int, required=True, help="How many seats (one pod each).")
+@click.option("--name", help="The workshop's name (default: the scenario's); namespaces are labgen-<name>-s01, ...")
+@click.option("--image", help="The lab image as the cluster pulls it (default: the local labgen-lab:<tag>).")
+@click.option("-o", "--output", "output", required=True, help="Directory to write (new, empty, or rendered before).")
+@click.option(
+    "--no-default-route",
+    "drop_route",
+    is_flag=True,
+    help="Add an init container with NET_ADMIN that removes each pod's default route, for clusters whose "
+    "network plugin does not enforce NetworkPolicy (the baseline Pod Security Standard refuses it).",
+)
+def workshop_render(scenario, kubernetes, seats, name, image, output, drop_route):
+    """Write SEATS seats of SCENARIO for a cluster: `kubectl apply -k DIR` runs them, one pod and
+    namespace per seat, nothing in or out. Needs neither Docker nor a cluster (docs/kubernetes.md)."""
+    if not kubernetes:
+        raise InputError(
+            "workshop render: pass --kubernetes (the only target so far); `workshop up` runs seats on Docker"
+        )
+    from .engines import kubernetes as k8s
+
+    done = k8s.render_workshop(scenario, seats, name, Path(output), image=image, drop_route=drop_route)
+    out.print(_text(f"workshop {done.workshop}: {len(done.seats)} seat(s) rendered into {done.out}"))
+    out.print(_text(f"apply them: kubectl apply -k {done.out}   (the image and the rest: {done.out}/README.md)", "dim"))
 
 
 @workshop.command("status")
