@@ -1267,10 +1267,10 @@ def workshop_check(name, workdir):
     w = ws.find_workshop(ws.pick_workshop(name), _workdir(workdir))
     runs, results = ws.check_seats(w, w.seats, _seat_progress, tolerate=True)
     _goal_lines(results)
-    jpath, cpath = ws.write_class_report(w, results)
+    jpath, cpath, hpath = ws.write_class_report(w, results)
     failed = sorted({r.seat for r in results if not r.passed})
     out.print(_text(f"workshop {w.name}: {len(w.seats) - len(failed)} of {len(w.seats)} seat(s) pass"))
-    out.print(_text(f"class report: {jpath} and {cpath}", "dim"))
+    out.print(_text(f"class report: {hpath} (and {jpath.name}, {cpath.name} beside it)", "dim"))
     sys.exit(3 if any(r.doc is None for r in runs) else 1 if failed else 0)
 
 

@@ -763,10 +763,15 @@ def reset_seats(w: Workshop, seats: list[Seat], progress: Progress) -> list[Seat
 REPORT_FIELDS = ["seat", "goal", "message", "to", "expect", "outcome", "passed", "says", "reason"]
 
 
-def write_class_report(w: Workshop, results: list[GoalResult]) -> tuple[Path, Path]:
-    """class-report.json and class-report.csv in the workshop directory: a row per seat and goal.
-    Reasons carry what lab services said: CSV cells that a spreadsheet would run as a formula are
-    prefixed with a quote."""
+def write_class_report(w: Workshop, results: list[GoalResult]) -> tuple[Path, Path, Path]:
+    """class-report.json, .csv and .html in the workshop directory: a row per seat and goal (the
+    page: a row per seat, then its goals, linking each seat's own run report, written beside its
+    result). Reasons carry what lab services said: CSV cells that a spreadsheet would run as a
+    formula are prefixed with a quote; the page escapes everything."""
+    from jinja2 import TemplateError
+
+    from .results import html
+
     rows = [r.row() for r in results]
     doc = dump(
         ClassReportDoc(
@@ -782,13 +787,22 @@ def write_class_report(w: Workshop, results: list[GoalResult]) -> tuple[Path, Pa
     writer.writeheader()
     for r in rows:
         writer.writerow({k: _csv_cell(r[k]) for k in REPORT_FIELDS})
-    jpath, cpath = w.dir / f"{REPORT_STEM}.json", w.dir / f"{REPORT_STEM}.csv"
+    reports: dict[str, str] = {}
+    for seat in w.seats:
+        if seat.name in doc["seats"] and (seat.dir / "run" / "result.json").is_file():
+            try:
+                html.write_lab_report(seat.dir, f"workshop {w.name}, seat {seat.name}")
+            except (LabgenError, OSError, TemplateError):
+                continue  # the class page says "no report" for this seat; its result stands
+            reports[seat.name] = f"{seat.name}/run/report.html"
+    jpath, cpath, hpath = (w.dir / f"{REPORT_STEM}.{ext}" for ext in ("json", "csv", "html"))
     try:
         write_whole(jpath, json.dumps(doc, indent=2) + "\n", mode=0o600)
         write_whole(cpath, buf.getvalue(), mode=0o600)
+        write_whole(hpath, html.render_class_report(doc, reports), mode=0o600)
     except OSError as e:
         raise InfraError(f"cannot write the class report in {w.dir}: {e.strerror}") from None
-    return jpath, cpath
+    return jpath, cpath, hpath
 
 
 def _csv_cell(value: object) -> object:

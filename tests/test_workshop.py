@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import TEST_LAB_PREFIX, labgen, labgen_json
+from test_report_html import browser as chromium  # noqa: F401  (the headless chromium fixture, as a fixture here)
 
 from labgen import workshop as ws
 from labgen.errors import InputError
@@ -357,6 +358,10 @@ def test_workshop_done_when(docker_ready, tmp_path, topology):
         assert len(fab) == 4 and not any(r["passed"] for r in fab)
         assert all("gw.contoso.example" in r["reason"] and "silently_discarded" in r["reason"] for r in fab)
         assert (wdir / "class-report.csv").read_text().startswith("seat,goal,message,")
+        page = (wdir / "class-report.html").read_text()
+        assert page.count('<tr class="seat-row"') == 4 and page.count(">FAIL<") == 8  # the table and each section
+        for seat in seats:  # each seat's own run report, linked from the class page
+            assert f'href="{seat}/run/report.html"' in page and (wdir / seat / "run" / "report.html").is_file()
 
         # an overlay outside what the exercise allows: one line, exit 2, the seat untouched
         before = {c.id for c in _docker_objects(name)[0] if c.labels["io.labgen.seat"] == "s03"}
@@ -473,3 +478,54 @@ def test_handout_escapes_what_the_scenario_says(tmp_path):
     text = seat_handout("ws", seat, s, plan)
     assert "<script>" not in text and "[click](javascript:" not in text and "`rm -rf /`" not in text
     assert "\\<script\\>" in text or "&lt;script" in text
+
+
+# ---------------------------------------------------------------- the class report page
+
+HOSTILE_REASON = '<script>alert(1)</script><img src=x onerror=alert(2)> "quoted" & =cmd|calc'
+
+
+def _class_report(tmp_path: Path) -> tuple[Path, Path, Path]:
+    w = ws.Workshop("cls", tmp_path / "labgen-cls", "broken", EXERCISE.parent)
+    w.dir.mkdir()
+    for seat in ("s01", "s02", "s03"):
+        w.seats.append(ws.Seat(seat, f"cls-{seat}", "198.18.0.0/24", w.dir / seat))
+    goal = dict(message="to-fabrikam", to="carol@fabrikam.example", expect="delivered", says="")
+    results = [
+        ws.GoalResult("s01", 1, outcome="delivered", passed=True, reason="delivered: in mailbox", **goal),
+        ws.GoalResult("s01", 2, outcome="delivered", passed=True, reason="delivered", **goal),
+        ws.GoalResult("s02", 1, outcome="silently_discarded", passed=False, reason=HOSTILE_REASON, **goal),
+        ws.GoalResult("s02", 2, outcome="delivered", passed=True, reason="delivered", **goal),
+        ws.GoalResult("s03", 1, outcome="not run", passed=False, reason="overlay refused", **goal),
+        ws.GoalResult("s03", 2, outcome="not run", passed=False, reason="overlay refused", **goal),
+    ]
+    return ws.write_class_report(w, results)
+
+
+def test_class_report_page_has_a_row_per_seat_and_escapes_reasons(tmp_path):
+    jpath, cpath, hpath = _class_report(tmp_path)
+    page = hpath.read_text()
+    assert jpath.is_file() and cpath.is_file()
+    assert page.count('<tr class="seat-row"') == 3
+    assert "<script>" not in page and "<img" not in page  # the reason is text, not markup
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "no report" in page  # no seat has run here: nothing to link
+    doc = json.loads(jpath.read_text())
+    assert doc["passed"] == ["s01"]
+
+
+def test_class_report_page_in_a_browser(tmp_path, request):
+    browser = request.getfixturevalue("chromium")
+    _, _, hpath = _class_report(tmp_path)
+    browser.open(hpath.as_uri())
+    assert browser.problems() == []  # no dialog: neither alert ran
+    rows = json.loads(
+        browser.eval(
+            """JSON.stringify([...document.querySelectorAll('#seats tr.seat-row')].map(r =>
+                [r.dataset.seat, r.cells[1].textContent.trim(), r.cells[2].textContent.trim()]))"""
+        )
+    )
+    assert rows == [["s01", "PASS", "2 of 2"], ["s02", "FAIL", "1 of 2"], ["s03", "FAIL", "0 of 2"]]
+    assert browser.eval("document.scripts.length") == 0
+    assert HOSTILE_REASON in browser.eval("document.querySelector('#seats tr[data-seat=s02] td.reason').textContent")
+    browser.screenshot(tmp_path / "class-report.png")

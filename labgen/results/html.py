@@ -100,6 +100,16 @@ def _attach_lab(run: Run, labdir: Path) -> None:
         )
 
 
+def write_lab_report(labdir: Path, source: str) -> Path:
+    """run/report.html of a lab directory's last run (run/result.json), beside it."""
+    path = labdir / "run" / "result.json"
+    doc = validated(ResultDoc, read_json(path, escape(path, 120)), escape(path, 120))
+    run = Run(doc=doc, source=source)
+    _attach_lab(run, labdir)
+    write(labdir / "run" / "report.html", render([run]))
+    return labdir / "run" / "report.html"
+
+
 def lab_run(lab: str, workdir: Path) -> Run:
     """A lab directory's last run: run/result.json (written by `labgen up`)."""
     labdir = workdir / f"labgen-{lab}"
@@ -553,3 +563,42 @@ def write(path: Path, page: str) -> None:
         write_whole(path, page)
     except OSError as e:
         raise InputError(f"{escape(path, 120)}: cannot write the report ({escape(e.strerror or e, 80)})") from None
+
+
+# ---------------------------------------------------------------- a workshop's class report
+
+
+def render_class_report(doc: dict[str, Any], reports: dict[str, str], generated: float | None = None) -> str:
+    """The class report page (labgen.class-report/v1 as `doc`): a row per seat (pass or fail, the
+    goals held, the first that was not, a link to the seat's own run report, `reports`: seat ->
+    relative link) and each seat's goals with why."""
+    by_seat: dict[str, list[dict[str, Any]]] = {}
+    for row in doc["rows"]:
+        by_seat.setdefault(str(row["seat"]), []).append(row)
+    seats = []
+    for seat in doc["seats"]:
+        goals = sorted(by_seat.get(seat, []), key=lambda r: int(r["goal"]))
+        failed = [g for g in goals if not g["passed"]]
+        seats.append(
+            {
+                "seat": seat,
+                "goals": goals,
+                "held": len(goals) - len(failed),
+                "passed": seat in doc["passed"],
+                "first_failed": failed[0] if failed else None,
+                "report": reports.get(seat),
+            }
+        )
+    return (
+        _env()
+        .get_template("report/class-report.html.j2")
+        .render(
+            workshop=doc["workshop"],
+            scenario=doc["scenario"],
+            seats=seats,
+            passed=len(doc["passed"]),
+            version=__version__,
+            generated=_when(generated if generated is not None else time.time()),
+        )
+    )
+
