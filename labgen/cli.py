@@ -441,12 +441,15 @@ def certs(scenario, workdir, as_json):
 ENGINES = ("auto", "local", "docker")  # the facade's engines (labgen.engines.ENGINES), and auto
 
 
-TOPOLOGY_OPTION = click.option(
-    "--topology",
-    type=click.Choice(["network", "pod"]),
-    default="network",
-    show_default=True,
-    help="Docker: each service its own container on a lab network, or a pod: two containers in one "
+def topology_option(default: str, help: str):
+    return click.option(
+        "--topology", type=click.Choice(["network", "pod"]), default=default, show_default=True, help=help
+    )
+
+
+TOPOLOGY_OPTION = topology_option(
+    "network",
+    "Docker: each service its own container on a lab network, or a pod: two containers in one "
     "network namespace on loopback addresses, as a Kubernetes pod runs it.",
 )
 
@@ -1132,12 +1135,9 @@ def _goal_lines(results) -> None:
 @click.option("--seats", type=int, required=True, help="How many seats (isolated labs).")
 @click.option("--name", help="The workshop's name (default: the scenario's); seats are <name>-s01, ...")
 @click.option("--workdir", help="Where the workshop directory labgen-<name> goes (default: current directory).")
-@click.option(
-    "--topology",
-    type=click.Choice(["pod", "network"]),
-    default="pod",
-    show_default=True,
-    help="pod: each seat two containers in one loopback network namespace (the dense one, as on "
+@topology_option(
+    "pod",
+    "pod: each seat two containers in one loopback network namespace (the dense one, as on "
     "Kubernetes); network: a container per service on the seat's own /24 of 198.18.0.0/15.",
 )
 def workshop_up(scenario, seats, name, workdir, topology):

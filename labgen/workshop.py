@@ -542,6 +542,23 @@ def seat_labels(workshop: str) -> Callable[[Seat], dict[str, str]]:
     return lambda seat: {WORKSHOP_LABEL: workshop, SEAT_LABEL: seat.name}
 
 
+def read_exercise(ref: str, name: str | None) -> tuple[dict[str, Any], Scenario, Path, str]:
+    """The exercise (or scenario) a workshop is made of: its data, parsed once as checked input,
+    the directory its files are relative to, and the workshop's name (--name, else the
+    scenario's)."""
+    path = exercise_path(ref)
+    label = escape(ref, 100)
+    raw = load_yaml(read_scenario_text(path, label), label)
+    s0 = parse_scenario(raw, ref, default_name=path.stem, base_dir=path.resolve().parent)
+    assert isinstance(raw, dict)  # parse_scenario accepted it
+    return raw, s0, path.resolve().parent, check_workshop_name(name or s0.name[:27].rstrip("-"))
+
+
+def seat_scenario_of(raw: dict[str, Any], workshop: str, seat: str, base: Path) -> Scenario:
+    """One seat's copy of the exercise, under the seat's lab name, validated as its seat file."""
+    return parse_scenario(_seat_data(raw, seat_lab(workshop, seat)), f"{seat}/{SEAT_FILE}", base_dir=base)
+
+
 def up(
     ref: str,
     n: int,
@@ -551,12 +568,7 @@ def up(
     topology: Literal["network", "pod"] = "pod",
 ) -> tuple[Workshop, list[SeatRun]]:
     seats = seat_names(n)
-    path = exercise_path(ref)
-    label = escape(ref, 100)
-    raw = load_yaml(read_scenario_text(path, label), label)
-    s0 = parse_scenario(raw, ref, default_name=path.stem, base_dir=path.resolve().parent)
-    assert isinstance(raw, dict)  # parse_scenario accepted it
-    wname = check_workshop_name(name or s0.name[:27].rstrip("-"))
+    raw, s0, base, wname = read_exercise(ref, name)
     engine = _engine(topology)
     containers, networks = workshop_objects(wname)
     if containers or networks:
@@ -568,7 +580,7 @@ def up(
         raise InputError(f"{escape(wdir, 120)} is not empty and is no workshop labgen made; choose another --workdir")
     from .model.plan import make_plan
 
-    w = Workshop(wname, wdir, ref, path.resolve().parent, topology=topology)
+    w = Workshop(wname, wdir, ref, base, topology=topology)
     if topology == "network":  # each seat its own subnet of 198.18.0.0/15, free on this host
         prefix = ipaddress.IPv4Network(s0.lab.subnet).prefixlen
         subnets = allocate_subnets(n, prefix, docker_subnets())
@@ -576,10 +588,8 @@ def up(
         subnets = [make_plan(s0, engine).subnet] * n
     work: list[tuple[Seat, Scenario]] = []
     for seat, subnet in zip(seats, subnets, strict=True):
-        lab = seat_lab(wname, seat)
-        data = _seat_data(raw, lab)
-        s = parse_scenario(data, f"{seat}/{SEAT_FILE}", base_dir=w.base_dir)
-        w.seats.append(Seat(seat, lab, subnet, wdir / seat))
+        s = seat_scenario_of(raw, wname, seat, base)
+        w.seats.append(Seat(seat, seat_lab(wname, seat), subnet, wdir / seat))
         make_plan(s, engine, _placed(w, w.seats[-1]))  # every seat's addresses checked before anything is written
         work.append((w.seats[-1], s))
     try:

@@ -37,6 +37,26 @@ def dexec(container: str, *cmd: str) -> subprocess.CompletedProcess:
     return subprocess.run(["docker", "exec", container, *cmd], capture_output=True, text=True, timeout=60)
 
 
+def swaks_as_gateway(container: str, *extra: str) -> subprocess.CompletedProcess:
+    """swaks in a lab container to contoso's EOP, presenting the gateway's certificate."""
+    return dexec(
+        container,
+        "swaks",
+        "--server",
+        "contoso.mail.protection.outlook.test",
+        "--from",
+        "alice@contoso.example",
+        "--to",
+        "bob@contoso.example",
+        "--tls",
+        "--tls-cert",
+        "/lab/certs/gw-selfsigned.chain.pem",
+        "--tls-key",
+        "/lab/certs/gw-selfsigned.key",
+        *extra,
+    )
+
+
 STRICT_REPEATS = 3
 
 EMPTY: dict[str, list[str]] = {"containers": [], "networks": [], "volumes": []}
@@ -198,23 +218,7 @@ def test_status_and_logs(docker_broken):
 def test_swaks_inside_the_lab_against_eop(docker_broken):
     """swaks from the traffic container, presenting the gateway's certificate, over the lab network."""
     doc, _, lab = docker_broken
-    p = dexec(
-        f"labgen-{lab.name}-traffic",
-        "swaks",
-        "--server",
-        "contoso.mail.protection.outlook.test",
-        "--from",
-        "alice@contoso.example",
-        "--to",
-        "bob@contoso.example",
-        "--tls",
-        "--tls-cert",
-        "/lab/certs/gw-selfsigned.chain.pem",
-        "--tls-key",
-        "/lab/certs/gw-selfsigned.key",
-        "--header",
-        "X-Labgen-Id: swaks-docker",
-    )
+    p = swaks_as_gateway(f"labgen-{lab.name}-traffic", "--header", "X-Labgen-Id: swaks-docker")
     assert p.returncode == 0, p.stdout + p.stderr
     assert "Microsoft ESMTP MAIL Service ready" in p.stdout and "250 2.6.0" in p.stdout
     events = [json.loads(x) for x in open(os.path.join(doc["lab_dir"], "run", "eop.jsonl"))]

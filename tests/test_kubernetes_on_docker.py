@@ -102,30 +102,27 @@ def test_rendered_seat_runs_as_a_pod_on_docker_with_the_seeds_verdicts(docker_re
             detach=True,
         )
         joined = f"container:{sandbox.id}"
-        for init in spec["initContainers"]:
-            ctr = c.containers.run(
-                init["image"],
-                init["command"],
-                name=f"{name}-init-{init['name']}",
+
+        def start(container: dict[str, Any], **extra: Any) -> Any:
+            """One of the pod's containers as the manifest says it, in the pod's namespace."""
+            return c.containers.run(
+                container["image"],
+                container["command"],
+                name=f"{name}-{container['name']}",
                 network_mode=joined,
-                volumes=binds(init),
+                volumes=binds(container),
                 labels=label,
                 detach=True,
+                **extra,
             )
+
+        for init in spec["initContainers"]:
+            ctr = start(init)
             assert ctr.wait(timeout=120)["StatusCode"] == 0, ctr.logs().decode()
         running = {}
         for spec_c in spec["containers"]:
             assert "securityContext" not in spec_c  # no capability: the run below adds none either
-            running[spec_c["name"]] = c.containers.run(
-                spec_c["image"],
-                spec_c["command"],
-                name=f"{name}-{spec_c['name']}",
-                network_mode=joined,
-                volumes=binds(spec_c),
-                labels=label,
-                init=True,
-                detach=True,
-            )
+            running[spec_c["name"]] = start(spec_c, init=True)
         result = host["lab"] / "run" / "result.json"
         deadline = time.monotonic() + 180  # bounds the wait; the verdict is the file's, not the clock's
         while not result.exists() and time.monotonic() < deadline:

@@ -15,7 +15,7 @@ import time
 import pytest
 import yaml
 from conftest import by_id, labgen, labgen_json
-from test_e2e_docker import EMPTY, compose_command, dexec, labelled
+from test_e2e_docker import EMPTY, compose_command, dexec, labelled, swaks_as_gateway
 
 from labgen.engines import named
 from labgen.engines.compose import compose_data, render_project
@@ -160,21 +160,7 @@ def test_pod_is_one_namespace_with_loopback_only(pod_broken):
 @pytest.mark.docker
 def test_swaks_inside_the_pod_against_eop(pod_broken):
     doc, _, lab = pod_broken
-    p = dexec(
-        f"labgen-{lab.name}-lab",
-        "swaks",
-        "--server",
-        "contoso.mail.protection.outlook.test",
-        "--from",
-        "alice@contoso.example",
-        "--to",
-        "bob@contoso.example",
-        "--tls",
-        "--tls-cert",
-        "/lab/certs/gw-selfsigned.chain.pem",
-        "--tls-key",
-        "/lab/certs/gw-selfsigned.key",
-    )
+    p = swaks_as_gateway(f"labgen-{lab.name}-lab")
     assert p.returncode == 0, p.stdout + p.stderr
     assert "Microsoft ESMTP MAIL Service ready" in p.stdout and "250 2.6.0" in p.stdout
 

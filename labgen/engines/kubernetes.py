@@ -419,21 +419,12 @@ def _clear_previous(out: Path) -> None:
 
 def seat_scenarios(ref: str, n: int, name: str | None) -> tuple[str, list[tuple[str, Scenario]]]:
     """The workshop's name and each seat's (seat, scenario), as `workshop up` makes them."""
-    from ..model.scenario import load_yaml, parse_scenario, read_scenario_text
-    from ..workshop import _seat_data, check_workshop_name, exercise_path, seat_lab, seat_names
+    from ..workshop import read_exercise, seat_names, seat_scenario_of
 
     seats = seat_names(n)
-    path = exercise_path(ref)
-    label = escape(ref, 100)
-    raw = load_yaml(read_scenario_text(path, label), label)
-    s0 = parse_scenario(raw, ref, default_name=path.stem, base_dir=path.resolve().parent)
-    assert isinstance(raw, dict)  # parse_scenario accepted it
-    workshop = check_cluster_name(check_workshop_name(name or s0.name[:27].rstrip("-")))
-    base = path.resolve().parent
-    return workshop, [
-        (seat, parse_scenario(_seat_data(raw, seat_lab(workshop, seat)), f"{seat}/seat.yaml", base_dir=base))
-        for seat in seats
-    ]
+    raw, _, base, workshop = read_exercise(ref, name)
+    check_cluster_name(workshop)
+    return workshop, [(seat, seat_scenario_of(raw, workshop, seat, base)) for seat in seats]
 
 
 def render_workshop(

@@ -601,4 +601,3 @@ def render_class_report(doc: dict[str, Any], reports: dict[str, str], generated:
             generated=_when(generated if generated is not None else time.time()),
         )
     )
-
