@@ -57,7 +57,34 @@ def seat_memory(workshop: str) -> dict[str, float]:
     return seats
 
 
-def one(seats: int, rest_s: float, topology: str) -> tuple[float, dict[str, float]]:
+def peaks(workshop: str) -> dict[str, list[float]]:
+    """MiB of peak cgroup memory per container kind (lab, gateway, ...), page cache included:
+    cgroup v1's memory.max_usage_in_bytes or v2's memory.peak (the Kubernetes limits' basis)."""
+    out = subprocess.run(
+        ["docker", "ps", "--no-trunc", "--filter", f"label=io.labgen.workshop={workshop}"]
+        + ["--format", '{{.ID}} {{.Label "io.labgen.service"}}'],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    kinds: dict[str, list[float]] = {}
+    for line in out.splitlines():
+        cid, kind = line.split(" ", 1)
+        for path in (
+            f"/sys/fs/cgroup/memory/docker/{cid}/memory.max_usage_in_bytes",
+            f"/sys/fs/cgroup/system.slice/docker-{cid}.scope/memory.peak",
+            f"/sys/fs/cgroup/docker/{cid}/memory.peak",
+        ):
+            try:
+                with open(path) as f:
+                    kinds.setdefault(kind, []).append(int(f.read()) / 2**20)
+                break
+            except OSError:
+                continue
+    return kinds
+
+
+def one(seats: int, rest_s: float, topology: str) -> tuple[float, dict[str, float], dict[str, list[float]]]:
     name = f"bench-ws-{secrets.token_hex(3)}"
     with tempfile.TemporaryDirectory() as tmp:
         try:
@@ -80,7 +107,7 @@ def one(seats: int, rest_s: float, topology: str) -> tuple[float, dict[str, floa
             if len(status["seats"]) != seats or wrong:
                 raise SystemExit(f"wrong verdicts: seats {wrong} of {len(status['seats'])}")
             time.sleep(rest_s)
-            return wall, seat_memory(name)
+            return wall, seat_memory(name), peaks(name)
         finally:
             subprocess.run([*LABGEN, "workshop", "down", name], capture_output=True)
 
@@ -93,11 +120,14 @@ def main() -> None:
     ap.add_argument("--rest", type=float, default=20.0, help="seconds after the verdicts before memory is read")
     a = ap.parse_args()
     base_t, base_m, many_t, many_m = [], [], [], []
+    pod_peaks: dict[str, list[float]] = {}
     for _ in range(a.runs):  # alternating: the baseline, then the design
-        t, mem = one(a.baseline_seats, a.rest, "network")
+        t, mem, _ = one(a.baseline_seats, a.rest, "network")
         base_t.append(t)
         base_m.append(statistics.median(mem.values()))
-        t, mem = one(a.seats, a.rest, "pod")
+        t, mem, peak = one(a.seats, a.rest, "pod")
+        for kind, values in peak.items():
+            pod_peaks.setdefault(kind, []).extend(values)
         many_t.append(t)
         many_m.append(statistics.median(mem.values()))
         baseline = f"network {a.baseline_seats} seats {base_t[-1]:.1f} s {base_m[-1]:.0f} MiB/seat"
@@ -111,6 +141,11 @@ def main() -> None:
         f"{statistics.median(base_m):.0f} MiB/seat"
     )
     print(f"ratio (memory per seat, pod / network): {statistics.median(many_m) / statistics.median(base_m):.2f}")
+    for kind, values in sorted(pod_peaks.items()):
+        med, top = statistics.median(values), max(values)
+        print(
+            f"pod {kind} container, peak cgroup memory (page cache included): median {med:.0f} MiB, max {top:.0f} MiB"
+        )
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 from labgen.cli import main
 from labgen.engines import kubernetes as k8s
-from labgen.engines.compose import entry_command
+from labgen.engines.compose import entry_command, health_probe
 from labgen.errors import InputError
 from labgen.model.plan import Plan
 
@@ -155,7 +155,7 @@ def test_deployment_runs_the_pod_lab(rendered, seat):
         assert c["command"] == entry_command(name)
         assert c["image"] == image and c["imagePullPolicy"] == "IfNotPresent"
         assert c["volumeMounts"] == [{"name": "lab", "mountPath": "/lab"}]
-        assert c["readinessProbe"]["exec"]["command"] == [*entry_command(name), "--probe"]
+        assert c["readinessProbe"]["exec"]["command"] == health_probe(name, "pod")["test"][1:]
         assert c["resources"] == k8s.RESOURCES[name] and "cpu" not in c["resources"]["limits"]
         assert "securityContext" not in c  # the lab's containers add no capability
     seed, *others = spec["initContainers"]

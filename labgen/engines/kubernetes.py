@@ -55,9 +55,11 @@ KUSTOMIZATION = "kustomization.yaml"
 README = "README.md"
 SEAT_FILES = ("namespace.yaml", "configmap.yaml", "secret.yaml", "deployment.yaml", "networkpolicy.yaml")
 
-# Memory and CPU per container. Figures from BENCHMARKS.md (measured on Docker, a pod lab at rest
-# and during its run); requests are what the scheduler counts, limits what the kernel enforces.
-# No CPU limit: a CPU-throttled lab misses its own deadlines, while a request keeps seats spread.
+# Memory and CPU per container, from BENCHMARKS.md (bench/bench_workshop.py, 30 pod seats on
+# Docker): at rest the lab container holds ~50 MiB and the gateway ~20 MiB (cgroup memory less
+# inactive page cache), and their peaks with all page cache were 96 and 60 MiB. Requests are what
+# the scheduler counts (the figures at rest, rounded up), limits what the kernel enforces (twice
+# the peak). No CPU limit: a CPU-throttled lab misses its own deadlines; a request spreads seats.
 RESOURCES: dict[str, dict[str, dict[str, str]]] = {
     POD_SERVICE: {"requests": {"memory": "64Mi", "cpu": "50m"}, "limits": {"memory": "192Mi"}},
     "gateway": {"requests": {"memory": "32Mi", "cpu": "50m"}, "limits": {"memory": "128Mi"}},
@@ -191,7 +193,7 @@ def _seconds(duration: str) -> int:
 def readiness_probe(name: str) -> dict[str, Any]:
     """compose.health_probe's command and timing, as a readiness probe: a seat is ready once its
     services answer (no liveness probe: a slow seat is not restarted under a trainee)."""
-    hc = health_probe(name)
+    hc = health_probe(name, "pod")
     test = list(hc["test"])
     if test[:1] != ["CMD"]:
         raise InfraError(f"health probe {shown(test)} is no exec form (a labgen bug)")
