@@ -10,6 +10,7 @@ import ipaddress
 import json
 import secrets
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -298,7 +299,7 @@ def _valid(name: str, doc: dict) -> None:
 
 # What a seat is made of in each topology: its containers (service names), and whether the
 # seats have networks (each its own /24 of the pool) or share the same loopback addresses.
-TOPOLOGIES = {
+TOPOLOGIES: dict[str, dict[str, Any]] = {
     "pod": {"services": ["gateway", "lab"], "up_on": "127.51.100.0/24", "networks": 0},
     "network": {"services": ["dns", "eop", "gateway", "sink", "traffic"], "up_on": "198.1", "networks": 1},
 }
