@@ -49,6 +49,13 @@ def pod_render(tmp_path_factory):
     return plan, labdir
 
 
+def test_the_pod_container_has_one_name():
+    from labgen.engines import labels
+    from labgen.lab import entrypoints
+
+    assert entrypoints.POD_SERVICE == labels.POD_SERVICE == "lab"
+
+
 def test_pod_plan_is_on_loopback(pod_render):
     plan, _ = pod_render
     assert plan.topology == "pod" and plan.smtp_port == 25 and plan.dns_port == 53

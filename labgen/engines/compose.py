@@ -24,7 +24,8 @@ from ..errors import InfraError
 from ..model.plan import EOP_POOL_HOST, Plan
 from ..resources import resource_dir
 from ..textsafe import checked, md_inline, one_line, shown
-from . import postfix
+from . import labels, postfix
+from .labels import POD_SERVICE
 
 SERVICES = ("dns", "eop", "sink", "gateway", "traffic")
 HOSTNAMES = {"dns": "ns.lab.test", "sink": "mx-sink.lab.test", "traffic": "traffic.lab.test"}
@@ -63,8 +64,7 @@ def _services(plan: Plan) -> list[dict]:
                 "extra_ips": ips[1:],
                 "hostname": _ok("hostname", names[svc], f"{svc}'s hostname"),
                 # A pod lab's services other than Postfix all live in its one Python container.
-                "container": f"{project_name(plan.lab)}-"
-                + (svc if plan.topology == "network" or svc == "gateway" else POD_SERVICE),
+                "container": labels.container(plan.lab, labels.serving(plan.topology, svc)),
                 # One start-up wave for the services (none needs another to start; Compose v1
                 # waits a wave per level), then traffic, which waits until every one answers.
                 "depends_on": [s for s in SERVICES if s != "traffic"] if svc == "traffic" else [],
@@ -121,11 +121,6 @@ def _extra_labels(plan: Plan) -> dict[str, str]:
             raise InfraError(f"label {key!r} is not one of labgen's io.labgen.* labels (a labgen bug)")
         _ok("lab name", value, f"label {key}")
     return dict(plan.labels)
-
-
-# A pod lab's (Plan.topology "pod") Python container: DNS, EOP, the sinks and the traffic in one
-# process; Postfix runs in the gateway container, in this one's network namespace.
-POD_SERVICE = "lab"
 
 
 def entry_command(name: str) -> list[str]:
@@ -222,7 +217,7 @@ def _pod_data(plan: Plan, lab: str, project: str, image: str) -> dict:
 
 def traffic_container(plan: Plan) -> str:
     """The container that sends the traffic and has the clients (swaks, openssl, dig)."""
-    return f"{project_name(plan.lab)}-{POD_SERVICE if plan.topology == 'pod' else 'traffic'}"
+    return labels.container(plan.lab, labels.serving(plan.topology, "traffic"))
 
 
 def _compose_text(plan: Plan, image: str) -> str:

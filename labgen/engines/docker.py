@@ -461,8 +461,7 @@ class DockerEngine:
 
         def log_tail() -> str:
             svc = sorted(waiting)[0]
-            ctr = labels.container(plan.lab, "lab" if plan.topology == "pod" and svc != "gateway" else svc)
-            tail = container_log_tail(ctr)
+            tail = container_log_tail(labels.container(plan.lab, labels.serving(plan.topology, svc)))
             return f"service {svc} is not ready; last lines of its log:\n{tail}"
 
         poll(
@@ -541,7 +540,7 @@ class DockerEngine:
         every = lab_containers(lab)
         ctrs = [c for c in every if c.labels.get(labels.SERVICE) == service]
         if not ctrs and service != "gateway":  # a pod lab's other services are its `lab` container's
-            ctrs = [c for c in every if c.labels.get(labels.SERVICE) == "lab"]
+            ctrs = [c for c in every if c.labels.get(labels.SERVICE) == labels.POD_SERVICE]
         if not ctrs:
             return None
         c = ctrs[0]

@@ -40,7 +40,8 @@ from ..files import write_whole
 from ..model.plan import Plan
 from ..model.scenario import Scenario
 from ..textsafe import checked, docker_reference, shown
-from .compose import POD_SERVICE, entry_command, health_probe
+from .compose import entry_command, health_probe
+from .labels import POD_SERVICE
 
 WHERE = "the Kubernetes manifests"
 DEPLOYMENT = "seat"  # `kubectl exec -n NS deploy/seat -c lab -- ...`

@@ -28,14 +28,25 @@ def project(lab: str) -> str:
     return f"labgen-{lab}"
 
 
+# A pod lab's (Plan.topology "pod") Python container: DNS, EOP, the sinks and the traffic in one
+# process; Postfix runs in the gateway container, in this one's network namespace.
+POD_SERVICE = "lab"
+
+
 def container(lab: str, service: str) -> str:
     return f"{project(lab)}-{service}"
 
 
+def serving(topology: str, service: str) -> str:
+    """The container (service name) that runs a lab service: its own, or in a pod lab every
+    service but Postfix in the pod's Python container."""
+    return service if topology == "network" or service == "gateway" else POD_SERVICE
+
+
 def client_containers(lab: str) -> list[str]:
     """Where a lab's clients (swaks, openssl, dig) run: its traffic container, or a pod lab's
-    Python container (compose.POD_SERVICE), whichever it has."""
-    return [container(lab, "traffic"), container(lab, "lab")]
+    Python container, whichever it has."""
+    return [container(lab, "traffic"), container(lab, POD_SERVICE)]
 
 
 # Local engine: a kept lab's child process writes STATE_FILE into its lab directory; the parent

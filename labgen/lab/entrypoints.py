@@ -26,6 +26,10 @@ from ..wait import poll
 if TYPE_CHECKING:
     from ..model.plan import Plan
 
+# engines.labels.POD_SERVICE, written again: importing labgen.engines would load the model, and
+# the probe must not (tests/test_pod.py holds the two equal).
+POD_SERVICE = "lab"
+
 # Imports stay light at the top: the gateway's entry point is on every Docker lab's critical path
 # (the last service to answer), and it needs no model, ledger or pydantic to start Postfix.
 
@@ -142,9 +146,8 @@ def _give_back_memory() -> None:
         pass
 
 
-def run_postfix(lab: Path) -> NoReturn:
-    """Postfix as the gateway. Reads plan.json as plain JSON: only its addresses are needed."""
-    plan = json.loads((lab / "plan.json").read_text())
+def run_postfix(lab: Path, plan: dict) -> NoReturn:
+    """Postfix as the gateway, from plan.json as plain JSON: only its addresses are needed."""
     if plan.get("topology", "network") == "network":  # a pod lab's loopback addresses need no setup
         _add_addresses(plan["hosts"]["gateway"], int(plan["subnet"].split("/")[1]))
     # Postfix's load_file() reads a file again, 300 ms apart, for as long as its mtime is recent
@@ -290,7 +293,7 @@ def probe(lab: Path, name: str) -> int:
     plain JSON, a socket (with the model it cost half a CPU-second a probe)."""
     if name == "traffic":
         return 0 if (lab / "run" / "result.json").is_file() else 1
-    if name == "lab":  # a pod lab's Python services: EOP answering stands for them
+    if name == POD_SERVICE:  # a pod lab's Python services: EOP answering stands for them
         name = "eop"
     try:
         plan = json.loads((lab / "plan.json").read_text())
@@ -310,7 +313,7 @@ def probe(lab: Path, name: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     """The container's process: a service's exit status (probe: 0 when it answers)."""
     p = argparse.ArgumentParser(prog="python -m labgen.lab.entrypoints")
-    p.add_argument("service", choices=["eop", "sink", "dns", "gateway", "traffic", "gateway-net", "lab"])
+    p.add_argument("service", choices=["eop", "sink", "dns", "gateway", "traffic", "gateway-net", POD_SERVICE])
     p.add_argument("--lab", default="/lab", help="the rendered lab directory")
     p.add_argument("--once", action="store_true", help="traffic: exit after the verdict")
     p.add_argument("--probe", action="store_true", help="health check: does the service answer?")
@@ -322,18 +325,19 @@ def main(argv: list[str] | None = None) -> int:
         return probe(lab, a.service)
     # A pod lab's namespace is the pod's: on Docker it has loopback only, on Kubernetes its route
     # is the cluster's and its NetworkPolicy keeps the seat in (without NET_ADMIN to change it).
-    pod = json.loads((lab / "plan.json").read_text()).get("topology") == "pod"
+    raw = json.loads((lab / "plan.json").read_text())
+    pod = raw.get("topology") == "pod"
     if a.service == "gateway":
         if not pod:
             _drop_default_route()
-        run_postfix(lab)
+        run_postfix(lab, raw)
     from ..model.plan import Plan
 
     plan = Plan.load(lab / "plan.json")
     if not pod:
         _drop_default_route()
     try:
-        if a.service == "lab":
+        if a.service == POD_SERVICE:
             run_pod(plan, lab)
         elif a.service in ("eop", "sink"):
             run_smtp_service(a.service, plan, lab)
